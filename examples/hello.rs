@@ -1,0 +1,174 @@
+//! The demo server, and the binary the tests and benchmarks drive.
+//!
+//! ```text
+//! cargo run --release --example hello                 # serves 127.0.0.1:4242
+//! curl localhost:4242/            # hello from pid 1234, version 0.1.0
+//! curl 'localhost:4242/slow?ms=2000'
+//! kill -HUP 1234                  # the next generation takes over
+//! ```
+//!
+//! Options: `--addr ADDR` (repeatable: one server each; `unix:/path` for a Unix socket),
+//! `--hammer-ms N` (0: no hammer time), `--read-timeout-ms N`, `--write-timeout-ms N`,
+//! `--max-header-bytes N`, `--ready-timeout-ms N`, `--drain-grace-ms N`,
+//! `--pid-file PATH`, `--fail-start` (exit 3 at once: a broken build, for tests).
+//! The version marker comes from `HELLO_VERSION` at build time (the crate version if
+//! unset), so two builds can be told apart.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+const VERSION: &str = match option_env!("HELLO_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+#[derive(Debug)]
+struct Options {
+    addrs: Vec<String>,
+    hammer: Option<Duration>,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    max_header_bytes: Option<usize>,
+    ready_timeout: Option<Duration>,
+    drain_grace: Option<Duration>,
+    pid_file: Option<String>,
+    fail_start: bool,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        addrs: Vec::new(),
+        hammer: Some(ceaseless::DEFAULT_HAMMER_TIME),
+        read_timeout: Some(ceaseless::DEFAULT_READ_TIMEOUT),
+        write_timeout: Some(ceaseless::DEFAULT_WRITE_TIMEOUT),
+        max_header_bytes: None,
+        ready_timeout: None,
+        drain_grace: None,
+        pid_file: None,
+        fail_start: false,
+    };
+    let mut args = std::env::args().skip(1);
+    let ms = |v: Option<String>, name: &str| -> Result<Option<Duration>, String> {
+        let v = v.ok_or(format!("{name} needs a value"))?;
+        let n: u64 = v
+            .parse()
+            .map_err(|_| format!("{name}: not a number: {v}"))?;
+        Ok((n > 0).then(|| Duration::from_millis(n)))
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--addr" => o.addrs.push(args.next().ok_or("--addr needs a value")?),
+            "--hammer-ms" => o.hammer = ms(args.next(), &a)?,
+            "--read-timeout-ms" => o.read_timeout = ms(args.next(), &a)?,
+            "--write-timeout-ms" => o.write_timeout = ms(args.next(), &a)?,
+            "--ready-timeout-ms" => o.ready_timeout = ms(args.next(), &a)?,
+            "--drain-grace-ms" => o.drain_grace = Some(ms(args.next(), &a)?.unwrap_or_default()),
+            "--max-header-bytes" => {
+                let v = args.next().ok_or("--max-header-bytes needs a value")?;
+                o.max_header_bytes = Some(v.parse().map_err(|_| format!("not a number: {v}"))?);
+            }
+            "--pid-file" => o.pid_file = Some(args.next().ok_or("--pid-file needs a value")?),
+            "--fail-start" => o.fail_start = true,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if o.addrs.is_empty() {
+        o.addrs.push("127.0.0.1:4242".into());
+    }
+    Ok(o)
+}
+
+async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = |s: String| Full::new(Bytes::from(s));
+    let answer = || format!("hello from pid {}, version {VERSION}\n", std::process::id());
+    let res = match req.uri().path() {
+        "/" => Response::new(body(answer())),
+        "/slow" => {
+            let ms = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::new(body(answer()))
+        }
+        _ => {
+            let mut r = Response::new(body("not found\n".into()));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        }
+    };
+    Ok(res)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("hello: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if opts.fail_start {
+        eprintln!("hello: --fail-start: exiting before serving");
+        return std::process::ExitCode::from(3);
+    }
+    tracing::info!(
+        pid = std::process::id(),
+        version = VERSION,
+        "hello starting"
+    );
+
+    let app = tower::service_fn(hello);
+    let mut servers = Vec::new();
+    for addr in &opts.addrs {
+        let mut s = ceaseless::Server::new(addr.clone(), app.clone())
+            .hammer_time(opts.hammer)
+            .read_timeout(opts.read_timeout)
+            .write_timeout(opts.write_timeout);
+        if let Some(n) = opts.max_header_bytes {
+            s = s.max_header_bytes(n);
+        }
+        if let Some(t) = opts.ready_timeout {
+            s = s.ready_timeout(t);
+        }
+        if let Some(t) = opts.drain_grace {
+            s = s.drain_grace(t);
+        }
+        if let Some(p) = &opts.pid_file {
+            s = s.pid_file(p);
+        }
+        servers.push(tokio::spawn(s.listen_and_serve()));
+    }
+    let mut code = 0;
+    for s in servers {
+        match s.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "server failed");
+                eprintln!("hello: {e}");
+                code = 1;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "server task panicked");
+                code = 1;
+            }
+        }
+    }
+    tracing::info!(pid = std::process::id(), "hello exiting");
+    std::process::ExitCode::from(code)
+}

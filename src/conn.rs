@@ -1,0 +1,569 @@
+//! Serving one connection: HTTP/1.1 and HTTP/2 through hyper-util's auto builder, the
+//! timeouts, and the lame-duck drain.
+//!
+//! # The drain, and why not `graceful_shutdown()` at once
+//! On an HTTP/1 connection that sits between two requests, hyper's graceful shutdown
+//! closes the socket at once, even when the client's next request is already on the
+//! wire; and a connection that has not sent its first bytes yet is dropped. Every such
+//! client would see an error. So when the drain begins:
+//! - HTTP/1 responses carry `Connection: close` from then on (hyper closes the
+//!   connection after writing such a response), so a busy keep-alive client finishes
+//!   its request and reconnects (to the new generation);
+//! - HTTP/2 connections get a graceful GOAWAY at once: streams in flight complete, and
+//!   the client opens new ones elsewhere;
+//! - a connection that stays idle for [`DEFAULT_DRAIN_GRACE`] (no request in flight, no
+//!   byte received) is closed with `graceful_shutdown()`: a client that was about to
+//!   send is answered rather than reset, and a brand-new connection gets the chance to
+//!   send its request.
+//!
+//! Each connection's "requests in flight" and "last activity" are two atomics touched by
+//! the service wrapper and the IO wrapper: no lock on the request path.
+//!
+//! # Timeouts, in Go's sense
+//! - read timeout: from the first byte of a request until its body is read. hyper's
+//!   header read timeout bounds the headers (and keep-alive idleness); the IO wrapper
+//!   fails a read that is still waiting past the deadline, until the response starts.
+//! - write timeout: from the end of the request headers to the end of the response: the
+//!   handler's future, the response body, and writes stalled on a client that does not
+//!   read are all cut off at the deadline (the connection is closed).
+//! - max header bytes: 431 for a request whose headers are larger.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::Sleep;
+
+use crate::generation::Phase;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long a connection may stay idle during a drain before it is closed.
+pub(crate) const DEFAULT_DRAIN_GRACE: Duration = Duration::from_millis(250);
+
+/// Milliseconds since the first call, on a monotonic clock: cheap to store in atomics.
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64 + 1
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn instant_of(ms: u64) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(epoch() + Duration::from_millis(ms.saturating_sub(1)))
+}
+
+/// Limits that apply to every connection of a server.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub(crate) read_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) drain_grace: Duration,
+}
+
+/// What every connection of one server shares.
+pub(crate) struct Shared {
+    pub(crate) builder: auto::Builder<TokioExecutor>,
+    pub(crate) limits: Limits,
+    /// Set once the drain begins: responses get `Connection: close`.
+    pub(crate) draining: AtomicBool,
+    pub(crate) phase: watch::Receiver<Phase>,
+}
+
+impl Shared {
+    pub(crate) fn new(limits: Limits, phase: watch::Receiver<Phase>) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.read_timeout)
+            .max_buf_size(limits.max_header_bytes.saturating_add(4096).max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        Shared {
+            builder,
+            limits,
+            draining: AtomicBool::new(false),
+            phase,
+        }
+    }
+}
+
+/// The state of one connection, shared by its IO wrapper, its service wrapper and its
+/// response bodies.
+#[derive(Debug, Default)]
+struct ConnState {
+    in_flight: AtomicU32,
+    last_activity: AtomicU64,
+    h2: AtomicBool,
+    /// 0: none. Else the instant (see `now_ms`) by which the request must be read.
+    read_deadline: AtomicU64,
+    /// 0: none. Else the instant by which the response must be written.
+    write_deadline: AtomicU64,
+}
+
+impl ConnState {
+    fn touch(&self) {
+        self.last_activity.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Idle (nothing in flight, nothing received) for at least `d`?
+    fn idle_for(&self, d: Duration) -> Result<(), u64> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Err(now_ms() + d.as_millis() as u64);
+        }
+        let since = self.last_activity.load(Ordering::Relaxed);
+        let due = since + d.as_millis() as u64;
+        if now_ms() >= due {
+            Ok(())
+        } else {
+            Err(due)
+        }
+    }
+}
+
+/// Counts a request in flight until its response body is finished or dropped.
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn begin(state: &Arc<ConnState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        state.touch();
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.write_deadline.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serves one accepted connection until it ends or is drained. (The hammer drops this
+/// future, which closes the socket.)
+/// `h2` says ALPN already chose HTTP/2.
+pub(crate) async fn serve<I, S, B>(io: I, app: S, shared: Arc<Shared>, h2: bool)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let state = Arc::new(ConnState::default());
+    state.touch();
+    state.h2.store(h2, Ordering::Relaxed);
+    let io = TokioIo::new(TimedIo::new(io, state.clone(), shared.limits.read_timeout));
+    let svc = Svc {
+        app,
+        state: state.clone(),
+        shared: shared.clone(),
+    };
+    let conn = shared.builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let mut phase = shared.phase.clone();
+    let mut drain_seen = false;
+    let mut shut = false;
+    loop {
+        let draining = phase.borrow().is_draining();
+        if draining && !drain_seen {
+            drain_seen = true;
+            if state.h2.load(Ordering::Relaxed) && !shut {
+                // GOAWAY: streams in flight finish, new ones go elsewhere.
+                conn.as_mut().graceful_shutdown();
+                shut = true;
+            }
+        }
+        let idle_limit = if draining {
+            Some(shared.limits.drain_grace)
+        } else {
+            shared.limits.idle_timeout
+        };
+        let wake = match idle_limit {
+            Some(limit) if !shut => match state.idle_for(limit) {
+                Ok(()) => {
+                    conn.as_mut().graceful_shutdown();
+                    shut = true;
+                    None
+                }
+                Err(due) => Some(instant_of(due)),
+            },
+            _ => None,
+        };
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = phase.changed(), if !draining => {}
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
+        }
+    }
+}
+
+/// Wraps the application: counts requests in flight, applies the write timeout and the
+/// header size limit, and marks responses `Connection: close` during a drain.
+struct Svc<S> {
+    app: S,
+    state: Arc<ConnState>,
+    shared: Arc<Shared>,
+}
+
+/// Approximate size of a request's head, as it was on the wire.
+fn head_bytes<T>(req: &Request<T>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Svc<S>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResBody<B>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let guard = InFlight::begin(&self.state);
+        let h1 = req.version() < Version::HTTP_2;
+        if !h1 {
+            self.state.h2.store(true, Ordering::Relaxed);
+        }
+        if req.body().is_end_stream() {
+            self.state.read_deadline.store(0, Ordering::Relaxed);
+        }
+        let limits = &self.shared.limits;
+        let deadline = limits.write_timeout.map(|d| {
+            let at = now_ms() + d.as_millis() as u64;
+            self.state.write_deadline.store(at, Ordering::Relaxed);
+            at
+        });
+        if head_bytes(&req) > limits.max_header_bytes {
+            let mut res = Response::new(ResBody::empty(guard));
+            *res.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+            if h1 {
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return Box::pin(std::future::ready(Ok(res)));
+        }
+        let mut app = self.app.clone();
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let handler = async move {
+                std::future::poll_fn(|cx| app.poll_ready(cx)).await?;
+                app.call(req).await
+            };
+            let res = Deadline::new(handler, deadline)
+                .await
+                .map_err(|_| -> BoxError { Box::new(timed_out("write timeout: handler")) })?
+                .map_err(Into::into)?;
+            let (mut parts, body) = res.into_parts();
+            if h1 && shared.draining.load(Ordering::Relaxed) {
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(Response::from_parts(
+                parts,
+                ResBody::new(body, guard, deadline),
+            ))
+        })
+    }
+}
+
+fn timed_out(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, what)
+}
+
+pin_project! {
+    /// A future with an optional deadline; the timer is only created if the future
+    /// does not finish on its first poll, so fast handlers never touch the timer wheel.
+    struct Deadline<F> {
+        #[pin]
+        fut: F,
+        at: Option<u64>,
+        sleep: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<F> Deadline<F> {
+    fn new(fut: F, at: Option<u64>) -> Self {
+        Deadline {
+            fut,
+            at,
+            sleep: None,
+        }
+    }
+}
+
+impl<F: Future> Future for Deadline<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        poll_deadline(this.sleep, *this.at, cx).map(Err)
+    }
+}
+
+/// Polls a lazily created timer for `at`; Ready once it has passed.
+fn poll_deadline(
+    sleep: &mut Option<Pin<Box<Sleep>>>,
+    at: Option<u64>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let Some(at) = at else {
+        return Poll::Pending;
+    };
+    let when = instant_of(at);
+    match sleep {
+        Some(s) if s.deadline() == when => {}
+        Some(s) => s.as_mut().reset(when),
+        None => *sleep = Some(Box::pin(tokio::time::sleep_until(when))),
+    }
+    sleep.as_mut().expect("set above").as_mut().poll(cx)
+}
+
+pin_project! {
+    /// The response body: the application's, ended at the write deadline, and holding
+    /// the request's in-flight count until it is finished or dropped.
+    pub(crate) struct ResBody<B> {
+        #[pin]
+        inner: Option<B>,
+        guard: Option<InFlight>,
+        at: Option<u64>,
+        sleep: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<B> ResBody<B> {
+    fn new(inner: B, guard: InFlight, at: Option<u64>) -> Self {
+        ResBody {
+            inner: Some(inner),
+            guard: Some(guard),
+            at,
+            sleep: None,
+        }
+    }
+
+    fn empty(guard: InFlight) -> Self {
+        ResBody {
+            inner: None,
+            guard: Some(guard),
+            at: None,
+            sleep: None,
+        }
+    }
+}
+
+impl<B> Body for ResBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            this.guard.take();
+            return Poll::Ready(None);
+        };
+        match inner.poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.guard.take();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(r)) => Poll::Ready(Some(r.map_err(Into::into))),
+            Poll::Pending => {
+                ready!(poll_deadline(this.sleep, *this.at, cx));
+                this.guard.take();
+                Poll::Ready(Some(Err(Box::new(timed_out(
+                    "write timeout: response body",
+                )))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// The connection's IO, with the read and write deadlines and activity tracking.
+struct TimedIo<I> {
+    inner: I,
+    state: Arc<ConnState>,
+    read_timeout: Option<Duration>,
+    read_sleep: Option<Pin<Box<Sleep>>>,
+    write_sleep: Option<Pin<Box<Sleep>>>,
+    first_read: bool,
+}
+
+impl<I> TimedIo<I> {
+    fn new(inner: I, state: Arc<ConnState>, read_timeout: Option<Duration>) -> Self {
+        TimedIo {
+            inner,
+            state,
+            read_timeout,
+            read_sleep: None,
+            write_sleep: None,
+            first_read: true,
+        }
+    }
+
+    fn after_write(&mut self) {
+        // The response has started: the request is no longer being read.
+        if self.state.read_deadline.load(Ordering::Relaxed) != 0 {
+            self.state.read_deadline.store(0, Ordering::Relaxed);
+        }
+        self.write_sleep = None;
+    }
+
+    fn write_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let at = self.state.write_deadline.load(Ordering::Relaxed);
+        if at == 0 {
+            return Poll::Pending;
+        }
+        poll_deadline(&mut self.write_sleep, Some(at), cx).map(|_| timed_out("write timeout"))
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for TimedIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let got = &buf.filled()[before..];
+                if !got.is_empty() {
+                    let st = &this.state;
+                    if this.first_read {
+                        this.first_read = false;
+                        if got.starts_with(b"PRI ") {
+                            st.h2.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    st.touch();
+                    if let Some(rt) = this.read_timeout {
+                        if !st.h2.load(Ordering::Relaxed)
+                            && st.in_flight.load(Ordering::Acquire) == 0
+                            && st.read_deadline.load(Ordering::Relaxed) == 0
+                        {
+                            // The first bytes of a request: its read deadline starts.
+                            let at = now_ms() + rt.as_millis() as u64;
+                            st.read_deadline.store(at, Ordering::Relaxed);
+                        }
+                    }
+                }
+                this.read_sleep = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let at = this.state.read_deadline.load(Ordering::Relaxed);
+                if at == 0 {
+                    return Poll::Pending;
+                }
+                ready!(poll_deadline(&mut this.read_sleep, Some(at), cx));
+                Poll::Ready(Err(timed_out("read timeout")))
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.after_write();
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.write_stalled(cx).map(Err),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                this.after_write();
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.write_stalled(cx).map(Err),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => this.write_stalled(cx).map(Err),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

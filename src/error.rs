@@ -1,0 +1,131 @@
+//! The errors ceaseless reports.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+/// Everything that can go wrong while starting or running a server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The address given to a server could not be understood or resolved.
+    #[error("invalid listen address {addr:?}: {reason}")]
+    Address {
+        /// The address as the caller wrote it.
+        addr: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Binding or listening on an address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A certificate or key file could not be read.
+    #[error("cannot read TLS file {}: {source}", path.display())]
+    TlsFile {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A certificate or key file was read but holds nothing usable.
+    #[error("invalid TLS file {}: {reason}", path.display())]
+    TlsPem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the certificate and key together.
+    #[error("TLS configuration rejected (cert {}, key {}): {source}", cert.display(), key.display())]
+    TlsConfig {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls's reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The process-wide signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signal(#[source] io::Error),
+    /// A handover variable from the environment was malformed. Logged, never fatal:
+    /// the server binds afresh instead.
+    #[error("malformed environment variable {name}={value:?}: {reason}")]
+    Environment {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An inherited file descriptor is not the listening socket it was announced as.
+    /// Logged, never fatal: the server binds afresh instead.
+    #[error("inherited fd {fd} ({name}) is unusable: {reason}")]
+    InheritedFd {
+        /// The descriptor number.
+        fd: i32,
+        /// The name it was handed over under.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Why a restart did not happen. The old generation keeps serving in every case.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestartError {
+    /// Another restart is already under way.
+    #[error("a restart is already in progress")]
+    InProgress,
+    /// The process is draining (shutting down or already handed over).
+    #[error("the process is shutting down")]
+    ShuttingDown,
+    /// No server of this process is serving, so there is nothing to hand over.
+    #[error("no server is running in this process")]
+    NoServer,
+    /// The new binary could not be started (missing, not executable, ...).
+    #[error("cannot start {}: {source}", path.display())]
+    Spawn {
+        /// The path that was executed.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The new generation exited before reporting that it was ready.
+    #[error("the new generation (pid {pid}) exited before it was ready: {status}")]
+    Exited {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The new generation did not report readiness in time; it was killed.
+    #[error("the new generation (pid {pid}) was not ready within {timeout:?}; killed it")]
+    NotReady {
+        /// Its pid.
+        pid: u32,
+        /// The deadline it missed.
+        timeout: Duration,
+    },
+    /// A shutdown began while the new generation was starting; it was killed.
+    #[error("shutdown began while the new generation (pid {pid}) was starting; killed it")]
+    Aborted {
+        /// Its pid.
+        pid: u32,
+    },
+    /// Preparing the handover failed (pipes, descriptors).
+    #[error("restart failed: {0}")]
+    Io(#[from] io::Error),
+}

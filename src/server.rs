@@ -1,0 +1,458 @@
+//! The serving API: [`Server`], [`listen_and_serve`], [`listen_and_serve_tls`], and the
+//! accept loop with its drain.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use tokio::sync::watch;
+
+use crate::conn::{self, Limits, Shared, DEFAULT_DRAIN_GRACE};
+use crate::error::Error;
+use crate::generation::{Drain, Generation, Phase};
+use crate::listener::{ListenAddr, Listener, Stream};
+use crate::signals::{self, Hook, Signal, Stage};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Default [`Server::read_timeout`]: 30 s.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`Server::write_timeout`]: 60 s.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default [`Server::max_header_bytes`]: 1 MiB, as Go's `http.DefaultMaxHeaderBytes`.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 1 << 20;
+/// Default [`Server::hammer_time`]: 60 s, as endless's `DefaultHammerTime`.
+pub const DEFAULT_HAMMER_TIME: Duration = Duration::from_secs(60);
+
+type BeforeBegin = Box<dyn FnOnce(&ListenAddr) + Send + 'static>;
+
+/// A server, configured with a builder; endless's `NewServer` in Rust's idiom.
+///
+/// `app` is any tower `Service` over `http::Request<hyper::body::Incoming>` that is
+/// `Clone + Send + 'static`: an axum `Router`, a tower stack, or a `service_fn`.
+/// HTTP/1.1 and HTTP/2 (prior knowledge) share the port; over TLS, ALPN chooses.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use ceaseless::{Server, Signal, Stage};
+///
+/// # async fn run() -> Result<(), ceaseless::Error> {
+/// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello\n" }));
+/// Server::new("127.0.0.1:4242", app)
+///     .read_timeout(Some(Duration::from_secs(10)))
+///     .write_timeout(Some(Duration::from_secs(10)))
+///     .max_header_bytes(64 << 10)
+///     .hammer_time(Some(Duration::from_secs(30)))
+///     .hook(Signal::Hup, Stage::Pre, || eprintln!("restarting"))
+///     .before_begin(|addr| eprintln!("pid {} serving on {addr}", std::process::id()))
+///     .listen_and_serve()
+///     .await
+/// # }
+/// ```
+pub struct Server<S> {
+    addr: String,
+    app: S,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    idle_timeout: Option<Option<Duration>>,
+    max_header_bytes: usize,
+    hammer_time: Option<Duration>,
+    drain_grace: Duration,
+    ready_timeout: Option<Duration>,
+    before_begin: Option<BeforeBegin>,
+    hooks: Vec<(Signal, Stage, Hook)>,
+    tls: Option<(PathBuf, PathBuf)>,
+    fd_name: Option<String>,
+    pid_file: Option<PathBuf>,
+}
+
+impl<S> std::fmt::Debug for Server<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .field("read_timeout", &self.read_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("hammer_time", &self.hammer_time)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Server<S>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// A server for `addr` (`"127.0.0.1:4242"`, `"[::1]:80"`, `"unix:/run/app.sock"`;
+    /// see [`ListenAddr`]) serving `app`, with the documented defaults.
+    pub fn new(addr: impl Into<String>, app: S) -> Self {
+        Server {
+            addr: addr.into(),
+            app,
+            read_timeout: Some(DEFAULT_READ_TIMEOUT),
+            write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
+            idle_timeout: None,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            hammer_time: Some(DEFAULT_HAMMER_TIME),
+            drain_grace: DEFAULT_DRAIN_GRACE,
+            ready_timeout: None,
+            before_begin: None,
+            hooks: Vec::new(),
+            tls: None,
+            fd_name: None,
+            pid_file: None,
+        }
+    }
+
+    /// The longest time to read a whole request, headers and body, from its first byte
+    /// (default 30 s). A client that trickles its headers or body is cut off after it.
+    /// `None`: no limit (then a slow client can hold a connection forever).
+    pub fn read_timeout(mut self, t: Option<Duration>) -> Self {
+        self.read_timeout = t;
+        self
+    }
+
+    /// The longest time from the end of a request's headers to the end of its response
+    /// (default 60 s); past it the connection is closed. `None`: no limit.
+    pub fn write_timeout(mut self, t: Option<Duration>) -> Self {
+        self.write_timeout = t;
+        self
+    }
+
+    /// How long a keep-alive connection may sit idle between requests (default: the
+    /// read timeout, as in Go). `None`: no limit.
+    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
+        self.idle_timeout = Some(t);
+        self
+    }
+
+    /// The largest request head accepted, in bytes (default 1 MiB); a larger one is
+    /// answered `431 Request Header Fields Too Large`.
+    pub fn max_header_bytes(mut self, n: usize) -> Self {
+        self.max_header_bytes = n;
+        self
+    }
+
+    /// How long a drain may last before every remaining connection is closed, with the
+    /// log line `[STOP - Hammer Time] Forcefully shutting down` (default 60 s). `None`:
+    /// never on its own; SIGUSR2 still hammers a draining server.
+    pub fn hammer_time(mut self, t: Option<Duration>) -> Self {
+        self.hammer_time = t;
+        self
+    }
+
+    /// How long a connection may stay idle during a drain before it is closed
+    /// (default 250 ms). Busy connections are never cut by it: they get
+    /// `Connection: close` (HTTP/1) or GOAWAY (HTTP/2) instead.
+    pub fn drain_grace(mut self, t: Duration) -> Self {
+        self.drain_grace = t;
+        self
+    }
+
+    /// How long a new generation may take to report ready on a restart before it is
+    /// killed and the restart fails (default 30 s). Process-wide: the largest value
+    /// among the servers counts.
+    pub fn ready_timeout(mut self, t: Duration) -> Self {
+        self.ready_timeout = Some(t);
+        self
+    }
+
+    /// Called once the server listens, with the address it is bound to (default: log
+    /// the pid and address, as endless does).
+    pub fn before_begin(mut self, f: impl FnOnce(&ListenAddr) + Send + 'static) -> Self {
+        self.before_begin = Some(Box::new(f));
+        self
+    }
+
+    /// Runs `f` before ([`Stage::Pre`]) or after ([`Stage::Post`]) ceaseless handles
+    /// `signal`. Hooks are process-wide and run in registration order.
+    pub fn hook(
+        mut self,
+        signal: Signal,
+        stage: Stage,
+        f: impl Fn() + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.push((signal, stage, Arc::new(f)));
+        self
+    }
+
+    /// Serves HTTPS with the PEM certificate chain and private key in these files.
+    pub fn tls(mut self, cert_pem: impl Into<PathBuf>, key_pem: impl Into<PathBuf>) -> Self {
+        self.tls = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Under systemd socket activation, take the socket named `name` by the socket
+    /// unit's `FileDescriptorName=` (otherwise sockets are matched by address).
+    pub fn fd_name(mut self, name: impl Into<String>) -> Self {
+        self.fd_name = Some(name.into());
+        self
+    }
+
+    /// Keeps a PID file naming the serving generation: written once ready, replaced
+    /// atomically by each new generation, removed at a final shutdown. Process-wide.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Serves until the process is told to stop (SIGINT, SIGTERM) or hands over to a new
+    /// generation (SIGHUP), then drains and returns `Ok(())`.
+    pub async fn listen_and_serve(self) -> Result<(), Error> {
+        let gen = Generation::get();
+        signals::ensure_started(gen)?;
+        let addr = ListenAddr::parse(&self.addr)?;
+        let tls = match &self.tls {
+            Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                cert, key,
+            )?)),
+            None => None,
+        };
+        for (sig, stage, hook) in self.hooks {
+            gen.hooks.add(sig, stage, hook);
+        }
+        if let Some(t) = self.ready_timeout {
+            gen.set_ready_timeout(t);
+        }
+        if let Some(p) = self.pid_file {
+            crate::pidfile::set(p);
+        }
+        if gen.phase().is_draining() {
+            return Ok(()); // the process is already shutting down
+        }
+
+        let listener = open_listener(gen, &addr, self.fd_name.as_deref())?;
+        let local = listener.local_addr(&addr);
+        let id = gen.register(
+            addr.handover_name(),
+            listener.dup().map_err(|source| Error::Bind {
+                addr: addr.to_string(),
+                source,
+            })?,
+        );
+        match self.before_begin {
+            Some(f) => f(&local),
+            None => tracing::info!(pid = std::process::id(), addr = %local, "serving"),
+        }
+
+        let limits = Limits {
+            read_timeout: self.read_timeout,
+            write_timeout: self.write_timeout,
+            idle_timeout: self.idle_timeout.unwrap_or(self.read_timeout),
+            max_header_bytes: self.max_header_bytes,
+            drain_grace: self.drain_grace,
+        };
+        let handshake_timeout = self.read_timeout.unwrap_or(Duration::from_secs(10));
+        let (hammer_tx, hammer_rx) = watch::channel(false);
+        let shared = Arc::new(Shared::new(limits, gen.subscribe()));
+        let (conns_tx, mut conns_rx) = watch::channel(0usize);
+        let conns_tx = Arc::new(conns_tx);
+        gen.server_serving();
+
+        let mut phase = gen.subscribe();
+        loop {
+            if phase.borrow_and_update().is_draining() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = phase.changed() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok(stream) => {
+                        let guard = ConnGuard::new(&conns_tx);
+                        let task = handle(stream, self.app.clone(), shared.clone(), tls.clone(), handshake_timeout);
+                        let mut hammer = hammer_rx.clone();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = task => {}
+                                _ = hammer.wait_for(|h| *h) => {} // drop: the socket closes
+                            }
+                            drop(guard);
+                        });
+                    }
+                    Err(e) => accept_error(e).await,
+                },
+            }
+        }
+
+        // Stop accepting: from now on the listener is the new generation's alone (after
+        // a handover) or closed (on shutdown: new connections are refused).
+        shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(listener);
+        gen.unregister(id);
+        let why = match gen.phase() {
+            Phase::Draining(why) => why,
+            Phase::Serving => Drain::Shutdown,
+        };
+        if why == Drain::Shutdown {
+            if let ListenAddr::Unix(path) = &addr {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let pid = std::process::id();
+        let open = *conns_rx.borrow_and_update();
+        tracing::info!(pid, addr = %local, connections = open, reason = ?why, "stopped accepting; draining");
+
+        let hammer_at = self.hammer_time.map(|d| tokio::time::Instant::now() + d);
+        let mut usr2 = gen.subscribe_hammer();
+        usr2.borrow_and_update();
+        let hammer = |conns: usize| {
+            if conns > 0 {
+                tracing::warn!(pid, addr = %local, connections = conns, "[STOP - Hammer Time] Forcefully shutting down");
+            }
+            let _ = hammer_tx.send(true);
+        };
+        loop {
+            tokio::select! {
+                _ = conns_rx.wait_for(|n| *n == 0) => break,
+                _ = tokio::time::sleep_until(hammer_at.unwrap_or_else(tokio::time::Instant::now)), if hammer_at.is_some() && !*hammer_tx.borrow() => {
+                    hammer(*conns_tx.borrow());
+                }
+                _ = usr2.changed() => hammer(*conns_tx.borrow()),
+            }
+        }
+        if why == Drain::Shutdown {
+            crate::pidfile::remove_if_ours();
+        }
+        tracing::info!(pid, addr = %local, "drained; server stopped");
+        Ok(())
+    }
+}
+
+/// Takes the inherited socket for `addr` if this process was handed one, else binds.
+fn open_listener(
+    gen: &Generation,
+    addr: &ListenAddr,
+    fd_name: Option<&str>,
+) -> Result<Listener, Error> {
+    let claimed = gen
+        .inherited()
+        .as_mut()
+        .and_then(|i| i.claim(addr, fd_name));
+    if let Some(entry) = claimed {
+        match Listener::adopt(entry.fd, addr) {
+            Ok(l) => {
+                tracing::info!(addr = %entry.actual, origin = ?entry.origin, "took over an inherited listener");
+                return Ok(l);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, %addr, "cannot use the inherited listener; binding afresh")
+            }
+        }
+    }
+    Listener::bind(addr)
+}
+
+/// An accept error: per-connection ones are ignored; running out of descriptors backs
+/// off briefly instead of spinning.
+async fn accept_error(e: std::io::Error) {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+            tracing::error!(error = %e, "accept failed; backing off");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        _ => tracing::debug!(error = %e, "accept failed"),
+    }
+}
+
+/// Counts one open connection of a server.
+struct ConnGuard(Arc<watch::Sender<usize>>);
+
+impl ConnGuard {
+    fn new(tx: &Arc<watch::Sender<usize>>) -> Self {
+        tx.send_modify(|n| *n += 1);
+        ConnGuard(tx.clone())
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// One connection: the TLS handshake if any (bounded in time), then HTTP.
+async fn handle<S, B>(
+    stream: Stream,
+    app: S,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handshake_timeout: Duration,
+) where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Some(acceptor) = tls else {
+        return conn::serve(stream, app, shared, false).await;
+    };
+    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => {
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            conn::serve(tls_stream, app, shared, h2).await
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!("TLS handshake timed out"),
+    }
+}
+
+/// Serves `app` on `addr` until the process is told to stop, then drains and returns
+/// `Ok(())`. endless's `ListenAndServe`; SIGHUP restarts with no connection lost.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), ceaseless::Error> {
+/// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello\n" }));
+/// ceaseless::listen_and_serve("127.0.0.1:4242", app).await
+/// # }
+/// ```
+pub async fn listen_and_serve<S, B>(addr: impl Into<String>, app: S) -> Result<(), Error>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Server::new(addr, app).listen_and_serve().await
+}
+
+/// As [`listen_and_serve`], over TLS with the PEM certificate chain and key in these
+/// files (HTTP/2 and HTTP/1.1 by ALPN). endless's `ListenAndServeTLS`. A bad file is an
+/// error at start that names it.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), ceaseless::Error> {
+/// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello\n" }));
+/// ceaseless::listen_and_serve_tls("127.0.0.1:4243", "cert.pem", "key.pem", app).await
+/// # }
+/// ```
+pub async fn listen_and_serve_tls<S, B>(
+    addr: impl Into<String>,
+    cert_pem: impl Into<PathBuf>,
+    key_pem: impl Into<PathBuf>,
+    app: S,
+) -> Result<(), Error>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Server::new(addr, app)
+        .tls(cert_pem, key_pem)
+        .listen_and_serve()
+        .await
+}

@@ -1,0 +1,200 @@
+//! Signal dispatch and the pre/post hooks.
+//!
+//! One task per process receives HUP, USR1, USR2, INT, TERM and TSTP, whatever the
+//! number of servers, and handles them one at a time in arrival order: pre hooks, the
+//! library's own action, post hooks. A signal that arrives while a hook runs waits in
+//! tokio's signal stream; it is not lost (several deliveries of the same signal while
+//! one is being handled may merge into one, as the kernel merges them too).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::error::Error;
+use crate::generation::{lock, Drain, Generation};
+
+/// The signals ceaseless listens to, as endless does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// SIGHUP: restart (start the next generation and hand the listeners over).
+    Hup,
+    /// SIGUSR1: runs its hooks only.
+    Usr1,
+    /// SIGUSR2: hammer (close every connection now), only while already draining.
+    Usr2,
+    /// SIGINT: graceful shutdown.
+    Int,
+    /// SIGTERM: graceful shutdown.
+    Term,
+    /// SIGTSTP: runs its hooks, then stops the process as the default action would.
+    Tstp,
+}
+
+impl Signal {
+    /// All six, in a fixed order.
+    pub const ALL: [Signal; 6] = [
+        Signal::Hup,
+        Signal::Usr1,
+        Signal::Usr2,
+        Signal::Int,
+        Signal::Term,
+        Signal::Tstp,
+    ];
+
+    fn kind(self) -> SignalKind {
+        match self {
+            Signal::Hup => SignalKind::hangup(),
+            Signal::Usr1 => SignalKind::user_defined1(),
+            Signal::Usr2 => SignalKind::user_defined2(),
+            Signal::Int => SignalKind::interrupt(),
+            Signal::Term => SignalKind::terminate(),
+            Signal::Tstp => SignalKind::from_raw(libc::SIGTSTP),
+        }
+    }
+
+    /// The conventional name, e.g. `"SIGHUP"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Hup => "SIGHUP",
+            Signal::Usr1 => "SIGUSR1",
+            Signal::Usr2 => "SIGUSR2",
+            Signal::Int => "SIGINT",
+            Signal::Term => "SIGTERM",
+            Signal::Tstp => "SIGTSTP",
+        }
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// When a hook runs relative to the library's own handling of the signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Before ceaseless acts on the signal.
+    Pre,
+    /// After it acted (for SIGHUP: once the restart's outcome is known; for SIGTSTP:
+    /// once the process is continued).
+    Post,
+}
+
+pub(crate) type Hook = Arc<dyn Fn() + Send + Sync + 'static>;
+
+/// The hooks of every server in the process, in registration order.
+#[derive(Default)]
+pub(crate) struct Hooks {
+    map: Mutex<HashMap<(Signal, Stage), Vec<Hook>>>,
+}
+
+impl Hooks {
+    pub(crate) fn add(&self, sig: Signal, stage: Stage, hook: Hook) {
+        lock(&self.map).entry((sig, stage)).or_default().push(hook);
+    }
+
+    /// Runs the hooks for a signal and stage. A panicking hook is logged and skipped.
+    pub(crate) fn run(&self, sig: Signal, stage: Stage) {
+        let hooks: Vec<Hook> = lock(&self.map)
+            .get(&(sig, stage))
+            .cloned()
+            .unwrap_or_default();
+        for h in hooks {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h())).is_err() {
+                tracing::error!(signal = %sig, ?stage, "a signal hook panicked");
+            }
+        }
+    }
+}
+
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the process-wide handlers and starts the dispatch task (once).
+pub(crate) fn ensure_started(gen: &'static Generation) -> Result<(), Error> {
+    if STARTED.swap(true, Ordering::AcqRel) {
+        return Ok(());
+    }
+    let mut streams = Vec::with_capacity(Signal::ALL.len());
+    for sig in Signal::ALL {
+        match signal(sig.kind()) {
+            Ok(s) => streams.push((sig, s)),
+            Err(e) => {
+                STARTED.store(false, Ordering::Release);
+                return Err(Error::Signal(e));
+            }
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            let polls = streams.iter_mut().map(|(sig, s)| {
+                let sig = *sig;
+                Box::pin(async move { s.recv().await.map(|_| sig) })
+            });
+            let (got, _, _) = futures_select_all(polls).await;
+            match got {
+                Some(sig) => handle(gen, sig),
+                None => return, // the runtime is shutting down
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Waits for the first of several futures (a tiny `select_all`, to avoid a dependency).
+async fn futures_select_all<F: std::future::Future + Unpin>(
+    futs: impl IntoIterator<Item = F>,
+) -> (F::Output, usize, ()) {
+    let mut futs: Vec<F> = futs.into_iter().collect();
+    std::future::poll_fn(move |cx| {
+        for (i, f) in futs.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(v) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready((v, i, ()));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+fn handle(gen: &'static Generation, sig: Signal) {
+    let pid = std::process::id();
+    tracing::info!(pid, signal = %sig, "received signal");
+    gen.hooks.run(sig, Stage::Pre);
+    match sig {
+        Signal::Hup => {
+            // The restart takes a while; the dispatcher must stay free for TERM/USR2.
+            tokio::spawn(async move {
+                match crate::restart::restart().await {
+                    Ok(new_pid) => tracing::info!(pid, new_pid, "restart succeeded; draining"),
+                    Err(e) => tracing::error!(pid, error = %e, "restart failed; still serving"),
+                }
+                gen.hooks.run(Signal::Hup, Stage::Post);
+            });
+            return;
+        }
+        Signal::Int | Signal::Term => {
+            if gen.begin_drain(Drain::Shutdown) {
+                tracing::info!(pid, "shutting down gracefully");
+            } else {
+                tracing::info!(pid, "already draining");
+            }
+        }
+        Signal::Usr2 => {
+            if !gen.hammer_now() {
+                tracing::info!(pid, "SIGUSR2 ignored: the server is not shutting down");
+            }
+        }
+        Signal::Usr1 => {}
+        Signal::Tstp => {
+            // Our handler replaced the default action; do what it would have done.
+            // SAFETY: kill(2) on our own pid with SIGSTOP has no memory effects.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGSTOP);
+            }
+        }
+    }
+    gen.hooks.run(sig, Stage::Post);
+}
