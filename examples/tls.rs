@@ -1,0 +1,98 @@
+//! HTTPS with ceaseless: HTTP/2 and HTTP/1.1 by ALPN, restarts included.
+//!
+//! ```text
+//! cargo run --release --example tls                    # makes a self-signed cert if none is given
+//! curl -k https://localhost:4243/                      # HTTP/2
+//! curl -k --http1.1 https://localhost:4243/
+//! ```
+//!
+//! With your own certificate: `--cert cert.pem --key key.pem`. To make one with openssl:
+//! `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30
+//!  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1
+//!  -keyout key.pem -out cert.pem`.
+//! Other options: `--addr ADDR` (default 127.0.0.1:4243), `--hammer-ms N`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::{extract::Request, routing::get, Router};
+
+fn self_signed() -> std::io::Result<(PathBuf, PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("ceaseless-tls-example-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let ck = rcgen::generate_simple_self_signed(names).map_err(std::io::Error::other)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem())?;
+    std::fs::write(&key, ck.signing_key.serialize_pem())?;
+    Ok((cert, key))
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let mut addr = "127.0.0.1:4243".to_string();
+    let (mut cert, mut key, mut hammer) = (None, None, Some(ceaseless::DEFAULT_HAMMER_TIME));
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_default();
+        match a.as_str() {
+            "--addr" => addr = value(),
+            "--cert" => cert = Some(PathBuf::from(value())),
+            "--key" => key = Some(PathBuf::from(value())),
+            "--hammer-ms" => {
+                hammer = value()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(Duration::from_millis)
+            }
+            other => {
+                eprintln!("tls: unknown argument {other:?}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    let (cert, key) = match (cert, key) {
+        (Some(c), Some(k)) => (c, k),
+        _ => match self_signed() {
+            Ok((c, k)) => {
+                eprintln!("tls: using a self-signed certificate: {}", c.display());
+                (c, k)
+            }
+            Err(e) => {
+                eprintln!("tls: cannot make a certificate: {e}");
+                return std::process::ExitCode::from(1);
+            }
+        },
+    };
+    let app = Router::new().route(
+        "/",
+        get(|req: Request| async move {
+            format!(
+                "hello over TLS from pid {}, {:?}\n",
+                std::process::id(),
+                req.version()
+            )
+        }),
+    );
+    let served = ceaseless::Server::new(addr, app)
+        .tls(cert, key)
+        .hammer_time(hammer)
+        .listen_and_serve()
+        .await;
+    match served {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tls: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
