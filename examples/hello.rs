@@ -136,7 +136,7 @@ async fn main() -> std::process::ExitCode {
     let app = tower::service_fn(hello);
     let mut servers = Vec::new();
     for addr in &opts.addrs {
-        let mut s = ceaseless::Server::new(addr.clone(), app.clone())
+        let mut s = ceaseless::Server::new(addr.clone(), app)
             .hammer_time(opts.hammer)
             .read_timeout(opts.read_timeout)
             .write_timeout(opts.write_timeout);

@@ -253,13 +253,11 @@ fn place_fds(sources: &[RawFd], scratch: &mut [RawFd]) -> io::Result<()> {
         }
         *tmp = t;
     }
-    let mut target = FIRST_FD;
-    for tmp in scratch.iter() {
+    for (target, tmp) in (FIRST_FD..).zip(scratch.iter()) {
         // SAFETY: dup2 onto a descriptor number; the copy does not carry close-on-exec.
         if unsafe { libc::dup2(*tmp, target) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        target += 1;
     }
     // The scratch copies are close-on-exec; exec closes them.
     Ok(())
