@@ -115,6 +115,13 @@ where
     /// The longest time to read a whole request, headers and body, from its first byte
     /// (default 30 s). A client that trickles its headers or body is cut off after it.
     /// `None`: no limit (then a slow client can hold a connection forever).
+    ///
+    /// For a request without a body the deadline ends when the headers are read. For one
+    /// with a body it ends when the response starts: hyper keeps reading the socket (to
+    /// notice a client that hangs up) while the handler runs, and those reads cannot be
+    /// told apart from body reads. So a handler of a request with a body must start its
+    /// response within the read timeout; Go, in the same case, cancels the request's
+    /// context.
     pub fn read_timeout(mut self, t: Option<Duration>) -> Self {
         self.read_timeout = t;
         self
