@@ -4,6 +4,7 @@
 //! cargo run --release --example hello                 # serves 127.0.0.1:4242
 //! curl localhost:4242/            # hello from pid 1234, version 0.1.0
 //! curl 'localhost:4242/slow?ms=2000'
+//! curl --data-binary @file localhost:4242/echo   # read 1234 bytes
 //! kill -HUP 1234                  # the next generation takes over
 //! ```
 //!
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 const VERSION: &str = match option_env!("HELLO_VERSION") {
@@ -88,6 +89,15 @@ async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallib
     let answer = || format!("hello from pid {}, version {VERSION}\n", std::process::id());
     let res = match req.uri().path() {
         "/" => Response::new(body(answer())),
+        "/echo" => match req.into_body().collect().await {
+            // Reads the whole body (the read timeout applies), answers its size.
+            Ok(b) => Response::new(body(format!("read {} bytes\n", b.to_bytes().len()))),
+            Err(e) => {
+                let mut r = Response::new(body(format!("cannot read the body: {e}\n")));
+                *r.status_mut() = StatusCode::BAD_REQUEST;
+                r
+            }
+        },
         "/slow" => {
             let ms = req
                 .uri()
