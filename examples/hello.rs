@@ -11,7 +11,15 @@
 //! Options: `--addr ADDR` (repeatable: one server each; `unix:/path` for a Unix socket),
 //! `--hammer-ms N` (0: no hammer time), `--read-timeout-ms N`, `--write-timeout-ms N`,
 //! `--max-header-bytes N`, `--ready-timeout-ms N`, `--drain-grace-ms N`,
-//! `--pid-file PATH`, `--fail-start` (exit 3 at once: a broken build, for tests).
+//! `--pid-file PATH`, `--fail-start` (exit 3 at once: a broken build, for tests),
+//! `--fd-name NAME` (the previous `--addr` takes the socket-activated socket of that
+//! name, systemd's `FileDescriptorName=`), `--control PATH` (a control socket, for
+//! `hello restart`).
+//!
+//! `hello restart --control PATH [--timeout-ms N]` asks the server that opened that
+//! control socket to restart and waits for the outcome: it prints the new pid and exits
+//! 0, or prints why nothing changed and exits 1 (2 for a usage error). Fit for a
+//! service unit's `ExecReload=` or a deploy script; see `contrib/systemd/`.
 //! The version marker comes from `HELLO_VERSION` at build time (the crate version if
 //! unset), so two builds can be told apart.
 
@@ -39,6 +47,9 @@ struct Options {
     drain_grace: Option<Duration>,
     pid_file: Option<String>,
     fail_start: bool,
+    /// `--fd-name` of each `--addr`, in order.
+    fd_names: Vec<Option<String>>,
+    control: Option<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -52,6 +63,8 @@ fn parse_args() -> Result<Options, String> {
         drain_grace: None,
         pid_file: None,
         fail_start: false,
+        fd_names: Vec::new(),
+        control: None,
     };
     let mut args = std::env::args().skip(1);
     let ms = |v: Option<String>, name: &str| -> Result<Option<Duration>, String> {
@@ -63,7 +76,15 @@ fn parse_args() -> Result<Options, String> {
     };
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--addr" => o.addrs.push(args.next().ok_or("--addr needs a value")?),
+            "--addr" => {
+                o.addrs.push(args.next().ok_or("--addr needs a value")?);
+                o.fd_names.push(None);
+            }
+            "--fd-name" => {
+                let name = args.next().ok_or("--fd-name needs a value")?;
+                *o.fd_names.last_mut().ok_or("--fd-name follows an --addr")? = Some(name);
+            }
+            "--control" => o.control = Some(args.next().ok_or("--control needs a value")?),
             "--hammer-ms" => o.hammer = ms(args.next(), &a)?,
             "--read-timeout-ms" => o.read_timeout = ms(args.next(), &a)?,
             "--write-timeout-ms" => o.write_timeout = ms(args.next(), &a)?,
@@ -80,6 +101,7 @@ fn parse_args() -> Result<Options, String> {
     }
     if o.addrs.is_empty() {
         o.addrs.push("127.0.0.1:4242".into());
+        o.fd_names.push(None);
     }
     Ok(o)
 }
@@ -117,8 +139,47 @@ async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallib
     Ok(res)
 }
 
+/// `hello restart --control PATH [--timeout-ms N]`: see the module docs.
+fn restart_command(mut args: impl Iterator<Item = String>) -> std::process::ExitCode {
+    let mut control = None;
+    let mut timeout = Duration::from_secs(60);
+    while let Some(a) = args.next() {
+        match (a.as_str(), args.next()) {
+            ("--control", Some(v)) => control = Some(v),
+            ("--timeout-ms", Some(v)) => match v.parse::<u64>() {
+                Ok(n) if n > 0 => timeout = Duration::from_millis(n),
+                _ => {
+                    eprintln!("hello restart: --timeout-ms: not a positive number: {v}");
+                    return std::process::ExitCode::from(2);
+                }
+            },
+            _ => {
+                eprintln!("usage: hello restart --control PATH [--timeout-ms N]");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    let Some(control) = control else {
+        eprintln!("usage: hello restart --control PATH [--timeout-ms N]");
+        return std::process::ExitCode::from(2);
+    };
+    match ceaseless::control::request_restart(&control, timeout) {
+        Ok(pid) => {
+            println!("{pid}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hello restart: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("restart") {
+        return restart_command(std::env::args().skip(2));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -145,7 +206,7 @@ async fn main() -> std::process::ExitCode {
 
     let app = tower::service_fn(hello);
     let mut servers = Vec::new();
-    for addr in &opts.addrs {
+    for (addr, fd_name) in opts.addrs.iter().zip(&opts.fd_names) {
         let mut s = ceaseless::Server::new(addr.clone(), app)
             .hammer_time(opts.hammer)
             .read_timeout(opts.read_timeout)
@@ -161,6 +222,12 @@ async fn main() -> std::process::ExitCode {
         }
         if let Some(p) = &opts.pid_file {
             s = s.pid_file(p);
+        }
+        if let Some(n) = fd_name {
+            s = s.fd_name(n);
+        }
+        if let Some(p) = &opts.control {
+            s = s.control_socket(p);
         }
         servers.push(tokio::spawn(s.listen_and_serve()));
     }

@@ -68,6 +68,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The control socket ([`Server::control_socket`](crate::Server::control_socket))
+    /// could not be opened.
+    #[error("cannot open the control socket {}: {source}", path.display())]
+    Control {
+        /// Its path.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
     /// An inherited file descriptor is not the listening socket it was announced as.
     /// Logged, never fatal: the server binds afresh instead.
     #[error("inherited fd {fd} ({name}) is unusable: {reason}")]
@@ -128,4 +138,39 @@ pub enum RestartError {
     /// Preparing the handover failed (pipes, descriptors).
     #[error("restart failed: {0}")]
     Io(#[from] io::Error),
+}
+
+/// Why [`control::request_restart`](crate::control::request_restart) did not return the
+/// new generation's pid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// Nobody answers on the control socket (no such file, permission denied, nothing
+    /// listening).
+    #[error("cannot connect to the control socket {}: {source}", path.display())]
+    Connect {
+        /// The socket's path.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The server answered: the restart did not happen, for this reason (the new
+    /// generation's exit status, its readiness timeout, the error starting it, a restart
+    /// already in progress, ...). The old generation still serves.
+    #[error("restart failed: {0}")]
+    Failed(String),
+    /// No answer within the deadline. The restart may still complete.
+    #[error("no answer within {0:?}; the restart may still be under way")]
+    Timeout(Duration),
+    /// The server closed the connection without answering (it died, or is not a
+    /// ceaseless control socket).
+    #[error("the control socket closed the connection without an answer")]
+    Closed,
+    /// The answer was not one of the protocol's.
+    #[error("unexpected answer on the control socket: {0:?}")]
+    Protocol(String),
+    /// Sending the request or reading the answer failed.
+    #[error("control socket: {0}")]
+    Io(#[source] io::Error),
 }

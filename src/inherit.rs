@@ -193,7 +193,7 @@ fn read_ours(env: &dyn Env, ppid: u32) -> Result<Option<Ours>, Error> {
         return Err(Error::Environment {
             name: ENV_FDS,
             value: bad.clone(),
-            reason: "a name must look like tcp:ADDR or unix:PATH".into(),
+            reason: "a name must look like tcp:ADDR, unix:PATH or control:PATH".into(),
         });
     }
     if names.len() > 1024 {
@@ -224,6 +224,8 @@ fn valid_name(n: &str) -> bool {
         .is_some_and(|a| a.parse::<std::net::SocketAddr>().is_ok())
         || n.strip_prefix("unix:")
             .is_some_and(|p| p.starts_with('/') || p.starts_with('.'))
+        || n.strip_prefix(crate::control::NAME_PREFIX)
+            .is_some_and(|p| p.starts_with('/'))
 }
 
 /// systemd's socket activation (sd_listen_fds(3)).
@@ -335,10 +337,10 @@ mod tests {
         assert!(read_ours(&e, ppid).unwrap().is_none());
         let e = env(&[
             (ENV_PARENT_PID, "4242"),
-            (ENV_FDS, "tcp:127.0.0.1:1\nunix:/x"),
+            (ENV_FDS, "tcp:127.0.0.1:1\nunix:/x\ncontrol:/run/x.sock"),
         ]);
         let (names, ready, parent) = read_ours(&e, ppid).unwrap().unwrap();
-        assert_eq!(names.len(), 2);
+        assert_eq!(names.len(), 3);
         assert_eq!(ready, None);
         assert_eq!(parent, 4242);
     }

@@ -47,6 +47,7 @@
 #![warn(rust_2018_idioms)]
 
 mod conn;
+pub mod control;
 mod error;
 mod generation;
 mod inherit;
@@ -58,7 +59,7 @@ mod server;
 mod signals;
 mod tls;
 
-pub use error::{Error, RestartError};
+pub use error::{ControlError, Error, RestartError};
 pub use listener::ListenAddr;
 pub use restart::restart;
 pub use server::{

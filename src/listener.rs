@@ -216,7 +216,7 @@ impl AsRawFd for Listener {
 /// Removes a socket file left by a process that is gone, so a fresh bind can succeed.
 /// A live socket (one that accepts a connection) is left alone: the bind then fails
 /// with "address in use", as it should.
-fn remove_stale_socket(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_stale_socket(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());

@@ -68,6 +68,7 @@ pub struct Server<S> {
     tls: Option<(PathBuf, PathBuf)>,
     fd_name: Option<String>,
     pid_file: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
 }
 
 impl<S> std::fmt::Debug for Server<S> {
@@ -109,6 +110,7 @@ where
             tls: None,
             fd_name: None,
             pid_file: None,
+            control_socket: None,
         }
     }
 
@@ -211,6 +213,31 @@ where
         self
     }
 
+    /// Opens a control socket at `path` (a Unix socket, mode 0600) on which a restart
+    /// can be requested and its outcome learnt, with [`control::request_restart`] or
+    /// the line protocol described in [`control`]. It is handed over to each new
+    /// generation and removed at a final shutdown. Process-wide: the first server to
+    /// start opens it. Failing to open it fails the server's start.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), ceaseless::Error> {
+    /// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello\n" }));
+    /// ceaseless::Server::new("127.0.0.1:4242", app)
+    ///     .control_socket("/run/hello/control.sock")
+    ///     .listen_and_serve()
+    ///     .await
+    /// # }
+    /// // Elsewhere, in another process:
+    /// // ceaseless::control::request_restart("/run/hello/control.sock", timeout) -> Ok(new_pid)
+    /// ```
+    ///
+    /// [`control`]: crate::control
+    /// [`control::request_restart`]: crate::control::request_restart
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.control_socket = Some(path.into());
+        self
+    }
+
     /// Serves until the process is told to stop (SIGINT, SIGTERM) or hands over to a new
     /// generation (SIGHUP), then drains and returns `Ok(())`.
     pub async fn listen_and_serve(self) -> Result<(), Error> {
@@ -234,6 +261,9 @@ where
         }
         if gen.phase().is_draining() {
             return Ok(()); // the process is already shutting down
+        }
+        if let Some(p) = &self.control_socket {
+            crate::control::start(gen, p)?;
         }
 
         let listener = open_listener(gen, &addr, self.fd_name.as_deref())?;
@@ -328,6 +358,7 @@ where
                 _ = usr2.changed() => hammer(*conns_tx.borrow()),
             }
         }
+        crate::control::finish().await;
         if why == Drain::Shutdown {
             crate::pidfile::remove_if_ours();
         }
