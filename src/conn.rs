@@ -14,7 +14,10 @@
 //! - a connection that stays idle for [`DEFAULT_DRAIN_GRACE`] (no request in flight, no
 //!   byte received) is closed with `graceful_shutdown()`: a client that was about to
 //!   send is answered rather than reset, and a brand-new connection gets the chance to
-//!   send its request.
+//!   send its request;
+//! - a TLS handshake still under way is abandoned once it has received nothing for the
+//!   same grace: a client that stalls its handshake must not hold the drain up until the
+//!   handshake timeout or the hammer.
 //!
 //! Each connection's "requests in flight" and "last activity" are two atomics touched by
 //! the service wrapper and the IO wrapper: no lock on the request path.
@@ -223,6 +226,108 @@ where
             _ = phase.changed(), if !draining => {}
             _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
         }
+    }
+}
+
+/// The TLS handshake of an accepted connection, bounded by `timeout` and, once the drain
+/// begins, abandoned when it has received nothing for the drain grace (as an idle
+/// connection is closed). `None` if it failed, timed out or was abandoned.
+pub(crate) async fn tls_handshake<I>(
+    io: I,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    shared: &Shared,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<ReadActivity<I>>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let last_read = Arc::new(AtomicU64::new(now_ms()));
+    let io = ReadActivity {
+        inner: io,
+        last_read: last_read.clone(),
+    };
+    let handshake = tokio::time::timeout(timeout, acceptor.accept(io));
+    tokio::pin!(handshake);
+    let mut phase = shared.phase.clone();
+    let grace = shared.limits.drain_grace.as_millis() as u64;
+    loop {
+        let draining = phase.borrow_and_update().is_draining();
+        let wake = if draining {
+            let due = last_read.load(Ordering::Relaxed) + grace;
+            if now_ms() >= due {
+                tracing::debug!("TLS handshake idle during the drain; closing");
+                return None;
+            }
+            Some(instant_of(due))
+        } else {
+            None
+        };
+        tokio::select! {
+            res = handshake.as_mut() => return match res {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    None
+                }
+            },
+            _ = phase.changed(), if !draining => {}
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
+        }
+    }
+}
+
+/// An IO that records when it last received bytes (see [`tls_handshake`]).
+pub(crate) struct ReadActivity<I> {
+    inner: I,
+    last_read: Arc<AtomicU64>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for ReadActivity<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.last_read.store(now_ms(), Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for ReadActivity<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -419,7 +419,8 @@ impl Drop for ConnGuard {
     }
 }
 
-/// One connection: the TLS handshake if any (bounded in time), then HTTP.
+/// One connection: the TLS handshake if any (bounded in time, and cut short by the
+/// drain), then HTTP.
 async fn handle<S, B>(
     stream: Stream,
     app: S,
@@ -436,13 +437,11 @@ async fn handle<S, B>(
     let Some(acceptor) = tls else {
         return conn::serve(stream, app, shared, false).await;
     };
-    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls_stream)) => {
-            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            conn::serve(tls_stream, app, shared, h2).await
-        }
-        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!("TLS handshake timed out"),
+    if let Some(tls_stream) =
+        conn::tls_handshake(stream, &acceptor, &shared, handshake_timeout).await
+    {
+        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        conn::serve(tls_stream, app, shared, h2).await
     }
 }
 
