@@ -189,10 +189,13 @@ fn handle(gen: &'static Generation, sig: Signal) {
         }
         Signal::Usr1 => {}
         Signal::Tstp => {
-            // Our handler replaced the default action; do what it would have done.
-            // SAFETY: kill(2) on our own pid with SIGSTOP has no memory effects.
+            // Our handler replaced the default action; do what it would have done. The
+            // stop must be directed at this thread (raise, not kill of the pid): a
+            // process-wide SIGSTOP may be taken by another thread, and this one would run
+            // the post hooks before the process stops.
+            // SAFETY: raise(3) of SIGSTOP on the calling thread has no memory effects.
             unsafe {
-                libc::kill(libc::getpid(), libc::SIGSTOP);
+                libc::raise(libc::SIGSTOP);
             }
         }
     }
