@@ -1,0 +1,1031 @@
+//! The serving features, proved against real processes of the examples with real
+//! signals and real clients over 127.0.0.1: graceful shutdown and the hammer, the signal
+//! hooks, TLS with ALPN, the request limits and timeouts, several servers in one
+//! process, malformed requests.
+//!
+//! Every server binds `127.0.0.1:0` and the test reads the bound address from its log,
+//! so the tests run in parallel. Waits are generous (the machine may be loaded); the only
+//! timing assertions are loose bounds around the hammer and the read timeout.
+//!
+//! The servers are the example binaries: `cargo test` builds them, but
+//! `cargo test --test serve` alone does not rebuild them after a change to the library
+//! (run `cargo build --examples` first).
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use common::{example_bin, Proc};
+
+/// How long to wait for anything that should happen "soon".
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------
+// Processes
+
+/// Starts an example on `127.0.0.1:0` (plus `args`); returns it and its bound address.
+fn start(example: &str, args: &[&str]) -> (Proc, SocketAddr) {
+    let mut all = vec!["--addr", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let p = Proc::spawn(&example_bin(example), &all);
+    let addr = p.serving_addr(1);
+    let addr = addr
+        .parse()
+        .unwrap_or_else(|e| panic!("bad serving address {addr:?}: {e}"));
+    (p, addr)
+}
+
+/// Waits for the first generation to exit; panics (with its output) if it does not.
+fn expect_exit(p: &mut Proc, why: &str) -> ExitStatus {
+    p.wait_exit(WAIT).unwrap_or_else(|| {
+        panic!(
+            "pid {} did not exit within {WAIT:?} ({why}); output:\n{}",
+            p.pid,
+            p.output()
+        )
+    })
+}
+
+/// Waits until some output line is exactly `line` (hook lines are whole lines, and an
+/// exact match keeps pid 12 from matching pid 123).
+fn wait_exact_line(p: &Proc, line: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !p.output().lines().any(|l| l.trim() == line) {
+        assert!(
+            Instant::now() < deadline,
+            "no line {line:?} within {WAIT:?}; output:\n{}",
+            p.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The scheduling state letter of `pid` (`R`, `S`, `T`, ...), from `/proc/PID/stat`.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// Waits until `pid` is in state `want`; panics with the output of `p` if it is not.
+fn wait_state(p: &Proc, pid: u32, want: char) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let state = proc_state(pid);
+        if state == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} is in state {state:?}, not {want:?}, after {WAIT:?}; output:\n{}",
+            p.output()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// reqwest, driven from these synchronous tests (the test thread may block on the
+// harness while the runtime's worker serves the client)
+
+struct Client {
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: reqwest::StatusCode,
+    version: reqwest::Version,
+    body: String,
+}
+
+impl Client {
+    fn plain() -> Client {
+        Client::with(reqwest::Client::builder())
+    }
+
+    fn with(builder: reqwest::ClientBuilder) -> Client {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let http = {
+            let _in_rt = rt.enter();
+            // A fresh connection per request: a pooled one could meet the server's idle
+            // timeout (1 s in some tests) just as it is reused, a race of the client's.
+            builder
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(15))
+                .build()
+                .expect("reqwest client")
+        };
+        Client { rt, http }
+    }
+
+    fn try_get(&self, url: &str) -> Result<Reply, reqwest::Error> {
+        self.rt.block_on(async {
+            let res = self.http.get(url).send().await?;
+            let (status, version) = (res.status(), res.version());
+            let body = res.text().await?;
+            Ok(Reply {
+                status,
+                version,
+                body,
+            })
+        })
+    }
+
+    /// GET that must succeed with 200; panics with the server's output otherwise.
+    fn get_ok(&self, p: &Proc, url: &str) -> Reply {
+        let reply = self
+            .try_get(url)
+            .unwrap_or_else(|e| panic!("GET {url} failed: {e:?}; output:\n{}", p.output()));
+        assert_eq!(
+            reply.status,
+            reqwest::StatusCode::OK,
+            "GET {url}: {reply:?}; output:\n{}",
+            p.output()
+        );
+        reply
+    }
+}
+
+fn http_url(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw TCP, for byte-level checks
+
+/// Connects and writes `bytes` (possibly nothing).
+fn raw(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes)
+        .unwrap_or_else(|e| panic!("write to {addr}: {e}"));
+    s
+}
+
+/// How a read of a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The peer closed (FIN).
+    Eof,
+    /// The connection failed (typically a reset).
+    Failed(#[allow(dead_code)] std::io::ErrorKind), // shown in failure messages
+    /// Still open when the time limit passed.
+    Open,
+}
+
+impl End {
+    fn closed(&self) -> bool {
+        !matches!(self, End::Open)
+    }
+}
+
+/// Reads until the peer closes or `limit` passes: what arrived, how it ended, and when
+/// (time since the call).
+fn read_to_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, End, Duration) {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return (got, End::Open, start.elapsed());
+        }
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return (got, End::Eof, start.elapsed()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return (got, End::Failed(e.kind()), start.elapsed()),
+        }
+    }
+}
+
+/// Checks that nothing arrives on `s` and it stays open for `d`.
+fn assert_quiet_and_open(p: &Proc, s: &mut TcpStream, d: Duration, what: &str) {
+    let (got, end, _) = read_to_close(s, d);
+    assert!(
+        got.is_empty() && !end.closed(),
+        "{what}: expected an open, silent connection; got {:?} then {end:?}; output:\n{}",
+        String::from_utf8_lossy(&got),
+        p.output()
+    );
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    /// Lower-cased names.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses the first response in `bytes` (head, then a `content-length` body).
+fn parse_response(bytes: &[u8]) -> Option<RawResponse> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&bytes[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")?
+        .get(..3)?
+        .parse()
+        .ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let body = bytes.get(end + 4..end + 4 + len)?.to_vec();
+    Some(RawResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Reads one whole response from a keep-alive connection.
+fn read_response(p: &Proc, s: &mut TcpStream, what: &str) -> RawResponse {
+    let deadline = Instant::now() + WAIT;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(r) = parse_response(&got) {
+            return r;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{what}: no whole response within {WAIT:?}; got {:?}; output:\n{}",
+            String::from_utf8_lossy(&got),
+            p.output()
+        );
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => panic!(
+                "{what}: closed before a whole response; got {:?}; output:\n{}",
+                String::from_utf8_lossy(&got),
+                p.output()
+            ),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!(
+                "{what}: read failed: {e}; got {:?}; output:\n{}",
+                String::from_utf8_lossy(&got),
+                p.output()
+            ),
+        }
+    }
+}
+
+/// Sends `request` from a second thread while reading the answer, so a server that
+/// answers (and closes) before reading everything is seen answering; write errors after
+/// that are expected and ignored.
+fn send_large(addr: SocketAddr, request: Vec<u8>) -> (Vec<u8>, End) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let mut writer = s.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let w = std::thread::spawn(move || {
+        let _ = writer.write_all(&request);
+    });
+    let (got, end, _) = read_to_close(&mut s, WAIT);
+    w.join().unwrap();
+    (got, end)
+}
+
+/// Writes `prefix`, then one byte of `trickle` every 200 ms, until the server closes the
+/// connection or 15 s pass. Returns what the server sent, how the connection ended, and
+/// how long after the first byte.
+fn trickle(addr: SocketAddr, prefix: &[u8], trickle: &[u8]) -> (Vec<u8>, End, Duration) {
+    let mut s = raw(addr, prefix);
+    let start = Instant::now();
+    let limit = Duration::from_secs(15);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut bytes = trickle.iter().cycle();
+    loop {
+        if start.elapsed() > limit {
+            return (got, End::Open, start.elapsed());
+        }
+        if let Err(e) = s.write_all(&[*bytes.next().unwrap()]) {
+            // The server closed: read what it may have sent before.
+            let (rest, _, _) = read_to_close(&mut s, Duration::from_secs(1));
+            got.extend_from_slice(&rest);
+            return (got, End::Failed(e.kind()), start.elapsed());
+        }
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return (got, End::Eof, start.elapsed()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return (got, End::Failed(e.kind()), start.elapsed()),
+        }
+    }
+}
+
+/// A connection attempt must be refused: nothing listens any more.
+fn assert_refused(p: &Proc, addr: SocketAddr) {
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+        other => panic!(
+            "a new connection to {addr} should be refused, got {other:?}; output:\n{}",
+            p.output()
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Graceful shutdown and the hammer
+
+#[test]
+fn sigterm_finishes_the_request_in_flight_with_connection_close_then_exits_0() {
+    let (mut p, addr) = start("hello", &[]);
+    let client = Client::plain();
+    let mut slow = raw(addr, b"GET /slow?ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n");
+    // Connections are accepted in order: once a later one is answered, the slow one
+    // has been accepted and its request is on its way to the handler.
+    client.get_ok(&p, &http_url(addr, "/"));
+
+    p.signal(libc::SIGTERM);
+    p.expect_line("stopped accepting", WAIT);
+    assert_refused(&p, addr);
+
+    let (bytes, end, _) = read_to_close(&mut slow, WAIT);
+    let res = parse_response(&bytes).unwrap_or_else(|| {
+        panic!(
+            "the request in flight got no whole response: {:?} then {end:?}; output:\n{}",
+            String::from_utf8_lossy(&bytes),
+            p.output()
+        )
+    });
+    assert_eq!(res.status, 200, "{res:?}; output:\n{}", p.output());
+    assert_eq!(
+        res.header("connection"),
+        Some("close"),
+        "a response during the drain must say Connection: close: {res:?}"
+    );
+    let body = String::from_utf8_lossy(&res.body);
+    assert!(
+        body.starts_with(&format!("hello from pid {}", p.pid)),
+        "{body:?}"
+    );
+    assert!(
+        matches!(end, End::Eof),
+        "the server should close after a Connection: close response, got {end:?}"
+    );
+
+    let status = expect_exit(&mut p, "after SIGTERM and the last response");
+    assert!(
+        status.success(),
+        "exit status {status}; output:\n{}",
+        p.output()
+    );
+    p.expect_line("drained; server stopped", WAIT);
+}
+
+#[test]
+fn hammer_time_closes_a_hung_request() {
+    let (mut p, addr) = start("hello", &["--hammer-ms", "1000"]);
+    let client = Client::plain();
+    let mut hung = raw(addr, b"GET /slow?ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    client.get_ok(&p, &http_url(addr, "/")); // the hung one is accepted (see above)
+
+    let term = Instant::now();
+    p.signal(libc::SIGTERM);
+    let (bytes, end, _) = read_to_close(&mut hung, WAIT);
+    let after = term.elapsed();
+    assert!(
+        end.closed(),
+        "the hung request's connection is still open {after:?} after SIGTERM; output:\n{}",
+        p.output()
+    );
+    assert!(
+        bytes.is_empty(),
+        "the hung request was answered: {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert!(
+        after >= Duration::from_millis(800) && after <= Duration::from_secs(6),
+        "closed {after:?} after SIGTERM, expected about the 1 s hammer time; output:\n{}",
+        p.output()
+    );
+    let line = p.expect_line("[STOP - Hammer Time] Forcefully shutting down", WAIT);
+    assert!(
+        line.contains(&format!("pid={}", p.pid)),
+        "the hammer line should name pid {}: {line}",
+        p.pid
+    );
+    let status = expect_exit(&mut p, "after the hammer");
+    assert!(
+        status.success(),
+        "exit status {status}; output:\n{}",
+        p.output()
+    );
+}
+
+#[test]
+fn sigusr2_during_a_drain_hammers_at_once() {
+    let (mut p, addr) = start("hello", &["--hammer-ms", "0"]);
+    let client = Client::plain();
+    let mut hung = raw(addr, b"GET /slow?ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    client.get_ok(&p, &http_url(addr, "/"));
+
+    p.signal(libc::SIGTERM);
+    p.expect_line("stopped accepting", WAIT);
+    // No hammer time: a busy connection survives the drain (well past its grace).
+    assert_quiet_and_open(
+        &p,
+        &mut hung,
+        Duration::from_millis(800),
+        "busy during drain",
+    );
+    assert_eq!(p.count("Hammer Time"), 0, "output:\n{}", p.output());
+
+    let usr2 = Instant::now();
+    p.signal(libc::SIGUSR2);
+    let (bytes, end, _) = read_to_close(&mut hung, WAIT);
+    assert!(
+        end.closed() && usr2.elapsed() <= Duration::from_secs(5),
+        "SIGUSR2 should close the hung request at once; {end:?} after {:?}; output:\n{}",
+        usr2.elapsed(),
+        p.output()
+    );
+    assert!(bytes.is_empty(), "{:?}", String::from_utf8_lossy(&bytes));
+    let line = p.expect_line("[STOP - Hammer Time] Forcefully shutting down", WAIT);
+    assert!(line.contains(&format!("pid={}", p.pid)), "{line}");
+    let status = expect_exit(&mut p, "after SIGUSR2 hammered the drain");
+    assert!(
+        status.success(),
+        "exit status {status}; output:\n{}",
+        p.output()
+    );
+}
+
+#[test]
+fn sigusr2_while_serving_is_ignored() {
+    let (mut p, addr) = start("hello", &[]);
+    let client = Client::plain();
+    let mut slow = raw(addr, b"GET /slow?ms=1000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    client.get_ok(&p, &http_url(addr, "/"));
+
+    p.signal(libc::SIGUSR2);
+    p.expect_line("SIGUSR2 ignored", WAIT);
+    // The request in flight completes, on a connection that stays usable.
+    let res = read_response(&p, &mut slow, "slow request across SIGUSR2");
+    assert_eq!(res.status, 200, "{res:?}");
+    assert_eq!(res.header("connection"), None, "not draining: {res:?}");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let again = read_response(&p, &mut slow, "keep-alive request after SIGUSR2");
+    assert_eq!(again.status, 200, "{again:?}");
+
+    let reply = client.get_ok(&p, &http_url(addr, "/"));
+    assert!(reply.body.contains(&format!("pid {}", p.pid)), "{reply:?}");
+    assert!(p.wait_exit(Duration::from_millis(200)).is_none(), "exited");
+    assert_eq!(p.count("Hammer Time"), 0, "output:\n{}", p.output());
+    assert_eq!(p.count("stopped accepting"), 0, "output:\n{}", p.output());
+}
+
+// ---------------------------------------------------------------------------------------
+// Signal hooks
+
+fn hook_line(stage: &str, sig: &str, pid: u32) -> String {
+    format!("hook {stage} {sig} pid={pid}")
+}
+
+/// Waits for the post hook of `sig` in `pid`; checks that the pre hook ran before it and
+/// each ran once.
+fn assert_hooks_ran(p: &Proc, sig: &str, pid: u32) {
+    let (pre, post) = (hook_line("pre", sig, pid), hook_line("post", sig, pid));
+    wait_exact_line(p, &post);
+    let out = p.output();
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    let at = |l: &str| lines.iter().position(|x| *x == l);
+    let (pre_at, post_at) = (at(&pre), at(&post));
+    assert!(
+        matches!((pre_at, post_at), (Some(a), Some(b)) if a < b),
+        "{pre:?} must come before {post:?}; output:\n{out}"
+    );
+    for l in [&pre, &post] {
+        let n = lines.iter().filter(|x| **x == l.as_str()).count();
+        assert_eq!(n, 1, "{l:?} ran {n} times; output:\n{out}");
+    }
+}
+
+#[test]
+fn hooks_usr1_usr2_and_tstp_keep_serving_then_term_exits() {
+    let (mut p, addr) = start("hooks", &[]);
+    let client = Client::plain();
+    let url = http_url(addr, "/");
+    let pid = p.pid;
+
+    p.signal(libc::SIGUSR1);
+    assert_hooks_ran(&p, "SIGUSR1", pid);
+    assert_eq!(client.get_ok(&p, &url).body, "hooked\n");
+
+    p.signal(libc::SIGUSR2);
+    assert_hooks_ran(&p, "SIGUSR2", pid);
+    p.expect_line("SIGUSR2 ignored", WAIT);
+    assert_eq!(client.get_ok(&p, &url).body, "hooked\n");
+
+    p.signal(libc::SIGTSTP);
+    wait_exact_line(&p, &hook_line("pre", "SIGTSTP", pid));
+    wait_state(&p, pid, 'T');
+    assert_eq!(
+        p.count(&hook_line("post", "SIGTSTP", pid)),
+        0,
+        "the post hook ran while stopped; output:\n{}",
+        p.output()
+    );
+    p.signal(libc::SIGCONT);
+    assert_hooks_ran(&p, "SIGTSTP", pid);
+    assert_ne!(proc_state(pid), Some('T'), "still stopped after SIGCONT");
+    assert_eq!(client.get_ok(&p, &url).body, "hooked\n");
+
+    p.signal(libc::SIGTERM);
+    assert_hooks_ran(&p, "SIGTERM", pid);
+    let status = expect_exit(&mut p, "after SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status}; output:\n{}",
+        p.output()
+    );
+}
+
+#[test]
+fn hooks_int_runs_pre_and_post_then_exits_0() {
+    let (mut p, addr) = start("hooks", &[]);
+    Client::plain().get_ok(&p, &http_url(addr, "/"));
+    p.signal(libc::SIGINT);
+    assert_hooks_ran(&p, "SIGINT", p.pid);
+    let status = expect_exit(&mut p, "after SIGINT");
+    assert!(
+        status.success(),
+        "exit status {status}; output:\n{}",
+        p.output()
+    );
+}
+
+#[test]
+fn hooks_hup_run_around_the_restart() {
+    let (mut p, addr) = start("hooks", &[]);
+    let client = Client::plain();
+    let old = p.pid;
+
+    p.signal(libc::SIGHUP);
+    assert_hooks_ran(&p, "SIGHUP", old);
+    // The restart happened: a new generation serves the same address.
+    let new_addr = p.serving_addr(2);
+    assert_eq!(new_addr, addr.to_string(), "output:\n{}", p.output());
+    let new = *p
+        .generation_pids()
+        .last()
+        .expect("a second generation logged serving");
+    assert_ne!(new, old, "output:\n{}", p.output());
+    p.expect_line("restart succeeded", WAIT);
+    assert_eq!(client.get_ok(&p, &http_url(addr, "/")).body, "hooked\n");
+
+    // The old generation hands over, drains and exits; the new one did not run the
+    // old one's hooks.
+    let status = expect_exit(&mut p, "the old generation after the handover");
+    assert!(
+        status.success(),
+        "exit status {status}; output:\n{}",
+        p.output()
+    );
+    assert_eq!(p.count(&hook_line("pre", "SIGHUP", new)), 0);
+    assert_eq!(client.get_ok(&p, &http_url(addr, "/")).body, "hooked\n");
+
+    // Clean up the new generation (Drop would SIGKILL it otherwise).
+    common::signal(new, libc::SIGTERM);
+    assert_hooks_ran(&p, "SIGTERM", new);
+    assert!(
+        common::wait_gone(new, WAIT),
+        "generation {new} did not exit after SIGTERM; output:\n{}",
+        p.output()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS
+
+struct Certs {
+    cert: PathBuf,
+    key: PathBuf,
+    pem: String,
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, in a scratch directory.
+fn make_certs(tag: &str) -> Certs {
+    let dir = common::scratch_dir(tag);
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let ck = rcgen::generate_simple_self_signed(names).expect("rcgen");
+    let pem = ck.cert.pem();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, &pem).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    Certs { cert, key, pem }
+}
+
+fn start_tls(certs: &Certs) -> (Proc, SocketAddr) {
+    let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
+    start("tls", &["--cert", cert, "--key", key])
+}
+
+/// A client trusting only `certs`; `http1_only` or else ALPN offers h2 and http/1.1.
+fn tls_client(certs: &Certs, http1_only: bool) -> Client {
+    let root = reqwest::Certificate::from_pem(certs.pem.as_bytes()).expect("root cert");
+    let mut b = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .https_only(true);
+    if http1_only {
+        b = b.http1_only();
+    }
+    Client::with(b)
+}
+
+fn https_url(addr: SocketAddr) -> String {
+    format!("https://127.0.0.1:{}/", addr.port())
+}
+
+#[test]
+fn tls_serves_http1_and_http2_by_alpn() {
+    let certs = make_certs("tls-alpn");
+    let (p, addr) = start_tls(&certs);
+    let p = &p;
+
+    let h2 = tls_client(&certs, false).get_ok(p, &https_url(addr));
+    assert_eq!(h2.version, reqwest::Version::HTTP_2, "{h2:?}");
+    assert!(h2.body.contains("HTTP/2.0"), "{h2:?}");
+
+    let h1 = tls_client(&certs, true).get_ok(p, &https_url(addr));
+    assert_eq!(h1.version, reqwest::Version::HTTP_11, "{h1:?}");
+    assert!(h1.body.contains("HTTP/1.1"), "{h1:?}");
+}
+
+/// Starts the TLS example with these files; it must fail at start, naming `culprit`.
+fn assert_tls_start_fails(cert: &Path, key: &Path, culprit: &Path) {
+    let mut p = Proc::spawn(
+        &example_bin("tls"),
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let status = expect_exit(&mut p, "a bad TLS file must fail the start");
+    assert!(
+        !status.success(),
+        "exit status {status}; output:\n{}",
+        p.output()
+    );
+    let out = p.output();
+    assert!(
+        out.contains(&culprit.display().to_string()),
+        "the error should name {}; output:\n{out}",
+        culprit.display()
+    );
+    assert_eq!(p.count("serving pid="), 0, "it served; output:\n{out}");
+}
+
+#[test]
+fn tls_bad_or_missing_key_fails_at_start_naming_the_file() {
+    let certs = make_certs("tls-bad-key");
+    let garbage = certs.key.with_file_name("garbage-key.pem");
+    std::fs::write(&garbage, "this is not a private key\n").unwrap();
+    assert_tls_start_fails(&certs.cert, &garbage, &garbage);
+
+    let missing = certs.key.with_file_name("no-such-key.pem");
+    assert_tls_start_fails(&certs.cert, &missing, &missing);
+
+    // A key in PEM form that does not belong to the certificate.
+    let other = certs.key.with_file_name("other-key.pem");
+    let stranger = rcgen::KeyPair::generate().expect("key pair");
+    std::fs::write(&other, stranger.serialize_pem()).unwrap();
+    assert_tls_start_fails(&certs.cert, &other, &other);
+}
+
+#[test]
+fn tls_stalled_handshakes_and_plaintext_do_not_disturb_other_clients() {
+    let certs = make_certs("tls-stalled");
+    let (p, addr) = start_tls(&certs);
+    let p = &p;
+
+    // One says nothing; one stops in the middle of a ClientHello record.
+    let mut silent = raw(addr, b"");
+    let mut partial = raw(addr, &[0x16, 0x03, 0x01, 0x00, 0x80, 0x01, 0x00]);
+    let mut plaintext = raw(addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+
+    for http1_only in [false, true] {
+        tls_client(&certs, http1_only).get_ok(p, &https_url(addr));
+    }
+
+    let (got, end, _) = read_to_close(&mut plaintext, WAIT);
+    assert!(
+        end.closed(),
+        "a plaintext request on the TLS port should be closed; output:\n{}",
+        p.output()
+    );
+    assert!(
+        !got.starts_with(b"HTTP/"),
+        "a plaintext request was answered in plaintext: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    assert_quiet_and_open(p, &mut silent, Duration::from_millis(300), "silent");
+    assert_quiet_and_open(p, &mut partial, Duration::from_millis(300), "partial");
+    let again = tls_client(&certs, false).get_ok(p, &https_url(addr));
+    assert_eq!(again.version, reqwest::Version::HTTP_2);
+}
+
+#[test]
+fn tls_shutdown_is_not_held_up_by_a_stalled_handshake() {
+    let certs = make_certs("tls-stalled-shutdown");
+    let (mut p, addr) = start_tls(&certs);
+    let mut silent = raw(addr, b"");
+    // Accepted (connections are accepted in order) before the drain begins.
+    tls_client(&certs, true).get_ok(&p, &https_url(addr));
+
+    p.signal(libc::SIGTERM);
+    // The stalled handshake is an idle connection: the drain closes it after its short
+    // grace, not after the handshake timeout (30 s) or the hammer time (60 s).
+    let (_, end, after) = read_to_close(&mut silent, Duration::from_secs(10));
+    assert!(
+        end.closed(),
+        "a stalled handshake still open {after:?} into the drain; output:\n{}",
+        p.output()
+    );
+    let status = expect_exit(&mut p, "after SIGTERM with a stalled handshake");
+    assert!(
+        status.success(),
+        "exit status {status}; output:\n{}",
+        p.output()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Limits and timeouts
+
+fn request_with_header(path: &str, header_len: usize) -> Vec<u8> {
+    let mut r = format!("GET {path} HTTP/1.1\r\nHost: t\r\nX-Big: ").into_bytes();
+    r.resize(r.len() + header_len, b'a');
+    r.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    r
+}
+
+/// The status of the answer to a request with one header value of `len` bytes.
+fn status_with_header(p: &Proc, addr: SocketAddr, len: usize) -> u16 {
+    let (got, end) = send_large(addr, request_with_header("/", len));
+    let res = parse_response(&got).unwrap_or_else(|| {
+        panic!(
+            "no response to a {len}-byte header: {:?} then {end:?}; output:\n{}",
+            String::from_utf8_lossy(&got[..got.len().min(300)]),
+            p.output()
+        )
+    });
+    res.status
+}
+
+#[test]
+fn oversized_headers_get_431_below_and_far_above_the_read_buffer() {
+    let (p, addr) = start("hello", &["--max-header-bytes", "4096"]);
+    let client = Client::plain();
+    assert_eq!(status_with_header(&p, addr, 3000), 200, "under the limit");
+    // Fits hyper's buffer: refused by the header size check.
+    assert_eq!(status_with_header(&p, addr, 6000), 431, "6000 > 4096");
+    // Overflows hyper's buffer by far: refused by hyper itself.
+    assert_eq!(status_with_header(&p, addr, 300_000), 431, "300 kB > 4096");
+    client.get_ok(&p, &http_url(addr, "/"));
+}
+
+#[test]
+fn oversized_headers_get_431_with_the_default_limit() {
+    let (p, addr) = start("hello", &[]);
+    assert_eq!(status_with_header(&p, addr, 100_000), 200, "under 1 MiB");
+    assert_eq!(status_with_header(&p, addr, 3 << 20), 431, "3 MiB > 1 MiB");
+    Client::plain().get_ok(&p, &http_url(addr, "/"));
+}
+
+#[test]
+fn slowloris_headers_are_cut_off_by_the_read_timeout() {
+    let (p, addr) = start("hello", &["--read-timeout-ms", "1000"]);
+    let client = Client::plain();
+    // The same request, sent at once, is answered.
+    let mut whole = raw(addr, b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: abc\r\n\r\n");
+    assert_eq!(read_response(&p, &mut whole, "control").status, 200);
+
+    let slowloris = std::thread::spawn(move || {
+        trickle(addr, b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ", b"abcdefgh")
+    });
+    // Others are served meanwhile.
+    for _ in 0..3 {
+        client.get_ok(&p, &http_url(addr, "/"));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let (got, end, after) = slowloris.join().unwrap();
+    assert!(
+        end.closed(),
+        "a slowloris client was still connected after {after:?}; output:\n{}",
+        p.output()
+    );
+    assert!(
+        after >= Duration::from_millis(500) && after <= Duration::from_secs(6),
+        "cut off after {after:?}, expected about the 1 s read timeout; output:\n{}",
+        p.output()
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        !text.contains(" 200 ") && !text.contains(" 400 "),
+        "the trickled request was answered as if complete or malformed: {text:?}"
+    );
+    client.get_ok(&p, &http_url(addr, "/"));
+}
+
+#[test]
+fn a_trickled_body_is_cut_off() {
+    let (p, addr) = start("hello", &["--read-timeout-ms", "1000"]);
+    let client = Client::plain();
+    let head = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n";
+
+    // Control: the whole body at once is read and echoed.
+    let mut whole = head.to_vec();
+    whole.extend_from_slice(&[b'x'; 1000]);
+    let mut s = raw(addr, &whole);
+    let res = read_response(&p, &mut s, "whole body");
+    assert_eq!(res.status, 200, "{res:?}");
+    assert_eq!(String::from_utf8_lossy(&res.body), "read 1000 bytes\n");
+
+    // A handler reading the body: the read timeout cuts the trickle off.
+    let reader = std::thread::spawn(move || trickle(addr, head, b"x"));
+    // A handler ignoring the body answers at once; the rest of the body is not awaited.
+    let (got, end, after) = trickle(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n",
+        b"x",
+    );
+    assert!(
+        end.closed() && after <= Duration::from_secs(6),
+        "a trickled body to a handler that ignores it held the connection: {end:?} after {after:?}"
+    );
+    let res = parse_response(&got).expect("an answer");
+    assert_eq!(res.status, 200, "{res:?}");
+    client.get_ok(&p, &http_url(addr, "/"));
+
+    let (got, end, after) = reader.join().unwrap();
+    assert!(
+        end.closed(),
+        "a trickled body was still being read after {after:?}; output:\n{}",
+        p.output()
+    );
+    assert!(
+        after >= Duration::from_millis(500) && after <= Duration::from_secs(6),
+        "cut off after {after:?}, expected about the 1 s read timeout; output:\n{}",
+        p.output()
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(!text.contains("read 1000 bytes"), "{text:?}");
+    client.get_ok(&p, &http_url(addr, "/"));
+}
+
+#[test]
+fn malformed_requests_get_400_and_the_server_keeps_serving() {
+    let (p, addr) = start("hello", &[]);
+    let client = Client::plain();
+    for bad in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: nope\r\n\r\n",
+    ] {
+        let mut s = raw(addr, bad);
+        let (got, end, _) = read_to_close(&mut s, WAIT);
+        let what = String::from_utf8_lossy(bad);
+        let res = parse_response(&got).unwrap_or_else(|| {
+            panic!(
+                "{what:?}: no response: {:?} then {end:?}; output:\n{}",
+                String::from_utf8_lossy(&got),
+                p.output()
+            )
+        });
+        assert!(
+            (400..500).contains(&res.status),
+            "{what:?}: expected a 4xx, got {res:?}"
+        );
+        assert!(end.closed(), "{what:?}: the connection stays open: {end:?}");
+        client.get_ok(&p, &http_url(addr, "/"));
+    }
+}
+
+#[test]
+fn h2c_prior_knowledge_is_served() {
+    let (p, addr) = start("hello", &[]);
+    let h2c = Client::with(reqwest::Client::builder().http2_prior_knowledge());
+    let reply = h2c.get_ok(&p, &http_url(addr, "/"));
+    assert_eq!(reply.version, reqwest::Version::HTTP_2, "{reply:?}");
+    assert!(reply.body.contains(&format!("pid {}", p.pid)), "{reply:?}");
+    let h1 = Client::plain().get_ok(&p, &http_url(addr, "/"));
+    assert_eq!(h1.version, reqwest::Version::HTTP_11, "{h1:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Several servers in one process
+
+#[test]
+fn two_servers_in_one_process_serve_and_one_sigterm_drains_both() {
+    let dir = common::scratch_dir("multi-port");
+    let file = dir.join("addrs");
+    std::fs::write(&file, "127.0.0.1:0\n127.0.0.1:0\n").unwrap();
+    let mut p = Proc::spawn(
+        &example_bin("multi_port"),
+        &["--addr-file", file.to_str().unwrap()],
+    );
+    let addrs: Vec<SocketAddr> = (1..=2)
+        .map(|n| p.serving_addr(n).parse().expect("address"))
+        .collect();
+    assert_ne!(addrs[0], addrs[1], "output:\n{}", p.output());
+
+    let client = Client::plain();
+    let mut servers = HashSet::new();
+    for a in &addrs {
+        let body = client.get_ok(&p, &http_url(*a, "/")).body;
+        assert!(body.ends_with(&format!("from pid {}\n", p.pid)), "{body:?}");
+        servers.insert(body);
+    }
+    assert_eq!(servers.len(), 2, "two distinct servers: {servers:?}");
+
+    // An idle keep-alive connection on each: the drain closes them.
+    let mut idle: Vec<TcpStream> = addrs
+        .iter()
+        .map(|a| {
+            let mut s = raw(*a, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+            assert_eq!(read_response(&p, &mut s, "keep-alive").status, 200);
+            s
+        })
+        .collect();
+
+    p.signal(libc::SIGTERM);
+    for s in &mut idle {
+        let (_, end, after) = read_to_close(s, WAIT);
+        assert!(
+            end.closed(),
+            "an idle connection is still open {after:?} into the drain; output:\n{}",
+            p.output()
+        );
+    }
+    let status = expect_exit(&mut p, "after one SIGTERM for two servers");
+    assert!(
+        status.success(),
+        "exit status {status}; output:\n{}",
+        p.output()
+    );
+    assert_eq!(p.count("stopped accepting"), 2, "output:\n{}", p.output());
+    assert_eq!(
+        p.count("drained; server stopped"),
+        2,
+        "output:\n{}",
+        p.output()
+    );
+    for a in addrs {
+        assert_refused(&p, a);
+    }
+}
