@@ -10,7 +10,8 @@
 //! go, and a new binary that crashes, hangs or cannot start changes nothing; ports may
 //! change across restarts; keep-alive clients see no errors during the drain; HTTP/2,
 //! TLS with ALPN, Unix sockets, systemd notification and socket activation, PID files,
-//! and [`restart`] to learn the outcome of a restart.
+//! and [`restart`] (in the process) or a [`control`] socket (from outside: a deploy
+//! script, `ExecReload=`) to learn the outcome of a restart.
 //!
 //! ```no_run
 //! use axum::{routing::get, Router};
