@@ -525,6 +525,159 @@ fn sigusr2_while_serving_is_ignored() {
 }
 
 // ---------------------------------------------------------------------------------------
+// A minimal HTTP/2 client (prior knowledge) on a raw socket: enough to put one request
+// in flight at a known moment and to watch the frames of a drain.
+
+const H2_DATA: u8 = 0x0;
+const H2_HEADERS: u8 = 0x1;
+const H2_RST_STREAM: u8 = 0x3;
+const H2_SETTINGS: u8 = 0x4;
+const H2_PING: u8 = 0x6;
+const H2_GOAWAY: u8 = 0x7;
+const H2_END_STREAM: u8 = 0x1;
+const H2_ACK: u8 = 0x1;
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap();
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+struct H2Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+struct H2 {
+    s: TcpStream,
+}
+
+impl H2 {
+    /// Connects and sends the preface, empty SETTINGS, and `GET path` as stream 1.
+    fn get(addr: SocketAddr, path: &str) -> H2 {
+        assert!(path.len() < 127, "a one-byte HPACK length");
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+        // HPACK, static table: :method GET, :scheme http; then :path and :authority as
+        // literals without indexing (no Huffman).
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x01, 0x01, b't']);
+        out.extend(h2_frame(H2_HEADERS, 0x4 | H2_END_STREAM, 1, &block));
+        H2 { s: raw(addr, &out) }
+    }
+
+    /// Reads exactly `buf.len()` bytes; false at EOF or on a reset.
+    fn read_exact(&mut self, buf: &mut [u8], deadline: Instant) -> Result<bool, String> {
+        let mut at = 0;
+        while at < buf.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("no frame within {WAIT:?}"));
+            }
+            self.s.set_read_timeout(Some(left)).unwrap();
+            match self.s.read(&mut buf[at..]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => at += n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// The next frame, answering SETTINGS and PING as a client must; `None` once the
+    /// server closed the connection.
+    fn next(&mut self, deadline: Instant) -> Result<Option<H2Frame>, String> {
+        let mut head = [0u8; 9];
+        if !self.read_exact(&mut head, deadline)? {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if !self.read_exact(&mut payload, deadline)? {
+            return Err("the connection ended inside a frame".into());
+        }
+        let f = H2Frame {
+            kind: head[3],
+            flags: head[4],
+            stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+            payload,
+        };
+        let ack = match f.kind {
+            H2_SETTINGS if f.flags & H2_ACK == 0 => Some(h2_frame(H2_SETTINGS, H2_ACK, 0, &[])),
+            H2_PING if f.flags & H2_ACK == 0 => Some(h2_frame(H2_PING, H2_ACK, 0, &f.payload)),
+            _ => None,
+        };
+        if let Some(ack) = ack {
+            // The server may already be closing; its next frames tell.
+            let _ = self.s.write_all(&ack);
+        }
+        Ok(Some(f))
+    }
+}
+
+#[test]
+fn sigterm_sends_goaway_and_lets_an_http2_stream_in_flight_finish() {
+    let (mut p, addr) = start("hello", &[]);
+    let mut h2 = H2::get(addr, "/slow?ms=1500");
+    Client::plain().get_ok(&p, &http_url(addr, "/")); // the h2 connection is accepted
+
+    p.signal(libc::SIGTERM);
+    p.expect_line("stopped accepting", WAIT);
+    assert_refused(&p, addr);
+
+    let deadline = Instant::now() + WAIT;
+    let (mut goaway_before_end, mut status, mut body, mut ended) = (false, None, Vec::new(), false);
+    let mut kinds = Vec::new();
+    while let Some(f) = h2
+        .next(deadline)
+        .unwrap_or_else(|e| panic!("{e}; frames {kinds:?}; output:\n{}", p.output()))
+    {
+        kinds.push(f.kind);
+        match (f.kind, f.stream) {
+            (H2_GOAWAY, 0) => goaway_before_end |= !ended,
+            (H2_HEADERS, 1) => {
+                // Skip dynamic table size updates; :status 200 is static entry 8.
+                let first = f.payload.iter().find(|b| !(0x20..0x40).contains(*b));
+                status = first.copied();
+                ended |= f.flags & H2_END_STREAM != 0;
+            }
+            (H2_DATA, 1) => {
+                body.extend_from_slice(&f.payload);
+                ended |= f.flags & H2_END_STREAM != 0;
+            }
+            (H2_RST_STREAM, 1) => panic!("the stream in flight was reset; output:\n{}", p.output()),
+            _ => {}
+        }
+    }
+    assert!(
+        goaway_before_end,
+        "no GOAWAY before the response ended; frames {kinds:?}; output:\n{}",
+        p.output()
+    );
+    assert_eq!(status, Some(0x88), "not a 200; frames {kinds:?}");
+    assert!(ended, "the stream did not end; frames {kinds:?}");
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.starts_with(&format!("hello from pid {}", p.pid)),
+        "{body:?}"
+    );
+    let status = expect_exit(&mut p, "after SIGTERM and the last HTTP/2 stream");
+    assert!(
+        status.success(),
+        "exit status {status}; output:\n{}",
+        p.output()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // Signal hooks
 
 fn hook_line(stage: &str, sig: &str, pid: u32) -> String {
@@ -569,10 +722,15 @@ fn hooks_usr1_usr2_and_tstp_keep_serving_then_term_exits() {
     p.signal(libc::SIGTSTP);
     wait_exact_line(&p, &hook_line("pre", "SIGTSTP", pid));
     wait_state(&p, pid, 'T');
-    assert_eq!(
-        p.count(&hook_line("post", "SIGTSTP", pid)),
-        0,
-        "the post hook ran while stopped; output:\n{}",
+    // Give the output readers time to bring in a line printed before the stop.
+    let early = p.wait_for_nth(
+        &hook_line("post", "SIGTSTP", pid),
+        1,
+        Duration::from_millis(300),
+    );
+    assert!(
+        early.is_none() && proc_state(pid) == Some('T'),
+        "the post hook ran before the process was continued; output:\n{}",
         p.output()
     );
     p.signal(libc::SIGCONT);
@@ -720,9 +878,11 @@ fn assert_tls_start_fails(cert: &Path, key: &Path, culprit: &Path) {
         "exit status {status}; output:\n{}",
         p.output()
     );
+    // The output is read by other threads: wait for the line.
+    let named = p.wait_for_nth(&culprit.display().to_string(), 1, WAIT);
     let out = p.output();
     assert!(
-        out.contains(&culprit.display().to_string()),
+        named.is_some(),
         "the error should name {}; output:\n{out}",
         culprit.display()
     );
@@ -929,6 +1089,53 @@ fn a_trickled_body_is_cut_off() {
 }
 
 #[test]
+fn write_timeout_cuts_off_a_slow_handler() {
+    let (p, addr) = start("hello", &["--write-timeout-ms", "1000"]);
+    let mut s = raw(addr, b"GET /slow?ms=30000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (got, end, after) = read_to_close(&mut s, WAIT);
+    assert!(
+        end.closed() && got.is_empty(),
+        "expected the connection closed unanswered; got {:?} then {end:?} after {after:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        after >= Duration::from_millis(800) && after <= Duration::from_secs(6),
+        "cut off after {after:?}, expected about the 1 s write timeout; output:\n{}",
+        p.output()
+    );
+
+    // Over HTTP/2 the stream fails at the deadline (the connection may live on).
+    let h2c = Client::with(reqwest::Client::builder().http2_prior_knowledge());
+    let start = Instant::now();
+    let res = h2c.try_get(&http_url(addr, "/slow?ms=30000"));
+    assert!(
+        res.is_err() && start.elapsed() <= Duration::from_secs(6),
+        "an HTTP/2 request past the write timeout: {res:?} after {:?}",
+        start.elapsed()
+    );
+    Client::plain().get_ok(&p, &http_url(addr, "/"));
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    // The idle timeout defaults to the read timeout, as in Go.
+    let (p, addr) = start("hello", &["--read-timeout-ms", "1000"]);
+    let mut s = raw(addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(read_response(&p, &mut s, "keep-alive").status, 200);
+    let (got, end, after) = read_to_close(&mut s, WAIT);
+    assert!(
+        matches!(end, End::Eof) && got.is_empty(),
+        "expected a quiet close of the idle connection; got {:?} then {end:?} after {after:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        after >= Duration::from_millis(500) && after <= Duration::from_secs(6),
+        "closed after {after:?} idle, expected about 1 s; output:\n{}",
+        p.output()
+    );
+}
+
+#[test]
 fn malformed_requests_get_400_and_the_server_keeps_serving() {
     let (p, addr) = start("hello", &[]);
     let client = Client::plain();
@@ -1018,13 +1225,12 @@ fn two_servers_in_one_process_serve_and_one_sigterm_drains_both() {
         "exit status {status}; output:\n{}",
         p.output()
     );
-    assert_eq!(p.count("stopped accepting"), 2, "output:\n{}", p.output());
-    assert_eq!(
-        p.count("drained; server stopped"),
-        2,
-        "output:\n{}",
-        p.output()
-    );
+    // The output is read by other threads: wait for the lines, then count them.
+    for line in ["stopped accepting", "drained; server stopped"] {
+        p.wait_for_nth(line, 2, WAIT)
+            .unwrap_or_else(|| panic!("not twice {line:?}; output:\n{}", p.output()));
+        assert_eq!(p.count(line), 2, "output:\n{}", p.output());
+    }
     for a in addrs {
         assert_refused(&p, a);
     }
