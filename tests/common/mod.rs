@@ -14,7 +14,11 @@ pub fn example_bin(name: &str) -> PathBuf {
     // target/<profile>/deps/<test>-<hash>
     let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = profile_dir.join("examples").join(name);
-    assert!(bin.exists(), "{} is missing: cargo test builds examples", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo test builds examples",
+        bin.display()
+    );
     bin
 }
 
@@ -52,7 +56,10 @@ impl Proc {
         let out = Arc::new(Lines::default());
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
-        for stream in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+        for stream in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
             let out = out.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
@@ -91,13 +98,23 @@ impl Proc {
 
     /// Waits for the first line containing `pat`; panics with the output on timeout.
     pub fn expect_line(&self, pat: &str, timeout: Duration) -> String {
-        self.wait_for_nth(pat, 1, timeout)
-            .unwrap_or_else(|| panic!("no line with {pat:?} within {timeout:?}; output:\n{}", self.output()))
+        self.wait_for_nth(pat, 1, timeout).unwrap_or_else(|| {
+            panic!(
+                "no line with {pat:?} within {timeout:?}; output:\n{}",
+                self.output()
+            )
+        })
     }
 
     /// Number of lines containing `pat` so far.
     pub fn count(&self, pat: &str) -> usize {
-        self.out.lines.lock().unwrap().iter().filter(|l| l.contains(pat)).count()
+        self.out
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(pat))
+            .count()
     }
 
     /// The address of the n-th "serving" log line (1-based), waiting for it.
@@ -154,7 +171,12 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- output of {} (pid {}) ---\n{}", self.name, self.pid, self.output());
+            eprintln!(
+                "--- output of {} (pid {}) ---\n{}",
+                self.name,
+                self.pid,
+                self.output()
+            );
         }
     }
 }
@@ -183,7 +205,12 @@ pub fn signal(pid: u32, sig: i32) {
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
             !matches!(state, Some("Z") | Some("X"))
         }
         Err(_) => false,
@@ -233,7 +260,11 @@ pub fn live_processes_named(needle: &str) -> Vec<u32> {
     let me = std::process::id();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me || !alive(pid) {
@@ -272,7 +303,11 @@ pub fn versioned_hellos(versions: &[&str]) -> Vec<PathBuf> {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
     let target_dir = profile_dir.parent().unwrap().to_path_buf();
-    let profile = profile_dir.file_name().unwrap().to_string_lossy().into_owned();
+    let profile = profile_dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let store = target_dir.join("ceaseless-tests").join("hello-versions");
     std::fs::create_dir_all(&store).unwrap();
     for v in versions {
