@@ -69,6 +69,9 @@ pub(crate) struct Generation {
     readiness: Mutex<Readiness>,
     next_id: AtomicU64,
     restart_in_flight: AtomicBool,
+    /// Set once readiness was reported (to the previous generation, if any): from then
+    /// on this generation may itself restart.
+    ready: AtomicBool,
     ready_timeout: Mutex<Duration>,
     pub(crate) hooks: Hooks,
     pub(crate) exe: Exe,
@@ -93,6 +96,7 @@ impl Generation {
             readiness: Mutex::new(Readiness::default()),
             next_id: AtomicU64::new(1),
             restart_in_flight: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             ready_timeout: Mutex::new(DEFAULT_READY_TIMEOUT),
             hooks: Hooks::default(),
             exe: Exe::capture(),
@@ -183,6 +187,12 @@ impl Generation {
         self.restart_in_flight.store(false, Ordering::Release);
     }
 
+    /// True once this generation reported that every server accepts. Until then the
+    /// restart that started it is still in progress: its parent waits for the report.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
     /// The readiness deadline for the next generation: the largest any server asked for.
     pub(crate) fn ready_timeout(&self) -> Duration {
         *lock(&self.ready_timeout)
@@ -251,5 +261,9 @@ impl Generation {
                 tracing::error!(error = %e, "cannot report readiness to the previous generation");
             }
         }
+        // Logged before the flag is set, so in the log this line precedes any restart
+        // of this generation.
+        tracing::info!(pid = std::process::id(), previous = ?parent, "ready: every server accepts");
+        self.ready.store(true, Ordering::Release);
     }
 }

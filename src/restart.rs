@@ -96,7 +96,9 @@ fn is_executable(p: &Path) -> bool {
 ///
 /// This is what SIGHUP does; call it to restart from code (an admin endpoint, a control
 /// socket) and learn the outcome. On error nothing changed: this generation still
-/// serves, and a later restart may succeed.
+/// serves, and a later restart may succeed. A generation restarts only once every one
+/// of its servers accepts: before that the answer is [`RestartError::InProgress`] (it is
+/// itself a restart still under way) or [`RestartError::NoServer`].
 ///
 /// ```no_run
 /// # async fn admin() {
@@ -110,6 +112,21 @@ pub async fn restart() -> Result<u32, RestartError> {
     let gen = Generation::get();
     if gen.phase().is_draining() {
         return Err(RestartError::ShuttingDown);
+    }
+    if !gen.is_ready() {
+        // Not every server of this generation accepts yet. If it is itself a new
+        // generation, the restart that started it is still in progress: its parent
+        // waits for our report, and some of our servers may not have taken their
+        // sockets over yet, so a handover now would lose them.
+        let started_by_parent = gen
+            .inherited()
+            .as_ref()
+            .is_some_and(|i| i.parent_pid.is_some());
+        return Err(if started_by_parent {
+            RestartError::InProgress
+        } else {
+            RestartError::NoServer
+        });
     }
     if !gen.try_begin_restart() {
         return Err(RestartError::InProgress);
