@@ -4,10 +4,16 @@
 //! The environment is read once and never changed (no `set_var`/`remove_var`: other
 //! threads may be reading it). Stale variables are harmless: each set is guarded by a
 //! pid (ours by the parent's pid against `getppid()`, systemd's `LISTEN_PID` against our
-//! own), and every descriptor taken gets close-on-exec at once, so a subprocess the
-//! application starts sees neither a listener nor variables meant for it.
+//! own), and every descriptor announced gets close-on-exec before `main` runs, so a
+//! subprocess the application starts sees neither a listener nor variables meant for it.
+//!
+//! Only a descriptor that was open when the process started is ever taken: by the time
+//! the first server reads the environment, a number it announces but that was never
+//! handed over may belong to the process itself (the async runtime's epoll, say), and
+//! taking it would close it under its owner.
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
 
 use crate::error::Error;
 use crate::listener::{describe_listener, ListenAddr};
@@ -84,7 +90,13 @@ impl Inherited {
                 found.parent_pid = Some(parent);
                 found.adopt_all(&names, Origin::Parent);
                 if let Some(fd) = ready_fd {
-                    match take_fd(fd) {
+                    match take_fd(fd).and_then(|owned| {
+                        if is_pipe(owned.as_fd()) {
+                            Ok(owned)
+                        } else {
+                            Err("not a pipe".into())
+                        }
+                    }) {
                         Ok(fd) => found.ready_pipe = Some(fd),
                         Err(reason) => log(Error::InheritedFd {
                             fd,
@@ -278,23 +290,93 @@ fn read_systemd(env: &dyn Env, pid: u32) -> Result<Option<Vec<Option<String>>>, 
     Ok(Some(names))
 }
 
-/// Takes ownership of an inherited descriptor: checks it is open, sets close-on-exec.
+/// The announced descriptors that were open when the process started: recorded before
+/// `main` runs (see `RECORD_OPEN_AT_START`), when no code of the process can have opened
+/// one at those numbers yet.
+static OPEN_AT_START: OnceLock<Vec<RawFd>> = OnceLock::new();
+
+extern "C" fn record_open_at_start() {
+    let _ = OPEN_AT_START.set(announced_and_open(&ProcessEnv));
+}
+
+// Runs at load time, before `main` (Linux and the other ELF systems). Elsewhere the
+// record is made on first use, which is right as long as nothing opened a descriptor
+// at an announced number before the first server starts.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+#[used]
+#[link_section = ".init_array"]
+static RECORD_OPEN_AT_START: extern "C" fn() = record_open_at_start;
+
+fn open_at_start() -> &'static [RawFd] {
+    OPEN_AT_START.get_or_init(|| announced_and_open(&ProcessEnv))
+}
+
+/// The descriptors the environment announces to this process (past the pid guards)
+/// that are open, each made close-on-exec at once. Logs nothing: it runs before the
+/// application installed a logger; `Inherited::from_env` reports the problems later.
+fn announced_and_open(env: &dyn Env) -> Vec<RawFd> {
+    let announced: Vec<RawFd> = match read_ours(env, std::os::unix::process::parent_id()) {
+        Ok(Some((names, ready, _))) => (FIRST_FD..).take(names.len()).chain(ready).collect(),
+        _ => {
+            let for_us = env
+                .get(ENV_LISTEN_PID)
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                == Some(std::process::id());
+            let n = env
+                .get(ENV_LISTEN_FDS)
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .filter(|n| for_us && *n <= 1024)
+                .unwrap_or(0);
+            (FIRST_FD..).take(n).collect()
+        }
+    };
+    announced
+        .into_iter()
+        .filter(|&fd| set_cloexec(fd).is_ok())
+        .collect()
+}
+
+/// Takes ownership of an inherited descriptor: one that was open when the process
+/// started, made close-on-exec.
 fn take_fd(fd: RawFd) -> Result<OwnedFd, String> {
+    if !open_at_start().contains(&fd) {
+        return Err("never handed over: it was not open when the process started".into());
+    }
+    set_cloexec(fd)?;
+    // SAFETY: the descriptor was open when the process started, so it was handed to
+    // this process to own (the pid guard was checked by the caller); nothing else in
+    // the process refers to it, and it is taken only once (the environment is read once).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Is `fd` a pipe (or FIFO)?
+fn is_pipe(fd: BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes into the stat buffer we pass; it is read only on success.
+    unsafe {
+        libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) == 0
+            && st.assume_init().st_mode & libc::S_IFMT == libc::S_IFIFO
+    }
+}
+
+/// Sets close-on-exec on an open descriptor.
+fn set_cloexec(fd: RawFd) -> Result<(), String> {
     // SAFETY: F_GETFD/F_SETFD only read and set flags of a descriptor number.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
     if flags < 0 {
         return Err(format!("not open: {}", std::io::Error::last_os_error()));
     }
     // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+    if flags & libc::FD_CLOEXEC == 0
+        && unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0
+    {
         return Err(format!(
             "cannot set close-on-exec: {}",
             std::io::Error::last_os_error()
         ));
     }
-    // SAFETY: the descriptor is open and was handed to this process to own (the pid
-    // guard was checked by the caller); nothing else in the process refers to it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(())
 }
 
 /// Takes one announced listener, checking it is a listening stream socket of the kind
