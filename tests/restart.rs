@@ -1,0 +1,1803 @@
+//! Zero-downtime restarts, proved with real processes, real signals and real clients:
+//! deploys under load (HTTP/1.1, HTTP/2, TLS, a Unix socket), rollbacks, a SIGHUP storm,
+//! ports added and removed, a long request across a restart, and a hostile environment.
+//!
+//! Every test installs copies of the example binaries in its own scratch directory, as a
+//! deploy would, and listens on 127.0.0.1 port 0 (or on ports it picked, or on Unix
+//! sockets), so the tests run in parallel. Nothing here asserts on timing: every wait is
+//! bounded and generous, and what is checked is what happened, not how fast.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use common::{
+    alive, become_subreaper, example_bin, fd_count, field, live_processes_named, scratch_dir,
+    signal, versioned_hellos, wait_gone, Proc,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The bound on every wait for something a process should do soon: generous, for a
+/// loaded two-core machine.
+const LONG: Duration = Duration::from_secs(40);
+/// The longest a client waits for one response before counting it as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------
+// Installing binaries and following generations
+// ---------------------------------------------------------------------------------------
+
+/// Installs `src` at `dest` as a deploy does: a new file renamed over the old one. By
+/// hard link when possible (the versioned builds are never written again, and copying
+/// 70 MB per restart would only slow the tests down).
+fn install(src: &Path, dest: &Path) {
+    let tmp = dest.with_extension("installing");
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(src, &tmp).is_err() {
+        std::fs::copy(src, &tmp).expect("copy the binary");
+    }
+    std::fs::rename(&tmp, dest).expect("rename over the deployed binary");
+}
+
+/// Installs an executable shell script at `dest`, by rename.
+fn install_script(dest: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = dest.with_extension("installing");
+    std::fs::write(&tmp, body).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// Writes a file by rename, so a process reading it sees the old or the new content.
+fn write_atomically(dest: &Path, content: &str) {
+    let tmp = dest.with_extension("writing");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// The newest generation: the last pid that logged "serving".
+fn newest(p: &Proc) -> u32 {
+    *p.generation_pids()
+        .last()
+        .unwrap_or_else(|| panic!("no generation is serving; output:\n{}", p.output()))
+}
+
+fn pid_field(line: &str, key: &str) -> u32 {
+    field(line, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}=<pid> in {line:?}"))
+}
+
+/// SIGHUPs the newest generation and waits for its restart to succeed. Returns
+/// (old pid, new pid).
+fn restart_ok(p: &Proc) -> (u32, u32) {
+    let old = newest(p);
+    let succeeded = p.count("restart succeeded");
+    let failed = p.count("restart failed");
+    signal(old, libc::SIGHUP);
+    let line = p
+        .wait_for_nth("restart succeeded", succeeded + 1, LONG)
+        .unwrap_or_else(|| {
+            panic!(
+                "restart #{} of pid {old} did not succeed within {LONG:?}; output:\n{}",
+                succeeded + 1,
+                p.output()
+            )
+        });
+    assert_eq!(
+        pid_field(&line, "pid"),
+        old,
+        "the restart was reported by another process: {line}"
+    );
+    assert_eq!(
+        p.count("restart failed"),
+        failed,
+        "a restart failed; output:\n{}",
+        p.output()
+    );
+    let new = pid_field(&line, "new_pid");
+    assert_eq!(
+        newest(p),
+        new,
+        "the new generation {new} should be the newest that logged serving"
+    );
+    (old, new)
+}
+
+/// SIGHUPs the newest generation and waits for its restart to fail; returns the log
+/// line, which names the reason.
+fn restart_fails(p: &Proc) -> String {
+    let gen = newest(p);
+    let succeeded = p.count("restart succeeded");
+    let failed = p.count("restart failed");
+    signal(gen, libc::SIGHUP);
+    let line = p
+        .wait_for_nth("restart failed", failed + 1, LONG)
+        .unwrap_or_else(|| {
+            panic!(
+                "the restart of pid {gen} should have failed within {LONG:?}; output:\n{}",
+                p.output()
+            )
+        });
+    assert_eq!(pid_field(&line, "pid"), gen, "{line}");
+    assert_eq!(
+        p.count("restart succeeded"),
+        succeeded,
+        "a broken deploy was reported as a successful restart; output:\n{}",
+        p.output()
+    );
+    line
+}
+
+/// The version a hello generation announced at start.
+fn hello_version(p: &Proc, pid: u32) -> String {
+    let line = p.expect_line(&format!("hello starting pid={pid} "), LONG);
+    field(&line, "version").unwrap_or_else(|| panic!("no version in {line:?}"))
+}
+
+/// Waits for `pid` to exit, and reaps it (the test process is the subreaper).
+fn expect_gone(p: &Proc, pid: u32, what: &str) {
+    assert!(
+        wait_gone(pid, LONG),
+        "{what}: pid {pid} still runs after {LONG:?}; output:\n{}",
+        p.output()
+    );
+}
+
+/// True once `pid` is reaped: not even a zombie is left.
+fn reaped(pid: u32) -> bool {
+    common::reap(pid);
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// (pid, state) of every process whose parent is `ppid`, zombies included.
+fn children_of(ppid: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+        let state = rest.next().unwrap_or("?").to_string();
+        if rest.next().and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
+            found.push((pid, state));
+        }
+    }
+    found
+}
+
+/// The open descriptors of `pid`, one "fd -> target" per line, for failure messages.
+fn fd_listing(pid: u32) -> String {
+    let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_str()?.parse().ok()?;
+                    let target = std::fs::read_link(e.path()).ok()?;
+                    Some((n, target.display().to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    fds.iter()
+        .map(|(n, t)| format!("  {n} -> {t}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The number of open descriptors of `pid` once it stopped changing (closed client
+/// connections take a moment to be noticed).
+fn settled_fd_count(pid: u32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut last, mut same) = (fd_count(pid), 0);
+    while same < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let n = fd_count(pid);
+        same = if n == last { same + 1 } else { 0 };
+        last = n;
+    }
+    last
+}
+
+/// Distinct free TCP ports on 127.0.0.1 (bound together, then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// The inode of the socket listening on 127.0.0.1:`port`, from /proc/net/tcp: the same
+/// inode before and after a restart proves the same socket was handed over.
+fn listen_inode(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        (cols.get(1) == Some(&local.as_str()) && cols.get(3) == Some(&"0A"))
+            .then(|| cols.get(9)?.parse().ok())
+            .flatten()
+    })
+}
+
+fn unix_socket_exists(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// A short path for a Unix socket (sun_path holds 108 bytes).
+fn socket_path(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    if p.as_os_str().len() < 100 {
+        return p;
+    }
+    static N: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "ceaseless-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/1.1 by hand: one request, a response read by its Content-Length
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    close: bool,
+    body: String,
+}
+
+fn request_bytes(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: ceaseless.test\r\n\r\n").into_bytes()
+}
+
+/// Parses one response from the front of `buf`: Ok(None) while it is incomplete.
+fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, String> {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else {
+        return if buf.len() > 64 * 1024 {
+            Err("response head larger than 64 KiB".into())
+        } else {
+            Ok(None)
+        };
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "non-UTF-8 response head")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let (mut len, mut close) = (None, false);
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("content-length") {
+            len = v.parse::<usize>().ok();
+        } else if k.eq_ignore_ascii_case("connection") {
+            close = v.eq_ignore_ascii_case("close");
+        } else if k.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(format!("unexpected Transfer-Encoding: {v}"));
+        }
+    }
+    let len = len.ok_or_else(|| format!("no Content-Length in {head:?}"))?;
+    if buf.len() < head_end + len {
+        return Ok(None);
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned();
+    Ok(Some((
+        Response {
+            status,
+            close,
+            body,
+        },
+        head_end + len,
+    )))
+}
+
+/// One request and its response on an open connection (async).
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    path: &str,
+) -> Result<Response, String> {
+    s.write_all(&request_bytes(path))
+        .await
+        .map_err(|e| format!("sending the request: {e}"))?;
+    let mut buf = Vec::new();
+    loop {
+        if let Some((r, used)) = parse_response(&buf)? {
+            if used != buf.len() {
+                return Err(format!(
+                    "{} unexpected bytes after the response",
+                    buf.len() - used
+                ));
+            }
+            return Ok(r);
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) => {
+                return Err(format!(
+                    "connection closed after {} bytes of the response",
+                    buf.len()
+                ))
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => {
+                return Err(format!(
+                    "reading the response ({} bytes in): {e}",
+                    buf.len()
+                ))
+            }
+        }
+    }
+}
+
+/// One request and its response on an open connection (blocking).
+fn exchange_blocking<S: Read + Write>(s: &mut S, path: &str) -> Result<Response, String> {
+    s.write_all(&request_bytes(path))
+        .map_err(|e| format!("sending the request: {e}"))?;
+    let mut buf = Vec::new();
+    loop {
+        if let Some((r, _)) = parse_response(&buf)? {
+            return Ok(r);
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) => {
+                return Err(format!(
+                    "connection closed after {} bytes of the response",
+                    buf.len()
+                ))
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => {
+                return Err(format!(
+                    "reading the response ({} bytes in): {e}",
+                    buf.len()
+                ))
+            }
+        }
+    }
+}
+
+fn connect_tcp(addr: &str) -> io::Result<StdTcpStream> {
+    let sa: SocketAddr = addr.parse().map_err(io::Error::other)?;
+    let s = StdTcpStream::connect_timeout(&sa, Duration::from_secs(10))?;
+    s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    s.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    Ok(s)
+}
+
+/// `GET path` on a fresh TCP connection; panics with the reason on failure.
+fn get_tcp(addr: &str, path: &str) -> Response {
+    let mut s = connect_tcp(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    exchange_blocking(&mut s, path).unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
+}
+
+/// The pid named by a response body ("... pid 1234 ...").
+fn body_pid(body: &str) -> Option<u32> {
+    body.split("pid ")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The version named by a hello response body ("..., version v2").
+fn body_version(body: &str) -> Option<&str> {
+    body.split("version ").nth(1).map(str::trim)
+}
+
+/// An error with its sources, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------
+// Load: concurrent clients that count every request and check who answered it
+// ---------------------------------------------------------------------------------------
+
+/// Who must answer, while the test knows it: every older generation is gone and the
+/// next restart has not begun.
+#[derive(Clone, Debug)]
+struct Expect {
+    pid: u32,
+    version: Option<String>,
+}
+
+/// A check of every successful response body, on top of the expectation.
+type BodyCheck = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    wrong: AtomicU64,
+    checked: AtomicU64,
+    reconnects: AtomicU64,
+    notes: Mutex<Vec<String>>,
+    by_pid: Mutex<BTreeMap<u32, u64>>,
+}
+
+impl Tally {
+    fn note(&self, s: String) {
+        let mut n = self.notes.lock().unwrap();
+        if n.len() < 20 {
+            n.push(s);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    stop: Arc<AtomicBool>,
+    /// (epoch, expectation): a response is checked only if the epoch did not change
+    /// while its request was in flight.
+    expect: Arc<RwLock<(u64, Option<Expect>)>>,
+    tally: Arc<Tally>,
+    check: Option<BodyCheck>,
+}
+
+impl Shared {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn expectation(&self) -> (u64, Option<Expect>) {
+        self.expect.read().unwrap().clone()
+    }
+
+    fn record(
+        &self,
+        who: &str,
+        epoch: u64,
+        exp: Option<Expect>,
+        res: Result<(u16, String), String>,
+    ) {
+        let t = &self.tally;
+        let body = match res {
+            Ok((200, body)) => body,
+            Ok((status, body)) => {
+                t.failed.fetch_add(1, Ordering::Relaxed);
+                t.note(format!("{who}: status {status}: {body:?}"));
+                return;
+            }
+            Err(e) => {
+                t.failed.fetch_add(1, Ordering::Relaxed);
+                t.note(format!("{who}: {e}"));
+                return;
+            }
+        };
+        t.ok.fetch_add(1, Ordering::Relaxed);
+        let pid = body_pid(&body);
+        *t.by_pid
+            .lock()
+            .unwrap()
+            .entry(pid.unwrap_or(0))
+            .or_default() += 1;
+        if let Some(check) = &self.check {
+            if let Err(e) = check(&body) {
+                t.wrong.fetch_add(1, Ordering::Relaxed);
+                t.note(format!("{who}: {e}"));
+            }
+        }
+        let Some(e) = exp else { return };
+        if self.expect.read().unwrap().0 != epoch {
+            return; // a restart may have begun while this request was in flight
+        }
+        t.checked.fetch_add(1, Ordering::Relaxed);
+        let version_ok = e.version.is_none() || body_version(&body) == e.version.as_deref();
+        if pid != Some(e.pid) || !version_ok {
+            t.wrong.fetch_add(1, Ordering::Relaxed);
+            t.note(format!(
+                "{who}: expected an answer from pid {} version {:?}, got {body:?}",
+                e.pid, e.version
+            ));
+        }
+    }
+}
+
+/// One client of the load.
+enum Client {
+    /// A reqwest client (pooled keep-alive, HTTP/1.1 or HTTP/2) sending `GET url`.
+    Http(reqwest::Client, String),
+    /// One raw HTTP/1.1 keep-alive connection at a time, over TCP.
+    Tcp(SocketAddr),
+    /// The same over a Unix socket.
+    Unix(PathBuf),
+}
+
+/// A plain-HTTP reqwest client.
+fn reqwest_client(h2: bool) -> reqwest::Client {
+    let b = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT);
+    let b = if h2 {
+        b.http2_prior_knowledge()
+    } else {
+        b.http1_only()
+    };
+    b.build().expect("reqwest client")
+}
+
+/// `tasks` tasks sharing one pooled reqwest client.
+fn shared_client(client: reqwest::Client, url: &str, tasks: usize) -> Vec<Client> {
+    (0..tasks)
+        .map(|_| Client::Http(client.clone(), url.to_string()))
+        .collect()
+}
+
+struct Load {
+    rt: tokio::runtime::Runtime,
+    shared: Shared,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    started: Instant,
+}
+
+/// What a load saw, once stopped.
+#[derive(Debug)]
+struct Summary {
+    ok: u64,
+    failed: u64,
+    wrong: u64,
+    checked: u64,
+    reconnects: u64,
+    notes: Vec<String>,
+    by_pid: BTreeMap<u32, u64>,
+    secs: f64,
+}
+
+impl Summary {
+    fn print(&self, tag: &str) {
+        println!(
+            "[{tag}] {} requests answered, {} failed, {} by the wrong generation; {} checked \
+             against the expected generation; {} reconnects after Connection: close; \
+             {:.1} s; responses by pid: {:?}",
+            self.ok, self.failed, self.wrong, self.checked, self.reconnects, self.secs, self.by_pid
+        );
+    }
+
+    /// Zero failed requests and no answer from a generation that should be gone.
+    fn assert_clean(&self, tag: &str) {
+        assert!(
+            self.failed == 0 && self.wrong == 0,
+            "[{tag}] {} failed requests and {} answers from the wrong generation out of {}; \
+             first problems:\n  {}",
+            self.failed,
+            self.wrong,
+            self.ok + self.failed,
+            self.notes.join("\n  ")
+        );
+        assert!(self.ok > 0, "[{tag}] no request was answered at all");
+    }
+}
+
+impl Load {
+    fn start(tag: &str, clients: impl FnOnce() -> Vec<Client>) -> Load {
+        Self::start_checked(tag, None, clients)
+    }
+
+    fn start_checked(
+        tag: &str,
+        check: Option<BodyCheck>,
+        clients: impl FnOnce() -> Vec<Client>,
+    ) -> Load {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let clients = {
+            let _in_rt = rt.enter();
+            clients()
+        };
+        let shared = Shared {
+            stop: Arc::default(),
+            expect: Arc::new(RwLock::new((0, None))),
+            tally: Arc::default(),
+            check,
+        };
+        let tasks = clients
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| rt.spawn(run_client(format!("{tag} client {i}"), c, shared.clone())))
+            .collect();
+        Load {
+            rt,
+            shared,
+            tasks,
+            started: Instant::now(),
+        }
+    }
+
+    /// From now on (until the next call) only `e` may answer.
+    fn expect(&self, e: Option<Expect>) {
+        let mut g = self.shared.expect.write().unwrap();
+        g.0 += 1;
+        g.1 = e;
+    }
+
+    fn checked(&self) -> u64 {
+        self.shared.tally.checked.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more responses were checked against the expectation.
+    fn wait_checked(&self, n: u64, what: &str) {
+        let target = self.checked() + n;
+        let deadline = Instant::now() + LONG;
+        while self.checked() < target {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: only {} of {n} responses from the expected generation within {LONG:?}; \
+                 {} requests failed; first problems: {:?}",
+                n + self.checked() - target,
+                self.shared.tally.failed.load(Ordering::Relaxed),
+                self.shared.tally.notes.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops every client, closes every connection, and reports.
+    fn stop(self) -> Summary {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let tasks = self.tasks;
+        self.rt.block_on(async {
+            for t in tasks {
+                let _ = tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(5), t).await;
+            }
+        });
+        // Dropping the runtime closes every client connection, pooled ones included.
+        self.rt.shutdown_timeout(Duration::from_secs(5));
+        let t = &self.shared.tally;
+        Summary {
+            ok: t.ok.load(Ordering::Relaxed),
+            failed: t.failed.load(Ordering::Relaxed),
+            wrong: t.wrong.load(Ordering::Relaxed),
+            checked: t.checked.load(Ordering::Relaxed),
+            reconnects: t.reconnects.load(Ordering::Relaxed),
+            notes: t.notes.lock().unwrap().clone(),
+            by_pid: t.by_pid.lock().unwrap().clone(),
+            secs: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+async fn run_client(name: String, c: Client, sh: Shared) {
+    match c {
+        Client::Http(client, url) => http_loop(name, client, url, sh).await,
+        Client::Tcp(addr) => raw_loop(name, move || tokio::net::TcpStream::connect(addr), sh).await,
+        Client::Unix(path) => {
+            raw_loop(
+                name,
+                move || tokio::net::UnixStream::connect(path.clone()),
+                sh,
+            )
+            .await
+        }
+    }
+}
+
+async fn http_loop(name: String, client: reqwest::Client, url: String, sh: Shared) {
+    while !sh.stopped() {
+        let (epoch, exp) = sh.expectation();
+        let res = async {
+            let r = client.get(&url).send().await.map_err(|e| chain(&e))?;
+            let status = r.status().as_u16();
+            let body = r
+                .text()
+                .await
+                .map_err(|e| format!("reading the body: {}", chain(&e)))?;
+            Ok((status, body))
+        }
+        .await;
+        let failed = res.is_err();
+        sh.record(&name, epoch, exp, res);
+        if failed {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A keep-alive HTTP/1.1 client on one connection at a time: it reconnects only after a
+/// response carrying `Connection: close`; any other end of the connection is a failure.
+async fn raw_loop<S, F, Fut>(name: String, connect: F, sh: Shared)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Fn() -> Fut,
+    Fut: Future<Output = io::Result<S>>,
+{
+    let mut conn: Option<S> = None;
+    while !sh.stopped() {
+        let (epoch, exp) = sh.expectation();
+        let s = match conn.as_mut() {
+            Some(s) => s,
+            None => match tokio::time::timeout(REQUEST_TIMEOUT, connect()).await {
+                Ok(Ok(s)) => conn.insert(s),
+                Ok(Err(e)) => {
+                    sh.record(&name, epoch, exp, Err(format!("connect: {e}")));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                Err(_) => {
+                    sh.record(&name, epoch, exp, Err("connect timed out".into()));
+                    continue;
+                }
+            },
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange(s, "/")).await {
+            Ok(Ok(r)) => {
+                if r.close {
+                    conn = None;
+                    sh.tally.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                sh.record(&name, epoch, exp, Ok((r.status, r.body)));
+            }
+            Ok(Err(e)) => {
+                conn = None;
+                sh.record(&name, epoch, exp, Err(e));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => {
+                conn = None;
+                sh.record(&name, epoch, exp, Err("no response in time".into()));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1, 2. Restarts under load
+// ---------------------------------------------------------------------------------------
+
+/// A binary to deploy, and the version it answers with (hello), if any.
+type Build = (PathBuf, Option<String>);
+
+/// Starts `builds[0]` at a deploy path, warms it up, then restarts it `restarts` times
+/// under the load `clients` makes (deploying `builds[1]`, `builds[2]`, ... in turn), and
+/// checks: zero failed requests, every restart succeeded, after each old generation
+/// exited only the new one answers, the final generation holds as many descriptors as
+/// the first did, and every old generation is gone and reaped.
+fn restarts_under_load(
+    tag: &str,
+    builds: &[Build],
+    extra_args: &[&str],
+    restarts: usize,
+    clients: impl Fn(SocketAddr) -> Vec<Client>,
+) {
+    let t0 = Instant::now();
+    become_subreaper();
+    let dir = scratch_dir(tag);
+    let app = dir.join("app");
+    install(&builds[0].0, &app);
+    let mut args = vec!["--addr", "127.0.0.1:0"];
+    args.extend_from_slice(extra_args);
+    let p = Proc::spawn(&app, &args);
+    let addr: SocketAddr = p.serving_addr(1).parse().unwrap();
+    let first = newest(&p);
+    if let Some(v) = &builds[0].1 {
+        assert_eq!(
+            &hello_version(&p, first),
+            v,
+            "the first build answers with another version"
+        );
+    }
+    let expect = |pid: u32, i: usize| {
+        Some(Expect {
+            pid,
+            version: builds[i % builds.len()].1.clone(),
+        })
+    };
+
+    // Warm up, then count the first generation's descriptors with no client connected.
+    let warm = Load::start(&format!("{tag} warm-up"), || clients(addr));
+    warm.expect(expect(first, 0));
+    warm.wait_checked(200, "warm-up");
+    let warm = warm.stop();
+    warm.assert_clean(&format!("{tag} warm-up"));
+    let baseline = settled_fd_count(first);
+    let baseline_fds = fd_listing(first);
+
+    let load = Load::start(tag, || clients(addr));
+    load.expect(expect(first, 0));
+    load.wait_checked(300, "before the first restart");
+    let mut gens = vec![first];
+    for i in 1..=restarts {
+        load.expect(None);
+        let (bin, version) = &builds[i % builds.len()];
+        install(bin, &app);
+        let (old, new) = restart_ok(&p);
+        assert_eq!(
+            old,
+            *gens.last().unwrap(),
+            "restart {i} came from another generation"
+        );
+        if let Some(v) = version {
+            assert_eq!(
+                &hello_version(&p, new),
+                v,
+                "restart {i}: the new generation runs another build than the one deployed"
+            );
+        }
+        expect_gone(&p, old, &format!("restart {i}: the old generation"));
+        load.expect(expect(new, i));
+        load.wait_checked(300, &format!("restart {i}: the new generation {new}"));
+        gens.push(new);
+    }
+    let summary = load.stop();
+    summary.print(tag);
+    summary.assert_clean(tag);
+
+    assert_eq!(p.count("restart succeeded"), restarts, "{}", p.output());
+    assert_eq!(p.count("restart failed"), 0, "{}", p.output());
+    let last = *gens.last().unwrap();
+    assert_eq!(newest(&p), last);
+
+    // The final generation holds what the first held: nothing leaks across handovers.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while fd_count(last) != baseline && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let final_count = fd_count(last);
+    println!(
+        "[{tag}] open descriptors: first generation {baseline}, final generation {final_count} \
+         (after {restarts} restarts)"
+    );
+    assert_eq!(
+        final_count,
+        baseline,
+        "descriptors of the first generation (pid {first}):\n{baseline_fds}\n\
+         descriptors of the final generation (pid {last}):\n{}",
+        fd_listing(last)
+    );
+
+    // Every old generation exited and was reaped; only the final one runs.
+    for &g in &gens[..gens.len() - 1] {
+        assert!(
+            reaped(g),
+            "old generation {g} is still there (zombie or alive)"
+        );
+    }
+    let app_name = app.to_string_lossy().into_owned();
+    assert_eq!(
+        live_processes_named(&app_name),
+        vec![last],
+        "processes left running"
+    );
+    assert!(children_of(last).is_empty(), "{:?}", children_of(last));
+
+    signal(last, libc::SIGTERM);
+    expect_gone(&p, last, "the final generation after SIGTERM");
+    println!(
+        "[{tag}] {restarts} restarts, generations {gens:?}, wall time {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+fn hello_builds(versions: &[&str]) -> Vec<Build> {
+    versioned_hellos(versions)
+        .into_iter()
+        .zip(versions)
+        .map(|(p, v)| (p, Some(v.to_string())))
+        .collect()
+}
+
+#[test]
+fn restarts_under_http1_load() {
+    let builds = hello_builds(&["v1", "v2", "v3"]);
+    restarts_under_load("http1", &builds, &[], 10, |addr| {
+        let url = format!("http://{addr}/");
+        let mut c = shared_client(reqwest_client(false), &url, 16);
+        c.extend((0..16).map(|_| Client::Tcp(addr)));
+        c
+    });
+}
+
+#[test]
+fn restarts_under_http2_load() {
+    let builds = hello_builds(&["v1", "v2", "v3"]);
+    restarts_under_load("http2", &builds, &[], 5, |addr| {
+        let url = format!("http://{addr}/");
+        // Four HTTP/2 connections, eight concurrent streams each.
+        (0..4)
+            .flat_map(|_| shared_client(reqwest_client(true), &url, 8))
+            .collect()
+    });
+}
+
+#[test]
+fn restarts_under_tls_load() {
+    let dir = scratch_dir("tls-cert");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("make a certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let root = reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap();
+    let builds = vec![(example_bin("tls"), None)];
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    restarts_under_load("tls", &builds, &["--cert", cert, "--key", key], 5, |addr| {
+        let url = format!("https://127.0.0.1:{}/", addr.port());
+        let tls = |h1: bool| {
+            let b = reqwest::Client::builder()
+                .use_rustls_tls()
+                .add_root_certificate(root.clone())
+                .no_proxy()
+                .timeout(REQUEST_TIMEOUT);
+            let b = if h1 { b.http1_only() } else { b };
+            b.build().expect("TLS client")
+        };
+        // Two HTTP/2 connections (ALPN) of eight streams, sixteen HTTP/1.1 tasks.
+        let mut c: Vec<Client> = (0..2)
+            .flat_map(|_| shared_client(tls(false), &url, 8))
+            .collect();
+        c.extend(shared_client(tls(true), &url, 16));
+        c
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Rollback
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn broken_deploys_roll_back() {
+    let t0 = Instant::now();
+    let builds = hello_builds(&["v1", "v2"]);
+    become_subreaper();
+    let dir = scratch_dir("rollback");
+    let app = dir.join("app");
+    install(&builds[0].0, &app);
+    let p = Proc::spawn(
+        &app,
+        &["--addr", "127.0.0.1:0", "--ready-timeout-ms", "2500"],
+    );
+    let addr: SocketAddr = p.serving_addr(1).parse().unwrap();
+    let gen1 = newest(&p);
+
+    let load = Load::start("rollback", || {
+        let mut c = shared_client(reqwest_client(false), &format!("http://{addr}/"), 8);
+        c.extend((0..8).map(|_| Client::Tcp(addr)));
+        c
+    });
+    // The first generation must answer everything until the good deploy.
+    load.expect(Some(Expect {
+        pid: gen1,
+        version: Some("v1".into()),
+    }));
+    load.wait_checked(100, "before the broken deploys");
+
+    type Prepare = fn(&Path);
+    let cases: [(&str, Prepare, &[&str]); 3] = [
+        (
+            "a binary that exits at once",
+            |app| install_script(app, "#!/bin/sh\nexit 3\n"),
+            &["exited before it was ready", "exit status: 3"],
+        ),
+        (
+            "a binary that never becomes ready",
+            |app| install_script(app, "#!/bin/sh\nexec sleep 600\n"),
+            &["was not ready within 2.5s", "killed it"],
+        ),
+        (
+            "a missing binary",
+            |app| std::fs::remove_file(app).unwrap(),
+            &["cannot start", "No such file or directory"],
+        ),
+    ];
+    for (what, prepare, reasons) in cases {
+        prepare(&app);
+        let line = restart_fails(&p);
+        for r in reasons {
+            assert!(
+                line.contains(r),
+                "{what}: the failure should say {r:?}: {line}"
+            );
+        }
+        println!("[rollback] {what}: {line}");
+        assert!(alive(gen1), "{what}: the old generation died");
+        assert_eq!(
+            newest(&p),
+            gen1,
+            "{what}: another generation logged serving"
+        );
+        // The failed generation was killed and reaped: no child, not even a zombie.
+        assert_eq!(
+            children_of(gen1),
+            vec![],
+            "{what}: the old generation has children left"
+        );
+        let app_name = dir.to_string_lossy().into_owned();
+        assert_eq!(
+            live_processes_named(&app_name),
+            vec![gen1],
+            "{what}: processes left"
+        );
+        load.wait_checked(100, &format!("after {what}"));
+    }
+
+    // A good deploy still goes through.
+    load.expect(None);
+    install(&builds[1].0, &app);
+    let (old, gen2) = restart_ok(&p);
+    assert_eq!(old, gen1);
+    assert_eq!(hello_version(&p, gen2), "v2");
+    expect_gone(&p, gen1, "the old generation after the good deploy");
+    load.expect(Some(Expect {
+        pid: gen2,
+        version: Some("v2".into()),
+    }));
+    load.wait_checked(100, "after the good deploy");
+    let summary = load.stop();
+    summary.print("rollback");
+    summary.assert_clean("rollback");
+    assert_eq!(p.count("restart failed"), 3, "{}", p.output());
+    assert!(reaped(gen1));
+    signal(gen2, libc::SIGTERM);
+    expect_gone(&p, gen2, "the new generation after SIGTERM");
+    println!("[rollback] wall time {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. A SIGHUP storm
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn sighup_storm() {
+    let t0 = Instant::now();
+    let builds = hello_builds(&["v1"]);
+    become_subreaper();
+    let dir = scratch_dir("storm");
+    let app = dir.join("app");
+    install(&builds[0].0, &app);
+    let app_name = app.to_string_lossy().into_owned();
+    // Two servers: a generation is ready only once both accept, so a SIGHUP can land
+    // on a generation that serves on one socket but is not ready yet.
+    let p = Proc::spawn(&app, &["--addr", "127.0.0.1:0", "--addr", "127.0.0.1:0"]);
+    let addr: SocketAddr = p.serving_addr(1).parse().unwrap();
+    p.serving_addr(2);
+    let gen1 = newest(&p);
+    let load = Load::start("storm", || (0..8).map(|_| Client::Tcp(addr)).collect());
+    load.expect(Some(Expect {
+        pid: gen1,
+        version: None,
+    }));
+    load.wait_checked(50, "before the storm");
+    load.expect(None);
+
+    // 100 SIGHUPs in about a second, each to the newest generation known from the log,
+    // as an operator (or a deploy script in a loop) reading a PID file would send them.
+    let storm = Instant::now();
+    let mut max_live = 0;
+    let sent = 100;
+    for _ in 0..sent {
+        signal(newest(&p), libc::SIGHUP);
+        max_live = max_live.max(live_processes_named(&app_name).len());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let storm_secs = storm.elapsed().as_secs_f64();
+
+    // Settle: nothing in flight, one generation left.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let started = p.count("started the next generation");
+        let concluded = p.count("restart succeeded")
+            + p.output()
+                .lines()
+                .filter(|l| l.contains("restart failed") && l.contains("(pid "))
+                .count();
+        let live = live_processes_named(&app_name);
+        if started == concluded && live == vec![newest(&p)] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the storm did not settle: {started} restarts started, {concluded} concluded, \
+             live {live:?}; output:\n{}",
+            p.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = newest(&p);
+    load.expect(Some(Expect {
+        pid: last,
+        version: None,
+    }));
+    load.wait_checked(50, "after the storm");
+    let summary = load.stop();
+    summary.print("storm");
+    summary.assert_clean("storm");
+
+    let out = p.output();
+    let lines: Vec<&str> = out.lines().collect();
+    let started: Vec<(usize, u32, u32)> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("started the next generation"))
+        .map(|(i, l)| (i, pid_field(l, "pid"), pid_field(l, "new_pid")))
+        .collect();
+    let handovers: Vec<(u32, u32)> = lines
+        .iter()
+        .filter(|l| l.contains("restart succeeded"))
+        .map(|l| (pid_field(l, "pid"), pid_field(l, "new_pid")))
+        .collect();
+    let refused = lines
+        .iter()
+        .filter(|l| l.contains("restart failed") && l.contains("already in progress"))
+        .count();
+    let draining = lines
+        .iter()
+        .filter(|l| l.contains("restart failed") && l.contains("shutting down"))
+        .count();
+    println!(
+        "[storm] {sent} SIGHUPs in {storm_secs:.2} s: {} generations started, {} handovers, \
+         {refused} refused (restart in progress), {draining} refused (draining), \
+         at most {max_live} processes alive at once; settled on pid {last}; wall {:.1} s",
+        started.len(),
+        handovers.len(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    // No fork bomb: never more generations than signals, and at least one handover.
+    assert!(
+        started.len() <= sent,
+        "{} generations for {sent} signals",
+        started.len()
+    );
+    assert!(
+        !handovers.is_empty(),
+        "no restart succeeded; output:\n{out}"
+    );
+    // A generation restarts only once it reported ready itself: the restart it came
+    // from is over before the next one begins, so at most one is in flight at a time.
+    for &(i, pid, new_pid) in &started {
+        let ready_before = lines[..i].iter().any(|l| {
+            l.contains("ready: every server accepts") && field(l, "pid") == Some(pid.to_string())
+        });
+        assert!(
+            ready_before,
+            "pid {pid} started generation {new_pid} before it was ready itself (line {i}); \
+             output:\n{out}"
+        );
+    }
+    // The handovers form one chain from the first generation to the last: no
+    // generation handed over twice, none was handed over to twice.
+    let mut next: HashMap<u32, u32> = HashMap::new();
+    for &(old, new) in &handovers {
+        assert!(
+            next.insert(old, new).is_none(),
+            "pid {old} handed over twice:\n{out}"
+        );
+    }
+    let (mut cur, mut steps) = (gen1, 0);
+    while let Some(&n) = next.get(&cur) {
+        cur = n;
+        steps += 1;
+        assert!(steps <= handovers.len(), "the handovers loop:\n{out}");
+    }
+    assert_eq!(
+        steps,
+        handovers.len(),
+        "the handovers do not form one chain:\n{out}"
+    );
+    assert_eq!(
+        cur, last,
+        "the chain of handovers does not end at the serving generation"
+    );
+
+    // Exactly one generation is left; it serves; nothing else remains.
+    assert_eq!(live_processes_named(&app_name), vec![last]);
+    assert_eq!(body_pid(&get_tcp(&addr.to_string(), "/").body), Some(last));
+    for g in p.generation_pids().into_iter().filter(|&g| g != last) {
+        assert!(
+            wait_gone(g, LONG) && reaped(g),
+            "generation {g} is still there"
+        );
+    }
+    for &(_, _, child) in &started {
+        if child != last {
+            assert!(
+                wait_gone(child, LONG) && reaped(child),
+                "pid {child} is still there"
+            );
+        }
+    }
+    assert!(children_of(last).is_empty(), "{:?}", children_of(last));
+    signal(last, libc::SIGTERM);
+    expect_gone(&p, last, "the last generation after SIGTERM");
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Ports added and removed across a restart
+// ---------------------------------------------------------------------------------------
+
+/// "server N from pid P" -> (N, P).
+fn server_and_pid(body: &str) -> Option<(usize, u32)> {
+    let n = body
+        .strip_prefix("server ")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()?;
+    Some((n, body_pid(body)?))
+}
+
+#[test]
+fn ports_added_and_removed() {
+    become_subreaper();
+    let dir = scratch_dir("ports");
+    let app = dir.join("app");
+    install(&example_bin("multi_port"), &app);
+    let ports = free_ports(3);
+    let [a, b, c] = [0, 1, 2].map(|i| format!("127.0.0.1:{}", ports[i]));
+    let addr_file = dir.join("addrs");
+    write_atomically(&addr_file, &format!("{a}\n{b}\n"));
+    let p = Proc::spawn(&app, &["--addr-file", addr_file.to_str().unwrap()]);
+    p.serving_addr(2);
+    let gen1 = newest(&p);
+    let served = |addr: &str| server_and_pid(&get_tcp(addr, "/").body);
+    assert_eq!(
+        served(&a),
+        Some((1, gen1)),
+        "A is server 1 of the first generation"
+    );
+    assert_eq!(
+        served(&b),
+        Some((2, gen1)),
+        "B is server 2 of the first generation"
+    );
+    let inode_b = listen_inode(ports[1]).expect("B's listening socket in /proc/net/tcp");
+
+    // Clients on B throughout: B is server 2 in the first generation, server 1 after.
+    let check: BodyCheck = Arc::new(move |body: &str| match server_and_pid(body) {
+        Some((2, pid)) if pid == gen1 => Ok(()),
+        Some((1, pid)) if pid != gen1 => Ok(()),
+        _ => Err(format!("wrong mapping on B: {body:?}")),
+    });
+    let b_addr: SocketAddr = b.parse().unwrap();
+    let load = Load::start_checked("ports", Some(check), || {
+        (0..8).map(|_| Client::Tcp(b_addr)).collect()
+    });
+    load.expect(Some(Expect {
+        pid: gen1,
+        version: None,
+    }));
+    load.wait_checked(50, "before the restart");
+    load.expect(None);
+
+    write_atomically(&addr_file, &format!("{b}\n{c}\n"));
+    let (_, gen2) = restart_ok(&p);
+    expect_gone(&p, gen1, "the first generation");
+    load.expect(Some(Expect {
+        pid: gen2,
+        version: None,
+    }));
+    load.wait_checked(50, "after the restart");
+    let summary = load.stop();
+    summary.print("ports");
+    summary.assert_clean("ports");
+
+    let out = p.output();
+    for addr in [&b, &c] {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(&format!("serving pid={gen2} addr={addr}"))),
+            "the new generation does not serve {addr}:\n{out}"
+        );
+    }
+    assert!(
+        out.contains(&format!("took over an inherited listener addr={b} ")),
+        "B was not handed over:\n{out}"
+    );
+    assert!(
+        out.contains("closing an inherited listener no server claimed")
+            && out.contains(&format!("tcp:{a}")),
+        "A's socket was not released by the new generation:\n{out}"
+    );
+    assert_eq!(
+        listen_inode(ports[1]),
+        Some(inode_b),
+        "B is served from another socket than before the restart"
+    );
+    assert_eq!(
+        served(&b),
+        Some((1, gen2)),
+        "B is server 1 of the new generation"
+    );
+    assert_eq!(
+        served(&c),
+        Some((2, gen2)),
+        "C is server 2 of the new generation"
+    );
+    match connect_tcp(&a) {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+        Err(e) => panic!("A should refuse connections, got: {e}"),
+        Ok(mut s) => panic!("A still accepts: {:?}", exchange_blocking(&mut s, "/")),
+    }
+    signal(gen2, libc::SIGTERM);
+    expect_gone(&p, gen2, "the new generation after SIGTERM");
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. A long request across a restart
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn long_request_finishes_on_the_old_generation() {
+    let builds = hello_builds(&["v1"]);
+    become_subreaper();
+    let dir = scratch_dir("slow");
+    let app = dir.join("app");
+    install(&builds[0].0, &app);
+    let p = Proc::spawn(&app, &["--addr", "127.0.0.1:0"]);
+    let addr = p.serving_addr(1);
+    let gen1 = newest(&p);
+
+    // A first request on the connection proves the old generation owns it.
+    let mut conn = connect_tcp(&addr).unwrap();
+    let first = exchange_blocking(&mut conn, "/").unwrap();
+    assert_eq!(body_pid(&first.body), Some(gen1), "{first:?}");
+    let slow = std::thread::spawn(move || exchange_blocking(&mut conn, "/slow?ms=3000"));
+    std::thread::sleep(Duration::from_millis(200));
+    let (old, gen2) = restart_ok(&p);
+    assert_eq!(old, gen1);
+    assert!(
+        alive(gen1),
+        "the old generation exited with a request in flight"
+    );
+    // New connections already go to the new generation.
+    assert_eq!(body_pid(&get_tcp(&addr, "/").body), Some(gen2));
+
+    let slow = slow.join().unwrap();
+    let slow = slow.unwrap_or_else(|e| panic!("the slow request failed: {e}; {}", p.output()));
+    println!("[slow] {slow:?}");
+    assert_eq!(slow.status, 200);
+    assert_eq!(
+        body_pid(&slow.body),
+        Some(gen1),
+        "the slow request must finish on the old generation"
+    );
+    // Connection: close is added when the handler finishes during the drain: so the
+    // request was in flight when the restart succeeded, and was served to the end.
+    assert!(
+        slow.close,
+        "the slow response lacks Connection: close: it finished before the drain began, \
+         so it did not span the restart"
+    );
+    expect_gone(
+        &p,
+        gen1,
+        "the old generation once its last request finished",
+    );
+    assert!(reaped(gen1));
+    signal(gen2, libc::SIGTERM);
+    expect_gone(&p, gen2, "the new generation after SIGTERM");
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. A Unix socket
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn unix_socket_restarts() {
+    let builds = hello_builds(&["v1", "v2"]);
+    become_subreaper();
+    let dir = scratch_dir("unix");
+    let app = dir.join("app");
+    install(&builds[0].0, &app);
+    let sock = socket_path(&dir, "s.sock");
+    let _ = std::fs::remove_file(&sock);
+    let spec = format!("unix:{}", sock.display());
+    let p = Proc::spawn(&app, &["--addr", &spec]);
+    assert_eq!(p.serving_addr(1), spec);
+    let mut gen = newest(&p);
+    assert!(unix_socket_exists(&sock));
+
+    let load = Load::start("unix", || {
+        (0..16).map(|_| Client::Unix(sock.clone())).collect()
+    });
+    load.expect(Some(Expect {
+        pid: gen,
+        version: Some("v1".into()),
+    }));
+    load.wait_checked(100, "before the first restart");
+    for i in 1..=3 {
+        load.expect(None);
+        let (bin, version) = &builds[i % 2];
+        install(bin, &app);
+        let (old, new) = restart_ok(&p);
+        assert_eq!(old, gen);
+        expect_gone(&p, old, &format!("restart {i}: the old generation"));
+        assert!(
+            unix_socket_exists(&sock),
+            "restart {i}: the socket file is gone after the handover"
+        );
+        load.expect(Some(Expect {
+            pid: new,
+            version: version.clone(),
+        }));
+        load.wait_checked(100, &format!("restart {i}: the new generation"));
+        gen = new;
+    }
+    let summary = load.stop();
+    summary.print("unix");
+    summary.assert_clean("unix");
+    assert!(unix_socket_exists(&sock));
+    signal(gen, libc::SIGTERM);
+    expect_gone(&p, gen, "the last generation after SIGTERM");
+    assert!(
+        !sock.exists(),
+        "the socket file outlived the final shutdown"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. A hostile environment
+// ---------------------------------------------------------------------------------------
+
+/// Makes `fds[i].0` the child's descriptor `fds[i].1`, without close-on-exec.
+fn pass_fds(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>) {
+    // SAFETY: between fork and exec the closure only calls fcntl and dup2, which are
+    // async-signal-safe, and reads a vector allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut moved = [-1; 8];
+            // Move every source clear of the targets first, so no dup2 clobbers one.
+            for (slot, (src, _)) in moved.iter_mut().zip(&fds) {
+                *slot = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 64);
+                if *slot < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (tmp, (_, target)) in moved.iter().zip(&fds) {
+                if libc::dup2(*tmp, *target) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array with two new descriptors.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are new and owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// A listening socket to hand over, and its port.
+fn handed_listener() -> (OwnedFd, u16) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    (OwnedFd::from(l), port)
+}
+
+/// Everything written on a pipe until its write end closes (bounded in time).
+fn read_pipe(r: OwnedFd) -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::fs::File::from(r).read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    rx.recv_timeout(LONG).ok()
+}
+
+fn refuses(port: u16) -> bool {
+    matches!(
+        StdTcpStream::connect(("127.0.0.1", port)),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused
+    )
+}
+
+#[test]
+fn hostile_environment_binds_afresh() {
+    let builds = hello_builds(&["v1"]);
+    let hello = builds[0].0.clone();
+    become_subreaper();
+    let me = std::process::id().to_string();
+
+    struct Case {
+        what: &'static str,
+        env: Vec<(&'static str, String)>,
+        /// Descriptors to hand over: (ours, the child's number). Ours are closed once
+        /// the child runs.
+        fds: Vec<(OwnedFd, RawFd)>,
+        /// What the log must say.
+        logged: Vec<String>,
+        /// A port that must refuse connections once the server serves (the handed
+        /// socket was closed, not leaked).
+        closed_port: Option<u16>,
+    }
+
+    let (tcp_wrong_kind, wrong_kind_port) = handed_listener();
+    let (tcp_unclaimed, unclaimed_port) = handed_listener();
+    let udp = OwnedFd::from(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+    let file = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+
+    let cases = vec![
+        Case {
+            what: "a parent pid that is no number",
+            env: vec![("CEASELESS_PARENT_PID", "not-a-pid".into()), ("CEASELESS_FDS", "tcp:127.0.0.1:0".into())],
+            fds: vec![],
+            logged: vec!["malformed environment variable CEASELESS_PARENT_PID".into()],
+            closed_port: None,
+        },
+        Case {
+            what: "malformed names",
+            env: vec![("CEASELESS_PARENT_PID", me.clone()), ("CEASELESS_FDS", "tcp:nowhere\nftp:1.2.3.4:5".into())],
+            fds: vec![],
+            logged: vec!["malformed environment variable CEASELESS_FDS".into()],
+            closed_port: None,
+        },
+        Case {
+            what: "a malformed readiness fd",
+            env: vec![
+                ("CEASELESS_PARENT_PID", me.clone()),
+                ("CEASELESS_FDS", String::new()),
+                ("CEASELESS_READY_FD", "stdout".into()),
+            ],
+            fds: vec![],
+            logged: vec!["malformed environment variable CEASELESS_READY_FD".into()],
+            closed_port: None,
+        },
+        Case {
+            what: "descriptors announced but never handed over",
+            env: vec![
+                ("CEASELESS_PARENT_PID", me.clone()),
+                ("CEASELESS_FDS", "tcp:127.0.0.1:0\nunix:/nonexistent/x.sock".into()),
+                ("CEASELESS_READY_FD", "5".into()),
+            ],
+            fds: vec![],
+            logged: vec![
+                "inherited fd 3 (tcp:127.0.0.1:0) is unusable".into(),
+                "inherited fd 4 (unix:/nonexistent/x.sock) is unusable".into(),
+                "inherited fd 5 (CEASELESS_READY_FD) is unusable".into(),
+            ],
+            closed_port: None,
+        },
+        Case {
+            what: "a readiness fd that is no pipe",
+            env: vec![
+                ("CEASELESS_PARENT_PID", me.clone()),
+                ("CEASELESS_FDS", String::new()),
+                ("CEASELESS_READY_FD", "3".into()),
+            ],
+            fds: vec![(file(), 3)],
+            logged: vec!["inherited fd 3 (CEASELESS_READY_FD) is unusable: not a pipe".into()],
+            closed_port: None,
+        },
+        Case {
+            what: "a TCP listener announced as a Unix socket",
+            env: vec![("CEASELESS_PARENT_PID", me.clone()), ("CEASELESS_FDS", "unix:/tmp/ceaseless-nowhere.sock".into())],
+            fds: vec![(tcp_wrong_kind, 3)],
+            logged: vec![format!("announced as unix:/tmp/ceaseless-nowhere.sock but it is 127.0.0.1:{wrong_kind_port}")],
+            closed_port: Some(wrong_kind_port),
+        },
+        Case {
+            what: "a UDP socket and a file announced as the requested listeners",
+            env: vec![("CEASELESS_PARENT_PID", me.clone()), ("CEASELESS_FDS", "tcp:127.0.0.1:0\ntcp:127.0.0.1:0".into())],
+            fds: vec![(udp, 3), (file(), 4)],
+            logged: vec!["not a stream socket".into(), "not a socket".into()],
+            closed_port: None,
+        },
+        Case {
+            what: "a listener under a name no server asks for",
+            env: vec![("CEASELESS_PARENT_PID", me.clone()), ("CEASELESS_FDS", "tcp:127.0.0.1:9".into())],
+            fds: vec![(tcp_unclaimed, 3)],
+            logged: vec!["closing an inherited listener no server claimed".into()],
+            closed_port: Some(unclaimed_port),
+        },
+    ];
+
+    for case in cases {
+        let mut cmd = Command::new(&hello);
+        cmd.args(["--addr", "127.0.0.1:0"]);
+        for (k, v) in &case.env {
+            cmd.env(k, v);
+        }
+        pass_fds(
+            &mut cmd,
+            case.fds
+                .iter()
+                .map(|(fd, n)| (fd.as_raw_fd(), *n))
+                .collect(),
+        );
+        let mut p = Proc::spawn_with(&mut cmd);
+        // Our copies go: a socket the child does not keep is closed for good.
+        drop(case.fds);
+        let what = case.what;
+        let addr = p.serving_addr(1);
+        for l in &case.logged {
+            let line = p.expect_line(l, LONG);
+            println!("[env] {what}: {line}");
+        }
+        // It serves normally, on a socket of its own.
+        for _ in 0..20 {
+            let r = get_tcp(&addr, "/");
+            assert_eq!(
+                (r.status, body_pid(&r.body)),
+                (200, Some(p.pid)),
+                "{what}: {r:?}"
+            );
+        }
+        if let Some(port) = case.closed_port {
+            assert_ne!(
+                addr,
+                format!("127.0.0.1:{port}"),
+                "{what}: served on the bad socket"
+            );
+            assert!(
+                refuses(port),
+                "{what}: the handed socket on port {port} was kept open"
+            );
+        }
+        p.signal(libc::SIGTERM);
+        let status = p
+            .wait_exit(LONG)
+            .unwrap_or_else(|| panic!("{what}: no exit after SIGTERM"));
+        let out = p.output();
+        assert!(status.success(), "{what}: exit {status}; output:\n{out}");
+        assert!(!out.contains("panicked"), "{what}: a panic; output:\n{out}");
+    }
+
+    // The control: the same protocol done right is honoured. A listener under the
+    // requested name and a readiness pipe: the server takes the socket over, reports
+    // ready on the pipe, and can itself hand over to a next generation.
+    let (l, port) = handed_listener();
+    let (ready_r, ready_w) = pipe();
+    let mut cmd = Command::new(&hello);
+    cmd.args(["--addr", "127.0.0.1:0"])
+        .env("CEASELESS_PARENT_PID", &me)
+        .env("CEASELESS_FDS", "tcp:127.0.0.1:0")
+        .env("CEASELESS_READY_FD", "4");
+    pass_fds(&mut cmd, vec![(l.as_raw_fd(), 3), (ready_w.as_raw_fd(), 4)]);
+    let p = Proc::spawn_with(&mut cmd);
+    drop((l, ready_w));
+    let ready = read_pipe(ready_r)
+        .unwrap_or_else(|| panic!("no readiness report; output:\n{}", p.output()));
+    assert_eq!(ready, format!("ready {}\n", p.pid), "the readiness report");
+    assert_eq!(
+        p.serving_addr(1),
+        format!("127.0.0.1:{port}"),
+        "the handed socket is served"
+    );
+    p.expect_line("took over an inherited listener", LONG);
+    let (_, gen2) = restart_ok(&p);
+    expect_gone(&p, p.pid, "the control's first generation");
+    assert_eq!(
+        body_pid(&get_tcp(&format!("127.0.0.1:{port}"), "/").body),
+        Some(gen2)
+    );
+    signal(gen2, libc::SIGTERM);
+    expect_gone(&p, gen2, "the control's second generation");
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. No restart before readiness
+// ---------------------------------------------------------------------------------------
+
+/// A generation that serves on some sockets but has not reported ready refuses to
+/// restart: its own restart is still in progress, and a handover now would lose the
+/// sockets its other servers have not taken over yet (the port would vanish).
+///
+/// The process is started as a new generation of a fake parent (this test), with one
+/// socket under the requested name and one nobody asks for, so it waits its settle
+/// time (about 200 ms) serving but not ready; the SIGHUP is sent as soon as it serves.
+#[test]
+fn no_restart_before_ready() {
+    let builds = hello_builds(&["v1"]);
+    become_subreaper();
+    let me = std::process::id().to_string();
+    for attempt in 1..=5 {
+        let (claimed, port) = handed_listener();
+        let (unclaimed, _) = handed_listener();
+        let (ready_r, ready_w) = pipe();
+        let mut cmd = Command::new(&builds[0].0);
+        cmd.args(["--addr", "127.0.0.1:0"])
+            .env("CEASELESS_PARENT_PID", &me)
+            .env("CEASELESS_FDS", "tcp:127.0.0.1:0\ntcp:127.0.0.1:9")
+            .env("CEASELESS_READY_FD", "5");
+        pass_fds(
+            &mut cmd,
+            vec![
+                (claimed.as_raw_fd(), 3),
+                (unclaimed.as_raw_fd(), 4),
+                (ready_w.as_raw_fd(), 5),
+            ],
+        );
+        let p = Proc::spawn_with(&mut cmd);
+        drop((claimed, unclaimed, ready_w));
+        assert_eq!(p.serving_addr(1), format!("127.0.0.1:{port}"));
+        signal(p.pid, libc::SIGHUP);
+        let ready_line = p.expect_line("ready: every server accepts", LONG);
+        assert_eq!(
+            read_pipe(ready_r).as_deref(),
+            Some(format!("ready {}\n", p.pid).as_str()),
+            "the generation never reported ready to its parent (did it restart before it \
+             was ready?); output:\n{}",
+            p.output()
+        );
+        // The verdict on the SIGHUP: refused, or a restart started.
+        let deadline = Instant::now() + LONG;
+        let (lines, verdict) = loop {
+            let out = p.output();
+            let lines: Vec<String> = out.lines().map(String::from).collect();
+            let verdict = lines.iter().position(|l| {
+                l.contains("restart failed") || l.contains("started the next generation")
+            });
+            if let Some(v) = verdict {
+                break (lines, v);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no verdict on the SIGHUP:\n{out}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let ready_at = lines.iter().position(|l| *l == ready_line).unwrap();
+        if lines[verdict].contains("restart failed") {
+            assert!(
+                lines[verdict].contains("a restart is already in progress"),
+                "refused for another reason: {}",
+                lines[verdict]
+            );
+            println!("[not ready] attempt {attempt}: {}", lines[verdict]);
+            // Once ready, the same generation restarts.
+            let (_, gen2) = restart_ok(&p);
+            assert_eq!(
+                body_pid(&get_tcp(&format!("127.0.0.1:{port}"), "/").body),
+                Some(gen2)
+            );
+            expect_gone(&p, p.pid, "the first generation");
+            signal(gen2, libc::SIGTERM);
+            expect_gone(&p, gen2, "the second generation");
+            return;
+        }
+        assert!(
+            verdict > ready_at,
+            "a restart started before the generation was ready:\n{}",
+            p.output()
+        );
+        // The SIGHUP arrived after the settle time (a slow machine): try again.
+        println!("[not ready] attempt {attempt}: the SIGHUP arrived after readiness; again");
+    }
+    panic!("in 5 attempts no SIGHUP arrived while the generation was not ready yet");
+}
