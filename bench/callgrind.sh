@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Instructions per request of the hello example (ceaseless) and of the bare baseline,
+# counted by valgrind's callgrind: exact and repeatable whatever else the machine does,
+# unlike wall-clock numbers on a shared 2-core box.
+#
+#   bench/callgrind.sh [REQUESTS] [OUT_DIR] [CONNECTIONS]
+#                                 (defaults: 20000, target/callgrind, 16)
+#
+# Each server runs under callgrind; h2load (bench/install-tools.sh) sends REQUESTS
+# HTTP/1.1 keep-alive requests over CONNECTIONS connections (1: strict
+# ping-pong, the most repeatable count; more: batching varies a little from run to run); the profile is dumped twice (after
+# start-up and one request, then after the load) so that start-up cost is left out.
+# Reads the binaries from target/release (cargo build --release --example hello;
+# cargo build --release -p ceaseless-bench --bin bare); HELLO=/path and BARE=/path
+# override them. Prints instructions per request and writes callgrind files to compare
+# with callgrind_annotate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-20000}
+out=${2:-target/callgrind}
+conns=${3:-16}
+mkdir -p "$out"
+hello=${HELLO:-target/release/examples/hello}
+bare=${BARE:-target/release/bare}
+command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed" >&2; exit 1; }
+command -v h2load >/dev/null || { echo "callgrind.sh: h2load is missing: bench/install-tools.sh" >&2; exit 1; }
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+total_ir() { # the "summary:" line of a callgrind file
+  awk '/^summary:/ {print $2}' "$1"
+}
+
+for name in bare hello; do
+  bin=$bare; [ "$name" = hello ] && bin=$hello
+  p=$(port)
+  rm -f "$out/$name".cg*
+  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out/$name.cg" \
+    "$bin" --addr "127.0.0.1:$p" 2>"$out/$name.valgrind.log" &
+  vg=$!
+  for _ in $(seq 300); do
+    curl -fsS "http://127.0.0.1:$p/" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  callgrind_control -z "$vg" >/dev/null 2>&1        # zero the counters: start-up left out
+  h2load --h1 -n "$n" -c "$conns" -t 1 "http://127.0.0.1:$p/" | grep -E '^requests:' >&2
+  callgrind_control -d "$vg" >/dev/null 2>&1        # dump the load's counts
+  sleep 0.5
+  kill -INT "$vg" 2>/dev/null || true
+  kill -TERM "$vg" 2>/dev/null || true
+  wait "$vg" 2>/dev/null || true
+  f=$(ls -t "$out/$name".cg.* 2>/dev/null | head -1)
+  ir=$(total_ir "$f")
+  echo "$name: $ir instructions for $n requests: $((ir / n)) per request ($f)"
+done
