@@ -347,7 +347,8 @@ fn main() -> std::process::ExitCode {
 
     let started = Instant::now();
     let startup = run_startup(&cfg, &bins, &cpus, &scratch);
-    let steady = run_steady(&cfg, &bins, &cpus, &rt, &scratch);
+    let mut steady = run_steady(&cfg, &bins, &cpus, &rt, &scratch);
+    steady.idle_unpinned = run_idle_unpinned(&bins);
     let mut restarts = Vec::new();
     for &proto in &cfg.protocols {
         match run_restarts(&cfg, &bins, &cpus, &rt, &scratch, proto) {
@@ -460,6 +461,40 @@ fn run_startup(cfg: &Config, bins: &Bins, cpus: &Cpus, scratch: &Scratch) -> Vec
             }
         }
         out.push(r);
+    }
+    out
+}
+
+/// Idle resources of hello and bare started without pinning: one tokio worker per
+/// core, as in a real deployment (pinned to one CPU, tokio starts one worker).
+fn run_idle_unpinned(bins: &Bins) -> Vec<IdleResources> {
+    let unpinned = Cpus {
+        server: None,
+        client: None,
+        client_threads: 1,
+    };
+    let mut out = Vec::new();
+    for (name, bin) in [("bare", &bins.bare), ("ceaseless", &bins.hello)] {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        match start_server(
+            bin,
+            &["--addr".into(), addr.to_string()],
+            addr,
+            None,
+            &unpinned,
+        ) {
+            Ok((s, _, _)) => {
+                std::thread::sleep(Duration::from_millis(300));
+                out.push(IdleResources {
+                    name: name.to_string(),
+                    rss_kib: procs::rss_kib(s.pid).unwrap_or(0),
+                    fds: procs::fd_count(s.pid).unwrap_or(0),
+                    threads: procs::threads(s.pid).unwrap_or(0),
+                });
+                procs::stop(s.pid, Duration::from_secs(5));
+            }
+            Err(e) => eprintln!("bench: idle (unpinned): {e}"),
+        }
     }
     out
 }
@@ -600,6 +635,7 @@ fn run_steady(
             name: name.to_string(),
             rss_kib: procs::rss_kib(s.pid).unwrap_or(0),
             fds: procs::fd_count(s.pid).unwrap_or(0),
+            threads: procs::threads(s.pid).unwrap_or(0),
         });
     }
     for client in &cfg.clients {
@@ -662,6 +698,7 @@ fn run_steady(
             name: name.to_string(),
             rss_kib: procs::hwm_kib(s.pid).unwrap_or(0),
             fds: 0,
+            threads: 0,
         });
     }
     for (_, _, s) in servers {

@@ -132,17 +132,22 @@ pub fn spawn(bin: &Path, args: &[String], cpu: Option<usize>) -> std::io::Result
     })
 }
 
-/// Sets the CPU affinity of a command's process, between fork and exec.
+/// Sets the CPU affinity of a command's process, between fork and exec: `cpu` alone, or
+/// every online CPU if None (undoing the bench's own pinning, which it would inherit).
 pub fn pin_command(cmd: &mut Command, cpu: Option<usize>) {
-    if let Some(cpu) = cpu {
-        // SAFETY: the closure only calls sched_setaffinity (a plain syscall) on a
-        // cpu_set_t on its own stack; it neither allocates nor locks.
-        unsafe {
-            cmd.pre_exec(move || {
-                set_affinity(0, &[cpu]);
-                Ok(())
-            });
-        }
+    let cpus: Vec<usize> = match cpu {
+        Some(c) => vec![c],
+        // SAFETY: sysconf has no memory effects.
+        None => (0..unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize).collect(),
+    };
+    // SAFETY: the closure only calls sched_setaffinity (a plain syscall) on a cpu_set_t
+    // on its own stack, reading a vector allocated before the fork; it neither
+    // allocates nor locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            set_affinity(0, &cpus);
+            Ok(())
+        });
     }
 }
 
@@ -286,6 +291,11 @@ fn ppid(pid: u32) -> Option<u32> {
 /// VmRSS of a process, in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     status_field(pid, "VmRSS:")
+}
+
+/// Threads of a process.
+pub fn threads(pid: u32) -> Option<u64> {
+    status_field(pid, "Threads:")
 }
 
 /// VmHWM (peak RSS) of a process, in KiB.
