@@ -29,6 +29,10 @@ pub(crate) const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const ENV_LISTEN_PID: &str = "LISTEN_PID";
 pub(crate) const ENV_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 
+/// The name prefix of a Unix socket whose file belongs to the service manager (it came
+/// from socket activation): handed over like any other, but never unlinked by us.
+pub(crate) const MANAGED_UNIX_PREFIX: &str = "unix-managed:";
+
 /// The first descriptor of a handover, as in systemd's protocol.
 pub(crate) const FIRST_FD: RawFd = 3;
 
@@ -50,6 +54,9 @@ pub(crate) struct Entry {
     pub(crate) actual: ListenAddr,
     pub(crate) fd: OwnedFd,
     pub(crate) origin: Origin,
+    /// The socket file belongs to the service manager (socket activation, possibly
+    /// several generations ago): never remove it.
+    pub(crate) managed: bool,
 }
 
 /// What a process found in its environment at start-up.
@@ -126,11 +133,16 @@ impl Inherited {
             match adopt_one(fd, name.as_deref()) {
                 Ok((fd, actual)) => {
                     tracing::debug!(fd = ?fd, name = %label, %actual, ?origin, "inherited listener");
+                    let managed = origin == Origin::Systemd
+                        || name
+                            .as_deref()
+                            .is_some_and(|n| n.starts_with(MANAGED_UNIX_PREFIX));
                     self.entries.push(Entry {
                         name: name.clone(),
                         actual,
                         fd,
                         origin,
+                        managed,
                     });
                 }
                 Err(reason) => log(Error::InheritedFd {
@@ -235,6 +247,7 @@ fn valid_name(n: &str) -> bool {
     n.strip_prefix("tcp:")
         .is_some_and(|a| a.parse::<std::net::SocketAddr>().is_ok())
         || n.strip_prefix("unix:")
+            .or_else(|| n.strip_prefix(MANAGED_UNIX_PREFIX))
             .is_some_and(|p| p.starts_with('/') || p.starts_with('.'))
         || n.strip_prefix(crate::control::NAME_PREFIX)
             .is_some_and(|p| p.starts_with('/'))
@@ -386,7 +399,9 @@ fn adopt_one(fd: RawFd, name: Option<&str>) -> Result<(OwnedFd, ListenAddr), Str
     let actual = describe_listener(owned.as_fd())?;
     if let Some(name) = name {
         let kind_ok = match &actual {
-            ListenAddr::Tcp(_) => !name.starts_with("unix:"),
+            ListenAddr::Tcp(_) => {
+                !(name.starts_with("unix") || name.starts_with(crate::control::NAME_PREFIX))
+            }
             ListenAddr::Unix(_) => !name.starts_with("tcp:"),
         };
         if !kind_ok {

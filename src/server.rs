@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::conn::{self, Limits, Shared, DEFAULT_DRAIN_GRACE};
 use crate::error::Error;
 use crate::generation::{Drain, Generation, Phase};
+use crate::inherit::MANAGED_UNIX_PREFIX;
 use crate::listener::{ListenAddr, Listener, Stream};
 use crate::signals::{self, Hook, Signal, Stage};
 
@@ -266,10 +267,16 @@ where
             crate::control::start(gen, p)?;
         }
 
-        let listener = open_listener(gen, &addr, self.fd_name.as_deref())?;
+        let (listener, managed) = open_listener(gen, &addr, self.fd_name.as_deref())?;
         let local = listener.local_addr(&addr);
+        let handover_name = match &addr {
+            ListenAddr::Unix(path) if managed => {
+                format!("{MANAGED_UNIX_PREFIX}{}", path.display())
+            }
+            _ => addr.handover_name(),
+        };
         let id = gen.register(
-            addr.handover_name(),
+            handover_name,
             listener.dup().map_err(|source| Error::Bind {
                 addr: addr.to_string(),
                 source,
@@ -331,7 +338,8 @@ where
             Phase::Draining(why) => why,
             Phase::Serving => Drain::Shutdown,
         };
-        if why == Drain::Shutdown {
+        if why == Drain::Shutdown && !managed {
+            // A socket file the service manager created stays: its socket unit owns it.
             if let ListenAddr::Unix(path) = &addr {
                 let _ = std::fs::remove_file(path);
             }
@@ -368,11 +376,12 @@ where
 }
 
 /// Takes the inherited socket for `addr` if this process was handed one, else binds.
+/// True with it when its socket file belongs to the service manager.
 fn open_listener(
     gen: &Generation,
     addr: &ListenAddr,
     fd_name: Option<&str>,
-) -> Result<Listener, Error> {
+) -> Result<(Listener, bool), Error> {
     let claimed = gen
         .inherited()
         .as_mut()
@@ -381,14 +390,14 @@ fn open_listener(
         match Listener::adopt(entry.fd, addr) {
             Ok(l) => {
                 tracing::info!(addr = %entry.actual, origin = ?entry.origin, "took over an inherited listener");
-                return Ok(l);
+                return Ok((l, entry.managed));
             }
             Err(e) => {
                 tracing::error!(error = %e, %addr, "cannot use the inherited listener; binding afresh")
             }
         }
     }
-    Listener::bind(addr)
+    Ok((Listener::bind(addr)?, false))
 }
 
 /// An accept error: per-connection ones are ignored; running out of descriptors backs

@@ -497,6 +497,65 @@ fn socket_activation_serves_the_passed_sockets_and_hands_them_over() {
     assert!(wait_gone(p2, LONG));
 }
 
+/// `GET /` over a Unix socket; the answering pid.
+fn answered_by_unix(path: &Path) -> u32 {
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+    s.set_read_timeout(Some(LONG)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split("hello from pid ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out}"))
+}
+
+#[test]
+fn a_socket_file_from_socket_activation_outlives_restarts_and_the_final_stop() {
+    become_subreaper();
+    let dir = scratch_dir("sd-unix");
+    let path = dir.join("api.sock");
+    // The "socket unit" created the file and the listening socket; it owns both.
+    let unit_socket = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#)
+        .arg(example_bin("hello"))
+        .arg("--addr")
+        .arg(format!("unix:{}", path.display()))
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "api");
+    let copies = pass_fds(&mut cmd, &[unit_socket.as_raw_fd()]);
+    let p = Proc::spawn_with(&mut cmd);
+    drop(copies);
+    p.serving_addr(1);
+    assert_eq!(p.count("origin=Systemd"), 1, "{}", p.output());
+    assert_eq!(answered_by_unix(&path), p.pid);
+
+    p.signal(libc::SIGHUP);
+    let p2 = nth_restart(&p, 1, p.pid);
+    assert!(wait_gone(p.pid, LONG));
+    assert_eq!(
+        answered_by_unix(&path),
+        p2,
+        "the socket was not handed over"
+    );
+
+    signal(p2, libc::SIGTERM);
+    assert!(wait_gone(p2, LONG));
+    assert!(
+        path.exists(),
+        "the final stop removed a socket file the service manager owns:\n{}",
+        p.output()
+    );
+    // The socket itself still listens (the unit holds it): a connection is queued.
+    assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+}
+
 #[test]
 fn socket_activation_for_another_pid_is_ignored() {
     let web = TcpListener::bind("127.0.0.1:0").unwrap();
