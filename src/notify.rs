@@ -127,7 +127,7 @@ pub(crate) fn handed_over(new_pid: u32) {
 
 /// The restart failed; this process remains the main one. Ends the reload the manager
 /// was told about, if any (a restart refused before it started said nothing).
-pub(crate) fn restart_failed() {
+pub(crate) fn restart_failed(why: &crate::error::RestartError) {
     if !RELOADING.swap(false, Ordering::AcqRel) {
         return;
     }
@@ -135,8 +135,10 @@ pub(crate) fn restart_failed() {
     if !crate::generation::Generation::get().phase().is_draining() {
         crate::pidfile::reclaim();
     }
+    // STATUS= is one line: flatten whatever the reason says.
+    let why = why.to_string().replace('\n', " ");
     send(&format!(
-        "READY=1\nSTATUS=restart failed; pid {} still serving",
+        "READY=1\nSTATUS=restart failed ({why}); pid {} still serving",
         std::process::id()
     ));
 }

@@ -137,7 +137,7 @@ pub async fn restart() -> Result<u32, RestartError> {
             notify::handed_over(*pid);
             gen.begin_drain(Drain::Handover);
         }
-        Err(_) => notify::restart_failed(),
+        Err(e) => notify::restart_failed(e),
     }
     gen.end_restart();
     outcome

@@ -95,6 +95,11 @@ where
 {
     /// A server for `addr` (`"127.0.0.1:4242"`, `"[::1]:80"`, `"unix:/run/app.sock"`;
     /// see [`ListenAddr`]) serving `app`, with the documented defaults.
+    ///
+    /// Across a restart each server gets back the socket of the same address. Port 0
+    /// works too (the new generation keeps the port the kernel chose), but two servers
+    /// of one process asking for port 0 on the same IP cannot be told apart: either may
+    /// get either socket. Give them fixed ports if that matters.
     pub fn new(addr: impl Into<String>, app: S) -> Self {
         Server {
             addr: addr.into(),
