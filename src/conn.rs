@@ -197,11 +197,18 @@ where
         let draining = phase.borrow().is_draining();
         if draining && !drain_seen {
             drain_seen = true;
-            if state.h2.load(Ordering::Relaxed) && !shut {
-                // GOAWAY: streams in flight finish, new ones go elsewhere.
-                conn.as_mut().graceful_shutdown();
-                shut = true;
-            }
+            // The grace counts from the drain's start: a connection idle in a client's
+            // pool since before it is the one the client falls back on when its busy
+            // ones get `Connection: close`, so closing it at once races that request.
+            state.touch();
+        }
+        // Checked on every wake, not only when the drain begins: a connection whose
+        // first bytes were not read yet then is known to be HTTP/2 only later (the
+        // loop wakes at least once per drain grace while the connection is open).
+        if draining && !shut && state.h2.load(Ordering::Relaxed) {
+            // GOAWAY: streams in flight finish, new ones go elsewhere.
+            conn.as_mut().graceful_shutdown();
+            shut = true;
         }
         let idle_limit = if draining {
             Some(shared.limits.drain_grace)
