@@ -455,10 +455,17 @@ struct Tally {
 }
 
 impl Tally {
+    /// Keeps the first problems, stamped with the UTC time of day as the servers' logs
+    /// are, to find what the server did at that moment.
     fn note(&self, s: String) {
         let mut n = self.notes.lock().unwrap();
         if n.len() < 20 {
-            n.push(s);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let (secs, ms) = (now.as_secs() % 86_400, now.subsec_millis());
+            let (h, m, sec) = (secs / 3600, secs / 60 % 60, secs % 60);
+            n.push(format!("{h:02}:{m:02}:{sec:02}.{ms:03}Z {s}"));
         }
     }
 }
@@ -854,7 +861,15 @@ fn restarts_under_load(
                 "restart {i}: the new generation runs another build than the one deployed"
             );
         }
-        expect_gone(&p, old, &format!("restart {i}: the old generation"));
+        if !wait_gone(old, LONG) {
+            panic!(
+                "restart {i}: the old generation {old} still runs after {LONG:?}; responses \
+                 by pid so far: {:?}; open descriptors of {old}:\n{}\noutput:\n{}",
+                load.shared.tally.by_pid.lock().unwrap(),
+                fd_listing(old),
+                p.output()
+            );
+        }
         load.expect(expect(new, i));
         load.wait_checked(300, &format!("restart {i}: the new generation {new}"));
         gens.push(new);
@@ -1800,4 +1815,194 @@ fn no_restart_before_ready() {
         println!("[not ready] attempt {attempt}: the SIGHUP arrived after readiness; again");
     }
     panic!("in 5 attempts no SIGHUP arrived while the generation was not ready yet");
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. An HTTP/2 connection that spoke first after the drain began
+// ---------------------------------------------------------------------------------------
+
+/// One HTTP/2 frame: (type, flags, stream id, payload).
+type Frame = (u8, u8, u32, Vec<u8>);
+
+fn h2_frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Takes the complete frames off the front of `buf`.
+fn h2_frames(buf: &mut Vec<u8>) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    while buf.len() >= 9 {
+        let len = (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+        if buf.len() < 9 + len {
+            break;
+        }
+        let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+        frames.push((buf[3], buf[4], stream, buf[9..9 + len].to_vec()));
+        buf.drain(..9 + len);
+    }
+    frames
+}
+
+/// A connection the old generation accepted before the drain, but on which the client
+/// says nothing until the drain began, then speaks HTTP/2 (prior knowledge) and keeps
+/// opening streams: it must get GOAWAY like every other HTTP/2 connection, or it would
+/// hold the old generation (serving the old code) until the hammer.
+#[test]
+fn late_http2_connection_gets_goaway() {
+    const GOAWAY: u8 = 7;
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    let builds = hello_builds(&["v1"]);
+    become_subreaper();
+    let dir = scratch_dir("late-h2");
+    let app = dir.join("app");
+    install(&builds[0].0, &app);
+    let p = Proc::spawn(&app, &["--addr", "127.0.0.1:0"]);
+    let addr = p.serving_addr(1);
+    let gen1 = newest(&p);
+
+    // Connect, and wait until the first generation holds the connection (one more
+    // descriptor): it is the only one accepting yet.
+    let before = settled_fd_count(gen1);
+    let mut conn = connect_tcp(&addr).unwrap();
+    let deadline = Instant::now() + LONG;
+    while fd_count(gen1) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the connection was never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (_, gen2) = restart_ok(&p);
+
+    // Only now the client speaks: the preface, SETTINGS, then a GET every 50 ms.
+    // HPACK: :method GET, :scheme http, :path /, :authority "t" (literal, no index).
+    let request = [0x82, 0x86, 0x84, 0x01, 0x01, b't'];
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    conn.write_all(&out).unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(10)))
+        .unwrap();
+    let (mut buf, mut stream_id, mut responses) = (Vec::new(), 1u32, 0);
+    let mut goaway = None;
+    let sent_at = Instant::now();
+    let deadline = sent_at + Duration::from_secs(10);
+    let mut next_request = sent_at;
+    while goaway.is_none() && Instant::now() < deadline {
+        // One request per 50 ms: the connection is never idle for the drain grace, and
+        // never floods the server either.
+        if Instant::now() >= next_request {
+            conn.write_all(&h2_frame(HEADERS, 0x5, stream_id, &request))
+                .unwrap_or_else(|e| panic!("stream {stream_id}: {e}; output:\n{}", p.output()));
+            stream_id += 2;
+            next_request += Duration::from_millis(50);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match conn.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("reading frames: {e}"),
+        }
+        for (ty, flags, stream, payload) in h2_frames(&mut buf) {
+            match ty {
+                HEADERS if stream > 0 => responses += 1,
+                GOAWAY => goaway = Some((payload, sent_at.elapsed())),
+                SETTINGS if flags & 1 == 0 => {
+                    conn.write_all(&h2_frame(SETTINGS, 1, 0, &[])).unwrap()
+                }
+                PING if flags & 1 == 0 => conn.write_all(&h2_frame(PING, 1, 0, &payload)).unwrap(),
+                _ => {}
+            }
+        }
+    }
+    // GOAWAY's payload: the last stream id (4 bytes), then the error code (4 bytes).
+    let goaway = goaway.map(|(payload, after)| {
+        let code = payload
+            .get(4..8)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        (code, after)
+    });
+    println!(
+        "[late h2] {responses} responses on {} streams; GOAWAY (error code, after): {goaway:?}",
+        stream_id / 2
+    );
+    assert!(
+        responses > 0,
+        "the old generation never answered on the connection"
+    );
+    assert!(
+        matches!(goaway, Some((Some(0), _))),
+        "no graceful GOAWAY (NO_ERROR) within 10 s on an HTTP/2 connection of the draining \
+         generation ({responses} responses so far; got {goaway:?}): it keeps serving the \
+         old code"
+    );
+    drop(conn);
+    expect_gone(
+        &p,
+        gen1,
+        "the old generation once its HTTP/2 connection went away",
+    );
+    assert!(reaped(gen1));
+    signal(gen2, libc::SIGTERM);
+    expect_gone(&p, gen2, "the new generation after SIGTERM");
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. A keep-alive connection idle since before the drain
+// ---------------------------------------------------------------------------------------
+
+/// A client's pooled connection, idle for longer than the drain grace when the drain
+/// begins, is the one the client falls back on once its busy connections get
+/// `Connection: close`. The grace must count from the drain's start: a request sent
+/// on it within the grace is answered (with `Connection: close`), not reset.
+#[test]
+fn connection_idle_before_the_drain_is_answered() {
+    let builds = hello_builds(&["v1"]);
+    become_subreaper();
+    let dir = scratch_dir("idle-before");
+    let app = dir.join("app");
+    install(&builds[0].0, &app);
+    // A long grace, so that the client's reaction time never matters.
+    let p = Proc::spawn(&app, &["--addr", "127.0.0.1:0", "--drain-grace-ms", "2000"]);
+    let addr = p.serving_addr(1);
+    let gen1 = newest(&p);
+    let mut conn = connect_tcp(&addr).unwrap();
+    let first = exchange_blocking(&mut conn, "/").unwrap();
+    assert_eq!((body_pid(&first.body), first.close), (Some(gen1), false));
+    // Idle for longer than the grace, then the drain begins.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, gen2) = restart_ok(&p);
+    let r = exchange_blocking(&mut conn, "/").unwrap_or_else(|e| {
+        panic!(
+            "the idle connection was closed at the drain's start under a request: {e}; \
+             output:\n{}",
+            p.output()
+        )
+    });
+    println!("[idle before the drain] {r:?}");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        body_pid(&r.body),
+        Some(gen1),
+        "answered by the old generation"
+    );
+    assert!(
+        r.close,
+        "the answer during the drain carries Connection: close"
+    );
+    drop(conn);
+    expect_gone(&p, gen1, "the old generation");
+    assert!(reaped(gen1));
+    signal(gen2, libc::SIGTERM);
+    expect_gone(&p, gen2, "the new generation after SIGTERM");
 }
