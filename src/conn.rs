@@ -150,14 +150,6 @@ impl ConnState {
 /// Counts a request in flight until its response body is finished or dropped.
 struct InFlight(Arc<ConnState>);
 
-impl InFlight {
-    fn begin(state: &Arc<ConnState>) -> Self {
-        state.in_flight.fetch_add(1, Ordering::AcqRel);
-        state.touch();
-        InFlight(state.clone())
-    }
-}
-
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
@@ -372,10 +364,13 @@ where
 {
     type Response = Response<ResBody<B>>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future = SvcFuture<S, B>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let guard = InFlight::begin(&self.state);
+        let now = now_ms();
+        self.state.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.state.last_activity.store(now, Ordering::Relaxed);
+        let guard = InFlight(self.state.clone());
         let h1 = req.version() < Version::HTTP_2;
         if !h1 {
             self.state.h2.store(true, Ordering::Relaxed);
@@ -385,7 +380,7 @@ where
         }
         let limits = &self.shared.limits;
         let deadline = limits.write_timeout.map(|d| {
-            let at = now_ms() + d.as_millis() as u64;
+            let at = now + d.as_millis() as u64;
             self.state.write_deadline.store(at, Ordering::Relaxed);
             at
         });
@@ -396,30 +391,105 @@ where
                 res.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            return Box::pin(std::future::ready(Ok(res)));
-        }
-        let mut app = self.app.clone();
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let handler = async move {
-                std::future::poll_fn(|cx| app.poll_ready(cx)).await?;
-                app.call(req).await
+            return SvcFuture {
+                inner: None,
+                early: Some(res),
+                guard: None,
+                deadline,
+                h1,
+                shared: self.shared.clone(),
             };
-            let res = Deadline::new(handler, deadline)
-                .await
-                .map_err(|_| -> BoxError { Box::new(timed_out("write timeout: handler")) })?
-                .map_err(Into::into)?;
-            let (mut parts, body) = res.into_parts();
-            if h1 && shared.draining.load(Ordering::Relaxed) {
-                parts
-                    .headers
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let handler = Handler::Ready {
+            app: self.app.clone(),
+            req: Some(req),
+        };
+        SvcFuture {
+            inner: Some(Deadline::new(handler, deadline)),
+            early: None,
+            guard: Some(guard),
+            deadline,
+            h1,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// The application's readiness, then its call.
+    #[project = HandlerProj]
+    enum Handler<S, F> {
+        Ready { app: S, req: Option<Request<Incoming>> },
+        Call { #[pin] fut: F },
+    }
+}
+
+impl<S> Future for Handler<S, S::Future>
+where
+    S: tower_service::Service<Request<Incoming>>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project() {
+                HandlerProj::Ready { app, req } => {
+                    ready!(app.poll_ready(cx))?;
+                    let fut = app.call(req.take().expect("polled after completion"));
+                    self.set(Handler::Call { fut });
+                }
+                HandlerProj::Call { fut } => return fut.poll(cx),
             }
-            Ok(Response::from_parts(
-                parts,
-                ResBody::new(body, guard, deadline),
-            ))
-        })
+        }
+    }
+}
+
+pin_project! {
+    /// One request through `Svc`, without a boxed future: the handler under the write
+    /// deadline, then `Connection: close` during a drain and the counted response body.
+    pub(crate) struct SvcFuture<S, B>
+    where
+        S: tower_service::Service<Request<Incoming>>,
+    {
+        #[pin]
+        inner: Option<Deadline<Handler<S, S::Future>>>,
+        early: Option<Response<ResBody<B>>>,
+        guard: Option<InFlight>,
+        deadline: Option<u64>,
+        h1: bool,
+        shared: Arc<Shared>,
+    }
+}
+
+impl<S, B> Future for SvcFuture<S, B>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(res) = this.early.take() {
+            return Poll::Ready(Ok(res));
+        }
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(Err("polled after completion".into()));
+        };
+        let res = ready!(inner.poll(cx))
+            .map_err(|_| -> BoxError { Box::new(timed_out("write timeout: handler")) })?
+            .map_err(Into::into)?;
+        let (mut parts, body) = res.into_parts();
+        if *this.h1 && this.shared.draining.load(Ordering::Relaxed) {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let guard = this.guard.take().expect("one response per request");
+        Poll::Ready(Ok(Response::from_parts(
+            parts,
+            ResBody::new(body, guard, *this.deadline),
+        )))
     }
 }
 
@@ -612,14 +682,15 @@ impl<I: AsyncRead + Unpin> AsyncRead for TimedIo<I> {
                             st.h2.store(true, Ordering::Relaxed);
                         }
                     }
-                    st.touch();
+                    let now = now_ms();
+                    st.last_activity.store(now, Ordering::Relaxed);
                     if let Some(rt) = this.read_timeout {
                         if !st.h2.load(Ordering::Relaxed)
                             && st.in_flight.load(Ordering::Acquire) == 0
                             && st.read_deadline.load(Ordering::Relaxed) == 0
                         {
                             // The first bytes of a request: its read deadline starts.
-                            let at = now_ms() + rt.as_millis() as u64;
+                            let at = now + rt.as_millis() as u64;
                             st.read_deadline.store(at, Ordering::Relaxed);
                         }
                     }
