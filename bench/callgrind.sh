@@ -6,19 +6,22 @@
 #   bench/callgrind.sh [REQUESTS] [OUT_DIR] [CONNECTIONS]
 #                                 (defaults: 20000, target/callgrind, 16)
 #
-# Each server runs under callgrind; h2load (bench/install-tools.sh) sends REQUESTS
-# HTTP/1.1 keep-alive requests over CONNECTIONS connections (1: strict
-# ping-pong, the most repeatable count; more: batching varies a little from run to run); the profile is dumped twice (after
-# start-up and one request, then after the load) so that start-up cost is left out.
+# Each server runs under callgrind; once it has answered one request its counters are
+# zeroed (start-up left out), h2load (bench/install-tools.sh) sends REQUESTS keep-alive
+# HTTP/1.1 requests over CONNECTIONS connections (1: strict ping-pong, the most
+# repeatable count; more: batching varies a little from run to run), and the counts
+# are dumped. PROTO=h2c sends h2c instead (8 streams per connection).
 # Reads the binaries from target/release (cargo build --release --example hello;
 # cargo build --release -p ceaseless-bench --bin bare); HELLO=/path and BARE=/path
-# override them. Prints instructions per request and writes callgrind files to compare
-# with callgrind_annotate.
+# override them. Prints instructions per request and leaves the callgrind files, to
+# compare with callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-20000}
 out=${2:-target/callgrind}
 conns=${3:-16}
+proto_args=(--h1)
+[ "${PROTO:-h1}" = h2c ] && proto_args=(-m 8)
 mkdir -p "$out"
 hello=${HELLO:-target/release/examples/hello}
 bare=${BARE:-target/release/bare}
@@ -43,7 +46,7 @@ for name in bare hello; do
     sleep 0.1
   done
   callgrind_control -z "$vg" >/dev/null 2>&1        # zero the counters: start-up left out
-  h2load --h1 -n "$n" -c "$conns" -t 1 "http://127.0.0.1:$p/" | grep -E '^requests:' >&2
+  h2load "${proto_args[@]}" -n "$n" -c "$conns" -t 1 "http://127.0.0.1:$p/" | grep -E '^requests:' >&2
   callgrind_control -d "$vg" >/dev/null 2>&1        # dump the load's counts
   sleep 0.5
   kill -INT "$vg" 2>/dev/null || true

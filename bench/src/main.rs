@@ -36,8 +36,8 @@ It prints a table and a one-line summary, and stops by itself.
 
 OPTIONS
   --restarts N        restarts per protocol (default 20)
-  --duration SECS     length of each steady-state run (default 5)
-  --rounds N          steady-state runs per side and client, alternating (default 5)
+  --duration SECS     length of each steady-state run (default 4)
+  --rounds N          steady-state runs per side and client, alternating (default 7)
   --connections N     concurrent keep-alive requests: HTTP/1.1 connections, or HTTP/2
                       connections of 8 streams (default 64)
   --gap-ms MS         steady load between two restarts (default 500)
@@ -74,8 +74,8 @@ pub struct Config {
 fn parse_args() -> Result<Config, String> {
     let mut c = Config {
         restarts: 20,
-        duration: Duration::from_secs(5),
-        rounds: 5,
+        duration: Duration::from_secs(4),
+        rounds: 7,
         connections: 64,
         gap: Duration::from_millis(500),
         protocols: Proto::ALL.to_vec(),

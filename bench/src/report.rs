@@ -117,9 +117,34 @@ fn side_summary(runs: &[SideRun]) -> Option<SideSummary> {
     })
 }
 
+/// ceaseless / bare, as the median of each round's ratio: a round's two runs are back
+/// to back, so a change in the machine's other load mostly hits both.
+pub struct Ratios {
+    pub rps: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub cpu: f64,
+}
+
 impl SteadyClient {
     pub fn summaries(&self) -> Option<(SideSummary, SideSummary)> {
         Some((side_summary(&self.bare)?, side_summary(&self.ceaseless)?))
+    }
+
+    pub fn ratios(&self) -> Option<Ratios> {
+        let pairs: Vec<(&SideRun, &SideRun)> = self.bare.iter().zip(&self.ceaseless).collect();
+        if pairs.is_empty() {
+            return None;
+        }
+        let m = |f: &dyn Fn(&SideRun) -> f64| {
+            median(&pairs.iter().map(|(b, o)| f(o) / f(b)).collect::<Vec<_>>())
+        };
+        Some(Ratios {
+            rps: m(&|r| r.rps),
+            p50: m(&|r| r.p50_us),
+            p99: m(&|r| r.p99_us),
+            cpu: m(&|r| r.cpu_us_per_req.unwrap_or(f64::NAN)),
+        })
     }
 }
 
@@ -306,15 +331,15 @@ impl Results {
             });
         }
         for cl in &self.steady.clients {
-            if let Some((bare, ours)) = cl.summaries() {
-                let ratio = ours.rps / bare.rps;
+            if let Some(ratios) = cl.ratios() {
+                let ratio = ratios.rps;
                 c.push(Check {
                     name: format!("throughput ceaseless/bare, {}", cl.client),
                     bar: format!(">= {TARGET_THROUGHPUT_RATIO:.2}"),
                     measured: format!("{ratio:.3}"),
                     met: Some(ratio >= TARGET_THROUGHPUT_RATIO),
                 });
-                let p99 = ours.p99_us / bare.p99_us;
+                let p99 = ratios.p99;
                 c.push(Check {
                     name: format!("p99 latency ceaseless/bare, {}", cl.client),
                     bar: format!("<= {TARGET_P99_RATIO:.2}"),
@@ -411,7 +436,7 @@ impl Results {
             "client", "server", "req/s", "p50 µs", "p99 µs", "cpu µs/req", "server cpu", "errors"
         );
         for cl in &self.steady.clients {
-            let Some((bare, ours)) = cl.summaries() else {
+            let (Some((bare, ours)), Some(r)) = (cl.summaries(), cl.ratios()) else {
                 let _ = writeln!(o, "{:<10} (no result)", cl.client);
                 continue;
             };
@@ -436,15 +461,14 @@ impl Results {
             let _ = writeln!(
                 o,
                 "{:<11} {:<10} {:>10.3} {:>9.3} {:>9.3} {:>11.3}",
-                proto,
-                "ratio",
-                ours.rps / bare.rps,
-                ours.p50_us / bare.p50_us,
-                ours.p99_us / bare.p99_us,
-                ours.cpu_us_per_req / bare.cpu_us_per_req
+                proto, "ratio *", r.rps, r.p50, r.p99, r.cpu
             );
         }
 
+        let _ = writeln!(
+            o,
+            "  (* median of the rounds' ratios, each round's two runs back to back; cpu µs/req: server CPU time per request)"
+        );
         let _ = writeln!(
             o,
             "\nRESTARTS UNDER LOAD: SIGHUP every {} ms of steady load, {} concurrent keep-alive requests",
@@ -669,12 +693,10 @@ impl Results {
             .clients
             .iter()
             .filter_map(|c| {
-                let (b, o) = c.summaries()?;
+                let r = c.ratios()?;
                 Some(format!(
-                    "{} {:.3}× req/s, p99 {:.3}×",
-                    c.client,
-                    o.rps / b.rps,
-                    o.p99_us / b.p99_us
+                    "{} {:.3}× req/s, p99 {:.3}×, cpu/req {:.3}×",
+                    c.client, r.rps, r.p99, r.cpu
                 ))
             })
             .collect();
@@ -738,13 +760,15 @@ impl Results {
             .iter()
             .map(|c| {
                 let sums = c.summaries();
+                let ratios = c.ratios();
                 json!({
                     "client": c.client,
                     "bare": sums.as_ref().map(|(b, _)| side(b)),
                     "ceaseless": sums.as_ref().map(|(_, o)| side(o)),
-                    "ratio_rps": sums.as_ref().map(|(b, o)| o.rps / b.rps),
-                    "ratio_p50": sums.as_ref().map(|(b, o)| o.p50_us / b.p50_us),
-                    "ratio_p99": sums.as_ref().map(|(b, o)| o.p99_us / b.p99_us),
+                    "ratio_rps": ratios.as_ref().map(|r| num(r.rps)),
+                    "ratio_p50": ratios.as_ref().map(|r| num(r.p50)),
+                    "ratio_p99": ratios.as_ref().map(|r| num(r.p99)),
+                    "ratio_cpu_per_req": ratios.as_ref().map(|r| num(r.cpu)),
                     "runs": { "bare": runs(&c.bare), "ceaseless": runs(&c.ceaseless) },
                 })
             })
