@@ -11,7 +11,7 @@
 //! Options: `--addr ADDR` (repeatable: one server each; `unix:/path` for a Unix socket),
 //! `--hammer-ms N` (0: no hammer time), `--read-timeout-ms N`, `--write-timeout-ms N`,
 //! `--max-header-bytes N`, `--ready-timeout-ms N`, `--drain-grace-ms N`,
-//! `--pid-file PATH`, `--fail-start` (exit 3 at once: a broken build, for tests),
+//! `--pid-file PATH`, `--admin` (serve `POST /admin/restart?wait_ms=N`, a restart from code),
 //! `--fd-name NAME` (the previous `--addr` takes the socket-activated socket of that
 //! name, systemd's `FileDescriptorName=`), `--control PATH` (a control socket, for
 //! `hello restart`).
@@ -46,7 +46,8 @@ struct Options {
     ready_timeout: Option<Duration>,
     drain_grace: Option<Duration>,
     pid_file: Option<String>,
-    fail_start: bool,
+    /// Serve `POST /admin/restart?wait_ms=N`.
+    admin: bool,
     /// `--fd-name` of each `--addr`, in order.
     fd_names: Vec<Option<String>>,
     control: Option<String>,
@@ -62,7 +63,7 @@ fn parse_args() -> Result<Options, String> {
         ready_timeout: None,
         drain_grace: None,
         pid_file: None,
-        fail_start: false,
+        admin: false,
         fd_names: Vec::new(),
         control: None,
     };
@@ -95,7 +96,7 @@ fn parse_args() -> Result<Options, String> {
                 o.max_header_bytes = Some(v.parse().map_err(|_| format!("not a number: {v}"))?);
             }
             "--pid-file" => o.pid_file = Some(args.next().ok_or("--pid-file needs a value")?),
-            "--fail-start" => o.fail_start = true,
+            "--admin" => o.admin = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -106,11 +107,46 @@ fn parse_args() -> Result<Options, String> {
     Ok(o)
 }
 
+/// Whether `POST /admin/restart` is served (`--admin`).
+static ADMIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `POST /admin/restart?wait_ms=N`: restarts from code with `ceaseless::restart()`,
+/// waiting at most N ms (default 60000) for the outcome. The restart goes on when the
+/// wait ends first; a later request then hears "already in progress" until it is over.
+async fn admin_restart(req: &Request<Incoming>) -> (StatusCode, String) {
+    if req.method() != http::Method::POST {
+        return (StatusCode::METHOD_NOT_ALLOWED, "POST only\n".into());
+    }
+    let wait = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("wait_ms=")))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(60_000);
+    match tokio::time::timeout(Duration::from_millis(wait), ceaseless::restart()).await {
+        Ok(Ok(pid)) => (StatusCode::OK, format!("restarted: pid {pid}\n")),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("restart failed: {e}\n"),
+        ),
+        Err(_) => (
+            StatusCode::ACCEPTED,
+            format!("still restarting after {wait} ms\n"),
+        ),
+    }
+}
+
 async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = |s: String| Full::new(Bytes::from(s));
     let answer = || format!("hello from pid {}, version {VERSION}\n", std::process::id());
     let res = match req.uri().path() {
         "/" => Response::new(body(answer())),
+        "/admin/restart" if ADMIN.load(std::sync::atomic::Ordering::Relaxed) => {
+            let (status, text) = admin_restart(&req).await;
+            let mut r = Response::new(body(text));
+            *r.status_mut() = status;
+            r
+        }
         "/echo" => match req.into_body().collect().await {
             // Reads the whole body (the read timeout applies), answers its size.
             Ok(b) => Response::new(body(format!("read {} bytes\n", b.to_bytes().len()))),
@@ -194,10 +230,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if opts.fail_start {
-        eprintln!("hello: --fail-start: exiting before serving");
-        return std::process::ExitCode::from(3);
-    }
+    ADMIN.store(opts.admin, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         pid = std::process::id(),
         version = VERSION,

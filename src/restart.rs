@@ -131,16 +131,28 @@ pub async fn restart() -> Result<u32, RestartError> {
     if !gen.try_begin_restart() {
         return Err(RestartError::InProgress);
     }
-    let outcome = spawn_and_wait(gen).await;
-    match &outcome {
-        Ok(pid) => {
-            notify::handed_over(*pid);
-            gen.begin_drain(Drain::Handover);
+    // The restart runs to its end in a task of its own, even if the caller stops waiting
+    // (a timeout around this call, a client gone from an admin endpoint): cut short, it
+    // would leave the restart slot taken for good and a new generation unwatched.
+    let task = tokio::spawn(async move {
+        let outcome = spawn_and_wait(gen).await;
+        match &outcome {
+            Ok(pid) => {
+                notify::handed_over(*pid);
+                gen.begin_drain(Drain::Handover);
+            }
+            Err(e) => notify::restart_failed(e),
         }
-        Err(e) => notify::restart_failed(e),
-    }
-    gen.end_restart();
-    outcome
+        gen.end_restart();
+        outcome
+    });
+    task.await.unwrap_or_else(|e| {
+        // The task panicked (or the runtime is shutting down): free the slot.
+        gen.end_restart();
+        Err(RestartError::Io(io::Error::other(format!(
+            "restart task failed: {e}"
+        ))))
+    })
 }
 
 async fn spawn_and_wait(gen: &'static Generation) -> Result<u32, RestartError> {
@@ -169,10 +181,14 @@ async fn spawn_and_wait(gen: &'static Generation) -> Result<u32, RestartError> {
         .kill_on_drop(false);
     let mut scratch: Vec<RawFd> = vec![-1; sources.len()];
     // SAFETY: the closure runs in the child between fork and exec. It only calls
-    // fcntl and dup2 (async-signal-safe) on descriptors that are open in the child, and
-    // writes into vectors allocated before the fork; it neither allocates nor locks.
+    // fcntl, dup2 and sigaction (async-signal-safe) on descriptors that are open in the
+    // child, and writes into vectors allocated before the fork; it neither allocates
+    // nor locks.
     unsafe {
-        cmd.pre_exec(move || place_fds(&sources, &mut scratch));
+        cmd.pre_exec(move || {
+            ignore_sighup()?;
+            place_fds(&sources, &mut scratch)
+        });
     }
     let spawned = cmd.spawn();
     drop(ready_w); // only the child holds the write end now
@@ -241,6 +257,26 @@ enum Waited {
     Exited(io::Result<std::process::ExitStatus>),
     Timeout,
     Aborted,
+}
+
+/// In the child, between fork and exec: SIGHUP is ignored until the new generation
+/// installs its own handler (when its first server starts). Without this, a SIGHUP sent
+/// while it starts up (meant for the newest generation, say by a deploy script that
+/// restarts twice) would kill it by the default action and waste the restart.
+/// (The disposition survives exec; the handler installed later replaces it.)
+///
+/// Async-signal-safe: sigaction only, on a structure on the stack.
+fn ignore_sighup() -> io::Result<()> {
+    // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; sigaction
+    // only reads it.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = libc::SIG_IGN;
+        if libc::sigaction(libc::SIGHUP, &sa, std::ptr::null_mut()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// A close-on-exec pipe: (read end, write end).

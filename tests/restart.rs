@@ -2006,3 +2006,90 @@ fn connection_idle_before_the_drain_is_answered() {
     signal(gen2, libc::SIGTERM);
     expect_gone(&p, gen2, "the new generation after SIGTERM");
 }
+
+// ---------------------------------------------------------------------------------------
+// 12. A restart from code whose caller stops waiting
+// ---------------------------------------------------------------------------------------
+
+/// `POST path` with an empty body on a fresh connection: (status, body).
+fn post(addr: &str, path: &str) -> (u16, String) {
+    let mut s = connect_tcp(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {out:?}"));
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// `ceaseless::restart()` under a timeout shorter than the restart (an admin endpoint
+/// whose client gave up): the restart goes on to its own end regardless: the hung new
+/// generation is still killed at the ready timeout and reaped, the restart slot is
+/// freed, and a later restart succeeds. (Were the restart cut short with its caller,
+/// the slot would stay taken for good and the new generation would run unwatched.)
+#[test]
+fn restart_from_code_outlives_a_caller_that_stops_waiting() {
+    let builds = hello_builds(&["v1", "v2"]);
+    become_subreaper();
+    let dir = scratch_dir("admin");
+    let app = dir.join("app");
+    install(&builds[0].0, &app);
+    let p = Proc::spawn(
+        &app,
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--admin",
+            "--ready-timeout-ms",
+            "1500",
+        ],
+    );
+    let addr = p.serving_addr(1);
+    let gen1 = newest(&p);
+
+    install_script(&app, "#!/bin/sh\nexec sleep 600\n");
+    let (status, body) = post(&addr, "/admin/restart?wait_ms=100");
+    assert_eq!(
+        status, 202,
+        "the caller should have stopped waiting: {body}"
+    );
+    let (status, body) = post(&addr, "/admin/restart?wait_ms=100");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("already in progress"), "{body}");
+
+    // The hung generation is killed at the ready timeout and reaped, though nobody
+    // waits for the outcome any more.
+    let deadline = Instant::now() + LONG;
+    while !children_of(gen1).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the hung new generation was left behind: {:?}\n{}",
+            children_of(gen1),
+            p.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(body_pid(&get_tcp(&addr, "/").body), Some(gen1));
+
+    // The slot is free again: a good deploy restarts.
+    install(&builds[1].0, &app);
+    let (status, body) = post(&addr, "/admin/restart?wait_ms=30000");
+    assert_eq!(status, 200, "{body}\n{}", p.output());
+    let gen2 = body_pid(&body).expect("new pid");
+    expect_gone(&p, gen1, "the first generation after the good restart");
+    let answer = get_tcp(&addr, "/").body;
+    assert_eq!(body_pid(&answer), Some(gen2), "{answer}");
+    assert_eq!(body_version(&answer), Some("v2"), "{answer}");
+    signal(gen2, libc::SIGTERM);
+    expect_gone(&p, gen2, "the second generation after SIGTERM");
+}
