@@ -219,6 +219,9 @@ where
             _ => None,
         };
         tokio::select! {
+            // The connection first: under CPU starvation a request that just arrived
+            // must win over the grace timer that would close the connection.
+            biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "connection ended with an error");

@@ -308,7 +308,9 @@ pub fn versioned_hellos(versions: &[&str]) -> Vec<PathBuf> {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    let store = target_dir.join("ceaseless-tests").join("hello-versions");
+    let store = target_dir
+        .join("ceaseless-tests")
+        .join(format!("hello-versions-{profile}"));
     std::fs::create_dir_all(&store).unwrap();
     for v in versions {
         if map.contains_key(*v) {
@@ -326,7 +328,7 @@ pub fn versioned_hellos(versions: &[&str]) -> Vec<PathBuf> {
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building hello {v} failed");
         let dest = store.join(format!("hello-{v}"));
-        let tmp = store.join(format!(".hello-{v}.tmp"));
+        let tmp = store.join(format!(".hello-{v}.{}.tmp", std::process::id()));
         std::fs::copy(profile_dir.join("examples").join("hello"), &tmp).unwrap();
         std::fs::rename(&tmp, &dest).unwrap();
         map.insert(v.to_string(), dest);
