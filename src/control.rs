@@ -324,15 +324,10 @@ async fn handle(request: &[u8]) -> String {
     match request.trim() {
         "restart" => {
             tracing::info!(pid, "restart requested on the control socket");
+            // The restart logs its own outcome.
             match crate::restart::restart().await {
-                Ok(new_pid) => {
-                    tracing::info!(pid, new_pid, "restart succeeded; draining");
-                    format!("ok {new_pid}\n")
-                }
-                Err(e) => {
-                    tracing::error!(pid, error = %e, "restart failed; still serving");
-                    format!("error {}\n", one_line(&e.to_string()))
-                }
+                Ok(new_pid) => format!("ok {new_pid}\n"),
+                Err(e) => format!("error {}\n", one_line(&e.to_string())),
             }
         }
         other => {

@@ -109,33 +109,29 @@ fn is_executable(p: &Path) -> bool {
 /// # }
 /// ```
 pub async fn restart() -> Result<u32, RestartError> {
+    restart_and(|| {}).await
+}
+
+/// [`restart`], running `settled` once the outcome is known and logged, before this
+/// generation starts draining: work done after the drain begins may never run, as the
+/// process exits as soon as its servers are drained. (SIGHUP's post hooks go here.)
+pub(crate) async fn restart_and(
+    settled: impl FnOnce() + Send + 'static,
+) -> Result<u32, RestartError> {
     let gen = Generation::get();
-    if gen.phase().is_draining() {
-        return Err(RestartError::ShuttingDown);
-    }
-    if !gen.is_ready() {
-        // Not every server of this generation accepts yet. If it is itself a new
-        // generation, the restart that started it is still in progress: its parent
-        // waits for our report, and some of our servers may not have taken their
-        // sockets over yet, so a handover now would lose them.
-        let started_by_parent = gen
-            .inherited()
-            .as_ref()
-            .is_some_and(|i| i.parent_pid.is_some());
-        return Err(if started_by_parent {
-            RestartError::InProgress
-        } else {
-            RestartError::NoServer
-        });
-    }
-    if !gen.try_begin_restart() {
-        return Err(RestartError::InProgress);
+    if let Err(e) = claim_restart_slot(gen).await {
+        let outcome = Err(e);
+        log_outcome(&outcome);
+        settled();
+        return outcome;
     }
     // The restart runs to its end in a task of its own, even if the caller stops waiting
     // (a timeout around this call, a client gone from an admin endpoint): cut short, it
     // would leave the restart slot taken for good and a new generation unwatched.
     let task = tokio::spawn(async move {
         let outcome = spawn_and_wait(gen).await;
+        log_outcome(&outcome);
+        settled();
         match &outcome {
             Ok(pid) => {
                 notify::handed_over(*pid);
@@ -153,6 +149,50 @@ pub async fn restart() -> Result<u32, RestartError> {
             "restart task failed: {e}"
         ))))
     })
+}
+
+/// How long a first generation whose servers are starting waits for them to be ready
+/// before it refuses a restart (a SIGHUP sent the moment "serving" is logged).
+const FIRST_READY_WAIT: Duration = Duration::from_secs(1);
+
+/// Takes the single restart slot, or says why a restart cannot start now.
+async fn claim_restart_slot(gen: &Generation) -> Result<(), RestartError> {
+    if gen.phase().is_draining() {
+        return Err(RestartError::ShuttingDown);
+    }
+    if !gen.is_ready() {
+        // Not every server of this generation accepts yet. If it is itself a new
+        // generation, the restart that started it is still in progress: its parent
+        // waits for our report, and some of our servers may not have taken their
+        // sockets over yet, so a handover now would lose them.
+        let started_by_parent = gen
+            .inherited()
+            .as_ref()
+            .is_some_and(|i| i.parent_pid.is_some());
+        if started_by_parent {
+            return Err(RestartError::InProgress);
+        }
+        // A first generation: its servers may be a moment from ready.
+        let deadline = tokio::time::Instant::now() + FIRST_READY_WAIT;
+        while !gen.is_ready() {
+            if tokio::time::Instant::now() >= deadline || gen.phase().is_draining() {
+                return Err(RestartError::NoServer);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    if !gen.try_begin_restart() {
+        return Err(RestartError::InProgress);
+    }
+    Ok(())
+}
+
+fn log_outcome(outcome: &Result<u32, RestartError>) {
+    let pid = std::process::id();
+    match outcome {
+        Ok(new_pid) => tracing::info!(pid, new_pid, "restart succeeded; draining"),
+        Err(e) => tracing::error!(pid, error = %e, "restart failed; this generation carries on"),
+    }
 }
 
 async fn spawn_and_wait(gen: &'static Generation) -> Result<u32, RestartError> {

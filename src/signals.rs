@@ -166,13 +166,11 @@ fn handle(gen: &'static Generation, sig: Signal) {
     match sig {
         Signal::Hup => {
             // The restart takes a while; the dispatcher must stay free for TERM/USR2.
-            tokio::spawn(async move {
-                match crate::restart::restart().await {
-                    Ok(new_pid) => tracing::info!(pid, new_pid, "restart succeeded; draining"),
-                    Err(e) => tracing::error!(pid, error = %e, "restart failed; still serving"),
-                }
-                gen.hooks.run(Signal::Hup, Stage::Post);
-            });
+            // The outcome is logged by the restart itself; the post hooks run once it
+            // is known, before this generation drains (and exits).
+            tokio::spawn(crate::restart::restart_and(move || {
+                gen.hooks.run(Signal::Hup, Stage::Post)
+            }));
             return;
         }
         Signal::Int | Signal::Term => {

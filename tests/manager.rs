@@ -621,7 +621,11 @@ fn pid_file_names_the_live_generation_across_restarts_and_goes_at_stop() {
         let (stop, pid_file) = (stop.clone(), pid_file.clone());
         std::thread::spawn(move || {
             let (mut seen, mut bad) = (Vec::<u32>::new(), Vec::new());
-            while !stop.load(Ordering::Relaxed) {
+            // One more read after the stop, so the last state the main thread saw is
+            // seen here too, however the two threads were scheduled.
+            let mut last_round = false;
+            while !last_round {
+                last_round = stop.load(Ordering::Acquire);
                 match std::fs::read_to_string(&pid_file) {
                     Ok(s) => match s.trim().parse::<u32>() {
                         Ok(pid) if seen.last() != Some(&pid) => seen.push(pid),
@@ -660,7 +664,7 @@ fn pid_file_names_the_live_generation_across_restarts_and_goes_at_stop() {
     // The generations that drained away left the file alone.
     assert_eq!(read_pid(&pid_file), Some(last));
 
-    stop.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::Release);
     let (seen, bad) = watcher.join().unwrap();
     assert!(bad.is_empty(), "the PID file was unreadable: {bad:?}");
     assert_eq!(seen.first(), Some(&generations[0]));
