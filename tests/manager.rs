@@ -617,6 +617,7 @@ fn pid_file_names_the_live_generation_across_restarts_and_goes_at_stop() {
     // Reads the file over and over meanwhile: it must never be missing or partial, and
     // never go back to an older generation.
     let stop = Arc::new(AtomicBool::new(false));
+    let (first_read_tx, first_read) = std::sync::mpsc::channel::<()>();
     let watcher = {
         let (stop, pid_file) = (stop.clone(), pid_file.clone());
         std::thread::spawn(move || {
@@ -634,11 +635,17 @@ fn pid_file_names_the_live_generation_across_restarts_and_goes_at_stop() {
                     },
                     Err(e) => bad.push(e.to_string()),
                 }
+                let _ = first_read_tx.send(());
                 std::thread::sleep(Duration::from_millis(1));
             }
             (seen, bad)
         })
     };
+    // The watcher has read the first generation's pid before anything changes it,
+    // however the threads are scheduled.
+    first_read
+        .recv_timeout(LONG)
+        .expect("the watcher never read the PID file");
 
     let mut generations = vec![p.pid];
     for i in 0..5 {
