@@ -330,18 +330,11 @@ fn open_at_start() -> &'static [RawFd] {
 fn announced_and_open(env: &dyn Env) -> Vec<RawFd> {
     let announced: Vec<RawFd> = match read_ours(env, std::os::unix::process::parent_id()) {
         Ok(Some((names, ready, _))) => (FIRST_FD..).take(names.len()).chain(ready).collect(),
-        _ => {
-            let for_us = env
-                .get(ENV_LISTEN_PID)
-                .and_then(|p| p.trim().parse::<u32>().ok())
-                == Some(std::process::id());
-            let n = env
-                .get(ENV_LISTEN_FDS)
-                .and_then(|n| n.trim().parse::<usize>().ok())
-                .filter(|n| for_us && *n <= 1024)
-                .unwrap_or(0);
-            (FIRST_FD..).take(n).collect()
-        }
+        // (Its problems are logged by `Inherited::from_env`, once a logger exists.)
+        _ => match read_systemd(env, std::process::id()) {
+            Ok(Some(names)) => (FIRST_FD..).take(names.len()).collect(),
+            _ => Vec::new(),
+        },
     };
     announced
         .into_iter()

@@ -11,7 +11,6 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -280,11 +279,6 @@ async fn spawn_and_wait(gen: &'static Generation) -> Result<u32, RestartError> {
     if child.try_wait().ok().flatten().is_none() {
         let _ = child.start_kill();
         let _ = child.wait().await;
-    }
-    if let RestartError::Exited { status, .. } = &failure {
-        if let Some(sig) = status.signal() {
-            tracing::debug!(sig, "the new generation died from a signal");
-        }
     }
     Err(failure)
 }

@@ -129,11 +129,16 @@ pub(crate) fn ensure_started(gen: &'static Generation) -> Result<(), Error> {
     }
     tokio::spawn(async move {
         loop {
-            let polls = streams.iter_mut().map(|(sig, s)| {
-                let sig = *sig;
-                Box::pin(async move { s.recv().await.map(|_| sig) })
-            });
-            let (got, _, _) = futures_select_all(polls).await;
+            // The first stream with a signal waiting (each poll takes one at most).
+            let got = std::future::poll_fn(|cx| {
+                for (sig, s) in streams.iter_mut() {
+                    if let std::task::Poll::Ready(r) = s.poll_recv(cx) {
+                        return std::task::Poll::Ready(r.map(|()| *sig));
+                    }
+                }
+                std::task::Poll::Pending
+            })
+            .await;
             match got {
                 Some(sig) => handle(gen, sig),
                 None => return, // the runtime is shutting down
@@ -141,22 +146,6 @@ pub(crate) fn ensure_started(gen: &'static Generation) -> Result<(), Error> {
         }
     });
     Ok(())
-}
-
-/// Waits for the first of several futures (a tiny `select_all`, to avoid a dependency).
-async fn futures_select_all<F: std::future::Future + Unpin>(
-    futs: impl IntoIterator<Item = F>,
-) -> (F::Output, usize, ()) {
-    let mut futs: Vec<F> = futs.into_iter().collect();
-    std::future::poll_fn(move |cx| {
-        for (i, f) in futs.iter_mut().enumerate() {
-            if let std::task::Poll::Ready(v) = std::pin::Pin::new(f).poll(cx) {
-                return std::task::Poll::Ready((v, i, ()));
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 fn handle(gen: &'static Generation, sig: Signal) {
