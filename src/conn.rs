@@ -88,8 +88,6 @@ pub(crate) struct Limits {
 pub(crate) struct Shared {
     pub(crate) builder: auto::Builder<TokioExecutor>,
     pub(crate) limits: Limits,
-    /// Set once the drain begins: responses get `Connection: close`.
-    pub(crate) draining: AtomicBool,
     pub(crate) phase: watch::Receiver<Phase>,
 }
 
@@ -108,7 +106,6 @@ impl Shared {
         Shared {
             builder,
             limits,
-            draining: AtomicBool::new(false),
             phase,
         }
     }
@@ -400,7 +397,6 @@ where
                 guard: None,
                 deadline,
                 h1,
-                shared: self.shared.clone(),
             };
         }
         let handler = Handler::Ready {
@@ -413,7 +409,6 @@ where
             guard: Some(guard),
             deadline,
             h1,
-            shared: self.shared.clone(),
         }
     }
 }
@@ -460,7 +455,6 @@ pin_project! {
         guard: Option<InFlight>,
         deadline: Option<u64>,
         h1: bool,
-        shared: Arc<Shared>,
     }
 }
 
@@ -483,7 +477,7 @@ where
             .map_err(|_| -> BoxError { Box::new(timed_out("write timeout: handler")) })?
             .map_err(Into::into)?;
         let (mut parts, body) = res.into_parts();
-        if *this.h1 && this.shared.draining.load(Ordering::Relaxed) {
+        if *this.h1 && crate::generation::Generation::get().draining() {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

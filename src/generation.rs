@@ -69,6 +69,9 @@ pub(crate) struct Generation {
     readiness: Mutex<Readiness>,
     next_id: AtomicU64,
     restart_in_flight: AtomicBool,
+    /// Set the moment the drain begins, before anyone is woken: responses finished from
+    /// then on say `Connection: close` (read on every response, hence an atomic).
+    draining: AtomicBool,
     /// Set once readiness was reported (to the previous generation, if any): from then
     /// on this generation may itself restart.
     ready: AtomicBool,
@@ -96,6 +99,7 @@ impl Generation {
             readiness: Mutex::new(Readiness::default()),
             next_id: AtomicU64::new(1),
             restart_in_flight: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             ready_timeout: Mutex::new(DEFAULT_READY_TIMEOUT),
             hooks: Hooks::default(),
@@ -149,6 +153,7 @@ impl Generation {
         let started = self.phase.send_if_modified(|p| {
             if *p == Phase::Serving {
                 *p = Phase::Draining(why);
+                self.draining.store(true, Ordering::Release);
                 true
             } else {
                 false
@@ -166,6 +171,11 @@ impl Generation {
             }
         }
         started
+    }
+
+    /// True from the moment the drain begins (a cheap read for the request path).
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// SIGUSR2: closes every remaining connection at once, if draining.

@@ -334,9 +334,6 @@ where
 
         // Stop accepting: from now on the listener is the new generation's alone (after
         // a handover) or closed (on shutdown: new connections are refused).
-        shared
-            .draining
-            .store(true, std::sync::atomic::Ordering::Relaxed);
         drop(listener);
         gen.unregister(id);
         let why = match gen.phase() {
