@@ -11,7 +11,8 @@
 //! Options: `--addr ADDR` (repeatable: one server each; `unix:/path` for a Unix socket),
 //! `--hammer-ms N` (0: no hammer time), `--read-timeout-ms N`, `--write-timeout-ms N`,
 //! `--max-header-bytes N`, `--ready-timeout-ms N`, `--drain-grace-ms N`,
-//! `--pid-file PATH`, `--admin` (serve `POST /admin/restart?wait_ms=N`, a restart from code),
+//! `--pid-file PATH`, `--admin` (serve `POST /admin/restart?wait_ms=N` and `POST /admin/shutdown`:
+//! a restart and a shutdown from code),
 //! `--fd-name NAME` (the previous `--addr` takes the socket-activated socket of that
 //! name, systemd's `FileDescriptorName=`), `--control PATH` (a control socket, for
 //! `hello restart`).
@@ -141,6 +142,19 @@ async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallib
     let answer = || format!("hello from pid {}, version {VERSION}\n", std::process::id());
     let res = match req.uri().path() {
         "/" => Response::new(body(answer())),
+        "/admin/shutdown" if ADMIN.load(std::sync::atomic::Ordering::Relaxed) => {
+            // A graceful shutdown from code, as SIGTERM does (without its hooks).
+            let (status, text) = if req.method() != http::Method::POST {
+                (StatusCode::METHOD_NOT_ALLOWED, "POST only\n")
+            } else if ceaseless::shutdown() {
+                (StatusCode::ACCEPTED, "shutting down\n")
+            } else {
+                (StatusCode::CONFLICT, "already draining\n")
+            };
+            let mut r = Response::new(body(text.into()));
+            *r.status_mut() = status;
+            r
+        }
         "/admin/restart" if ADMIN.load(std::sync::atomic::Ordering::Relaxed) => {
             let (status, text) = admin_restart(&req).await;
             let mut r = Response::new(body(text));

@@ -421,6 +421,46 @@ fn sigterm_finishes_the_request_in_flight_with_connection_close_then_exits_0() {
     p.expect_line("drained; server stopped", WAIT);
 }
 
+/// `ceaseless::shutdown()` (here behind hello's `POST /admin/shutdown`) drains as
+/// SIGTERM does: the caller's own response says `Connection: close`, new connections are
+/// refused, the process exits 0; a second call, on a connection opened before, answers
+/// that the process already drains.
+#[test]
+fn shutdown_from_code_drains_like_sigterm() {
+    let (mut p, addr) = start("hello", &["--admin", "--drain-grace-ms", "5000"]);
+    let post = b"POST /admin/shutdown HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n";
+    // Opened (and served once) before the shutdown; idle when it begins.
+    let mut early = raw(addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(read_response(&p, &mut early, "warm-up").status, 200);
+
+    let mut caller = raw(addr, post);
+    let first = read_response(&p, &mut caller, "the first shutdown call");
+    assert_eq!(first.status, 202, "output:\n{}", p.output());
+    assert_eq!(String::from_utf8_lossy(&first.body), "shutting down\n");
+    assert!(
+        first
+            .headers
+            .iter()
+            .any(|(n, v)| n == "connection" && v.eq_ignore_ascii_case("close")),
+        "{:?}",
+        first.headers
+    );
+    p.expect_line("stopped accepting", WAIT);
+    assert_refused(&p, addr);
+
+    early.write_all(post).unwrap();
+    let second = read_response(&p, &mut early, "the second shutdown call");
+    assert_eq!(second.status, 409, "output:\n{}", p.output());
+    assert_eq!(String::from_utf8_lossy(&second.body), "already draining\n");
+
+    let status = expect_exit(&mut p, "after shutdown()");
+    assert!(
+        status.success(),
+        "exit status {status}; output:\n{}",
+        p.output()
+    );
+}
+
 #[test]
 fn hammer_time_closes_a_hung_request() {
     let (mut p, addr) = start("hello", &["--hammer-ms", "1000"]);
