@@ -23,5 +23,6 @@ async fn main() -> Result<(), ceaseless::Error> {
             "/users/{id}",
             get(|Path(id): Path<u64>| async move { Json(vec![id, std::process::id() as u64]) }),
         );
-    ceaseless::listen_and_serve(addr, app).await
+    ceaseless::listen_and_serve(addr, app).await?;
+    Ok(())
 }

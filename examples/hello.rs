@@ -12,7 +12,10 @@
 //! `--hammer-ms N` (0: no hammer time), `--read-timeout-ms N`, `--write-timeout-ms N`,
 //! `--max-header-bytes N`, `--ready-timeout-ms N`, `--drain-grace-ms N`,
 //! `--pid-file PATH`, `--admin` (serve `POST /admin/restart?wait_ms=N` and `POST /admin/shutdown`:
-//! a restart and a shutdown from code),
+//! a restart and a shutdown from code), `--warmup-ms N` (warm up for N ms before any
+//! server starts: until the generation declares ready, the previous one alone serves),
+//! `--stagger-ms N` (start each `--addr` N ms after the previous one), `--no-ready`
+//! (serve, but never declare ready: a broken deploy that accepts connections),
 //! `--fd-name NAME` (the previous `--addr` takes the socket-activated socket of that
 //! name, systemd's `FileDescriptorName=`), `--control PATH` (a control socket, for
 //! `hello restart`).
@@ -52,6 +55,9 @@ struct Options {
     /// `--fd-name` of each `--addr`, in order.
     fd_names: Vec<Option<String>>,
     control: Option<String>,
+    warmup: Option<Duration>,
+    stagger: Option<Duration>,
+    no_ready: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -67,6 +73,9 @@ fn parse_args() -> Result<Options, String> {
         admin: false,
         fd_names: Vec::new(),
         control: None,
+        warmup: None,
+        stagger: None,
+        no_ready: false,
     };
     let mut args = std::env::args().skip(1);
     let ms = |v: Option<String>, name: &str| -> Result<Option<Duration>, String> {
@@ -98,6 +107,9 @@ fn parse_args() -> Result<Options, String> {
             }
             "--pid-file" => o.pid_file = Some(args.next().ok_or("--pid-file needs a value")?),
             "--admin" => o.admin = true,
+            "--warmup-ms" => o.warmup = ms(args.next(), &a)?,
+            "--stagger-ms" => o.stagger = ms(args.next(), &a)?,
+            "--no-ready" => o.no_ready = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -251,37 +263,73 @@ async fn main() -> std::process::ExitCode {
         "hello starting"
     );
 
+    // The process first: readiness is declared below, once every server listens.
+    let mut process = ceaseless::Process::builder().readiness(ceaseless::Readiness::Manual);
+    if let Some(t) = opts.ready_timeout {
+        process = process.ready_timeout(t);
+    }
+    if let Some(p) = &opts.pid_file {
+        process = process.pid_file(p);
+    }
+    if let Some(p) = &opts.control {
+        process = process.control_socket(p);
+    }
+    let process = match process.start() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("hello: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    if let Some(w) = opts.warmup {
+        // Filling caches, opening pools: no server accepts yet.
+        tracing::info!(
+            pid = std::process::id(),
+            ms = w.as_millis() as u64,
+            "warming up"
+        );
+        tokio::time::sleep(w).await;
+    }
+
     let app = tower::service_fn(hello);
+    let total = opts.addrs.len();
+    let listening = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut servers = Vec::new();
-    for (addr, fd_name) in opts.addrs.iter().zip(&opts.fd_names) {
+    for (i, (addr, fd_name)) in opts.addrs.iter().zip(&opts.fd_names).enumerate() {
+        if i > 0 {
+            if let Some(d) = opts.stagger {
+                tokio::time::sleep(d).await;
+            }
+        }
+        let (p, listening, no_ready) = (process.clone(), listening.clone(), opts.no_ready);
         let mut s = ceaseless::Server::new(addr.clone(), app)
             .hammer_time(opts.hammer)
             .read_timeout(opts.read_timeout)
-            .write_timeout(opts.write_timeout);
+            .write_timeout(opts.write_timeout)
+            .before_begin(move |local| {
+                tracing::info!(pid = std::process::id(), addr = %local, "serving");
+                let n = listening.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+                if n == total && !no_ready {
+                    p.ready();
+                }
+            });
         if let Some(n) = opts.max_header_bytes {
             s = s.max_header_bytes(n);
-        }
-        if let Some(t) = opts.ready_timeout {
-            s = s.ready_timeout(t);
         }
         if let Some(t) = opts.drain_grace {
             s = s.drain_grace(t);
         }
-        if let Some(p) = &opts.pid_file {
-            s = s.pid_file(p);
-        }
         if let Some(n) = fd_name {
             s = s.fd_name(n);
-        }
-        if let Some(p) = &opts.control {
-            s = s.control_socket(p);
         }
         servers.push(tokio::spawn(s.listen_and_serve()));
     }
     let mut code = 0;
+    let mut ended = None;
     for s in servers {
         match s.await {
-            Ok(Ok(())) => {}
+            Ok(Ok(served)) => ended = Some(served),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "server failed");
                 eprintln!("hello: {e}");
@@ -293,6 +341,7 @@ async fn main() -> std::process::ExitCode {
             }
         }
     }
-    tracing::info!(pid = std::process::id(), "hello exiting");
+    let ended = ended.map_or_else(|| "failed".to_string(), |s| s.to_string());
+    tracing::info!(pid = std::process::id(), %ended, "hello exiting");
     std::process::ExitCode::from(code)
 }

@@ -11,7 +11,7 @@
 use std::io::Write;
 
 use axum::{routing::get, Router};
-use ceaseless::{Server, Signal, Stage};
+use ceaseless::{Process, Server, Signal, Stage};
 
 fn say(stage: &str, sig: Signal) {
     let mut out = std::io::stdout().lock();
@@ -30,13 +30,16 @@ async fn main() -> Result<(), ceaseless::Error> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:4244".into());
     let app = Router::new().route("/", get(|| async { "hooked\n" }));
-    let mut server = Server::new(addr, app);
+    // Hooks belong to the process: configure it first.
+    let mut process = Process::builder();
     for sig in Signal::ALL {
-        server = server.hook(sig, Stage::Pre, move || say("pre", sig)).hook(
+        process = process.hook(sig, Stage::Pre, move || say("pre", sig)).hook(
             sig,
             Stage::Post,
             move || say("post", sig),
         );
     }
-    server.listen_and_serve().await
+    process.start()?;
+    Server::new(addr, app).listen_and_serve().await?;
+    Ok(())
 }

@@ -89,7 +89,7 @@ async fn main() -> std::process::ExitCode {
         .listen_and_serve()
         .await;
     match served {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(_) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tls: {e}");
             std::process::ExitCode::from(1)

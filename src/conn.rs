@@ -50,10 +50,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
 use tokio::time::Sleep;
 
-use crate::generation::Phase;
+use crate::duration::millis;
+use crate::lifecycle::Watch;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -62,7 +62,7 @@ pub(crate) const DEFAULT_DRAIN_GRACE: Duration = Duration::from_millis(250);
 
 /// Milliseconds since the first call, on a monotonic clock: cheap to store in atomics.
 fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64 + 1
+    millis(epoch().elapsed()) + 1
 }
 
 fn epoch() -> Instant {
@@ -70,8 +70,13 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// The instant `ms` (see [`now_ms`]) stands for; far in the future when it cannot be
+/// represented (a deadline that saturated is never reached).
 fn instant_of(ms: u64) -> tokio::time::Instant {
-    tokio::time::Instant::from_std(epoch() + Duration::from_millis(ms.saturating_sub(1)))
+    let at = epoch()
+        .checked_add(Duration::from_millis(ms.saturating_sub(1)))
+        .unwrap_or_else(|| epoch() + Duration::from_secs(100 * 365 * 86_400));
+    tokio::time::Instant::from_std(at)
 }
 
 /// Limits that apply to every connection of a server.
@@ -88,11 +93,11 @@ pub(crate) struct Limits {
 pub(crate) struct Shared {
     pub(crate) builder: auto::Builder<TokioExecutor>,
     pub(crate) limits: Limits,
-    pub(crate) phase: watch::Receiver<Phase>,
+    pub(crate) watch: Watch,
 }
 
 impl Shared {
-    pub(crate) fn new(limits: Limits, phase: watch::Receiver<Phase>) -> Self {
+    pub(crate) fn new(limits: Limits, watch: Watch) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -106,7 +111,7 @@ impl Shared {
         Shared {
             builder,
             limits,
-            phase,
+            watch,
         }
     }
 }
@@ -132,10 +137,10 @@ impl ConnState {
     /// Idle (nothing in flight, nothing received) for at least `d`?
     fn idle_for(&self, d: Duration) -> Result<(), u64> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Err(now_ms() + d.as_millis() as u64);
+            return Err(now_ms().saturating_add(millis(d)));
         }
         let since = self.last_activity.load(Ordering::Relaxed);
-        let due = since + d.as_millis() as u64;
+        let due = since.saturating_add(millis(d));
         if now_ms() >= due {
             Ok(())
         } else {
@@ -179,7 +184,7 @@ where
     };
     let conn = shared.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
-    let mut phase = shared.phase.clone();
+    let mut phase = shared.watch.state.clone();
     let mut drain_seen = false;
     let mut shut = false;
     loop {
@@ -250,12 +255,12 @@ where
     };
     let handshake = tokio::time::timeout(timeout, acceptor.accept(io));
     tokio::pin!(handshake);
-    let mut phase = shared.phase.clone();
-    let grace = shared.limits.drain_grace.as_millis() as u64;
+    let mut phase = shared.watch.state.clone();
+    let grace = millis(shared.limits.drain_grace);
     loop {
         let draining = phase.borrow_and_update().is_draining();
         let wake = if draining {
-            let due = last_read.load(Ordering::Relaxed) + grace;
+            let due = last_read.load(Ordering::Relaxed).saturating_add(grace);
             if now_ms() >= due {
                 tracing::debug!("TLS handshake idle during the drain; closing");
                 return None;
@@ -380,7 +385,7 @@ where
         }
         let limits = &self.shared.limits;
         let deadline = limits.write_timeout.map(|d| {
-            let at = now + d.as_millis() as u64;
+            let at = now.saturating_add(millis(d));
             self.state.write_deadline.store(at, Ordering::Relaxed);
             at
         });
@@ -477,7 +482,7 @@ where
             .map_err(|_| -> BoxError { Box::new(timed_out("write timeout: handler")) })?
             .map_err(Into::into)?;
         let (mut parts, body) = res.into_parts();
-        if *this.h1 && crate::generation::Generation::get().draining() {
+        if *this.h1 && crate::lifecycle::draining() {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -687,7 +692,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for TimedIo<I> {
                             && st.read_deadline.load(Ordering::Relaxed) == 0
                         {
                             // The first bytes of a request: its read deadline starts.
-                            let at = now + rt.as_millis() as u64;
+                            let at = now.saturating_add(millis(rt));
                             st.read_deadline.store(at, Ordering::Relaxed);
                         }
                     }

@@ -1,7 +1,7 @@
 //! The control socket: a restart with an answer, asked for from outside the process.
 //!
 //! SIGHUP restarts, but whoever sends it never learns whether the restart worked. A
-//! process that opened a control socket ([`Server::control_socket`]) also restarts on
+//! process that opened a control socket ([`ProcessBuilder::control_socket`]) also restarts on
 //! request there, and answers once the outcome is known; [`request_restart`] is the
 //! client, for a deploy script or a service manager's `ExecReload=`.
 //!
@@ -22,25 +22,23 @@
 //! generation answers only once it is ready; until then the previous one, still
 //! accepting on the same socket, answers (with "a restart is already in progress").
 //!
-//! [`Server::control_socket`]: crate::Server::control_socket
+//! [`ProcessBuilder::control_socket`]: crate::ProcessBuilder::control_socket
 
+use std::future::Future;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
-use crate::error::{ControlError, Error};
-use crate::generation::{lock, Drain, Generation, Phase};
-use crate::listener::ListenAddr;
-
-/// The prefix of the control socket's name in a handover.
-pub(crate) const NAME_PREFIX: &str = "control:";
+use crate::error::{ControlError, Error, RestartError};
+use crate::lifecycle::State;
 /// The longest request or answer line accepted.
 const MAX_LINE: u64 = 4096;
 /// How long a connected client may take to send its request.
@@ -48,22 +46,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a stopping server waits for the control socket's last answers.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKLOG: i32 = 64;
-
-/// The control socket this process opened, if any.
-static OPENED: Mutex<Option<PathBuf>> = Mutex::new(None);
-
-/// What a stopping server waits for: the accept loop to finish (and remove the file on a
-/// final shutdown), and every accepted connection to get its answer.
-#[derive(Debug, Clone, Copy, Default)]
-struct Activity {
-    accepting: bool,
-    connections: usize,
-}
-
-fn activity() -> &'static watch::Sender<Activity> {
-    static ACTIVITY: OnceLock<watch::Sender<Activity>> = OnceLock::new();
-    ACTIVITY.get_or_init(|| watch::Sender::new(Activity::default()))
-}
 
 /// Asks the process serving the control socket at `path` to restart, and waits for the
 /// outcome: the new generation's pid, or why nothing changed.
@@ -167,57 +149,35 @@ fn parse_answer(answer: &[u8]) -> Result<u32, ControlError> {
     Err(ControlError::Protocol(line.to_string()))
 }
 
-/// Opens the process's control socket at `path` (once per process: later calls with the
-/// same path do nothing, with another path are logged and ignored): takes it over from
-/// the previous generation if it was handed one, else binds it. Then serves it.
-pub(crate) fn start(gen: &'static Generation, path: &Path) -> Result<(), Error> {
+/// Opens the control socket at `path`: the descriptor handed over by the previous
+/// generation if there is one, else a fresh socket. Returns the listener and the name
+/// it is handed over under.
+pub(crate) fn open(
+    path: &Path,
+    inherited: Option<std::os::fd::OwnedFd>,
+) -> Result<std::os::unix::net::UnixListener, Error> {
     let err = |source| Error::Control {
         path: path.to_path_buf(),
         source,
     };
-    let path = std::path::absolute(path).map_err(err)?;
-    let name = format!("{NAME_PREFIX}{}", path.display());
-    if name.contains(['\n', '\0']) {
-        return Err(err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the path contains a newline or NUL byte",
-        )));
-    }
-    let mut opened = lock(&OPENED);
-    if let Some(p) = opened.as_ref() {
-        if *p != path {
-            tracing::warn!(open = %p.display(), ignored = %path.display(), "the process has a control socket already; ignoring another path");
-        }
-        return Ok(());
-    }
-    let claimed = gen
-        .inherited()
-        .as_mut()
-        .and_then(|i| i.claim(&ListenAddr::Unix(path.clone()), Some(&name)));
-    let listener = match claimed {
-        Some(entry) => {
-            if let Err(e) = restrict(&path) {
+    let listener = match inherited {
+        Some(fd) => {
+            if let Err(e) = restrict(path) {
                 tracing::warn!(error = %e, path = %path.display(), "cannot make the control socket owner-only");
             }
-            tracing::debug!(path = %path.display(), origin = ?entry.origin, "took over the control socket");
-            std::os::unix::net::UnixListener::from(entry.fd)
+            tracing::debug!(path = %path.display(), "took over the control socket");
+            std::os::unix::net::UnixListener::from(fd)
         }
-        None => bind(&path).map_err(err)?,
+        None => bind(path).map_err(err)?,
     };
     listener.set_nonblocking(true).map_err(err)?;
-    let dup = listener.as_fd().try_clone_to_owned().map_err(err)?;
-    let listener = tokio::net::UnixListener::from_std(listener).map_err(err)?;
-    let id = gen.register(name, dup);
-    activity().send_modify(|a| a.accepting = true);
-    *opened = Some(path.clone());
-    tokio::spawn(serve(gen, listener, id, path));
-    Ok(())
+    Ok(listener)
 }
 
 /// Binds a fresh control socket, owner-only before it listens (connecting needs write
 /// permission on the file, and nothing connects to a socket that does not listen yet).
 fn bind(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
-    crate::listener::remove_stale_socket(path)?;
+    crate::listen::remove_stale_socket(path)?;
     let sock = Socket::new(Domain::UNIX, Type::STREAM, None)?;
     sock.bind(&SockAddr::unix(path)?)?;
     if let Err(e) = restrict(path).and_then(|()| sock.listen(BACKLOG)) {
@@ -232,43 +192,70 @@ fn restrict(path: &Path) -> io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
-/// Waits (boundedly) until the control socket stopped accepting and every accepted
-/// connection got its answer, so that the process does not exit before answering the
-/// request that restarted it.
-pub(crate) async fn finish() {
-    let mut rx = activity().subscribe();
-    let idle = rx.wait_for(|a| !a.accepting && a.connections == 0);
-    if tokio::time::timeout(FINISH_TIMEOUT, idle).await.is_err() {
-        tracing::warn!("the control socket still has connections; exiting anyway");
+/// Restarts the process and says how it went (the process owner's restart).
+pub(crate) type RestartFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<u32, RestartError>> + Send>> + Send + Sync>;
+
+/// A control socket being served.
+pub(crate) struct Control {
+    tracker: TaskTracker,
+}
+
+impl Control {
+    /// Serves `listener`: accepts once this generation is live and serving, stops when
+    /// it drains. (The owner removes the file, when it is the live generation's to
+    /// remove.)
+    pub(crate) fn serve(
+        listener: std::os::unix::net::UnixListener,
+        state: watch::Receiver<State>,
+        restart: RestartFn,
+    ) -> Result<Control, io::Error> {
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        let tracker = TaskTracker::new();
+        tracker.spawn(accept_loop(listener, state, restart, tracker.clone()));
+        Ok(Control { tracker })
+    }
+
+    /// Waits (boundedly) until the control socket stopped accepting and every accepted
+    /// connection got its answer, so that the process does not exit before answering
+    /// the request that restarted it.
+    pub(crate) async fn finish(&self) {
+        self.tracker.close();
+        if tokio::time::timeout(FINISH_TIMEOUT, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the control socket still has connections; exiting anyway");
+        }
     }
 }
 
-/// The accept loop: starts once this generation is ready, stops when it drains.
-async fn serve(
-    gen: &'static Generation,
+/// The accept loop: starts once this generation is live and serving, stops when it
+/// drains.
+async fn accept_loop(
     listener: tokio::net::UnixListener,
-    id: u64,
-    path: PathBuf,
+    mut state: watch::Receiver<State>,
+    restart: RestartFn,
+    tracker: TaskTracker,
 ) {
-    let mut phase = gen.subscribe();
-    tokio::select! {
-        _ = crate::notify::wait_ready() => {}
-        _ = phase.wait_for(|p| p.is_draining()) => {}
+    if state
+        .wait_for(|s| s.is_serving() || s.is_draining())
+        .await
+        .is_err()
+    {
+        return;
     }
     loop {
-        if phase.borrow_and_update().is_draining() {
+        if state.borrow_and_update().is_draining() {
             break;
         }
         tokio::select! {
             biased;
-            changed = phase.changed() => if changed.is_err() { break },
+            changed = state.changed() => if changed.is_err() { break },
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    activity().send_modify(|a| a.connections += 1);
-                    tokio::spawn(async move {
-                        answer(stream).await;
-                        activity().send_modify(|a| a.connections -= 1);
-                    });
+                    let restart = restart.clone();
+                    tracker.spawn(async move { answer(stream, restart).await });
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "control socket: accept failed");
@@ -279,16 +266,10 @@ async fn serve(
             },
         }
     }
-    drop(listener);
-    gen.unregister(id);
-    if gen.phase() == Phase::Draining(Drain::Shutdown) {
-        let _ = std::fs::remove_file(&path);
-    }
-    activity().send_modify(|a| a.accepting = false);
 }
 
 /// One connection: reads the request line, acts, answers.
-async fn answer(stream: UnixStream) {
+async fn answer(stream: UnixStream, restart: RestartFn) {
     let allowed = stream.peer_cred().is_ok_and(|c| {
         // SAFETY: geteuid has no failure mode and no memory effects.
         let me = unsafe { libc::geteuid() };
@@ -300,7 +281,7 @@ async fn answer(stream: UnixStream) {
         let mut limited = (&mut reader).take(MAX_LINE);
         let read = limited.read_until(b'\n', &mut line);
         match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
-            Ok(Ok(n)) if n > 0 => handle(&line).await,
+            Ok(Ok(n)) if n > 0 => handle(&line, &restart).await,
             Ok(Ok(_)) => return, // connected and hung up
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "control socket: cannot read the request");
@@ -318,14 +299,14 @@ async fn answer(stream: UnixStream) {
     let _ = stream.shutdown().await;
 }
 
-async fn handle(request: &[u8]) -> String {
+async fn handle(request: &[u8], restart: &RestartFn) -> String {
     let request = String::from_utf8_lossy(request);
     let pid = std::process::id();
     match request.trim() {
         "restart" => {
             tracing::info!(pid, "restart requested on the control socket");
             // The restart logs its own outcome.
-            match crate::restart::restart().await {
+            match restart().await {
                 Ok(new_pid) => format!("ok {new_pid}\n"),
                 Err(e) => format!("error {}\n", one_line(&e.to_string())),
             }

@@ -78,6 +78,25 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A setting was refused (a zero timeout, say); nothing was started.
+    #[error("invalid setting {name}: {reason}")]
+    Setting {
+        /// The setting.
+        name: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// [`ProcessBuilder::start`](crate::ProcessBuilder::start) was called when the
+    /// process owner was already started (by an earlier call, or by a server started
+    /// before it with the defaults).
+    #[error("the process owner is already started; configure it before any server starts")]
+    AlreadyStarted,
+    /// The process owner needs a tokio runtime, and none is running on this thread.
+    #[error("no tokio runtime: start the process owner inside one (e.g. #[tokio::main])")]
+    NoRuntime,
+    /// A listener was asked for while this generation drains.
+    #[error("this generation is draining; it opens no more listeners")]
+    Draining,
     /// An inherited file descriptor is not the listening socket it was announced as.
     /// Logged, never fatal: the server binds afresh instead.
     #[error("inherited fd {fd} ({name}) is unusable: {reason}")]
@@ -104,6 +123,10 @@ pub enum RestartError {
     /// No server of this process is serving, so there is nothing to hand over.
     #[error("no server is running in this process")]
     NoServer,
+    /// This generation has not declared ready yet (it is warming up, or its servers are
+    /// still starting).
+    #[error("this generation has not declared ready yet")]
+    NotYetReady,
     /// The new binary could not be started (missing, not executable, ...).
     #[error("cannot start {}: {source}", path.display())]
     Spawn {

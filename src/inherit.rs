@@ -1,5 +1,6 @@
-//! Reading the listening sockets a process was handed: by the previous generation of
-//! itself, or by systemd's socket activation.
+//! Taking the descriptors a process was handed at start-up: by the previous generation
+//! of itself, or by systemd's socket activation. (What the variables mean is the
+//! [`handover`](crate::handover) module's; this one touches the descriptors.)
 //!
 //! The environment is read once and never changed (no `set_var`/`remove_var`: other
 //! threads may be reading it). Stale variables are harmless: each set is guarded by a
@@ -8,71 +9,82 @@
 //! subprocess the application starts sees neither a listener nor variables meant for it.
 //!
 //! Only a descriptor that was open when the process started is ever taken: by the time
-//! the first server reads the environment, a number it announces but that was never
+//! the process owner reads the environment, a number it announces but that was never
 //! handed over may belong to the process itself (the async runtime's epoll, say), and
-//! taking it would close it under its owner.
+//! taking it would close it under its owner. Each descriptor is checked on its own
+//! against what the kernel says it is; one that fails is logged and closed, and the
+//! others are still taken.
 
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
 
+use crate::addr::ListenAddr;
 use crate::error::Error;
-use crate::listener::{describe_listener, ListenAddr};
+use crate::handover::{self, Env, Name, ENV_READY_FD, FIRST_FD};
+use crate::listen::describe_listener;
 
-/// Names of the handed-over listeners, one per line, for fds 3, 4, ...
-pub(crate) const ENV_FDS: &str = "CEASELESS_FDS";
-/// The pid of the generation that handed them over (checked against `getppid()`).
-pub(crate) const ENV_PARENT_PID: &str = "CEASELESS_PARENT_PID";
-/// The write end of the readiness pipe.
-pub(crate) const ENV_READY_FD: &str = "CEASELESS_READY_FD";
-/// systemd's socket activation variables.
-pub(crate) const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
-pub(crate) const ENV_LISTEN_PID: &str = "LISTEN_PID";
-pub(crate) const ENV_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
-
-/// The name prefix of a Unix socket whose file belongs to the service manager (it came
-/// from socket activation): handed over like any other, but never unlinked by us.
-pub(crate) const MANAGED_UNIX_PREFIX: &str = "unix-managed:";
-
-/// The first descriptor of a handover, as in systemd's protocol.
-pub(crate) const FIRST_FD: RawFd = 3;
-
-/// Where an inherited socket came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Origin {
-    /// The previous generation of this program.
-    Parent,
-    /// systemd socket activation.
-    Systemd,
+/// How an inherited socket was announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Announced {
+    /// By the previous generation, under this name.
+    Parent(Name),
+    /// By systemd, under the socket unit's `FileDescriptorName=`, if any.
+    Systemd(Option<String>),
 }
 
 /// One inherited listening socket, validated.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    /// The name it was announced under, if any.
-    pub(crate) name: Option<String>,
+    pub(crate) announced: Announced,
     /// What the kernel says it is bound to.
     pub(crate) actual: ListenAddr,
     pub(crate) fd: OwnedFd,
-    pub(crate) origin: Origin,
+}
+
+impl Entry {
     /// The socket file belongs to the service manager (socket activation, possibly
     /// several generations ago): never remove it.
-    pub(crate) managed: bool,
+    pub(crate) fn managed(&self) -> bool {
+        match &self.announced {
+            Announced::Systemd(_) => true,
+            Announced::Parent(Name::Listener { managed, .. }) => *managed,
+            Announced::Parent(Name::Control(_)) => false,
+        }
+    }
+
+    pub(crate) fn origin(&self) -> &'static str {
+        match self.announced {
+            Announced::Parent(_) => "Parent",
+            Announced::Systemd(_) => "Systemd",
+        }
+    }
+
+    fn label(&self) -> String {
+        match &self.announced {
+            Announced::Parent(n) => n.encode(),
+            Announced::Systemd(Some(n)) => n.clone(),
+            Announced::Systemd(None) => self.actual.to_string(),
+        }
+    }
+}
+
+/// The readiness channel to the previous generation.
+#[derive(Debug)]
+pub(crate) enum ReadyChannel {
+    /// A pipe: report, and be live at once.
+    Pipe(OwnedFd),
+    /// A socket: report, then the parent's answer says whether we are live.
+    Socket(OwnedFd),
 }
 
 /// What a process found in its environment at start-up.
 #[derive(Debug, Default)]
 pub(crate) struct Inherited {
-    /// Listening sockets no server has claimed yet.
+    /// Sockets not claimed yet.
     pub(crate) entries: Vec<Entry>,
-    /// The pipe on which to report readiness to the previous generation.
-    pub(crate) ready_pipe: Option<OwnedFd>,
-    /// The pid of the previous generation, when this process is a restart.
-    pub(crate) parent_pid: Option<u32>,
-}
-
-/// An environment to read from: the real one, or a fixed map in unit tests.
-pub(crate) trait Env {
-    fn get(&self, name: &str) -> Option<String>;
+    pub(crate) ready: Option<ReadyChannel>,
+    /// The previous generation's pid, when this process is a restart.
+    pub(crate) parent: Option<u32>,
 }
 
 /// The process environment, read-only.
@@ -84,27 +96,36 @@ impl Env for ProcessEnv {
     }
 }
 
+fn log(e: Error) {
+    tracing::error!(error = %e, "ignoring an inherited listener; binding afresh instead");
+}
+
 impl Inherited {
-    /// Reads our own handover and systemd's socket activation. Problems are logged as
-    /// typed errors and the affected sockets are simply not offered (servers then bind
-    /// afresh); nothing here panics.
+    /// Reads our own handover, else systemd's socket activation. Problems are logged as
+    /// typed errors and the affected descriptors closed; nothing here panics.
     pub(crate) fn from_env(env: &dyn Env) -> Self {
         let mut found = Inherited::default();
-        let ppid = std::os::unix::process::parent_id();
-        let pid = std::process::id();
-        match read_ours(env, ppid) {
-            Ok(Some((names, ready_fd, parent))) => {
-                found.parent_pid = Some(parent);
-                found.adopt_all(&names, Origin::Parent);
-                if let Some(fd) = ready_fd {
-                    match take_fd(fd).and_then(|owned| {
-                        if is_pipe(owned.as_fd()) {
-                            Ok(owned)
-                        } else {
-                            Err("not a pipe".into())
+        match handover::read_ours(env, std::os::unix::process::parent_id()) {
+            Ok(Some(ours)) => {
+                found.parent = Some(ours.parent);
+                for (i, entry) in ours.entries.into_iter().enumerate() {
+                    let fd = FIRST_FD + i as RawFd;
+                    match entry {
+                        Ok(name) => found.adopt(fd, Announced::Parent(name)),
+                        Err(e) => {
+                            // Not ours to keep: close it, if it was handed over at all.
+                            drop(take_fd(fd));
+                            log(e);
                         }
+                    }
+                }
+                if let Some(fd) = ours.ready_fd {
+                    match take_fd(fd).and_then(|owned| match kind(owned.as_fd()) {
+                        Kind::Pipe => Ok(ReadyChannel::Pipe(owned)),
+                        Kind::Socket => Ok(ReadyChannel::Socket(owned)),
+                        Kind::Other => Err("not a pipe or a socket".into()),
                     }) {
-                        Ok(fd) => found.ready_pipe = Some(fd),
+                        Ok(ch) => found.ready = Some(ch),
                         Err(reason) => log(Error::InheritedFd {
                             fd,
                             name: ENV_READY_FD.into(),
@@ -112,195 +133,127 @@ impl Inherited {
                         }),
                     }
                 }
+                return found;
             }
             Ok(None) => {}
             Err(e) => log(e),
         }
-        if found.parent_pid.is_none() {
-            match read_systemd(env, pid) {
-                Ok(Some(names)) => found.adopt_all(&names, Origin::Systemd),
-                Ok(None) => {}
-                Err(e) => log(e),
+        match handover::read_systemd(env, std::process::id()) {
+            Ok(Some(names)) => {
+                for (i, name) in names.into_iter().enumerate() {
+                    found.adopt(FIRST_FD + i as RawFd, Announced::Systemd(name));
+                }
             }
+            Ok(None) => {}
+            Err(e) => log(e),
         }
         found
     }
 
-    fn adopt_all(&mut self, names: &[Option<String>], origin: Origin) {
-        for (i, name) in names.iter().enumerate() {
-            let fd = FIRST_FD + i as RawFd;
-            let label = name.clone().unwrap_or_else(|| format!("fd {fd}"));
-            match adopt_one(fd, name.as_deref()) {
-                Ok((fd, actual)) => {
-                    tracing::debug!(fd = ?fd, name = %label, %actual, ?origin, "inherited listener");
-                    let managed = origin == Origin::Systemd
-                        || name
-                            .as_deref()
-                            .is_some_and(|n| n.starts_with(MANAGED_UNIX_PREFIX));
-                    self.entries.push(Entry {
-                        name: name.clone(),
-                        actual,
-                        fd,
-                        origin,
-                        managed,
-                    });
+    fn adopt(&mut self, fd: RawFd, announced: Announced) {
+        let label = match &announced {
+            Announced::Parent(n) => n.encode(),
+            Announced::Systemd(Some(n)) => n.clone(),
+            Announced::Systemd(None) => format!("fd {fd}"),
+        };
+        let checked = take_fd(fd).and_then(|owned| {
+            let actual = describe_listener(owned.as_fd())?;
+            match &announced {
+                Announced::Parent(n) if !n.fits(&actual) => {
+                    Err(format!("announced as {label} but it is {actual}"))
                 }
-                Err(reason) => log(Error::InheritedFd {
-                    fd,
-                    name: label,
-                    reason,
-                }),
+                _ => Ok((owned, actual)),
             }
+        });
+        match checked {
+            Ok((fd, actual)) => {
+                let e = Entry {
+                    announced,
+                    actual,
+                    fd,
+                };
+                tracing::debug!(name = %label, actual = %e.actual, origin = e.origin(), "inherited listener");
+                self.entries.push(e);
+            }
+            Err(reason) => log(Error::InheritedFd {
+                fd,
+                name: label,
+                reason,
+            }),
         }
     }
 
     /// Hands the inherited socket for `requested` to a server: the one announced under
     /// its name, else (socket activation without names) the one bound to the same
     /// address. Port 0 matches by name only.
-    pub(crate) fn claim(
-        &mut self,
-        requested: &ListenAddr,
-        extra_name: Option<&str>,
-    ) -> Option<Entry> {
-        let name = requested.handover_name();
-        let same_kind = |e: &Entry| {
-            matches!(
-                (&e.actual, requested),
-                (ListenAddr::Tcp(_), ListenAddr::Tcp(_))
-                    | (ListenAddr::Unix(_), ListenAddr::Unix(_))
-            )
-        };
+    pub(crate) fn claim(&mut self, requested: &ListenAddr, fd_name: Option<&str>) -> Option<Entry> {
         let by_name = self.entries.iter().position(|e| {
-            same_kind(e)
-                && e.name
-                    .as_deref()
-                    .is_some_and(|n| n == name || Some(n) == extra_name)
+            requested.same_kind(&e.actual)
+                && match &e.announced {
+                    Announced::Parent(Name::Listener { addr, .. }) => addr == requested,
+                    Announced::Parent(Name::Control(_)) => false,
+                    Announced::Systemd(n) => n.is_some() && n.as_deref() == fd_name,
+                }
         });
         let by_addr = || {
-            self.entries
-                .iter()
-                .position(|e| match (&e.actual, requested) {
-                    (ListenAddr::Tcp(a), ListenAddr::Tcp(r)) => r.port() != 0 && a == r,
-                    (ListenAddr::Unix(a), ListenAddr::Unix(r)) => a == r,
-                    _ => false,
-                })
+            self.entries.iter().position(|e| {
+                !matches!(e.announced, Announced::Parent(Name::Control(_)))
+                    && match (&e.actual, requested) {
+                        (ListenAddr::Tcp(a), ListenAddr::Tcp(r)) => r.port() != 0 && a == r,
+                        (ListenAddr::Unix(a), ListenAddr::Unix(r)) => a == r,
+                        _ => false,
+                    }
+            })
         };
         let i = by_name.or_else(by_addr)?;
         Some(self.entries.swap_remove(i))
     }
+
+    /// The control socket at `path`, if it was handed over.
+    pub(crate) fn claim_control(&mut self, path: &std::path::Path) -> Option<Entry> {
+        let i = self.entries.iter().position(
+            |e| matches!(&e.announced, Announced::Parent(Name::Control(p)) if p == path),
+        )?;
+        Some(self.entries.swap_remove(i))
+    }
+
+    /// Listeners still unclaimed (the control socket aside).
+    pub(crate) fn unclaimed_listeners(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| !matches!(e.announced, Announced::Parent(Name::Control(_))))
+            .count()
+    }
+
+    /// Closes everything nobody claimed (the generation declared ready).
+    pub(crate) fn close_unclaimed(&mut self) {
+        for e in self.entries.drain(..) {
+            tracing::info!(name = %e.label(), addr = %e.actual, "closing an inherited listener no server claimed");
+        }
+    }
 }
 
-fn log(e: Error) {
-    tracing::error!(error = %e, "ignoring an inherited listener; binding afresh instead");
+enum Kind {
+    Pipe,
+    Socket,
+    Other,
 }
 
-type Ours = (Vec<Option<String>>, Option<RawFd>, u32);
-
-/// Our own handover: honoured only when the announced parent really is our parent.
-fn read_ours(env: &dyn Env, ppid: u32) -> Result<Option<Ours>, Error> {
-    let Some(parent) = env.get(ENV_PARENT_PID) else {
-        return Ok(None);
+fn kind(fd: BorrowedFd<'_>) -> Kind {
+    use std::os::fd::AsRawFd;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes into the stat buffer we pass; it is read only on success.
+    let mode = unsafe {
+        if libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) != 0 {
+            return Kind::Other;
+        }
+        st.assume_init().st_mode & libc::S_IFMT
     };
-    let parent: u32 = parent.trim().parse().map_err(|_| Error::Environment {
-        name: ENV_PARENT_PID,
-        value: parent.clone(),
-        reason: "not a pid".into(),
-    })?;
-    if parent != ppid {
-        return Ok(None); // meant for another process (we are a grandchild, or re-parented)
+    match mode {
+        libc::S_IFIFO => Kind::Pipe,
+        libc::S_IFSOCK => Kind::Socket,
+        _ => Kind::Other,
     }
-    let names: Vec<Option<String>> = match env.get(ENV_FDS) {
-        Some(v) if !v.is_empty() => v.split('\n').map(|n| Some(n.to_string())).collect(),
-        _ => Vec::new(),
-    };
-    if let Some(bad) = names.iter().flatten().find(|n| !valid_name(n)) {
-        return Err(Error::Environment {
-            name: ENV_FDS,
-            value: bad.clone(),
-            reason: "a name must look like tcp:ADDR, unix:PATH or control:PATH".into(),
-        });
-    }
-    if names.len() > 1024 {
-        return Err(Error::Environment {
-            name: ENV_FDS,
-            value: format!("{} names", names.len()),
-            reason: "too many descriptors".into(),
-        });
-    }
-    let ready = match env.get(ENV_READY_FD) {
-        None => None,
-        Some(v) => match v.trim().parse::<RawFd>() {
-            Ok(fd) if fd >= FIRST_FD + names.len() as RawFd => Some(fd),
-            _ => {
-                return Err(Error::Environment {
-                    name: ENV_READY_FD,
-                    value: v,
-                    reason: "not a descriptor number after the listeners".into(),
-                })
-            }
-        },
-    };
-    Ok(Some((names, ready, parent)))
-}
-
-fn valid_name(n: &str) -> bool {
-    n.strip_prefix("tcp:")
-        .is_some_and(|a| a.parse::<std::net::SocketAddr>().is_ok())
-        || n.strip_prefix("unix:")
-            .or_else(|| n.strip_prefix(MANAGED_UNIX_PREFIX))
-            .is_some_and(|p| p.starts_with('/') || p.starts_with('.'))
-        || n.strip_prefix(crate::control::NAME_PREFIX)
-            .is_some_and(|p| p.starts_with('/'))
-}
-
-/// systemd's socket activation (sd_listen_fds(3)).
-fn read_systemd(env: &dyn Env, pid: u32) -> Result<Option<Vec<Option<String>>>, Error> {
-    let (Some(count), Some(for_pid)) = (env.get(ENV_LISTEN_FDS), env.get(ENV_LISTEN_PID)) else {
-        return Ok(None);
-    };
-    let for_pid: u32 = for_pid.trim().parse().map_err(|_| Error::Environment {
-        name: ENV_LISTEN_PID,
-        value: for_pid.clone(),
-        reason: "not a pid".into(),
-    })?;
-    if for_pid != pid {
-        tracing::debug!(
-            for_pid,
-            pid,
-            "LISTEN_PID names another process; not taking its fds"
-        );
-        return Ok(None);
-    }
-    let n: usize = count
-        .trim()
-        .parse()
-        .ok()
-        .filter(|n| *n <= 1024)
-        .ok_or_else(|| Error::Environment {
-            name: ENV_LISTEN_FDS,
-            value: count.clone(),
-            reason: "not a descriptor count".into(),
-        })?;
-    let mut names: Vec<Option<String>> = match env.get(ENV_LISTEN_FDNAMES) {
-        Some(v) => v
-            .split(':')
-            .map(|s| (!s.is_empty() && s != "unknown").then(|| s.to_string()))
-            .collect(),
-        None => Vec::new(),
-    };
-    if !names.is_empty() && names.len() != n {
-        log(Error::Environment {
-            name: ENV_LISTEN_FDNAMES,
-            value: env.get(ENV_LISTEN_FDNAMES).unwrap_or_default(),
-            reason: format!(
-                "{} names for {n} descriptors; matching by address",
-                names.len()
-            ),
-        });
-        names.clear();
-    }
-    names.resize(n, None);
-    Ok(Some(names))
 }
 
 /// The announced descriptors that were open when the process started: recorded before
@@ -314,7 +267,7 @@ extern "C" fn record_open_at_start() {
 
 // Runs at load time, before `main` (Linux and the other ELF systems). Elsewhere the
 // record is made on first use, which is right as long as nothing opened a descriptor
-// at an announced number before the first server starts.
+// at an announced number before the process owner starts.
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
 #[used]
 #[link_section = ".init_array"]
@@ -328,10 +281,10 @@ fn open_at_start() -> &'static [RawFd] {
 /// that are open, each made close-on-exec at once. Logs nothing: it runs before the
 /// application installed a logger; `Inherited::from_env` reports the problems later.
 fn announced_and_open(env: &dyn Env) -> Vec<RawFd> {
-    let announced: Vec<RawFd> = match read_ours(env, std::os::unix::process::parent_id()) {
-        Ok(Some((names, ready, _))) => (FIRST_FD..).take(names.len()).chain(ready).collect(),
-        // (Its problems are logged by `Inherited::from_env`, once a logger exists.)
-        _ => match read_systemd(env, std::process::id()) {
+    let announced: Vec<RawFd> = match handover::read_ours(env, std::os::unix::process::parent_id())
+    {
+        Ok(Some(ours)) => ours.announced().collect(),
+        _ => match handover::read_systemd(env, std::process::id()) {
             Ok(Some(names)) => (FIRST_FD..).take(names.len()).collect(),
             _ => Vec::new(),
         },
@@ -355,17 +308,6 @@ fn take_fd(fd: RawFd) -> Result<OwnedFd, String> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Is `fd` a pipe (or FIFO)?
-fn is_pipe(fd: BorrowedFd<'_>) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat writes into the stat buffer we pass; it is read only on success.
-    unsafe {
-        libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) == 0
-            && st.assume_init().st_mode & libc::S_IFMT == libc::S_IFIFO
-    }
-}
-
 /// Sets close-on-exec on an open descriptor.
 fn set_cloexec(fd: RawFd) -> Result<(), String> {
     // SAFETY: F_GETFD/F_SETFD only read and set flags of a descriptor number.
@@ -385,88 +327,9 @@ fn set_cloexec(fd: RawFd) -> Result<(), String> {
     Ok(())
 }
 
-/// Takes one announced listener, checking it is a listening stream socket of the kind
-/// its name says.
-fn adopt_one(fd: RawFd, name: Option<&str>) -> Result<(OwnedFd, ListenAddr), String> {
-    let owned = take_fd(fd)?;
-    let actual = describe_listener(owned.as_fd())?;
-    if let Some(name) = name {
-        let kind_ok = match &actual {
-            ListenAddr::Tcp(_) => {
-                !(name.starts_with("unix") || name.starts_with(crate::control::NAME_PREFIX))
-            }
-            ListenAddr::Unix(_) => !name.starts_with("tcp:"),
-        };
-        if !kind_ok {
-            return Err(format!("announced as {name} but it is {actual}"));
-        }
-    }
-    Ok((owned, actual))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    struct Fixed(HashMap<&'static str, String>);
-    impl Env for Fixed {
-        fn get(&self, name: &str) -> Option<String> {
-            self.0.get(name).cloned()
-        }
-    }
-
-    fn env(pairs: &[(&'static str, &str)]) -> Fixed {
-        Fixed(pairs.iter().map(|(k, v)| (*k, v.to_string())).collect())
-    }
-
-    #[test]
-    fn ours_needs_our_parent() {
-        let ppid = 4242;
-        let e = env(&[(ENV_PARENT_PID, "999"), (ENV_FDS, "tcp:127.0.0.1:1")]);
-        assert!(read_ours(&e, ppid).unwrap().is_none());
-        let e = env(&[
-            (ENV_PARENT_PID, "4242"),
-            (ENV_FDS, "tcp:127.0.0.1:1\nunix:/x\ncontrol:/run/x.sock"),
-        ]);
-        let (names, ready, parent) = read_ours(&e, ppid).unwrap().unwrap();
-        assert_eq!(names.len(), 3);
-        assert_eq!(ready, None);
-        assert_eq!(parent, 4242);
-    }
-
-    #[test]
-    fn ours_rejects_garbage() {
-        let ppid = 7;
-        for pairs in [
-            vec![(ENV_PARENT_PID, "seven")],
-            vec![(ENV_PARENT_PID, "7"), (ENV_FDS, "tcp:nowhere")],
-            vec![(ENV_PARENT_PID, "7"), (ENV_FDS, "ftp:1.2.3.4:5")],
-            vec![
-                (ENV_PARENT_PID, "7"),
-                (ENV_FDS, "tcp:127.0.0.1:1"),
-                (ENV_READY_FD, "3"),
-            ],
-            vec![(ENV_PARENT_PID, "7"), (ENV_READY_FD, "x")],
-        ] {
-            assert!(read_ours(&env(&pairs), ppid).is_err(), "{pairs:?}");
-        }
-    }
-
-    #[test]
-    fn systemd_needs_our_pid() {
-        let e = env(&[(ENV_LISTEN_FDS, "2"), (ENV_LISTEN_PID, "1")]);
-        assert!(read_systemd(&e, 5).unwrap().is_none());
-        let e = env(&[
-            (ENV_LISTEN_FDS, "2"),
-            (ENV_LISTEN_PID, "5"),
-            (ENV_LISTEN_FDNAMES, "web:unknown"),
-        ]);
-        let names = read_systemd(&e, 5).unwrap().unwrap();
-        assert_eq!(names, vec![Some("web".to_string()), None]);
-        let e = env(&[(ENV_LISTEN_FDS, "many"), (ENV_LISTEN_PID, "5")]);
-        assert!(read_systemd(&e, 5).is_err());
-    }
 
     #[test]
     fn a_closed_fd_is_refused() {

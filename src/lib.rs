@@ -20,10 +20,22 @@
 //! async fn main() -> Result<(), ceaseless::Error> {
 //!     let app = Router::new().route("/", get(|| async { "hello\n" }));
 //!     // Serves until SIGINT/SIGTERM (graceful shutdown) or SIGHUP (the next
-//!     // generation takes over); returns Ok(()) once drained.
-//!     ceaseless::listen_and_serve("127.0.0.1:4242", app).await
+//!     // generation takes over); says which once drained.
+//!     let served = ceaseless::listen_and_serve("127.0.0.1:4242", app).await?;
+//!     eprintln!("{served}"); // "shutdown", or "handed over to pid 4188"
+//!     Ok(())
 //! }
 //! ```
+//!
+//! ## The process owner
+//! Everything that concerns the process as a whole — readiness, restarts, the drain,
+//! signals and their hooks, the PID file, the control socket — belongs to one
+//! [`Process`], created at the top of `main` with [`Process::builder`] (the one-liners
+//! start one with the defaults). It also hands out the inherited-or-bound listeners to
+//! any server: `axum::serve`, tonic or plain hyper get zero-downtime restarts too, with
+//! [`Process::draining`] as their graceful-shutdown signal. A generation is ready when
+//! the application says so ([`Readiness::Manual`], [`Process::ready`]), or by default
+//! once every socket it inherited is claimed ([`Readiness::Auto`]).
 //!
 //! ## Signals
 //! One process-wide handler, whatever the number of servers:
@@ -35,42 +47,54 @@
 //! - `SIGUSR1`: runs its hooks only. `SIGTSTP`: runs its hooks, then stops the process as
 //!   the default action would.
 //!
-//! Pre and post hooks for each: [`Server::hook`].
+//! Pre and post hooks for each: [`ProcessBuilder::hook`]; which signals ceaseless takes:
+//! [`ProcessBuilder::signals`].
 //!
 //! ## How a restart works
 //! The listeners go to the new process as inherited descriptors (the same sockets, with
 //! one accept queue: no waiting connection is lost, unlike re-binding with
 //! `SO_REUSEPORT`), named in its environment and guarded by the parent's pid. The new
-//! process reports on a pipe once all its servers accept; only then does the old one
-//! stop accepting and drain. See the `restart` and `conn` module docs in the source for
-//! the protocol and the drain.
+//! process reports once it declared ready; only then does the old one commit: it stops
+//! accepting and drains, and the new one becomes the live generation, the one that owns
+//! the socket files, the control socket and the PID file. A SIGTERM at any instant of a
+//! restart leaves one live generation with all of its files, or none: before the commit
+//! it calls the restart off (the new generation is stopped, answering what it accepted)
+//! and shuts the old one down; after it, the old one is draining already and the new
+//! one serves on. See the `handover`, `lifecycle`, `restart` and `conn` module docs in
+//! the source for the protocol, the state machine and the drain.
+//!
+//! The modules follow the choreography: `inherit` (take what the previous generation
+//! handed over), `listen`, `process` (the owner and its state machine), `serve` and
+//! `conn` (serve and drain), `restart` (start the next generation).
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
+mod addr;
 mod conn;
 pub mod control;
+mod duration;
 mod error;
-mod generation;
+mod handover;
 mod inherit;
-mod listener;
+mod lifecycle;
+mod listen;
 mod notify;
 mod pidfile;
+mod process;
 mod restart;
-mod server;
+mod serve;
 mod signals;
 mod tls;
 
+pub use addr::ListenAddr;
 pub use error::{ControlError, Error, RestartError};
-pub use listener::ListenAddr;
-pub use restart::restart;
-pub use server::{
+pub use lifecycle::Served;
+pub use process::{
+    restart, shutdown, Process, ProcessBuilder, Readiness, DEFAULT_READY_TIMEOUT,
+    DEFAULT_STOP_GRACE,
+};
+pub use serve::{
     listen_and_serve, listen_and_serve_tls, Server, DEFAULT_HAMMER_TIME, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
 };
 pub use signals::{Signal, Stage};
-
-/// Starts a graceful shutdown of every server in the process, as SIGTERM does (without
-/// running the signal hooks). Returns false if the process was already draining.
-pub fn shutdown() -> bool {
-    generation::Generation::get().begin_drain(generation::Drain::Shutdown)
-}

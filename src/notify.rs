@@ -19,22 +19,11 @@
 
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
 
-use tokio::sync::watch;
+use crate::lifecycle::{Observer, Transition};
 
 /// The variable naming the service manager's socket.
 const ENV_NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
-
-/// Set between `RELOADING=1` and the `READY=1` that ends the reload.
-static RELOADING: AtomicBool = AtomicBool::new(false);
-
-/// This generation reported that it serves.
-fn ready_flag() -> &'static watch::Sender<bool> {
-    static READY: OnceLock<watch::Sender<bool>> = OnceLock::new();
-    READY.get_or_init(|| watch::Sender::new(false))
-}
 
 /// Sends one message to the service manager, if there is one. Failures are logged.
 fn send(msg: &str) {
@@ -89,64 +78,50 @@ fn monotonic_usec() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
-/// This generation serves. `parent` is the previous generation's pid, if any: then the
-/// previous generation tells the manager about us (it is the main process it tracks).
-pub(crate) fn ready(parent: Option<u32>) {
-    // First the PID file, then the manager (ours or, through the readiness pipe, the
-    // parent's MAINPID=): whoever hears of us can read the file and find us.
-    crate::pidfile::write_current();
-    if parent.is_none() {
-        send(&format!(
-            "READY=1\nSTATUS=serving, pid {}",
-            std::process::id()
-        ));
+/// The service manager, as an observer of the process owner. Silent when there is none.
+pub(crate) struct Notify {
+    /// Between `RELOADING=1` and the `READY=1` that ends the reload.
+    reloading: bool,
+}
+
+impl Notify {
+    /// The notifier, if a service manager is listening (`NOTIFY_SOCKET` is set).
+    pub(crate) fn from_env() -> Option<Self> {
+        std::env::var_os(ENV_NOTIFY_SOCKET).map(|_| Notify { reloading: false })
     }
-    ready_flag().send_replace(true);
 }
 
-/// Waits until this generation reported that it serves.
-pub(crate) async fn wait_ready() {
-    let mut rx = ready_flag().subscribe();
-    let _ = rx.wait_for(|r| *r).await;
-}
-
-/// A restart begins: the next generation is about to be started.
-pub(crate) fn reloading() {
-    RELOADING.store(true, Ordering::Release);
-    send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
-}
-
-/// The new generation is ready and is now the main process.
-pub(crate) fn handed_over(new_pid: u32) {
-    RELOADING.store(false, Ordering::Release);
-    send(&format!(
-        "MAINPID={new_pid}\nREADY=1\nSTATUS=serving, pid {new_pid} (restarted from pid {})",
-        std::process::id()
-    ));
-}
-
-/// The restart failed; this process remains the main one. Ends the reload the manager
-/// was told about, if any (a restart refused before it started said nothing).
-pub(crate) fn restart_failed(why: &crate::error::RestartError) {
-    if !RELOADING.swap(false, Ordering::AcqRel) {
-        return;
-    }
-    // A new generation killed after it wrote the PID file must not stay named there.
-    if !crate::generation::Generation::get().phase().is_draining() {
-        crate::pidfile::reclaim();
-    }
-    // STATUS= is one line: flatten whatever the reason says.
-    let why = why.to_string().replace('\n', " ");
-    send(&format!(
-        "READY=1\nSTATUS=restart failed ({why}); pid {} still serving",
-        std::process::id()
-    ));
-}
-
-/// A final shutdown begins. Said only by a generation that reported ready: before that
-/// it is not the process the manager tracks.
-pub(crate) fn stopping() {
-    if *ready_flag().borrow() {
-        send("STOPPING=1\nSTATUS=shutting down");
+impl Observer for Notify {
+    fn observe(&mut self, t: &Transition<'_>) {
+        let pid = std::process::id();
+        match t {
+            // A new generation says nothing of its own readiness: it is not the main
+            // process yet, and its parent names it in MAINPID= once it committed.
+            Transition::Ready { first: true } => {
+                send(&format!("READY=1\nSTATUS=serving, pid {pid}"));
+            }
+            Transition::RestartBegun => {
+                self.reloading = true;
+                send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+            }
+            Transition::HandedOver { new_pid } => {
+                self.reloading = false;
+                send(&format!(
+                    "MAINPID={new_pid}\nREADY=1\nSTATUS=serving, pid {new_pid} (restarted from pid {pid})"
+                ));
+            }
+            // Ends the reload the manager was told about, if any (a restart refused
+            // before it started said nothing).
+            Transition::RestartFailed(why) if std::mem::take(&mut self.reloading) => {
+                // STATUS= is one line: flatten whatever the reason says.
+                let why = why.to_string().replace('\n', " ");
+                send(&format!(
+                    "READY=1\nSTATUS=restart failed ({why}); pid {pid} still serving"
+                ));
+            }
+            // Said only by the live generation: the one the manager tracks.
+            Transition::ShutdownBegun { live: true } => send("STOPPING=1\nSTATUS=shutting down"),
+            _ => {}
+        }
     }
 }

@@ -1,39 +1,59 @@
-//! The optional PID file: names the generation that serves.
+//! The optional PID file: names the live generation.
 //!
-//! Written when the first generation is ready, replaced atomically (write a temporary
-//! file beside it, then rename) by each new generation once it is ready, and removed at
-//! a final shutdown, by the generation it names only. A stale file left by a dead
-//! process is simply overwritten.
+//! An observer of the process owner's transitions:
+//! - the first generation writes its pid once it declared ready;
+//! - at a handover the old generation, still live, writes the new pid, before it tells
+//!   the service manager `MAINPID=` (a manager that reads the file after a reload finds
+//!   the new pid); a new generation confirmed through a pipe (no parent of ours) writes
+//!   its own;
+//! - at the end of a shutdown the live generation removes it, if it names this process.
 //!
-//! The file is written before the readiness report (and so before the parent sends
-//! `MAINPID=`): a service manager that reads it after a reload finds the new pid.
+//! The file is replaced atomically (a temporary file beside it, then rename). A stale
+//! file left by a dead process is simply overwritten.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use crate::generation::lock;
+use crate::lifecycle::{Observer, Served, Transition};
 
-static PATH: Mutex<Option<PathBuf>> = Mutex::new(None);
-
-/// Sets the PID file of the process (the last call wins).
-pub(crate) fn set(path: PathBuf) {
-    *lock(&PATH) = Some(path);
+/// The PID file, as an observer.
+pub(crate) struct PidFile {
+    path: PathBuf,
 }
 
-/// Writes our pid into the PID file, if one is set.
-pub(crate) fn write_current() {
-    let Some(path) = lock(&PATH).clone() else {
-        return;
-    };
-    if let Err(e) = write_atomically(&path, std::process::id()) {
-        tracing::error!(error = %e, path = %path.display(), "cannot write the PID file");
+impl PidFile {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        PidFile { path }
+    }
+
+    fn write(&self, pid: u32) {
+        if let Err(e) = write_atomically(&self.path, pid) {
+            tracing::error!(error = %e, path = %self.path.display(), "cannot write the PID file");
+        }
+    }
+}
+
+impl Observer for PidFile {
+    fn observe(&mut self, t: &Transition<'_>) {
+        match t {
+            Transition::Ready { first: true } | Transition::Live => self.write(std::process::id()),
+            Transition::Committed { new_pid } => self.write(*new_pid),
+            Transition::Done {
+                served: Served::Shutdown,
+                live: true,
+            } if named_pid(&self.path) == Some(std::process::id()) => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    tracing::warn!(error = %e, path = %self.path.display(), "cannot remove the PID file");
+                }
+            }
+            _ => {}
+        }
     }
 }
 
 fn write_atomically(path: &Path, pid: u32) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{pid}.tmp"));
+    tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(format!("{pid}\n").as_bytes())?;
@@ -43,44 +63,9 @@ fn write_atomically(path: &Path, pid: u32) -> std::io::Result<()> {
     })
 }
 
-/// The pid the PID file names, if it is set, exists and holds one.
+/// The pid the PID file names, if it exists and holds one.
 fn named_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
-}
-
-/// True while a process with this pid exists.
-fn exists(pid: u32) -> bool {
-    let Some(pid) = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0) else {
-        return false;
-    };
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-/// After a failed restart: names this process again if the file names another (a new
-/// generation that wrote it, then was killed before the handover).
-pub(crate) fn reclaim() {
-    let Some(path) = lock(&PATH).clone() else {
-        return;
-    };
-    if named_pid(&path) != Some(std::process::id()) {
-        write_current();
-    }
-}
-
-/// Removes the PID file at a final shutdown, if it names this process (or a process
-/// that no longer exists: a new generation killed during an aborted restart).
-pub(crate) fn remove_if_ours() {
-    let Some(path) = lock(&PATH).clone() else {
-        return;
-    };
-    let ours = named_pid(&path).is_some_and(|pid| pid == std::process::id() || !exists(pid));
-    if ours {
-        if let Err(e) = std::fs::remove_file(&path) {
-            tracing::warn!(error = %e, path = %path.display(), "cannot remove the PID file");
-        }
-    }
 }

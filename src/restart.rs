@@ -1,37 +1,31 @@
 //! Starting the next generation: re-executing the binary with the listening sockets,
-//! waiting for its proof of readiness, and rolling back when it fails.
+//! waiting for its readiness, then committing the handover or stopping it.
 //!
-//! The protocol: the listeners go to fds 3, 4, … of the child (clear of close-on-exec
-//! there only), their names in `CEASELESS_FDS`, our pid in `CEASELESS_PARENT_PID`, the
-//! write end of a pipe after them (`CEASELESS_READY_FD`). The child writes
-//! `ready <pid>` on the pipe once all its servers accept. Until then this process keeps
-//! accepting on the same sockets; if the child exits, cannot be executed, or is not ready
-//! in time, it is killed and reaped and nothing changed.
+//! The wire format is the [`handover`](crate::handover) module's. The readiness channel
+//! is a socket pair: the child reports `ready <pid>`, and the owner answers `live` once
+//! it committed, or `abort`. A child that fails (exits, cannot be executed, is not ready
+//! in time, or the restart is called off) is stopped as a shutdown would stop it —
+//! `abort`, SIGTERM, a grace to answer what it accepted, then SIGKILL — and reaped.
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::error::RestartError;
-use crate::generation::{Drain, Generation, Phase};
-use crate::inherit::{
-    ENV_FDS, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID, ENV_PARENT_PID, ENV_READY_FD,
-    FIRST_FD,
-};
-use crate::notify;
+use crate::handover::{self, Message, Name, FIRST_FD};
 
-/// The working directory at process start, recorded before `main` runs so that a
-/// `chdir` by the application cannot change what the relative `argv[0]` means.
+/// The directory the process started in, recorded before `main` runs so that a `chdir`
+/// by the application cannot change what the relative `argv[0]` means.
 static START_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
 
 extern "C" fn record_start_dir() {
-    let _ = START_DIR.set(std::env::current_dir().ok());
+    let _ = START_DIR.set(logical_cwd());
 }
 
 // Runs at load time, before `main` (Linux and the other ELF systems).
@@ -39,6 +33,23 @@ extern "C" fn record_start_dir() {
 #[used]
 #[link_section = ".init_array"]
 static RECORD_START_DIR: extern "C" fn() = record_start_dir;
+
+/// The working directory as the shell names it: `$PWD` when it is the same directory
+/// as `.` (a deploy that flips a `current -> releases/N` symlink wants the path through
+/// the symlink, which `getcwd` resolves away), else the physical one.
+fn logical_cwd() -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let physical = std::env::current_dir().ok()?;
+    let pwd = std::env::var_os("PWD").map(PathBuf::from);
+    if let Some(pwd) = pwd.filter(|p| p.is_absolute()) {
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(&pwd), std::fs::metadata(".")) {
+            if a.dev() == b.dev() && a.ino() == b.ino() {
+                return Some(pwd);
+            }
+        }
+    }
+    Some(physical)
+}
 
 /// The program to re-execute: the path as invoked, resolved at start-up, and its
 /// arguments.
@@ -55,7 +66,7 @@ pub(crate) struct Exe {
 impl Exe {
     pub(crate) fn capture() -> Self {
         let cwd = START_DIR
-            .get_or_init(|| std::env::current_dir().ok())
+            .get_or_init(logical_cwd)
             .clone()
             .unwrap_or_else(|| PathBuf::from("/"));
         let mut argv = std::env::args_os();
@@ -90,134 +101,32 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Restarts the process: starts the next generation, hands it every listener, and once
-/// it reports that it serves, starts draining this one. Returns the new generation's pid.
-///
-/// This is what SIGHUP does; call it to restart from code (an admin endpoint, a control
-/// socket) and learn the outcome. On error nothing changed: this generation still
-/// serves, and a later restart may succeed. A generation restarts only once every one
-/// of its servers accepts: before that the answer is [`RestartError::InProgress`] (it is
-/// itself a restart still under way) or [`RestartError::NoServer`].
-///
-/// ```no_run
-/// # async fn admin() {
-/// match ceaseless::restart().await {
-///     Ok(pid) => println!("now served by pid {pid}"),
-///     Err(e) => eprintln!("restart failed, still serving: {e}"),
-/// }
-/// # }
-/// ```
-pub async fn restart() -> Result<u32, RestartError> {
-    restart_and(|| {}).await
+/// A started next generation, not committed to yet.
+pub(crate) struct Next {
+    child: tokio::process::Child,
+    pub(crate) pid: u32,
+    channel: tokio::io::BufReader<tokio::net::UnixStream>,
 }
 
-/// [`restart`], running `settled` once the outcome is known and logged, before this
-/// generation starts draining: work done after the drain begins may never run, as the
-/// process exits as soon as its servers are drained. (SIGHUP's post hooks go here.)
-pub(crate) async fn restart_and(
-    settled: impl FnOnce() + Send + 'static,
-) -> Result<u32, RestartError> {
-    let gen = Generation::get();
-    if let Err(e) = claim_restart_slot(gen).await {
-        let outcome = Err(e);
-        log_outcome(&outcome);
-        settled();
-        return outcome;
-    }
-    // The restart runs to its end in a task of its own, even if the caller stops waiting
-    // (a timeout around this call, a client gone from an admin endpoint): cut short, it
-    // would leave the restart slot taken for good and a new generation unwatched.
-    let task = tokio::spawn(async move {
-        let outcome = spawn_and_wait(gen).await;
-        log_outcome(&outcome);
-        settled();
-        match &outcome {
-            Ok(pid) => {
-                notify::handed_over(*pid);
-                gen.begin_drain(Drain::Handover);
-            }
-            Err(e) => notify::restart_failed(e),
-        }
-        gen.end_restart();
-        outcome
-    });
-    task.await.unwrap_or_else(|e| {
-        // The task panicked (or the runtime is shutting down): free the slot.
-        gen.end_restart();
-        Err(RestartError::Io(io::Error::other(format!(
-            "restart task failed: {e}"
-        ))))
-    })
-}
+/// Starts the next generation with `fds` (named by `names`) at 3, 4, …
+pub(crate) fn spawn(exe: &Exe, names: &[Name], fds: &[OwnedFd]) -> Result<Next, RestartError> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let (vars, ready_fd) = handover::child_env(names, std::process::id());
+    let mut sources: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    sources.push(theirs.as_raw_fd());
+    debug_assert_eq!(ready_fd, FIRST_FD + sources.len() as RawFd - 1);
 
-/// How long a first generation whose servers are starting waits for them to be ready
-/// before it refuses a restart (a SIGHUP sent the moment "serving" is logged).
-const FIRST_READY_WAIT: Duration = Duration::from_secs(1);
-
-/// Takes the single restart slot, or says why a restart cannot start now.
-async fn claim_restart_slot(gen: &Generation) -> Result<(), RestartError> {
-    if gen.phase().is_draining() {
-        return Err(RestartError::ShuttingDown);
-    }
-    if !gen.is_ready() {
-        // Not every server of this generation accepts yet. If it is itself a new
-        // generation, the restart that started it is still in progress: its parent
-        // waits for our report, and some of our servers may not have taken their
-        // sockets over yet, so a handover now would lose them.
-        let started_by_parent = gen
-            .inherited()
-            .as_ref()
-            .is_some_and(|i| i.parent_pid.is_some());
-        if started_by_parent {
-            return Err(RestartError::InProgress);
-        }
-        // A first generation: its servers may be a moment from ready.
-        let deadline = tokio::time::Instant::now() + FIRST_READY_WAIT;
-        while !gen.is_ready() {
-            if tokio::time::Instant::now() >= deadline || gen.phase().is_draining() {
-                return Err(RestartError::NoServer);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-    if !gen.try_begin_restart() {
-        return Err(RestartError::InProgress);
-    }
-    Ok(())
-}
-
-fn log_outcome(outcome: &Result<u32, RestartError>) {
-    let pid = std::process::id();
-    match outcome {
-        Ok(new_pid) => tracing::info!(pid, new_pid, "restart succeeded; draining"),
-        Err(e) => tracing::error!(pid, error = %e, "restart failed; this generation carries on"),
-    }
-}
-
-async fn spawn_and_wait(gen: &'static Generation) -> Result<u32, RestartError> {
-    let listeners = gen.handover_fds()?;
-    if listeners.is_empty() {
-        return Err(RestartError::NoServer);
-    }
-    notify::reloading();
-    let (ready_r, ready_w) = pipe()?;
-    let names: Vec<&str> = listeners.iter().map(|(n, _)| n.as_str()).collect();
-    let mut sources: Vec<RawFd> = listeners.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
-    sources.push(ready_w.as_raw_fd());
-    let ready_fd = FIRST_FD + (sources.len() as RawFd - 1);
-
-    let exe = &gen.exe;
     let mut cmd = tokio::process::Command::new(&exe.path);
     cmd.args(&exe.args)
         .current_dir(&exe.cwd)
-        .env_remove(ENV_LISTEN_FDS)
-        .env_remove(ENV_LISTEN_PID)
-        .env_remove(ENV_LISTEN_FDNAMES)
-        .env(ENV_FDS, names.join("\n"))
-        .env(ENV_PARENT_PID, std::process::id().to_string())
-        .env(ENV_READY_FD, ready_fd.to_string())
         .stdin(Stdio::null())
         .kill_on_drop(false);
+    for v in handover::CHILD_ENV_REMOVED {
+        cmd.env_remove(v);
+    }
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
     let mut scratch: Vec<RawFd> = vec![-1; sources.len()];
     // SAFETY: the closure runs in the child between fork and exec. It only calls
     // fcntl, dup2 and sigaction (async-signal-safe) on descriptors that are open in the
@@ -230,74 +139,111 @@ async fn spawn_and_wait(gen: &'static Generation) -> Result<u32, RestartError> {
         });
     }
     let spawned = cmd.spawn();
-    drop(ready_w); // only the child holds the write end now
-    drop(listeners);
-    let mut child = spawned.map_err(|source| RestartError::Spawn {
+    drop(theirs); // only the child holds its end now
+    let child = spawned.map_err(|source| RestartError::Spawn {
         path: exe.path.clone(),
         source,
     })?;
     let pid = child.id().unwrap_or(0);
-    tracing::info!(pid = std::process::id(), new_pid = pid, path = %exe.path.display(), "started the next generation; waiting for it to be ready");
-
-    let timeout = gen.ready_timeout();
-    let mut phase = gen.subscribe();
-    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r)?;
-    let mut lines = tokio::io::BufReader::new(reader).lines();
-    let deadline = tokio::time::sleep(timeout);
-    tokio::pin!(deadline);
-    let failure = loop {
-        let waited = tokio::select! {
-            line = lines.next_line() => match line {
-                Ok(Some(l)) if l.starts_with("ready") => Waited::Ready,
-                Ok(Some(l)) => Waited::Unexpected(l),
-                // The child closed the pipe without reporting: it exited or crashed.
-                Ok(None) | Err(_) => Waited::Closed,
-            },
-            status = child.wait() => Waited::Exited(status),
-            _ = &mut deadline => Waited::Timeout,
-            _ = async { let _ = phase.wait_for(|p| *p == Phase::Draining(Drain::Shutdown)).await; } => Waited::Aborted,
-        };
-        break match waited {
-            Waited::Ready => return Ok(pid),
-            Waited::Unexpected(l) => {
-                tracing::warn!(line = %l, "unexpected message on the readiness pipe");
-                continue;
-            }
-            Waited::Closed => {
-                match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-                    Ok(Ok(status)) => RestartError::Exited { pid, status },
-                    _ => RestartError::NotReady { pid, timeout },
-                }
-            }
-            Waited::Exited(Ok(status)) => RestartError::Exited { pid, status },
-            Waited::Exited(Err(e)) => RestartError::Io(e),
-            Waited::Timeout => RestartError::NotReady { pid, timeout },
-            Waited::Aborted => RestartError::Aborted { pid },
-        };
-    };
-    // Whatever went wrong, leave no process behind and no zombie.
-    if child.try_wait().ok().flatten().is_none() {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-    }
-    Err(failure)
+    ours.set_nonblocking(true)?;
+    let channel = tokio::io::BufReader::new(tokio::net::UnixStream::from_std(ours)?);
+    Ok(Next {
+        child,
+        pid,
+        channel,
+    })
 }
 
-/// What happened while waiting for the new generation.
-enum Waited {
-    Ready,
-    Unexpected(String),
-    Closed,
-    Exited(io::Result<std::process::ExitStatus>),
-    Timeout,
-    Aborted,
+impl Next {
+    /// Waits until the child reports ready; its failure otherwise. `abort` completes
+    /// when the restart is called off.
+    pub(crate) async fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        abort: impl std::future::Future<Output = ()>,
+    ) -> Result<(), RestartError> {
+        let pid = self.pid;
+        let deadline = crate::duration::deadline(timeout);
+        tokio::pin!(abort);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            tokio::select! {
+                read = self.channel.read_line(&mut line) => match read {
+                    Ok(n) if n > 0 => match Message::decode(&line) {
+                        Some(Message::Ready(_)) => return Ok(()),
+                        _ => tracing::warn!(line = %line.trim_end(), "unexpected message on the readiness channel"),
+                    },
+                    // The child closed its end without reporting: it exited or crashed.
+                    _ => {
+                        return match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
+                            Ok(Ok(status)) => Err(RestartError::Exited { pid, status }),
+                            _ => Err(RestartError::NotReady { pid, timeout }),
+                        };
+                    }
+                },
+                status = self.child.wait() => return match status {
+                    Ok(status) => Err(RestartError::Exited { pid, status }),
+                    Err(e) => Err(RestartError::Io(e)),
+                },
+                _ = crate::duration::sleep_until(deadline) => return Err(RestartError::NotReady { pid, timeout }),
+                _ = &mut abort => return Err(RestartError::Aborted { pid }),
+            }
+        }
+    }
+
+    /// The handover is committed: tells the child it is live, and reaps it whenever it
+    /// exits (this generation may outlive it while it drains).
+    pub(crate) async fn commit(mut self) {
+        if let Err(e) = self
+            .channel
+            .get_mut()
+            .write_all(Message::Live.encode().as_bytes())
+            .await
+        {
+            tracing::warn!(error = %e, new_pid = self.pid, "cannot tell the new generation it is live");
+        }
+        let mut child = self.child;
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+    }
+
+    /// Calls the restart off: `abort`, SIGTERM so that it drains what it accepted, and
+    /// SIGKILL if it is still there after `grace`. Returns once it is reaped.
+    pub(crate) async fn stop(mut self, grace: Duration) {
+        let pid = self.pid;
+        let _ = self
+            .channel
+            .get_mut()
+            .write_all(Message::Abort.encode().as_bytes())
+            .await;
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        if let Ok(p) = libc::pid_t::try_from(pid) {
+            // SAFETY: kill(2) has no memory effects; the child is not reaped yet, so
+            // the pid is still ours.
+            unsafe {
+                libc::kill(p, libc::SIGTERM);
+            }
+        }
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(_) => tracing::info!(new_pid = pid, "the failed generation stopped"),
+            Err(_) => {
+                tracing::warn!(new_pid = pid, grace = ?grace, "the failed generation did not stop in time; killing it");
+                let _ = self.child.start_kill();
+                let _ = self.child.wait().await;
+            }
+        }
+    }
 }
 
 /// In the child, between fork and exec: SIGHUP is ignored until the new generation
-/// installs its own handler (when its first server starts). Without this, a SIGHUP sent
-/// while it starts up (meant for the newest generation, say by a deploy script that
-/// restarts twice) would kill it by the default action and waste the restart.
-/// (The disposition survives exec; the handler installed later replaces it.)
+/// installs its own handler. Without this, a SIGHUP sent while it starts up (meant for
+/// the newest generation, say by a deploy script that restarts twice) would kill it by
+/// the default action and waste the restart. (The disposition survives exec; the
+/// handler installed later replaces it.)
 ///
 /// Async-signal-safe: sigaction only, on a structure on the stack.
 fn ignore_sighup() -> io::Result<()> {
@@ -311,17 +257,6 @@ fn ignore_sighup() -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A close-on-exec pipe: (read end, write end).
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two descriptors into the array we pass.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// In the child, between fork and exec: puts `sources[i]` at fd `3 + i`, without

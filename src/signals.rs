@@ -1,19 +1,19 @@
 //! Signal dispatch and the pre/post hooks.
 //!
-//! One task per process receives HUP, USR1, USR2, INT, TERM and TSTP, whatever the
-//! number of servers, and handles them one at a time in arrival order: pre hooks, the
-//! library's own action, post hooks. A signal that arrives while a hook runs waits in
+//! One task per process receives HUP, USR1, USR2, INT, TERM and TSTP (or the subset the
+//! process was configured to take), whatever the number of servers, and handles them
+//! one at a time in arrival order: pre hooks, the process owner's action, post hooks.
+//! The actions are the owner's ([`Actions`]): this module only turns signals into
+//! requests. A signal that arrives while a hook runs waits in
 //! tokio's signal stream; it is not lost (several deliveries of the same signal while
 //! one is being handled may merge into one, as the kernel merges them too).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::error::Error;
-use crate::generation::{lock, Drain, Generation};
 
 /// The signals ceaseless listens to, as endless does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,7 +85,7 @@ pub enum Stage {
 
 pub(crate) type Hook = Arc<dyn Fn() + Send + Sync + 'static>;
 
-/// The hooks of every server in the process, in registration order.
+/// The process's hooks, in registration order.
 #[derive(Default)]
 pub(crate) struct Hooks {
     map: Mutex<HashMap<(Signal, Stage), Vec<Hook>>>,
@@ -93,12 +93,20 @@ pub(crate) struct Hooks {
 
 impl Hooks {
     pub(crate) fn add(&self, sig: Signal, stage: Stage, hook: Hook) {
-        lock(&self.map).entry((sig, stage)).or_default().push(hook);
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((sig, stage))
+            .or_default()
+            .push(hook);
     }
 
     /// Runs the hooks for a signal and stage. A panicking hook is logged and skipped.
     pub(crate) fn run(&self, sig: Signal, stage: Stage) {
-        let hooks: Vec<Hook> = lock(&self.map)
+        let hooks: Vec<Hook> = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .get(&(sig, stage))
             .cloned()
             .unwrap_or_default();
@@ -110,22 +118,29 @@ impl Hooks {
     }
 }
 
-static STARTED: AtomicBool = AtomicBool::new(false);
+/// What the process owner does on a signal.
+pub(crate) trait Actions: Send + Sync + 'static {
+    /// SIGHUP: start a restart in the background; `settled` runs once its outcome is
+    /// known, before this generation starts draining.
+    fn restart(&self, settled: Box<dyn FnOnce() + Send>);
+    /// SIGINT, SIGTERM. False if already draining.
+    fn shutdown(&self) -> bool;
+    /// SIGUSR2. False if not draining (then it is ignored).
+    fn hammer(&self) -> bool;
+}
 
-/// Installs the process-wide handlers and starts the dispatch task (once).
-pub(crate) fn ensure_started(gen: &'static Generation) -> Result<(), Error> {
-    if STARTED.swap(true, Ordering::AcqRel) {
-        return Ok(());
+/// Installs the handlers for `taken` and starts the dispatch task.
+pub(crate) fn start(
+    taken: &[Signal],
+    hooks: Arc<Hooks>,
+    actions: Arc<dyn Actions>,
+) -> Result<(), Error> {
+    let mut streams = Vec::with_capacity(taken.len());
+    for &sig in taken {
+        streams.push((sig, signal(sig.kind()).map_err(Error::Signal)?));
     }
-    let mut streams = Vec::with_capacity(Signal::ALL.len());
-    for sig in Signal::ALL {
-        match signal(sig.kind()) {
-            Ok(s) => streams.push((sig, s)),
-            Err(e) => {
-                STARTED.store(false, Ordering::Release);
-                return Err(Error::Signal(e));
-            }
-        }
+    if streams.is_empty() {
+        return Ok(());
     }
     tokio::spawn(async move {
         loop {
@@ -140,7 +155,7 @@ pub(crate) fn ensure_started(gen: &'static Generation) -> Result<(), Error> {
             })
             .await;
             match got {
-                Some(sig) => handle(gen, sig),
+                Some(sig) => handle(&hooks, &actions, sig),
                 None => return, // the runtime is shutting down
             }
         }
@@ -148,29 +163,28 @@ pub(crate) fn ensure_started(gen: &'static Generation) -> Result<(), Error> {
     Ok(())
 }
 
-fn handle(gen: &'static Generation, sig: Signal) {
+fn handle(hooks: &Arc<Hooks>, actions: &Arc<dyn Actions>, sig: Signal) {
     let pid = std::process::id();
     tracing::info!(pid, signal = %sig, "received signal");
-    gen.hooks.run(sig, Stage::Pre);
+    hooks.run(sig, Stage::Pre);
     match sig {
         Signal::Hup => {
             // The restart takes a while; the dispatcher must stay free for TERM/USR2.
             // The outcome is logged by the restart itself; the post hooks run once it
             // is known, before this generation drains (and exits).
-            tokio::spawn(crate::restart::restart_and(move || {
-                gen.hooks.run(Signal::Hup, Stage::Post)
-            }));
+            let hooks = hooks.clone();
+            actions.restart(Box::new(move || hooks.run(Signal::Hup, Stage::Post)));
             return;
         }
         Signal::Int | Signal::Term => {
-            if gen.begin_drain(Drain::Shutdown) {
+            if actions.shutdown() {
                 tracing::info!(pid, "shutting down gracefully");
             } else {
                 tracing::info!(pid, "already draining");
             }
         }
         Signal::Usr2 => {
-            if !gen.hammer_now() {
+            if !actions.hammer() {
                 tracing::info!(pid, "SIGUSR2 ignored: the server is not shutting down");
             }
         }
@@ -186,5 +200,5 @@ fn handle(gen: &'static Generation, sig: Signal) {
             }
         }
     }
-    gen.hooks.run(sig, Stage::Post);
+    hooks.run(sig, Stage::Post);
 }

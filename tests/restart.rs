@@ -1734,8 +1734,10 @@ fn hostile_environment_binds_afresh() {
 /// sockets its other servers have not taken over yet (the port would vanish).
 ///
 /// The process is started as a new generation of a fake parent (this test), with one
-/// socket under the requested name and one nobody asks for, so it waits its settle
-/// time (about 200 ms) serving but not ready; the SIGHUP is sent as soon as it serves.
+/// socket under the requested name and one nobody asks for, and a second server that
+/// starts 500 ms after the first (`--stagger-ms`): it declares ready only once both
+/// serve, so it spends that time serving but not ready; the SIGHUP is sent as soon as
+/// its first server serves.
 #[test]
 fn no_restart_before_ready() {
     let builds = hello_builds(&["v1"]);
@@ -1746,7 +1748,8 @@ fn no_restart_before_ready() {
         let (unclaimed, _) = handed_listener();
         let (ready_r, ready_w) = pipe();
         let mut cmd = Command::new(&builds[0].0);
-        cmd.args(["--addr", "127.0.0.1:0"])
+        cmd.args(["--addr", "127.0.0.1:0", "--addr", "127.0.0.1:0"])
+            .args(["--stagger-ms", "500"])
             .env("CEASELESS_PARENT_PID", &me)
             .env("CEASELESS_FDS", "tcp:127.0.0.1:0\ntcp:127.0.0.1:9")
             .env("CEASELESS_READY_FD", "5");

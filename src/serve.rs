@@ -1,5 +1,6 @@
-//! The serving API: [`Server`], [`listen_and_serve`], [`listen_and_serve_tls`], and the
-//! accept loop with its drain.
+//! ceaseless's own serving: [`Server`], [`listen_and_serve`], [`listen_and_serve_tls`],
+//! the accept loop, and the drain with its hammer. The listener comes from the process
+//! owner ([`Process`]); the connections are `conn`'s.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,12 +12,12 @@ use http_body::Body;
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
+use crate::addr::ListenAddr;
 use crate::conn::{self, Limits, Shared, DEFAULT_DRAIN_GRACE};
 use crate::error::Error;
-use crate::generation::{Drain, Generation, Phase};
-use crate::inherit::MANAGED_UNIX_PREFIX;
-use crate::listener::{ListenAddr, Listener, Stream};
-use crate::signals::{self, Hook, Signal, Stage};
+use crate::lifecycle::Served;
+use crate::listen::Stream;
+use crate::process::Process;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -39,7 +40,7 @@ type BeforeBegin = Box<dyn FnOnce(&ListenAddr) + Send + 'static>;
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use ceaseless::{Server, Signal, Stage};
+/// use ceaseless::Server;
 ///
 /// # async fn run() -> Result<(), ceaseless::Error> {
 /// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello\n" }));
@@ -48,10 +49,10 @@ type BeforeBegin = Box<dyn FnOnce(&ListenAddr) + Send + 'static>;
 ///     .write_timeout(Some(Duration::from_secs(10)))
 ///     .max_header_bytes(64 << 10)
 ///     .hammer_time(Some(Duration::from_secs(30)))
-///     .hook(Signal::Hup, Stage::Pre, || eprintln!("restarting"))
 ///     .before_begin(|addr| eprintln!("pid {} serving on {addr}", std::process::id()))
 ///     .listen_and_serve()
-///     .await
+///     .await?;
+/// # Ok(())
 /// # }
 /// ```
 pub struct Server<S> {
@@ -63,13 +64,9 @@ pub struct Server<S> {
     max_header_bytes: usize,
     hammer_time: Option<Duration>,
     drain_grace: Duration,
-    ready_timeout: Option<Duration>,
     before_begin: Option<BeforeBegin>,
-    hooks: Vec<(Signal, Stage, Hook)>,
     tls: Option<(PathBuf, PathBuf)>,
     fd_name: Option<String>,
-    pid_file: Option<PathBuf>,
-    control_socket: Option<PathBuf>,
 }
 
 impl<S> std::fmt::Debug for Server<S> {
@@ -110,13 +107,9 @@ where
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             hammer_time: Some(DEFAULT_HAMMER_TIME),
             drain_grace: DEFAULT_DRAIN_GRACE,
-            ready_timeout: None,
             before_begin: None,
-            hooks: Vec::new(),
             tls: None,
             fd_name: None,
-            pid_file: None,
-            control_socket: None,
         }
     }
 
@@ -172,30 +165,10 @@ where
         self
     }
 
-    /// How long a new generation may take to report ready on a restart before it is
-    /// killed and the restart fails (default 30 s). Process-wide: the largest value
-    /// among the servers counts.
-    pub fn ready_timeout(mut self, t: Duration) -> Self {
-        self.ready_timeout = Some(t);
-        self
-    }
-
     /// Called once the server listens, with the address it is bound to (default: log
     /// the pid and address, as endless does).
     pub fn before_begin(mut self, f: impl FnOnce(&ListenAddr) + Send + 'static) -> Self {
         self.before_begin = Some(Box::new(f));
-        self
-    }
-
-    /// Runs `f` before ([`Stage::Pre`]) or after ([`Stage::Post`]) ceaseless handles
-    /// `signal`. Hooks are process-wide and run in registration order.
-    pub fn hook(
-        mut self,
-        signal: Signal,
-        stage: Stage,
-        f: impl Fn() + Send + Sync + 'static,
-    ) -> Self {
-        self.hooks.push((signal, stage, Arc::new(f)));
         self
     }
 
@@ -212,43 +185,24 @@ where
         self
     }
 
-    /// Keeps a PID file naming the serving generation: written once ready, replaced
-    /// atomically by each new generation, removed at a final shutdown. Process-wide.
-    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.pid_file = Some(path.into());
-        self
-    }
-
-    /// Opens a control socket at `path` (a Unix socket, mode 0600) on which a restart
-    /// can be requested and its outcome learnt, with [`control::request_restart`] or
-    /// the line protocol described in [`control`]. It is handed over to each new
-    /// generation and removed at a final shutdown. Process-wide: the first server to
-    /// start opens it. Failing to open it fails the server's start.
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), ceaseless::Error> {
-    /// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello\n" }));
-    /// ceaseless::Server::new("127.0.0.1:4242", app)
-    ///     .control_socket("/run/hello/control.sock")
-    ///     .listen_and_serve()
-    ///     .await
-    /// # }
-    /// // Elsewhere, in another process:
-    /// // ceaseless::control::request_restart("/run/hello/control.sock", timeout) -> Ok(new_pid)
-    /// ```
-    ///
-    /// [`control`]: crate::control
-    /// [`control::request_restart`]: crate::control::request_restart
-    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
-        self.control_socket = Some(path.into());
-        self
-    }
-
     /// Serves until the process is told to stop (SIGINT, SIGTERM) or hands over to a new
-    /// generation (SIGHUP), then drains and returns `Ok(())`.
-    pub async fn listen_and_serve(self) -> Result<(), Error> {
-        let gen = Generation::get();
-        signals::ensure_started(gen)?;
+    /// generation (SIGHUP), then drains and says which. Uses the process owner
+    /// ([`Process`]), started with the defaults if the application did not start one.
+    /// A timeout of zero is refused with [`Error::Setting`] (`None` means no limit).
+    pub async fn listen_and_serve(self) -> Result<Served, Error> {
+        for (name, t) in [
+            ("read_timeout", self.read_timeout),
+            ("write_timeout", self.write_timeout),
+            ("idle_timeout", self.idle_timeout.flatten()),
+        ] {
+            if t.is_some_and(|t| t.is_zero()) {
+                return Err(Error::Setting {
+                    name,
+                    reason: "zero would cut every connection off; None means no limit".into(),
+                });
+            }
+        }
+        let process = Process::current_or_start()?;
         let addr = ListenAddr::parse(&self.addr)?;
         let tls = match &self.tls {
             Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
@@ -256,41 +210,18 @@ where
             )?)),
             None => None,
         };
-        for (sig, stage, hook) in self.hooks {
-            gen.hooks.add(sig, stage, hook);
-        }
-        if let Some(t) = self.ready_timeout {
-            gen.set_ready_timeout(t);
-        }
-        if let Some(p) = self.pid_file {
-            crate::pidfile::set(p);
-        }
-        if gen.phase().is_draining() {
-            return Ok(()); // the process is already shutting down
-        }
-        if let Some(p) = &self.control_socket {
-            crate::control::start(gen, p)?;
-        }
-
-        let (listener, managed) = open_listener(gen, &addr, self.fd_name.as_deref())?;
-        let local = listener.local_addr(&addr);
-        let handover_name = match &addr {
-            ListenAddr::Unix(path) if managed => {
-                format!("{MANAGED_UNIX_PREFIX}{}", path.display())
-            }
-            _ => addr.handover_name(),
+        let listener = match process.open(&addr, self.fd_name.as_deref(), true) {
+            Ok(l) => l,
+            // The process is already draining: nothing to serve.
+            Err(Error::Draining) => return Ok(process.served().unwrap_or(Served::Shutdown)),
+            Err(e) => return Err(e),
         };
-        let id = gen.register(
-            handover_name,
-            listener.dup().map_err(|source| Error::Bind {
-                addr: addr.to_string(),
-                source,
-            })?,
-        );
+        let local = listener.local_addr(&addr);
         match self.before_begin {
             Some(f) => f(&local),
             None => tracing::info!(pid = std::process::id(), addr = %local, "serving"),
         }
+        process.server_listening();
 
         let limits = Limits {
             read_timeout: self.read_timeout,
@@ -301,19 +232,19 @@ where
         };
         let handshake_timeout = self.read_timeout.unwrap_or(Duration::from_secs(10));
         let (hammer_tx, hammer_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(limits, gen.subscribe()));
+        let watch = process.watch();
+        let shared = Arc::new(Shared::new(limits, watch.clone()));
         let (conns_tx, mut conns_rx) = watch::channel(0usize);
         let conns_tx = Arc::new(conns_tx);
-        gen.server_serving();
 
-        let mut phase = gen.subscribe();
+        let mut state = watch.state.clone();
         loop {
-            if phase.borrow_and_update().is_draining() {
+            if state.borrow_and_update().is_draining() {
                 break;
             }
             tokio::select! {
                 biased;
-                _ = phase.changed() => {}
+                _ = state.changed() => {}
                 accepted = listener.accept() => match accepted {
                     Ok(stream) => {
                         let guard = ConnGuard::new(&conns_tx);
@@ -335,23 +266,13 @@ where
         // Stop accepting: from now on the listener is the new generation's alone (after
         // a handover) or closed (on shutdown: new connections are refused).
         drop(listener);
-        gen.unregister(id);
-        let why = match gen.phase() {
-            Phase::Draining(why) => why,
-            Phase::Serving => Drain::Shutdown,
-        };
-        if why == Drain::Shutdown && !managed {
-            // A socket file the service manager created stays: its socket unit owns it.
-            if let ListenAddr::Unix(path) = &addr {
-                let _ = std::fs::remove_file(path);
-            }
-        }
+        let why = process.served().unwrap_or(Served::Shutdown);
         let pid = std::process::id();
         let open = *conns_rx.borrow_and_update();
-        tracing::info!(pid, addr = %local, connections = open, reason = ?why, "stopped accepting; draining");
+        tracing::info!(pid, addr = %local, connections = open, reason = %why, "stopped accepting; draining");
 
-        let hammer_at = self.hammer_time.map(|d| tokio::time::Instant::now() + d);
-        let mut usr2 = gen.subscribe_hammer();
+        let hammer_at = self.hammer_time.and_then(crate::duration::deadline);
+        let mut usr2 = watch.hammer.clone();
         usr2.borrow_and_update();
         let hammer = |conns: usize| {
             if conns > 0 {
@@ -362,44 +283,16 @@ where
         loop {
             tokio::select! {
                 _ = conns_rx.wait_for(|n| *n == 0) => break,
-                _ = tokio::time::sleep_until(hammer_at.unwrap_or_else(tokio::time::Instant::now)), if hammer_at.is_some() && !*hammer_tx.borrow() => {
+                _ = crate::duration::sleep_until(hammer_at), if self.hammer_time.is_some() && !*hammer_tx.borrow() => {
                     hammer(*conns_tx.borrow());
                 }
                 _ = usr2.changed() => hammer(*conns_tx.borrow()),
             }
         }
-        crate::control::finish().await;
-        if why == Drain::Shutdown {
-            crate::pidfile::remove_if_ours();
-        }
+        let served = process.server_stopped().await;
         tracing::info!(pid, addr = %local, "drained; server stopped");
-        Ok(())
+        Ok(served)
     }
-}
-
-/// Takes the inherited socket for `addr` if this process was handed one, else binds.
-/// True with it when its socket file belongs to the service manager.
-fn open_listener(
-    gen: &Generation,
-    addr: &ListenAddr,
-    fd_name: Option<&str>,
-) -> Result<(Listener, bool), Error> {
-    let claimed = gen
-        .inherited()
-        .as_mut()
-        .and_then(|i| i.claim(addr, fd_name));
-    if let Some(entry) = claimed {
-        match Listener::adopt(entry.fd, addr) {
-            Ok(l) => {
-                tracing::info!(addr = %entry.actual, origin = ?entry.origin, "took over an inherited listener");
-                return Ok((l, entry.managed));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, %addr, "cannot use the inherited listener; binding afresh")
-            }
-        }
-    }
-    Ok((Listener::bind(addr)?, false))
 }
 
 /// An accept error: per-connection ones are ignored; running out of descriptors backs
@@ -456,16 +349,17 @@ async fn handle<S, B>(
     }
 }
 
-/// Serves `app` on `addr` until the process is told to stop, then drains and returns
-/// `Ok(())`. endless's `ListenAndServe`; SIGHUP restarts with no connection lost.
+/// Serves `app` on `addr` until the process is told to stop, then drains and says how
+/// it ended. endless's `ListenAndServe`; SIGHUP restarts with no connection lost.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), ceaseless::Error> {
 /// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello\n" }));
-/// ceaseless::listen_and_serve("127.0.0.1:4242", app).await
+/// ceaseless::listen_and_serve("127.0.0.1:4242", app).await?;
+/// # Ok(())
 /// # }
 /// ```
-pub async fn listen_and_serve<S, B>(addr: impl Into<String>, app: S) -> Result<(), Error>
+pub async fn listen_and_serve<S, B>(addr: impl Into<String>, app: S) -> Result<Served, Error>
 where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -483,7 +377,8 @@ where
 /// ```no_run
 /// # async fn run() -> Result<(), ceaseless::Error> {
 /// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello\n" }));
-/// ceaseless::listen_and_serve_tls("127.0.0.1:4243", "cert.pem", "key.pem", app).await
+/// ceaseless::listen_and_serve_tls("127.0.0.1:4243", "cert.pem", "key.pem", app).await?;
+/// # Ok(())
 /// # }
 /// ```
 pub async fn listen_and_serve_tls<S, B>(
@@ -491,7 +386,7 @@ pub async fn listen_and_serve_tls<S, B>(
     cert_pem: impl Into<PathBuf>,
     key_pem: impl Into<PathBuf>,
     app: S,
-) -> Result<(), Error>
+) -> Result<Served, Error>
 where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,

@@ -1,10 +1,8 @@
-//! Listening sockets: addresses, binding, adopting an inherited socket, accepting.
+//! Listening sockets: binding, adopting an inherited socket, accepting.
 
-use std::fmt;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -12,80 +10,11 @@ use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
+use crate::addr::ListenAddr;
 use crate::error::Error;
 
 /// Backlog of every socket we bind (the kernel caps it at `somaxconn`).
 const BACKLOG: i32 = 1024;
-
-/// Where a server listens: a TCP address or a Unix domain socket path.
-///
-/// Parsed from the string given to [`Server::new`](crate::Server::new):
-/// `"127.0.0.1:4242"`, `"[::1]:8080"`, `"localhost:4242"` and `"tcp:…"` are TCP;
-/// `"unix:/run/app.sock"` and anything starting with `/` or `./` is a Unix socket.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ListenAddr {
-    /// A TCP address.
-    Tcp(SocketAddr),
-    /// A Unix domain socket path.
-    Unix(PathBuf),
-}
-
-impl ListenAddr {
-    /// Parses and resolves an address as written by a user.
-    pub fn parse(s: &str) -> Result<Self, Error> {
-        let bad = |reason: &str| Error::Address {
-            addr: s.to_string(),
-            reason: reason.to_string(),
-        };
-        let trimmed = s.trim();
-        if let Some(path) = trimmed.strip_prefix("unix:") {
-            return Self::unix(path).map_err(|r| bad(&r));
-        }
-        if trimmed.starts_with('/') || trimmed.starts_with("./") {
-            return Self::unix(trimmed).map_err(|r| bad(&r));
-        }
-        let tcp = trimmed.strip_prefix("tcp:").unwrap_or(trimmed);
-        if tcp.is_empty() {
-            return Err(bad("empty address"));
-        }
-        let mut addrs = tcp
-            .to_socket_addrs()
-            .map_err(|e| bad(&format!("cannot resolve: {e}")))?;
-        addrs
-            .next()
-            .map(ListenAddr::Tcp)
-            .ok_or_else(|| bad("resolves to no address"))
-    }
-
-    fn unix(path: &str) -> Result<Self, String> {
-        if path.is_empty() {
-            return Err("empty socket path".into());
-        }
-        if path.contains('\n') || path.contains('\0') {
-            return Err("socket path contains a newline or NUL byte".into());
-        }
-        Ok(ListenAddr::Unix(PathBuf::from(path)))
-    }
-
-    /// The name a listener is handed over under: `tcp:127.0.0.1:4242` or
-    /// `unix:/run/app.sock`. For the requested address, so that a server asking for
-    /// port 0 gets its old socket back after a restart.
-    pub(crate) fn handover_name(&self) -> String {
-        match self {
-            ListenAddr::Tcp(a) => format!("tcp:{a}"),
-            ListenAddr::Unix(p) => format!("unix:{}", p.display()),
-        }
-    }
-}
-
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ListenAddr::Tcp(a) => write!(f, "{a}"),
-            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
 
 /// What kind of listening socket a descriptor is, as read from the kernel.
 pub(crate) fn describe_listener(fd: BorrowedFd<'_>) -> Result<ListenAddr, String> {
@@ -292,33 +221,5 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_addresses() {
-        assert_eq!(
-            ListenAddr::parse("127.0.0.1:4242").unwrap(),
-            ListenAddr::Tcp("127.0.0.1:4242".parse().unwrap())
-        );
-        assert_eq!(
-            ListenAddr::parse("tcp:[::1]:80").unwrap(),
-            ListenAddr::Tcp("[::1]:80".parse().unwrap())
-        );
-        assert_eq!(
-            ListenAddr::parse("unix:/tmp/x.sock").unwrap(),
-            ListenAddr::Unix("/tmp/x.sock".into())
-        );
-        assert_eq!(
-            ListenAddr::parse("/tmp/y.sock").unwrap().handover_name(),
-            "unix:/tmp/y.sock"
-        );
-        assert!(ListenAddr::parse("").is_err());
-        assert!(ListenAddr::parse("nonsense").is_err());
-        assert!(ListenAddr::parse("unix:").is_err());
     }
 }

@@ -1,0 +1,506 @@
+//! The handover protocol between two generations, and systemd's socket activation, as
+//! pure functions: no tokio, no globals, no descriptors touched. What the parent writes
+//! and what the child reads are the two halves of one codec here, so they cannot drift
+//! apart; the property tests below round-trip every address [`ListenAddr`] accepts.
+//!
+//! # The protocol
+//! - The listening sockets go to descriptors 3, 4, … of the child (as in systemd's
+//!   protocol). `CEASELESS_FDS` names them, one name a line, in that order:
+//!   `tcp:127.0.0.1:4242`, `unix:/run/app.sock`, `unix-managed:/run/app.sock` (the
+//!   socket file belongs to the service manager: never unlinked), `control:/run/c.sock`
+//!   (the control socket). Paths are escaped: every byte outside `!`..=`~`, and `%`
+//!   itself, is written `%XX`, so any path round-trips (relative ones too, and bytes
+//!   that are not UTF-8).
+//! - `CEASELESS_PARENT_PID` is the parent's pid: the child honours the set only when it
+//!   is its parent (`getppid()`), so a grandchild never takes descriptors meant for
+//!   another process.
+//! - `CEASELESS_READY_FD` is the child's end of the readiness channel, after the
+//!   listeners. The child writes `ready <pid>\n` once it declared ready. If the channel
+//!   is a socket, the parent answers `live\n` (it committed: the child owns the sockets
+//!   and their files from now on, the parent drains) or `abort\n` (the parent keeps
+//!   them; the child drains and exits). A pipe carries no answer: the child is live as
+//!   soon as it reported.
+//!
+//! Each entry is validated on its own: one bad name rejects that descriptor (which is
+//! closed), never the others.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use crate::addr::ListenAddr;
+use crate::error::Error;
+
+/// Names of the handed-over descriptors, one per line, for fds 3, 4, ...
+pub(crate) const ENV_FDS: &str = "CEASELESS_FDS";
+/// The pid of the generation that handed them over (checked against `getppid()`).
+pub(crate) const ENV_PARENT_PID: &str = "CEASELESS_PARENT_PID";
+/// The child's end of the readiness channel.
+pub(crate) const ENV_READY_FD: &str = "CEASELESS_READY_FD";
+/// systemd's socket activation variables (sd_listen_fds(3)).
+pub(crate) const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
+pub(crate) const ENV_LISTEN_PID: &str = "LISTEN_PID";
+pub(crate) const ENV_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+
+/// The first descriptor of a handover, as in systemd's protocol.
+pub(crate) const FIRST_FD: RawFd = 3;
+/// The most descriptors one handover may announce.
+pub(crate) const MAX_FDS: usize = 1024;
+
+/// What one handed-over descriptor is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Name {
+    /// A listener for this address. `managed`: a Unix socket whose file belongs to the
+    /// service manager (it came from socket activation, possibly generations ago).
+    Listener { addr: ListenAddr, managed: bool },
+    /// The control socket at this path.
+    Control(PathBuf),
+}
+
+const TCP: &str = "tcp:";
+const UNIX: &str = "unix:";
+const UNIX_MANAGED: &str = "unix-managed:";
+const CONTROL: &str = "control:";
+
+impl Name {
+    /// The name as written into `CEASELESS_FDS`.
+    pub(crate) fn encode(&self) -> String {
+        match self {
+            Name::Listener {
+                addr: ListenAddr::Tcp(a),
+                ..
+            } => format!("{TCP}{a}"),
+            Name::Listener {
+                addr: ListenAddr::Unix(p),
+                managed,
+            } => {
+                let prefix = if *managed { UNIX_MANAGED } else { UNIX };
+                format!("{prefix}{}", escape(p))
+            }
+            Name::Control(p) => format!("{CONTROL}{}", escape(p)),
+        }
+    }
+
+    /// Reads one name; the reason if it is none of ours.
+    pub(crate) fn decode(s: &str) -> Result<Name, String> {
+        if let Some(a) = s.strip_prefix(TCP) {
+            return a
+                .parse::<SocketAddr>()
+                .map(|a| Name::Listener {
+                    addr: ListenAddr::Tcp(a),
+                    managed: false,
+                })
+                .map_err(|_| format!("{a:?} is not a socket address"));
+        }
+        let path = |p: &str| {
+            let p = unescape(p)?;
+            if p.as_os_str().is_empty() {
+                return Err("an empty path".to_string());
+            }
+            Ok(p)
+        };
+        if let Some(p) = s.strip_prefix(UNIX_MANAGED) {
+            return Ok(Name::Listener {
+                addr: ListenAddr::Unix(path(p)?),
+                managed: true,
+            });
+        }
+        if let Some(p) = s.strip_prefix(UNIX) {
+            return Ok(Name::Listener {
+                addr: ListenAddr::Unix(path(p)?),
+                managed: false,
+            });
+        }
+        if let Some(p) = s.strip_prefix(CONTROL) {
+            return Ok(Name::Control(path(p)?));
+        }
+        Err("a name must look like tcp:ADDR, unix:PATH or control:PATH".into())
+    }
+
+    /// Is the kernel's description of the socket (`actual`) of the kind this name says?
+    pub(crate) fn fits(&self, actual: &ListenAddr) -> bool {
+        match self {
+            Name::Listener { addr, .. } => addr.same_kind(actual),
+            Name::Control(_) => matches!(actual, ListenAddr::Unix(_)),
+        }
+    }
+}
+
+fn escape(p: &Path) -> String {
+    let mut out = String::new();
+    for &b in p.as_os_str().as_bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> Result<PathBuf, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("a bad escape in {s:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    if out.contains(&0) {
+        return Err("a path with a NUL byte".into());
+    }
+    Ok(PathBuf::from(OsString::from_vec(out)))
+}
+
+/// An environment to read from: the process's, or a fixed map in tests.
+pub(crate) trait Env {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// Our own handover, as the child reads it.
+#[derive(Debug)]
+pub(crate) struct Ours {
+    /// The parent's pid.
+    pub(crate) parent: u32,
+    /// For fds 3, 4, …: the name, or why it was rejected.
+    pub(crate) entries: Vec<Result<Name, Error>>,
+    /// The readiness channel's descriptor.
+    pub(crate) ready_fd: Option<RawFd>,
+}
+
+impl Ours {
+    /// Every descriptor this handover announces (listeners, then the readiness channel).
+    pub(crate) fn announced(&self) -> impl Iterator<Item = RawFd> + '_ {
+        (FIRST_FD..).take(self.entries.len()).chain(self.ready_fd)
+    }
+}
+
+/// Reads our own handover: `None` when there is none, or it is meant for another
+/// process. An error rejects the whole set only when the set cannot be read at all (the
+/// parent's pid or the readiness descriptor is malformed, or too many are announced);
+/// a bad name rejects its own entry.
+pub(crate) fn read_ours(env: &dyn Env, ppid: u32) -> Result<Option<Ours>, Error> {
+    let Some(parent) = env.get(ENV_PARENT_PID) else {
+        return Ok(None);
+    };
+    let parent: u32 = parent.trim().parse().map_err(|_| Error::Environment {
+        name: ENV_PARENT_PID,
+        value: parent.clone(),
+        reason: "not a pid".into(),
+    })?;
+    if parent != ppid {
+        return Ok(None); // meant for another process (we are a grandchild, or re-parented)
+    }
+    let names: Vec<String> = match env.get(ENV_FDS) {
+        Some(v) if !v.is_empty() => v.split('\n').map(String::from).collect(),
+        _ => Vec::new(),
+    };
+    if names.len() > MAX_FDS {
+        return Err(Error::Environment {
+            name: ENV_FDS,
+            value: format!("{} names", names.len()),
+            reason: "too many descriptors".into(),
+        });
+    }
+    let ready_fd = match env.get(ENV_READY_FD) {
+        None => None,
+        Some(v) => match v.trim().parse::<RawFd>() {
+            Ok(fd) if fd >= FIRST_FD + names.len() as RawFd => Some(fd),
+            _ => {
+                return Err(Error::Environment {
+                    name: ENV_READY_FD,
+                    value: v,
+                    reason: "not a descriptor number after the listeners".into(),
+                })
+            }
+        },
+    };
+    let entries = names
+        .into_iter()
+        .map(|n| {
+            Name::decode(&n).map_err(|reason| Error::Environment {
+                name: ENV_FDS,
+                value: n,
+                reason,
+            })
+        })
+        .collect();
+    Ok(Some(Ours {
+        parent,
+        entries,
+        ready_fd,
+    }))
+}
+
+/// The variables a child gets for a handover of `names` (at fds 3, 4, …) and the
+/// readiness channel right after them. The second value is that channel's number.
+pub(crate) fn child_env(names: &[Name], parent: u32) -> (Vec<(&'static str, String)>, RawFd) {
+    let ready_fd = FIRST_FD + names.len() as RawFd;
+    let listed: Vec<String> = names.iter().map(Name::encode).collect();
+    (
+        vec![
+            (ENV_FDS, listed.join("\n")),
+            (ENV_PARENT_PID, parent.to_string()),
+            (ENV_READY_FD, ready_fd.to_string()),
+        ],
+        ready_fd,
+    )
+}
+
+/// The variables a child must not see: systemd's, which name another pid's descriptors.
+pub(crate) const CHILD_ENV_REMOVED: [&str; 3] =
+    [ENV_LISTEN_FDS, ENV_LISTEN_PID, ENV_LISTEN_FDNAMES];
+
+/// systemd's socket activation (sd_listen_fds(3)): the names of fds 3, 4, … (`None`
+/// for an unnamed one), or `None` when the set is meant for another pid or absent.
+pub(crate) fn read_systemd(env: &dyn Env, pid: u32) -> Result<Option<Vec<Option<String>>>, Error> {
+    let (Some(count), Some(for_pid)) = (env.get(ENV_LISTEN_FDS), env.get(ENV_LISTEN_PID)) else {
+        return Ok(None);
+    };
+    let for_pid: u32 = for_pid.trim().parse().map_err(|_| Error::Environment {
+        name: ENV_LISTEN_PID,
+        value: for_pid.clone(),
+        reason: "not a pid".into(),
+    })?;
+    if for_pid != pid {
+        return Ok(None);
+    }
+    let n: usize = count
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n <= MAX_FDS)
+        .ok_or_else(|| Error::Environment {
+            name: ENV_LISTEN_FDS,
+            value: count.clone(),
+            reason: "not a descriptor count".into(),
+        })?;
+    let mut names: Vec<Option<String>> = match env.get(ENV_LISTEN_FDNAMES) {
+        Some(v) => v
+            .split(':')
+            .map(|s| (!s.is_empty() && s != "unknown").then(|| s.to_string()))
+            .collect(),
+        None => Vec::new(),
+    };
+    if !names.is_empty() && names.len() != n {
+        // Names that do not match the count name nothing reliably: match by address.
+        names.clear();
+    }
+    names.resize(n, None);
+    Ok(Some(names))
+}
+
+/// A message on the readiness channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Message {
+    /// Child to parent: declared ready.
+    Ready(u32),
+    /// Parent to child: committed, the child is live.
+    Live,
+    /// Parent to child: the restart is off; drain and exit.
+    Abort,
+}
+
+impl Message {
+    pub(crate) fn encode(&self) -> String {
+        match self {
+            Message::Ready(pid) => format!("ready {pid}\n"),
+            Message::Live => "live\n".into(),
+            Message::Abort => "abort\n".into(),
+        }
+    }
+
+    pub(crate) fn decode(line: &str) -> Option<Message> {
+        let line = line.trim_end_matches(['\n', '\r']);
+        match line {
+            "live" => Some(Message::Live),
+            "abort" => Some(Message::Abort),
+            _ => line
+                .strip_prefix("ready ")
+                .and_then(|p| p.parse().ok())
+                .map(Message::Ready),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+
+    struct Fixed(HashMap<&'static str, String>);
+    impl Env for Fixed {
+        fn get(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    fn env(pairs: &[(&'static str, &str)]) -> Fixed {
+        Fixed(pairs.iter().map(|(k, v)| (*k, v.to_string())).collect())
+    }
+
+    fn addr() -> impl Strategy<Value = ListenAddr> {
+        let v4 = (any::<u32>(), any::<u16>())
+            .prop_map(|(ip, port)| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port)));
+        let v6 = (any::<u128>(), any::<u16>(), any::<u32>()).prop_map(|(ip, port, scope)| {
+            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, 0, scope))
+        });
+        // Any bytes but NUL: relative and absolute, spaces, newlines, '%', not UTF-8.
+        let path = proptest::collection::vec(1u8..=255, 1..64)
+            .prop_map(|b| ListenAddr::Unix(PathBuf::from(OsString::from_vec(b))));
+        prop_oneof![
+            v4.prop_map(ListenAddr::Tcp),
+            v6.prop_map(ListenAddr::Tcp),
+            path
+        ]
+    }
+
+    fn name() -> impl Strategy<Value = Name> {
+        prop_oneof![
+            (addr(), any::<bool>()).prop_map(|(addr, managed)| Name::Listener {
+                managed: managed && matches!(addr, ListenAddr::Unix(_)),
+                addr,
+            }),
+            proptest::collection::vec(1u8..=255, 1..64)
+                .prop_map(|b| Name::Control(PathBuf::from(OsString::from_vec(b)))),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn names_round_trip(n in name()) {
+            let s = n.encode();
+            prop_assert!(!s.contains('\n') && !s.contains('\0'), "{s:?}");
+            prop_assert_eq!(Name::decode(&s), Ok(n));
+        }
+
+        #[test]
+        fn a_handover_round_trips(names in proptest::collection::vec(name(), 0..12), parent in 1u32..) {
+            let (vars, ready) = child_env(&names, parent);
+            let e = Fixed(vars.into_iter().collect());
+            let ours = read_ours(&e, parent).unwrap().expect("meant for us");
+            prop_assert_eq!(ours.parent, parent);
+            prop_assert_eq!(ours.ready_fd, Some(ready));
+            let got: Vec<Name> = ours.entries.into_iter().map(|e| e.unwrap()).collect();
+            prop_assert_eq!(got, names);
+        }
+
+        #[test]
+        fn garbage_never_panics(s in "\\PC*") {
+            let _ = Name::decode(&s);
+            let _ = Message::decode(&s);
+            let e = env(&[(ENV_PARENT_PID, "7"), (ENV_FDS, &s), (ENV_READY_FD, &s)]);
+            let _ = read_ours(&e, 7);
+            let e = env(&[(ENV_LISTEN_PID, "7"), (ENV_LISTEN_FDS, &s), (ENV_LISTEN_FDNAMES, &s)]);
+            let _ = read_systemd(&e, 7);
+        }
+    }
+
+    #[test]
+    fn relative_unix_paths_are_names() {
+        let n = Name::Listener {
+            addr: ListenAddr::Unix("app.sock".into()),
+            managed: false,
+        };
+        assert_eq!(n.encode(), "unix:app.sock");
+        assert_eq!(Name::decode("unix:app.sock"), Ok(n));
+        assert_eq!(
+            Name::decode("unix:/run/a%20b.sock"),
+            Ok(Name::Listener {
+                addr: ListenAddr::Unix("/run/a b.sock".into()),
+                managed: false
+            })
+        );
+    }
+
+    #[test]
+    fn ours_needs_our_parent() {
+        let e = env(&[(ENV_PARENT_PID, "999"), (ENV_FDS, "tcp:127.0.0.1:1")]);
+        assert!(read_ours(&e, 4242).unwrap().is_none());
+        let e = env(&[
+            (ENV_PARENT_PID, "4242"),
+            (ENV_FDS, "tcp:127.0.0.1:1\nunix:/x\ncontrol:/run/x.sock"),
+        ]);
+        let ours = read_ours(&e, 4242).unwrap().unwrap();
+        assert_eq!(ours.entries.len(), 3);
+        assert!(ours.entries.iter().all(|e| e.is_ok()));
+        assert_eq!(ours.ready_fd, None);
+        assert_eq!(ours.parent, 4242);
+    }
+
+    #[test]
+    fn one_bad_name_rejects_only_itself() {
+        let e = env(&[
+            (ENV_PARENT_PID, "7"),
+            (
+                ENV_FDS,
+                "tcp:nowhere\nunix:ok.sock\nftp:1.2.3.4:5\ntcp:[::1]:80",
+            ),
+            (ENV_READY_FD, "7"),
+        ]);
+        let ours = read_ours(&e, 7).unwrap().unwrap();
+        let ok: Vec<bool> = ours.entries.iter().map(|e| e.is_ok()).collect();
+        assert_eq!(ok, [false, true, false, true]);
+        assert_eq!(ours.announced().collect::<Vec<_>>(), [3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn ours_rejects_an_unreadable_set() {
+        for pairs in [
+            vec![(ENV_PARENT_PID, "seven")],
+            vec![
+                (ENV_PARENT_PID, "7"),
+                (ENV_FDS, "tcp:127.0.0.1:1"),
+                (ENV_READY_FD, "3"),
+            ],
+            vec![(ENV_PARENT_PID, "7"), (ENV_READY_FD, "x")],
+        ] {
+            assert!(read_ours(&env(&pairs), 7).is_err(), "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn systemd_needs_our_pid() {
+        let e = env(&[(ENV_LISTEN_FDS, "2"), (ENV_LISTEN_PID, "1")]);
+        assert!(read_systemd(&e, 5).unwrap().is_none());
+        let e = env(&[
+            (ENV_LISTEN_FDS, "2"),
+            (ENV_LISTEN_PID, "5"),
+            (ENV_LISTEN_FDNAMES, "web:unknown"),
+        ]);
+        let names = read_systemd(&e, 5).unwrap().unwrap();
+        assert_eq!(names, vec![Some("web".to_string()), None]);
+        let e = env(&[
+            (ENV_LISTEN_FDS, "2"),
+            (ENV_LISTEN_PID, "5"),
+            (ENV_LISTEN_FDNAMES, "a:b:c"),
+        ]);
+        assert_eq!(read_systemd(&e, 5).unwrap().unwrap(), vec![None, None]);
+        let e = env(&[(ENV_LISTEN_FDS, "many"), (ENV_LISTEN_PID, "5")]);
+        assert!(read_systemd(&e, 5).is_err());
+    }
+
+    #[test]
+    fn messages() {
+        for m in [Message::Ready(42), Message::Live, Message::Abort] {
+            assert_eq!(Message::decode(&m.encode()), Some(m));
+        }
+        assert_eq!(Message::decode("ready x\n"), None);
+        assert_eq!(Message::decode("hello\n"), None);
+    }
+}

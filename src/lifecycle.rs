@@ -1,0 +1,175 @@
+//! What the rest of the crate sees of the process owner ([`Process`](crate::Process)):
+//! its state, the transitions it makes, and the signals it sends servers. The owner is
+//! the only writer; servers, connections, the control socket, the PID file and the
+//! service-manager notifications only observe.
+//!
+//! ```text
+//!            ready()                 "live" from the parent
+//! Starting ───────────► Confirming ─────────────────────────► Serving ◄──┐
+//!    │  (first generation, or a pipe: no answer to wait for) ───►   │      │ failed
+//!    │                                                          restart   │
+//!    │                                                              ▼      │
+//!    │                                                         Restarting ─┘
+//!    │ TERM, "abort"                                                │ the new one is ready
+//!    ▼                                                              ▼
+//! Draining(Shutdown) ◄── TERM (Serving, Restarting) ─── Draining(HandedOver)
+//! ```
+//!
+//! Orthogonal to the phase is whether this generation is **live**: whether it owns the
+//! files it serves on (Unix socket files, the control socket, the PID file). The first
+//! generation is live from the start; a new generation becomes live when its parent
+//! commits the handover, and the parent stops being live at that same instant. Only a
+//! live generation removes those files at a shutdown, so a SIGTERM at any moment of a
+//! restart leaves one live generation with all its files, or none.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+
+use crate::error::RestartError;
+
+/// How serving ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// A graceful shutdown: nothing serves the addresses any more. A service that
+    /// registers with service discovery deregisters now.
+    Shutdown,
+    /// The next generation, with this pid, serves the addresses now.
+    HandedOver {
+        /// The new generation's pid.
+        pid: u32,
+    },
+}
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Served::Shutdown => f.write_str("shutdown"),
+            Served::HandedOver { pid } => write!(f, "handed over to pid {pid}"),
+        }
+    }
+}
+
+/// The phase of a generation. See the module docs for the diagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Servers are starting; readiness not declared yet.
+    Starting,
+    /// Declared ready; waiting for the previous generation to commit the handover.
+    Confirming,
+    /// Ready, and the generation that serves.
+    Serving,
+    /// A new generation is starting.
+    Restarting,
+    /// Draining, for this reason.
+    Draining(Served),
+}
+
+/// A generation's state: its phase, and whether it owns its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct State {
+    pub(crate) phase: Phase,
+    pub(crate) live: bool,
+}
+
+impl State {
+    pub(crate) fn draining(&self) -> Option<Served> {
+        match self.phase {
+            Phase::Draining(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining().is_some()
+    }
+
+    /// Ready and live: the generation that answers for the process (and may restart).
+    pub(crate) fn is_serving(&self) -> bool {
+        matches!(self.phase, Phase::Serving | Phase::Restarting) && self.live
+    }
+}
+
+/// A transition, as the owner tells its observers (in order: the PID file first, then
+/// the service manager, so whoever hears of a pid can read it in the file).
+#[derive(Debug)]
+pub(crate) enum Transition<'a> {
+    /// This generation declared ready. `first`: it has no previous generation to tell,
+    /// so it is live and the process's main one at once.
+    Ready { first: bool },
+    /// The previous generation committed the handover: this one is live.
+    Live,
+    /// A restart begins: the next generation is about to be started.
+    RestartBegun,
+    /// The restart failed; this generation carries on.
+    RestartFailed(&'a RestartError),
+    /// The new generation is ready and the handover committed to; the drain follows.
+    Committed { new_pid: u32 },
+    /// The new generation is live; this one drains and is no longer live.
+    HandedOver { new_pid: u32 },
+    /// A shutdown begins. `live`: this generation owns its files and is the main one.
+    ShutdownBegun { live: bool },
+    /// Every server of this generation is drained.
+    Done { served: Served, live: bool },
+}
+
+/// Something that follows the owner's transitions.
+pub(crate) trait Observer: Send {
+    fn observe(&mut self, t: &Transition<'_>);
+}
+
+/// What a server or connection holds to follow the owner: the state and the hammer.
+#[derive(Clone)]
+pub(crate) struct Watch {
+    pub(crate) state: watch::Receiver<State>,
+    pub(crate) hammer: watch::Receiver<u64>,
+}
+
+/// Set the instant the drain begins, before anyone is woken: responses finished from
+/// then on say `Connection: close`. Read on every response, hence one plain atomic
+/// rather than a field behind an `Arc` cloned into every request (there is one process
+/// owner per process).
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// True from the moment this generation's drain begins.
+pub(crate) fn draining() -> bool {
+    DRAINING.load(Ordering::Acquire)
+}
+
+/// The owner's side of a [`Watch`].
+pub(crate) struct Publisher {
+    state: watch::Sender<State>,
+    hammer: watch::Sender<u64>,
+}
+
+impl Publisher {
+    pub(crate) fn new(initial: State) -> Self {
+        Publisher {
+            state: watch::Sender::new(initial),
+            hammer: watch::Sender::new(0),
+        }
+    }
+
+    pub(crate) fn watch(&self) -> Watch {
+        Watch {
+            state: self.state.subscribe(),
+            hammer: self.hammer.subscribe(),
+        }
+    }
+
+    /// The state last published.
+    pub(crate) fn current(&self) -> State {
+        *self.state.borrow()
+    }
+
+    pub(crate) fn publish(&self, s: State) {
+        if s.is_draining() {
+            DRAINING.store(true, Ordering::Release);
+        }
+        self.state.send_replace(s);
+    }
+
+    pub(crate) fn hammer(&self) {
+        self.hammer.send_modify(|n| *n += 1);
+    }
+}

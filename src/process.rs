@@ -1,0 +1,967 @@
+//! The process owner: one object per process that owns its lifecycle — the sockets it
+//! inherited and opened, readiness, restarts, the drain — as the explicit state machine
+//! drawn in [`lifecycle`](crate::lifecycle). Every transition happens under one lock, in
+//! one place here; the PID file and the service manager observe the transitions, and
+//! servers, connections and the control socket follow the published state.
+
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::addr::ListenAddr;
+use crate::control::{self, Control};
+use crate::error::{Error, RestartError};
+use crate::handover::Name;
+use crate::inherit::{Inherited, ProcessEnv, ReadyChannel};
+use crate::lifecycle::{Observer, Phase, Publisher, Served, State, Transition, Watch};
+use crate::listen::Listener;
+use crate::restart::{self, Exe, Next};
+use crate::signals::{self, Actions, Hook, Hooks, Signal, Stage};
+
+/// Default [`ProcessBuilder::ready_timeout`]: 30 s.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`ProcessBuilder::stop_grace`]: 10 s.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a first generation whose servers are starting waits for them to be ready
+/// before it refuses a restart (a SIGHUP sent the moment "serving" is logged).
+const FIRST_READY_WAIT: Duration = Duration::from_secs(1);
+/// How long a SIGTERM that lands while this generation waits for its parent's word on
+/// the handover waits for that word before the generation drains as not live.
+const CONFIRM_WAIT: Duration = Duration::from_secs(2);
+
+/// When a generation is ready: the moment the previous generation lets go, and the
+/// first generation's `READY=1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Readiness {
+    /// Ready once every socket inherited from the previous generation has been claimed
+    /// by a server (or a listener taken), and at least one was: for a first generation,
+    /// as soon as its first server listens. Right for a process whose servers all start
+    /// at once. A new version that no longer serves one of the old addresses must
+    /// declare readiness instead ([`Readiness::Manual`]): under `Auto` it would wait for
+    /// that address until the ready timeout.
+    #[default]
+    Auto,
+    /// Ready when the application says so, with [`Process::ready`]: after it warmed up
+    /// and started every server. Until then the previous generation alone answers for
+    /// the process (within the ready timeout).
+    Manual,
+}
+
+/// Configures the process owner; see [`Process`].
+pub struct ProcessBuilder {
+    readiness: Readiness,
+    ready_timeout: Duration,
+    stop_grace: Duration,
+    pid_file: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
+    hooks: Vec<(Signal, Stage, Hook)>,
+    signals: Vec<Signal>,
+}
+
+impl std::fmt::Debug for ProcessBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessBuilder")
+            .field("readiness", &self.readiness)
+            .field("ready_timeout", &self.ready_timeout)
+            .field("stop_grace", &self.stop_grace)
+            .field("pid_file", &self.pid_file)
+            .field("control_socket", &self.control_socket)
+            .field("signals", &self.signals)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ProcessBuilder {
+    fn default() -> Self {
+        ProcessBuilder {
+            readiness: Readiness::Auto,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            stop_grace: DEFAULT_STOP_GRACE,
+            pid_file: None,
+            control_socket: None,
+            hooks: Vec::new(),
+            signals: Signal::ALL.to_vec(),
+        }
+    }
+}
+
+impl ProcessBuilder {
+    /// When this generation is ready (default [`Readiness::Auto`]).
+    pub fn readiness(mut self, r: Readiness) -> Self {
+        self.readiness = r;
+        self
+    }
+
+    /// How long a new generation may take to declare ready on a restart before the
+    /// restart fails and it is stopped (default 30 s). Must not be zero.
+    pub fn ready_timeout(mut self, t: Duration) -> Self {
+        self.ready_timeout = t;
+        self
+    }
+
+    /// How long a new generation that failed (not ready in time, or the restart was
+    /// called off) has to answer what it accepted after SIGTERM, before SIGKILL
+    /// (default 10 s).
+    pub fn stop_grace(mut self, t: Duration) -> Self {
+        self.stop_grace = t;
+        self
+    }
+
+    /// Keeps a PID file naming the live generation: written once the first one is
+    /// ready, replaced atomically at each handover (before the service manager hears
+    /// of the new pid), removed at a final shutdown.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Opens a control socket at `path` (a Unix socket, mode 0600) on which a restart
+    /// can be requested and its outcome learnt, with [`control::request_restart`] or
+    /// the line protocol described in [`control`]. It is handed over to each new
+    /// generation and removed at a final shutdown.
+    ///
+    /// [`control`]: crate::control
+    /// [`control::request_restart`]: crate::control::request_restart
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.control_socket = Some(path.into());
+        self
+    }
+
+    /// Runs `f` before ([`Stage::Pre`]) or after ([`Stage::Post`]) ceaseless handles
+    /// `signal`. Hooks run in registration order.
+    pub fn hook(
+        mut self,
+        signal: Signal,
+        stage: Stage,
+        f: impl Fn() + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.push((signal, stage, Arc::new(f)));
+        self
+    }
+
+    /// The signals ceaseless takes (default: all of [`Signal::ALL`]). The others keep
+    /// their default action, or whatever handler the application installs.
+    pub fn signals(mut self, taken: impl IntoIterator<Item = Signal>) -> Self {
+        self.signals = taken.into_iter().collect();
+        self
+    }
+
+    /// Starts the process owner. Call it once, at the top of `main`, inside the tokio
+    /// runtime and before any server starts (a server started first starts one with the
+    /// defaults, and this then fails with [`Error::AlreadyStarted`]).
+    pub fn start(self) -> Result<Process, Error> {
+        let _one_at_a_time = lock(&STARTING);
+        if PROCESS.get().is_some() {
+            return Err(Error::AlreadyStarted);
+        }
+        let p = self.build()?;
+        let _ = PROCESS.set(p.clone());
+        Ok(p)
+    }
+
+    fn build(self) -> Result<Process, Error> {
+        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        if self.ready_timeout.is_zero() {
+            return Err(Error::Setting {
+                name: "ready_timeout",
+                reason: "zero: every restart would fail".into(),
+            });
+        }
+        let mut inherited = Inherited::from_env(&ProcessEnv);
+        let first = inherited.parent.is_none();
+        let publisher = Publisher::new(State {
+            phase: Phase::Starting,
+            live: first,
+        });
+        let mut observers: Vec<Box<dyn Observer>> = Vec::new();
+        if let Some(p) = self.pid_file {
+            observers.push(Box::new(crate::pidfile::PidFile::new(p)));
+        }
+        if let Some(n) = crate::notify::Notify::from_env() {
+            observers.push(Box::new(n));
+        }
+        let hooks = Arc::new(Hooks::default());
+        for (sig, stage, hook) in self.hooks {
+            hooks.add(sig, stage, hook);
+        }
+        let mut registry = Vec::new();
+        let control_socket = match self.control_socket {
+            Some(p) => {
+                let path = std::path::absolute(&p).map_err(|source| Error::Control {
+                    path: p.clone(),
+                    source,
+                })?;
+                let fd = inherited.claim_control(&path).map(|e| e.fd);
+                let listener = control::open(&path, fd)?;
+                let dup = std::os::fd::AsFd::as_fd(&listener)
+                    .try_clone_to_owned()
+                    .map_err(|source| Error::Control {
+                        path: path.clone(),
+                        source,
+                    })?;
+                registry.push(Registered {
+                    name: Name::Control(path.clone()),
+                    fd: dup,
+                });
+                Some((path, listener))
+            }
+            None => None,
+        };
+        let process = Process {
+            inner: Arc::new(Inner {
+                core: Mutex::new(Core {
+                    state: publisher.current(),
+                    inherited,
+                    registry,
+                    listeners_taken: 0,
+                    servers_running: 0,
+                    observers,
+                    abort: None,
+                    committing: false,
+                    shutdown_deferred: false,
+                    done: None,
+                }),
+                publisher,
+                readiness: self.readiness,
+                ready_timeout: self.ready_timeout,
+                stop_grace: self.stop_grace,
+                control: OnceLock::new(),
+                exe: Exe::capture(),
+            }),
+        };
+        if let Some((path, listener)) = control_socket {
+            let p = process.clone();
+            let restart: control::RestartFn = Arc::new(move || {
+                let p = p.clone();
+                Box::pin(async move { p.restart().await })
+            });
+            let c = Control::serve(listener, process.watch().state, restart)
+                .map_err(|source| Error::Control { path, source })?;
+            let _ = process.inner.control.set(c);
+        }
+        signals::start(
+            &self.signals,
+            hooks,
+            Arc::new(SignalActions(process.clone())),
+        )?;
+        Ok(process)
+    }
+}
+
+/// The process owner.
+///
+/// Create it first, at the top of `main`; everything that concerns the process as a
+/// whole lives here: readiness, restarts, the drain, the PID file, the control socket,
+/// signals and their hooks. [`Server`](crate::Server)s and the one-liners use it (they
+/// start one with the defaults if the application did not); other servers — `axum::serve`,
+/// tonic, plain hyper — take their listeners from it and stop on [`Process::draining`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use ceaseless::{Process, Readiness, Served};
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let process = Process::builder()
+///         .readiness(Readiness::Manual)
+///         .ready_timeout(Duration::from_secs(60))
+///         .pid_file("/run/app/app.pid")
+///         .start()?;
+///     // Inherited from the previous generation, or bound.
+///     let listener = process.tcp_listener("127.0.0.1:3000")?;
+///     // ... open database pools, fill caches ...
+///     process.ready(); // only now does the previous generation let go
+///     let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi\n" }));
+///     axum::serve(listener, app)
+///         .with_graceful_shutdown(process.draining())
+///         .await?;
+///     match process.finish().await {
+///         Served::Shutdown => { /* deregister from service discovery */ }
+///         Served::HandedOver { pid } => println!("pid {pid} serves now"),
+///     }
+///     Ok(())
+/// }
+/// ```
+///
+/// Servers other than ceaseless's own get their own graceful shutdown when
+/// [`Process::draining`] completes (axum's closes idle keep-alive connections at once);
+/// ceaseless's [`Server`](crate::Server) gives the lame-duck drain, which answers a
+/// request already on the wire of an idle keep-alive connection.
+#[derive(Clone)]
+pub struct Process {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.inner.publisher.current();
+        f.debug_struct("Process")
+            .field("phase", &s.phase)
+            .field("live", &s.live)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    core: Mutex<Core>,
+    publisher: Publisher,
+    readiness: Readiness,
+    ready_timeout: Duration,
+    stop_grace: Duration,
+    control: OnceLock<Control>,
+    exe: Exe,
+}
+
+/// A descriptor to hand over, under its name.
+struct Registered {
+    name: Name,
+    fd: OwnedFd,
+}
+
+/// Everything that changes, behind the one lock.
+struct Core {
+    state: State,
+    /// Inherited sockets not claimed yet, and the readiness channel.
+    inherited: Inherited,
+    /// Duplicates of what this generation would hand over.
+    registry: Vec<Registered>,
+    listeners_taken: usize,
+    /// ceaseless servers that have not finished draining.
+    servers_running: usize,
+    observers: Vec<Box<dyn Observer>>,
+    /// Cancelled when a shutdown calls off the restart under way.
+    abort: Option<CancellationToken>,
+    /// The new generation is ready and this one is committing to the handover.
+    committing: bool,
+    /// A shutdown asked for while waiting for the parent's word on the handover.
+    shutdown_deferred: bool,
+    done: Option<Served>,
+}
+
+static PROCESS: OnceLock<Process> = OnceLock::new();
+static STARTING: Mutex<()> = Mutex::new(());
+
+/// Locks a mutex, shrugging off poisoning: the state behind these locks stays
+/// consistent across a panic (each critical section completes its field updates or
+/// none, and observers catch nothing that could unwind half-way).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Process {
+    /// A builder for the process owner.
+    pub fn builder() -> ProcessBuilder {
+        ProcessBuilder::default()
+    }
+
+    /// The process owner, if one was started.
+    pub fn current() -> Option<Process> {
+        PROCESS.get().cloned()
+    }
+
+    /// The process owner, started with the defaults if none was.
+    pub(crate) fn current_or_start() -> Result<Process, Error> {
+        if let Some(p) = PROCESS.get() {
+            return Ok(p.clone());
+        }
+        let _one_at_a_time = lock(&STARTING);
+        if let Some(p) = PROCESS.get() {
+            return Ok(p.clone());
+        }
+        let p = ProcessBuilder::default().build()?;
+        let _ = PROCESS.set(p.clone());
+        Ok(p)
+    }
+
+    pub(crate) fn watch(&self) -> Watch {
+        self.inner.publisher.watch()
+    }
+
+    /// Declares this generation ready: every server it will start has started, and it
+    /// is warmed up. Inherited sockets nobody claimed are closed; the previous
+    /// generation (if any) lets go; the first generation tells the service manager
+    /// `READY=1`. Under [`Readiness::Auto`] it happens by itself; calling it earlier is
+    /// allowed. Later calls do nothing.
+    pub fn ready(&self) {
+        let mut core = self.lock();
+        self.declare_ready(&mut core);
+    }
+
+    /// The listening TCP socket for `addr` (as [`ListenAddr::parse`] reads it): the one
+    /// the previous generation handed over for that address, or (socket activation) a
+    /// socket-activated one bound to it, else a freshly bound one. It is handed over to
+    /// the next generation at a restart.
+    pub fn tcp_listener(&self, addr: &str) -> Result<tokio::net::TcpListener, Error> {
+        let a = ListenAddr::parse(addr)?;
+        if !matches!(a, ListenAddr::Tcp(_)) {
+            return Err(Error::Address {
+                addr: addr.into(),
+                reason: "not a TCP address".into(),
+            });
+        }
+        match self.open(&a, None, false)? {
+            Listener::Tcp(l) => Ok(l),
+            Listener::Unix(_) => unreachable!("a TCP address gives a TCP listener"),
+        }
+    }
+
+    /// The listening Unix socket at `path`, as [`Process::tcp_listener`] does for TCP.
+    /// The socket file is removed at a final shutdown (unless the service manager
+    /// created it).
+    pub fn unix_listener(&self, path: impl AsRef<Path>) -> Result<tokio::net::UnixListener, Error> {
+        let a = ListenAddr::Unix(path.as_ref().to_path_buf());
+        match self.open(&a, None, false)? {
+            Listener::Unix(l) => Ok(l),
+            Listener::Tcp(_) => unreachable!("a Unix address gives a Unix listener"),
+        }
+    }
+
+    /// Completes when this generation starts draining (a restart handed its sockets
+    /// over, or a shutdown began): the signal for a server's own graceful shutdown.
+    /// [`Process::served`] then says which.
+    pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.watch().state;
+        async move {
+            let _ = rx.wait_for(|s| s.is_draining()).await;
+        }
+    }
+
+    /// How this generation's serving ends, once it drains: `None` until then.
+    pub fn served(&self) -> Option<Served> {
+        self.inner.publisher.current().draining()
+    }
+
+    /// Restarts the process: starts the next generation, hands it every listener, and
+    /// once it declared ready, starts draining this one. Returns the new generation's
+    /// pid. This is what SIGHUP does; call it to restart from code and learn the
+    /// outcome. On error nothing changed: this generation still serves, and a later
+    /// restart may succeed.
+    ///
+    /// The restart runs to its end even if the caller stops waiting.
+    pub async fn restart(&self) -> Result<u32, RestartError> {
+        self.restart_then(Box::new(|| {})).await
+    }
+
+    /// Starts a graceful shutdown, as SIGTERM does (without running the signal hooks).
+    /// Returns false if this generation was already draining.
+    ///
+    /// During a restart, before the new generation is ready, the restart is called off
+    /// (the new generation is stopped) and this one shuts down; once the handover is
+    /// committed, this one is draining already and the new one serves on.
+    pub fn shutdown(&self) -> bool {
+        let mut core = self.lock();
+        self.begin_shutdown(&mut core)
+    }
+
+    /// Waits until this generation drains and every ceaseless server of it is drained,
+    /// the control socket answered what it was asked, then finishes (at a final
+    /// shutdown the live generation removes its PID file). Returns how serving ended.
+    /// Call it before `main` returns when serving with other servers than ceaseless's
+    /// own; ceaseless's servers call it when the last of them is drained.
+    pub async fn finish(&self) -> Served {
+        let mut rx = self.watch().state;
+        let _ = rx.wait_for(|s| s.is_draining()).await;
+        if let Some(c) = self.inner.control.get() {
+            c.finish().await;
+        }
+        let mut core = self.lock();
+        let served = core.state.draining().unwrap_or(Served::Shutdown);
+        if core.done.is_none() {
+            core.done = Some(served);
+            let live = core.state.live;
+            core.emit(&Transition::Done { served, live });
+        }
+        served
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        lock(&self.inner.core)
+    }
+
+    /// Opens the listener for `addr`: inherited, else bound. `server`: a ceaseless
+    /// server that tells [`Process::server_stopped`] when it is drained.
+    pub(crate) fn open(
+        &self,
+        addr: &ListenAddr,
+        fd_name: Option<&str>,
+        server: bool,
+    ) -> Result<Listener, Error> {
+        let mut core = self.lock();
+        if core.state.is_draining() {
+            return Err(Error::Draining);
+        }
+        let mut listener = None;
+        let mut managed = false;
+        if let Some(entry) = core.inherited.claim(addr, fd_name) {
+            managed = entry.managed();
+            let (actual, origin) = (entry.actual.clone(), entry.origin());
+            match Listener::adopt(entry.fd, addr) {
+                Ok(l) => {
+                    tracing::info!(addr = %actual, origin = %origin, "took over an inherited listener");
+                    listener = Some(l);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, %addr, "cannot use the inherited listener; binding afresh")
+                }
+            }
+        }
+        let listener = match listener {
+            Some(l) => l,
+            None => {
+                managed = false;
+                Listener::bind(addr)?
+            }
+        };
+        let fd = listener.dup().map_err(|source| Error::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+        core.registry.push(Registered {
+            name: Name::Listener {
+                addr: addr.clone(),
+                managed,
+            },
+            fd,
+        });
+        core.listeners_taken += 1;
+        if server {
+            // It checks readiness itself, once it said it serves.
+            core.servers_running += 1;
+        } else {
+            self.auto_ready(&mut core);
+        }
+        Ok(listener)
+    }
+
+    /// A ceaseless server announced that it serves.
+    pub(crate) fn server_listening(&self) {
+        let mut core = self.lock();
+        self.auto_ready(&mut core);
+    }
+
+    fn auto_ready(&self, core: &mut Core) {
+        if self.inner.readiness == Readiness::Auto && core.inherited.unclaimed_listeners() == 0 {
+            self.declare_ready(core);
+        }
+    }
+
+    /// A ceaseless server finished its drain; the last one finishes the generation.
+    pub(crate) async fn server_stopped(&self) -> Served {
+        let last = {
+            let mut core = self.lock();
+            core.servers_running = core.servers_running.saturating_sub(1);
+            core.servers_running == 0
+        };
+        if last {
+            self.finish().await
+        } else {
+            self.served().unwrap_or(Served::Shutdown)
+        }
+    }
+
+    fn declare_ready(&self, core: &mut Core) {
+        if core.state.phase != Phase::Starting {
+            return;
+        }
+        core.inherited.close_unclaimed();
+        let parent = core.inherited.parent;
+        let pid = std::process::id();
+        // Logged before the state changes, so in the log this line precedes any restart
+        // of this generation.
+        tracing::info!(pid, previous = ?parent, "ready: every server accepts");
+        let report = crate::handover::Message::Ready(pid).encode();
+        match core.inherited.ready.take() {
+            None => {
+                core.state = State {
+                    phase: Phase::Serving,
+                    live: true,
+                };
+                core.emit(&Transition::Ready {
+                    first: parent.is_none(),
+                });
+            }
+            Some(ReadyChannel::Pipe(fd)) => {
+                if let Err(e) = write_all(&fd, report.as_bytes()) {
+                    tracing::error!(error = %e, "cannot report readiness to the previous generation");
+                }
+                core.state = State {
+                    phase: Phase::Serving,
+                    live: true,
+                };
+                core.emit(&Transition::Ready { first: false });
+                core.emit(&Transition::Live);
+            }
+            Some(ReadyChannel::Socket(fd)) => match write_all(&fd, report.as_bytes()) {
+                Ok(()) => {
+                    core.state.phase = Phase::Confirming;
+                    core.emit(&Transition::Ready { first: false });
+                    let p = self.clone();
+                    tokio::spawn(async move { p.await_confirmation(fd).await });
+                }
+                Err(e) => {
+                    // The parent is gone: nobody else serves, so this one is live.
+                    tracing::warn!(error = %e, "cannot report readiness; the previous generation is gone, taking over");
+                    core.state = State {
+                        phase: Phase::Serving,
+                        live: true,
+                    };
+                    core.emit(&Transition::Ready { first: false });
+                    core.emit(&Transition::Live);
+                }
+            },
+        }
+        self.inner.publisher.publish(core.state);
+    }
+
+    /// Waits for the previous generation's word on the handover.
+    async fn await_confirmation(&self, fd: OwnedFd) {
+        use tokio::io::AsyncBufReadExt;
+        let std = std::os::unix::net::UnixStream::from(fd);
+        let word = match std
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(std))
+        {
+            Ok(s) => {
+                let mut line = String::new();
+                match tokio::io::BufReader::new(s).read_line(&mut line).await {
+                    Ok(n) if n > 0 => crate::handover::Message::decode(&line),
+                    _ => None,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the previous generation's answer");
+                None
+            }
+        };
+        let mut core = self.lock();
+        if core.state.phase != Phase::Confirming {
+            return; // a deferred shutdown gave up waiting
+        }
+        match word {
+            Some(crate::handover::Message::Abort) => {
+                tracing::info!(
+                    pid = std::process::id(),
+                    "the previous generation called the restart off; draining"
+                );
+                self.enter_drain(&mut core, Served::Shutdown);
+            }
+            other => {
+                if other.is_none() {
+                    tracing::warn!("the previous generation left without a word; taking over");
+                }
+                core.state = State {
+                    phase: Phase::Serving,
+                    live: true,
+                };
+                core.emit(&Transition::Live);
+                self.inner.publisher.publish(core.state);
+                if core.shutdown_deferred {
+                    self.enter_drain(&mut core, Served::Shutdown);
+                }
+            }
+        }
+    }
+
+    fn begin_shutdown(&self, core: &mut Core) -> bool {
+        match core.state.phase {
+            Phase::Draining(_) => false,
+            Phase::Confirming => {
+                if !core.shutdown_deferred {
+                    core.shutdown_deferred = true;
+                    let p = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(CONFIRM_WAIT).await;
+                        let mut core = p.lock();
+                        if core.state.phase == Phase::Confirming {
+                            tracing::warn!(
+                                "no word from the previous generation; draining as not live"
+                            );
+                            p.enter_drain(&mut core, Served::Shutdown);
+                        }
+                    });
+                }
+                true
+            }
+            Phase::Restarting if core.committing => false,
+            Phase::Restarting => {
+                if let Some(a) = core.abort.take() {
+                    a.cancel();
+                }
+                self.enter_drain(core, Served::Shutdown);
+                true
+            }
+            Phase::Starting | Phase::Serving => {
+                self.enter_drain(core, Served::Shutdown);
+                true
+            }
+        }
+    }
+
+    fn enter_drain(&self, core: &mut Core, why: Served) {
+        core.state.phase = Phase::Draining(why);
+        let mut remove = Vec::new();
+        match why {
+            Served::HandedOver { pid: new_pid } => {
+                core.state.live = false;
+                core.emit(&Transition::HandedOver { new_pid });
+            }
+            Served::Shutdown => {
+                let live = core.state.live;
+                if live {
+                    for r in &core.registry {
+                        match &r.name {
+                            Name::Listener {
+                                addr: ListenAddr::Unix(p),
+                                managed: false,
+                            } => remove.push(p.clone()),
+                            Name::Control(p) => remove.push(p.clone()),
+                            _ => {}
+                        }
+                    }
+                }
+                core.emit(&Transition::ShutdownBegun { live });
+            }
+        }
+        // Our duplicates go now, so that (on shutdown) new connections are refused as
+        // soon as the servers drop their own listeners.
+        core.registry.clear();
+        core.inherited.close_unclaimed();
+        self.inner.publisher.publish(core.state);
+        for p in remove {
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::debug!(error = %e, path = %p.display(), "cannot remove a socket file");
+            }
+        }
+    }
+
+    fn hammer(&self) -> bool {
+        let core = self.lock();
+        if core.state.is_draining() {
+            self.inner.publisher.hammer();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// [`Process::restart`], running `settled` once the outcome is known and logged,
+    /// before this generation starts draining (SIGHUP's post hooks go here).
+    async fn restart_then(&self, settled: Box<dyn FnOnce() + Send>) -> Result<u32, RestartError> {
+        let claimed = match self.claim_restart().await {
+            Ok(c) => c,
+            Err(e) => {
+                log_outcome(Err(&e));
+                settled();
+                return Err(e);
+            }
+        };
+        let p = self.clone();
+        // Runs to its end in a task of its own, even if the caller stops waiting (a
+        // timeout around this call, a client gone from an admin endpoint): cut short,
+        // it would leave the restart slot taken for good and a new generation unwatched.
+        tokio::spawn(async move { p.run_restart(claimed, settled).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(RestartError::Io(std::io::Error::other(format!(
+                    "restart task failed: {e}"
+                ))))
+            })
+    }
+
+    /// Takes the single restart slot, or says why a restart cannot start now.
+    async fn claim_restart(&self) -> Result<Claimed, RestartError> {
+        let deadline = tokio::time::Instant::now() + FIRST_READY_WAIT;
+        loop {
+            {
+                let mut core = self.lock();
+                match core.state.phase {
+                    Phase::Serving => return self.begin_restart(&mut core),
+                    Phase::Draining(_) => return Err(RestartError::ShuttingDown),
+                    Phase::Restarting | Phase::Confirming => return Err(RestartError::InProgress),
+                    // A new generation not ready yet: the restart that started it is
+                    // still in progress, and some of its servers may not have taken
+                    // their sockets over yet, so a handover now would lose them.
+                    Phase::Starting if core.inherited.parent.is_some() => {
+                        return Err(RestartError::InProgress)
+                    }
+                    // A first generation: its servers may be a moment from ready.
+                    Phase::Starting => {
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(if core.listeners_taken == 0 {
+                                RestartError::NoServer
+                            } else {
+                                RestartError::NotYetReady
+                            });
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn begin_restart(&self, core: &mut Core) -> Result<Claimed, RestartError> {
+        if !core
+            .registry
+            .iter()
+            .any(|r| matches!(r.name, Name::Listener { .. }))
+        {
+            return Err(RestartError::NoServer);
+        }
+        let mut names = Vec::with_capacity(core.registry.len());
+        let mut fds = Vec::with_capacity(core.registry.len());
+        for r in &core.registry {
+            names.push(r.name.clone());
+            fds.push(r.fd.try_clone()?);
+        }
+        let abort = CancellationToken::new();
+        core.abort = Some(abort.clone());
+        core.state.phase = Phase::Restarting;
+        core.emit(&Transition::RestartBegun);
+        self.inner.publisher.publish(core.state);
+        Ok(Claimed { names, fds, abort })
+    }
+
+    async fn run_restart(
+        &self,
+        claimed: Claimed,
+        settled: Box<dyn FnOnce() + Send>,
+    ) -> Result<u32, RestartError> {
+        let Claimed { names, fds, abort } = claimed;
+        let inner = &self.inner;
+        let started = async {
+            let mut next = restart::spawn(&inner.exe, &names, &fds)?;
+            drop(fds);
+            tracing::info!(pid = std::process::id(), new_pid = next.pid, path = %inner.exe.path.display(), "started the next generation; waiting for it to be ready");
+            if let Err(e) = next.wait_ready(inner.ready_timeout, abort.cancelled()).await {
+                next.stop(inner.stop_grace).await;
+                return Err(e);
+            }
+            let committed = {
+                let mut core = self.lock();
+                let go = core.state.phase == Phase::Restarting && !abort.is_cancelled();
+                core.committing = go;
+                go
+            };
+            if !committed {
+                let pid = next.pid;
+                next.stop(inner.stop_grace).await;
+                return Err(RestartError::Aborted { pid });
+            }
+            Ok::<Next, RestartError>(next)
+        }
+        .await;
+        match started {
+            Ok(next) => {
+                let new_pid = next.pid;
+                // The PID file first, then the log and the hooks, then the drain (and
+                // MAINPID=): whoever learns of the new pid can read it in the file.
+                self.lock().emit(&Transition::Committed { new_pid });
+                log_outcome(Ok(new_pid));
+                settled();
+                {
+                    let mut core = self.lock();
+                    core.committing = false;
+                    core.abort = None;
+                    self.enter_drain(&mut core, Served::HandedOver { pid: new_pid });
+                }
+                next.commit().await;
+                Ok(new_pid)
+            }
+            Err(e) => {
+                log_outcome(Err(&e));
+                {
+                    let mut core = self.lock();
+                    core.abort = None;
+                    if core.state.phase == Phase::Restarting {
+                        core.state.phase = Phase::Serving;
+                        core.emit(&Transition::RestartFailed(&e));
+                        self.inner.publisher.publish(core.state);
+                    }
+                }
+                settled();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// What a restart took from the registry.
+struct Claimed {
+    names: Vec<Name>,
+    fds: Vec<OwnedFd>,
+    abort: CancellationToken,
+}
+
+impl Core {
+    fn emit(&mut self, t: &Transition<'_>) {
+        for o in &mut self.observers {
+            o.observe(t);
+        }
+    }
+}
+
+fn log_outcome(outcome: Result<u32, &RestartError>) {
+    let pid = std::process::id();
+    match outcome {
+        Ok(new_pid) => tracing::info!(pid, new_pid, "restart succeeded; draining"),
+        Err(e) => tracing::error!(pid, error = %e, "restart failed; this generation carries on"),
+    }
+}
+
+/// Writes all of `buf` to a descriptor (a few bytes on a pipe or socket: it does not
+/// block for long).
+fn write_all(fd: &OwnedFd, buf: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::from(fd.try_clone()?);
+    f.write_all(buf)
+}
+
+/// The owner's answers to signals.
+struct SignalActions(Process);
+
+impl Actions for SignalActions {
+    fn restart(&self, settled: Box<dyn FnOnce() + Send>) {
+        let p = self.0.clone();
+        tokio::spawn(async move {
+            let _ = p.restart_then(settled).await;
+        });
+    }
+
+    fn shutdown(&self) -> bool {
+        self.0.shutdown()
+    }
+
+    fn hammer(&self) -> bool {
+        self.0.hammer()
+    }
+}
+
+/// Restarts the process through its owner; see [`Process::restart`]. Fails with
+/// [`RestartError::NoServer`] if no process owner was started (no server runs).
+///
+/// ```no_run
+/// # async fn admin() {
+/// match ceaseless::restart().await {
+///     Ok(pid) => println!("now served by pid {pid}"),
+///     Err(e) => eprintln!("restart failed, still serving: {e}"),
+/// }
+/// # }
+/// ```
+pub async fn restart() -> Result<u32, RestartError> {
+    match Process::current() {
+        Some(p) => p.restart().await,
+        None => Err(RestartError::NoServer),
+    }
+}
+
+/// Starts a graceful shutdown of every server in the process, as SIGTERM does (without
+/// running the signal hooks); see [`Process::shutdown`]. Returns false if the process
+/// was already draining (or no process owner was started).
+pub fn shutdown() -> bool {
+    Process::current().is_some_and(|p| p.shutdown())
+}
