@@ -202,6 +202,7 @@ async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallib
 }
 
 /// `hello restart --control PATH [--timeout-ms N]`: see the module docs.
+#[cfg(feature = "control")]
 fn restart_command(mut args: impl Iterator<Item = String>) -> std::process::ExitCode {
     let mut control = None;
     let mut timeout = Duration::from_secs(60);
@@ -240,7 +241,13 @@ fn restart_command(mut args: impl Iterator<Item = String>) -> std::process::Exit
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("restart") {
+        #[cfg(feature = "control")]
         return restart_command(std::env::args().skip(2));
+        #[cfg(not(feature = "control"))]
+        {
+            eprintln!("hello restart: built without the `control` feature");
+            return std::process::ExitCode::from(2);
+        }
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -272,7 +279,15 @@ async fn main() -> std::process::ExitCode {
         process = process.pid_file(p);
     }
     if let Some(p) = &opts.control {
-        process = process.control_socket(p);
+        #[cfg(feature = "control")]
+        {
+            process = process.control_socket(p);
+        }
+        #[cfg(not(feature = "control"))]
+        {
+            eprintln!("hello: --control {p}: built without the `control` feature");
+            return std::process::ExitCode::from(2);
+        }
     }
     let process = match process.start() {
         Ok(p) => p,
@@ -321,7 +336,12 @@ async fn main() -> std::process::ExitCode {
             s = s.drain_grace(t);
         }
         if let Some(n) = fd_name {
-            s = s.fd_name(n);
+            #[cfg(feature = "systemd")]
+            {
+                s = s.fd_name(n);
+            }
+            #[cfg(not(feature = "systemd"))]
+            tracing::warn!(fd_name = %n, "built without the `systemd` feature: --fd-name ignored");
         }
         servers.push(tokio::spawn(s.listen_and_serve()));
     }

@@ -236,6 +236,7 @@ where
     }
 }
 
+#[cfg(feature = "tls")]
 /// The TLS handshake of an accepted connection, bounded by `timeout` and, once the drain
 /// begins, abandoned when it has received nothing for the drain grace (as an idle
 /// connection is closed). `None` if it failed, timed out or was abandoned.
@@ -287,12 +288,14 @@ where
     }
 }
 
+#[cfg(feature = "tls")]
 /// An IO that records when it last received bytes (see [`tls_handshake`]).
 pub(crate) struct ReadActivity<I> {
     inner: I,
     last_read: Arc<AtomicU64>,
 }
 
+#[cfg(feature = "tls")]
 impl<I: AsyncRead + Unpin> AsyncRead for ReadActivity<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -308,6 +311,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for ReadActivity<I> {
     }
 }
 
+#[cfg(feature = "tls")]
 impl<I: AsyncWrite + Unpin> AsyncWrite for ReadActivity<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,

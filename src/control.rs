@@ -24,12 +24,18 @@
 //!
 //! [`ProcessBuilder::control_socket`]: crate::ProcessBuilder::control_socket
 
+#![cfg_attr(not(feature = "control"), allow(dead_code))]
+
 use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io;
+#[cfg(feature = "control")]
+use std::io::{Read, Write};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "control")]
+use std::time::Instant;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -37,7 +43,9 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::error::{ControlError, Error, RestartError};
+#[cfg(feature = "control")]
+use crate::error::ControlError;
+use crate::error::{Error, RestartError};
 use crate::lifecycle::State;
 /// The longest request or answer line accepted.
 const MAX_LINE: u64 = 4096;
@@ -65,6 +73,7 @@ const BACKLOG: i32 = 64;
 ///     }
 /// }
 /// ```
+#[cfg(feature = "control")]
 pub fn request_restart(path: impl AsRef<Path>, timeout: Duration) -> Result<u32, ControlError> {
     let path = path.as_ref();
     let deadline = Instant::now() + timeout;
@@ -102,6 +111,7 @@ pub fn request_restart(path: impl AsRef<Path>, timeout: Duration) -> Result<u32,
 
 /// Connects without blocking past the deadline (a full accept queue makes `connect` on
 /// a Unix socket wait).
+#[cfg(feature = "control")]
 fn connect(
     path: &Path,
     deadline: Instant,
@@ -131,6 +141,7 @@ fn connect(
     Ok(sock.into())
 }
 
+#[cfg(feature = "control")]
 fn parse_answer(answer: &[u8]) -> Result<u32, ControlError> {
     let text = String::from_utf8_lossy(answer);
     let line = text.lines().next().unwrap_or("").trim_end();
@@ -325,7 +336,7 @@ fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "control"))]
 mod tests {
     use super::*;
 

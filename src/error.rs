@@ -26,6 +26,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[cfg(feature = "tls")]
     /// A certificate or key file could not be read.
     #[error("cannot read TLS file {}: {source}", path.display())]
     TlsFile {
@@ -35,6 +36,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[cfg(feature = "tls")]
     /// A certificate or key file was read but holds nothing usable.
     #[error("invalid TLS file {}: {reason}", path.display())]
     TlsPem {
@@ -43,6 +45,7 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    #[cfg(feature = "tls")]
     /// rustls refused the certificate and key together.
     #[error("TLS configuration rejected (cert {}, key {}): {source}", cert.display(), key.display())]
     TlsConfig {
@@ -68,7 +71,7 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The control socket ([`Server::control_socket`](crate::Server::control_socket))
+    /// The control socket ([`ProcessBuilder::control_socket`](crate::ProcessBuilder::control_socket))
     /// could not be opened.
     #[error("cannot open the control socket {}: {source}", path.display())]
     Control {
@@ -163,6 +166,7 @@ pub enum RestartError {
     Io(#[from] io::Error),
 }
 
+#[cfg(feature = "control")]
 /// Why [`control::request_restart`](crate::control::request_restart) did not return the
 /// new generation's pid.
 #[derive(Debug, thiserror::Error)]

@@ -264,6 +264,7 @@ pub(crate) fn child_env(names: &[Name], parent: u32) -> (Vec<(&'static str, Stri
 pub(crate) const CHILD_ENV_REMOVED: [&str; 3] =
     [ENV_LISTEN_FDS, ENV_LISTEN_PID, ENV_LISTEN_FDNAMES];
 
+#[cfg_attr(not(feature = "systemd"), allow(dead_code))]
 /// systemd's socket activation (sd_listen_fds(3)): the names of fds 3, 4, … (`None`
 /// for an unnamed one), or `None` when the set is meant for another pid or absent.
 pub(crate) fn read_systemd(env: &dyn Env, pid: u32) -> Result<Option<Vec<Option<String>>>, Error> {

@@ -29,6 +29,7 @@ pub(crate) enum Announced {
     /// By the previous generation, under this name.
     Parent(Name),
     /// By systemd, under the socket unit's `FileDescriptorName=`, if any.
+    #[cfg_attr(not(feature = "systemd"), allow(dead_code))]
     Systemd(Option<String>),
 }
 
@@ -138,6 +139,7 @@ impl Inherited {
             Ok(None) => {}
             Err(e) => log(e),
         }
+        #[cfg(feature = "systemd")]
         match handover::read_systemd(env, std::process::id()) {
             Ok(Some(names)) => {
                 for (i, name) in names.into_iter().enumerate() {
@@ -284,10 +286,13 @@ fn announced_and_open(env: &dyn Env) -> Vec<RawFd> {
     let announced: Vec<RawFd> = match handover::read_ours(env, std::os::unix::process::parent_id())
     {
         Ok(Some(ours)) => ours.announced().collect(),
+        #[cfg(feature = "systemd")]
         _ => match handover::read_systemd(env, std::process::id()) {
             Ok(Some(names)) => (FIRST_FD..).take(names.len()).collect(),
             _ => Vec::new(),
         },
+        #[cfg(not(feature = "systemd"))]
+        _ => Vec::new(),
     };
     announced
         .into_iter()

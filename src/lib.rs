@@ -71,7 +71,10 @@
 
 mod addr;
 mod conn;
+#[cfg(feature = "control")]
 pub mod control;
+#[cfg(not(feature = "control"))]
+mod control;
 mod duration;
 mod error;
 mod handover;
@@ -87,14 +90,18 @@ mod signals;
 mod tls;
 
 pub use addr::ListenAddr;
-pub use error::{ControlError, Error, RestartError};
+#[cfg(feature = "control")]
+pub use error::ControlError;
+pub use error::{Error, RestartError};
 pub use lifecycle::Served;
 pub use process::{
     restart, shutdown, Process, ProcessBuilder, Readiness, DEFAULT_READY_TIMEOUT,
     DEFAULT_STOP_GRACE,
 };
+#[cfg(feature = "tls")]
+pub use serve::listen_and_serve_tls;
 pub use serve::{
-    listen_and_serve, listen_and_serve_tls, Server, DEFAULT_HAMMER_TIME, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
+    listen_and_serve, Server, DEFAULT_HAMMER_TIME, DEFAULT_MAX_HEADER_BYTES, DEFAULT_READ_TIMEOUT,
+    DEFAULT_WRITE_TIMEOUT,
 };
 pub use signals::{Signal, Stage};

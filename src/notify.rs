@@ -17,6 +17,8 @@
 //! written before any of these messages, so a manager that reads it (`PIDFile=`) never
 //! finds an older pid than the one just announced.
 
+#![cfg_attr(not(feature = "systemd"), allow(dead_code))]
+
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 

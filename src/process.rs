@@ -119,6 +119,7 @@ impl ProcessBuilder {
         self
     }
 
+    #[cfg(feature = "control")]
     /// Opens a control socket at `path` (a Unix socket, mode 0600) on which a restart
     /// can be requested and its outcome learnt, with [`control::request_restart`] or
     /// the line protocol described in [`control`]. It is handed over to each new
@@ -181,6 +182,7 @@ impl ProcessBuilder {
         if let Some(p) = self.pid_file {
             observers.push(Box::new(crate::pidfile::PidFile::new(p)));
         }
+        #[cfg(feature = "systemd")]
         if let Some(n) = crate::notify::Notify::from_env() {
             observers.push(Box::new(n));
         }

@@ -172,12 +172,14 @@ where
         self
     }
 
+    #[cfg(feature = "tls")]
     /// Serves HTTPS with the PEM certificate chain and private key in these files.
     pub fn tls(mut self, cert_pem: impl Into<PathBuf>, key_pem: impl Into<PathBuf>) -> Self {
         self.tls = Some((cert_pem.into(), key_pem.into()));
         self
     }
 
+    #[cfg(feature = "systemd")]
     /// Under systemd socket activation, take the socket named `name` by the socket
     /// unit's `FileDescriptorName=` (otherwise sockets are matched by address).
     pub fn fd_name(mut self, name: impl Into<String>) -> Self {
@@ -205,9 +207,7 @@ where
         let process = Process::current_or_start()?;
         let addr = ListenAddr::parse(&self.addr)?;
         let tls = match &self.tls {
-            Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
-                cert, key,
-            )?)),
+            Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
             None => None,
         };
         let listener = match process.open(&addr, self.fd_name.as_deref(), true) {
@@ -329,7 +329,7 @@ async fn handle<S, B>(
     stream: Stream,
     app: S,
     shared: Arc<Shared>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::tls::Acceptor>,
     handshake_timeout: Duration,
 ) where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -338,14 +338,9 @@ async fn handle<S, B>(
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let Some(acceptor) = tls else {
-        return conn::serve(stream, app, shared, false).await;
-    };
-    if let Some(tls_stream) =
-        conn::tls_handshake(stream, &acceptor, &shared, handshake_timeout).await
-    {
-        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        conn::serve(tls_stream, app, shared, h2).await
+    match tls {
+        None => conn::serve(stream, app, shared, false).await,
+        Some(acceptor) => crate::tls::serve(stream, acceptor, app, shared, handshake_timeout).await,
     }
 }
 
@@ -370,6 +365,7 @@ where
     Server::new(addr, app).listen_and_serve().await
 }
 
+#[cfg(feature = "tls")]
 /// As [`listen_and_serve`], over TLS with the PEM certificate chain and key in these
 /// files (HTTP/2 and HTTP/1.1 by ALPN). endless's `ListenAndServeTLS`. A bad file is an
 /// error at start that names it.

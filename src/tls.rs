@@ -1,20 +1,85 @@
-//! TLS through rustls: a server configuration from PEM files, with ALPN `h2` and
-//! `http/1.1` (endless forces HTTP/1.1; we do not).
+//! TLS through rustls (the `tls` cargo feature, on by default): a server configuration
+//! from PEM files, with ALPN `h2` and `http/1.1` (endless forces HTTP/1.1; we do not).
+//! Without the feature, [`Acceptor`] is a type with no values, so the serving code has
+//! one path for both builds and the TLS one compiles away.
 //!
 //! The crypto provider is named explicitly (ring), so that another provider pulled into
 //! the same binary by some other crate cannot make rustls panic at start-up.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
 
+use crate::conn::Shared;
 use crate::error::Error;
+use crate::listen::Stream;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What accepts TLS connections of one server.
+#[cfg(feature = "tls")]
+pub(crate) type Acceptor = tokio_rustls::TlsAcceptor;
+
+/// Without the `tls` feature no server has an acceptor.
+#[cfg(not(feature = "tls"))]
+#[derive(Clone)]
+pub(crate) enum Acceptor {}
+
+/// The acceptor for a certificate chain and key in PEM files.
+#[cfg(feature = "tls")]
+pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<Acceptor, Error> {
+    Ok(tokio_rustls::TlsAcceptor::from(server_config(cert, key)?))
+}
+
+#[cfg(not(feature = "tls"))]
+pub(crate) fn acceptor(cert: &Path, _key: &Path) -> Result<Acceptor, Error> {
+    Err(Error::Setting {
+        name: "tls",
+        reason: format!("{}: built without the `tls` feature", cert.display()),
+    })
+}
+
+/// One TLS connection: the handshake (bounded in time, and cut short by the drain),
+/// then HTTP with the protocol ALPN chose.
+pub(crate) async fn serve<S, B>(
+    stream: Stream,
+    acceptor: Acceptor,
+    app: S,
+    shared: Arc<Shared>,
+    handshake_timeout: Duration,
+) where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    #[cfg(feature = "tls")]
+    if let Some(tls_stream) =
+        crate::conn::tls_handshake(stream, &acceptor, &shared, handshake_timeout).await
+    {
+        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        crate::conn::serve(tls_stream, app, shared, h2).await
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (stream, app, shared, handshake_timeout);
+        match acceptor {}
+    }
+}
 
 /// Builds the server configuration. Every failure names the file at fault.
-pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error> {
+#[cfg(feature = "tls")]
+fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
+    use rustls::ServerConfig;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| Error::TlsFile {
             path: path.to_path_buf(),

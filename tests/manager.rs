@@ -351,6 +351,7 @@ fn notify_scenario(tag: &str, notify: &NotifySocket) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "systemd"), ignore = "needs the `systemd` feature")]
 fn sd_notify_follows_the_main_process_on_a_path_socket() {
     let dir = scratch_dir("notify-socket");
     let notify = NotifySocket::path(&dir.join("notify"));
@@ -358,6 +359,7 @@ fn sd_notify_follows_the_main_process_on_a_path_socket() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "systemd"), ignore = "needs the `systemd` feature")]
 fn sd_notify_follows_the_main_process_on_an_abstract_socket() {
     let name = format!("ceaseless-manager-test-{}", std::process::id());
     let notify = NotifySocket::abstract_name(&name);
@@ -437,6 +439,7 @@ fn environ(pid: u32) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(not(feature = "systemd"), ignore = "needs the `systemd` feature")]
 fn socket_activation_serves_the_passed_sockets_and_hands_them_over() {
     become_subreaper();
     // The "socket unit": two listening sockets, kept open here as systemd keeps them.
@@ -515,6 +518,7 @@ fn answered_by_unix(path: &Path) -> u32 {
 }
 
 #[test]
+#[cfg_attr(not(feature = "systemd"), ignore = "needs the `systemd` feature")]
 fn a_socket_file_from_socket_activation_outlives_restarts_and_the_final_stop() {
     become_subreaper();
     let dir = scratch_dir("sd-unix");
@@ -587,6 +591,7 @@ fn socket_activation_for_another_pid_is_ignored() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
 fn pid_file_names_the_live_generation_across_restarts_and_goes_at_stop() {
     become_subreaper();
     let dir = scratch_dir("pidfile");
@@ -691,6 +696,7 @@ fn pid_file_names_the_live_generation_across_restarts_and_goes_at_stop() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
 fn restart_command_answers_with_the_new_pid_or_the_reason() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     become_subreaper();

@@ -885,6 +885,7 @@ fn https_url(addr: SocketAddr) -> String {
 }
 
 #[test]
+#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
 fn tls_serves_http1_and_http2_by_alpn() {
     let certs = make_certs("tls-alpn");
     let (p, addr) = start_tls(&certs);
@@ -930,6 +931,7 @@ fn assert_tls_start_fails(cert: &Path, key: &Path, culprit: &Path) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
 fn tls_bad_or_missing_key_fails_at_start_naming_the_file() {
     let certs = make_certs("tls-bad-key");
     let garbage = certs.key.with_file_name("garbage-key.pem");
@@ -947,6 +949,7 @@ fn tls_bad_or_missing_key_fails_at_start_naming_the_file() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
 fn tls_stalled_handshakes_and_plaintext_do_not_disturb_other_clients() {
     let certs = make_certs("tls-stalled");
     let (p, addr) = start_tls(&certs);
@@ -980,6 +983,7 @@ fn tls_stalled_handshakes_and_plaintext_do_not_disturb_other_clients() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
 fn tls_shutdown_is_not_held_up_by_a_stalled_handshake() {
     let certs = make_certs("tls-stalled-shutdown");
     let (mut p, addr) = start_tls(&certs);
