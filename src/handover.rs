@@ -25,6 +25,7 @@
 //! closed), never the others.
 
 use std::ffi::OsString;
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -304,6 +305,39 @@ pub(crate) fn read_systemd(env: &dyn Env, pid: u32) -> Result<Option<Vec<Option<
     Ok(Some(names))
 }
 
+/// The descriptor operations [`place_fds`] needs: the kernel's in the child, a model
+/// of a descriptor table in the tests.
+pub(crate) trait FdTable {
+    /// A close-on-exec copy of `fd` at the lowest free number at or above `floor`.
+    fn dup_above(&mut self, fd: RawFd, floor: RawFd) -> io::Result<RawFd>;
+    /// `dup2(fd, target)`: a copy at `target` (replacing what was there), without
+    /// close-on-exec.
+    fn dup_onto(&mut self, fd: RawFd, target: RawFd) -> io::Result<()>;
+}
+
+/// Puts `sources[i]` at descriptor `3 + i`, without close-on-exec, whatever numbers the
+/// sources have (some may already sit in the target range). Every source is first copied
+/// above the target range, so that no `dup2` overwrites a source still to be moved; the
+/// copies are close-on-exec, and exec closes them.
+///
+/// Runs in the child between fork and exec: no allocation (`scratch`, as long as
+/// `sources`, was allocated before the fork), no panics (indices stay within the
+/// slices' lengths), only the table's two operations.
+pub(crate) fn place_fds(
+    table: &mut impl FdTable,
+    sources: &[RawFd],
+    scratch: &mut [RawFd],
+) -> io::Result<()> {
+    let floor = FIRST_FD + sources.len() as RawFd;
+    for (src, tmp) in sources.iter().zip(scratch.iter_mut()) {
+        *tmp = table.dup_above(*src, floor)?;
+    }
+    for (target, tmp) in (FIRST_FD..).zip(scratch.iter()) {
+        table.dup_onto(*tmp, target)?;
+    }
+    Ok(())
+}
+
 /// A message on the readiness channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Message {
@@ -382,7 +416,37 @@ mod tests {
         ]
     }
 
+    /// A model of a descriptor table: number -> the open file it refers to.
+    struct Model(HashMap<RawFd, u32>);
+
+    impl FdTable for Model {
+        fn dup_above(&mut self, fd: RawFd, floor: RawFd) -> io::Result<RawFd> {
+            let file = *self.0.get(&fd).ok_or(io::ErrorKind::NotFound)?;
+            let free = (floor..).find(|n| !self.0.contains_key(n)).unwrap();
+            self.0.insert(free, file);
+            Ok(free)
+        }
+        fn dup_onto(&mut self, fd: RawFd, target: RawFd) -> io::Result<()> {
+            let file = *self.0.get(&fd).ok_or(io::ErrorKind::NotFound)?;
+            self.0.insert(target, file);
+            Ok(())
+        }
+    }
+
     proptest! {
+        /// Whatever numbers the sources have (in the target range, above it, out of
+        /// order), file i ends up at 3 + i.
+        #[test]
+        fn fds_land_in_place(numbers in proptest::collection::hash_set(0i32..40, 0..12)) {
+            let sources: Vec<RawFd> = numbers.into_iter().collect();
+            let mut table = Model(sources.iter().enumerate().map(|(i, fd)| (*fd, i as u32)).collect());
+            let mut scratch = vec![-1; sources.len()];
+            place_fds(&mut table, &sources, &mut scratch).unwrap();
+            for i in 0..sources.len() {
+                prop_assert_eq!(table.0.get(&(FIRST_FD + i as RawFd)), Some(&(i as u32)));
+            }
+        }
+
         #[test]
         fn names_round_trip(n in name()) {
             let s = n.encode();

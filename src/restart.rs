@@ -135,7 +135,7 @@ pub(crate) fn spawn(exe: &Exe, names: &[Name], fds: &[OwnedFd]) -> Result<Next, 
     unsafe {
         cmd.pre_exec(move || {
             ignore_sighup()?;
-            place_fds(&sources, &mut scratch)
+            handover::place_fds(&mut Kernel, &sources, &mut scratch)
         });
     }
     let spawned = cmd.spawn();
@@ -259,30 +259,27 @@ fn ignore_sighup() -> io::Result<()> {
     Ok(())
 }
 
-/// In the child, between fork and exec: puts `sources[i]` at fd `3 + i`, without
-/// close-on-exec. Every source is first copied above the target range so that no
-/// `dup2` overwrites a source that is still to be moved.
-///
-/// Async-signal-safe: fcntl and dup2 only, no allocation (the scratch space was
-/// allocated before the fork), no panics (indices stay within the slices' lengths).
-fn place_fds(sources: &[RawFd], scratch: &mut [RawFd]) -> io::Result<()> {
-    let floor = FIRST_FD + sources.len() as RawFd;
-    for (src, tmp) in sources.iter().zip(scratch.iter_mut()) {
+/// The real descriptor table, for [`handover::place_fds`] in the child between fork and
+/// exec: fcntl and dup2 only (async-signal-safe), no allocation.
+struct Kernel;
+
+impl handover::FdTable for Kernel {
+    fn dup_above(&mut self, fd: RawFd, floor: RawFd) -> io::Result<RawFd> {
         // SAFETY: F_DUPFD_CLOEXEC duplicates an open descriptor; no memory is touched.
-        let t = unsafe { libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, floor) };
+        let t = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) };
         if t < 0 {
             return Err(io::Error::last_os_error());
         }
-        *tmp = t;
+        Ok(t)
     }
-    for (target, tmp) in (FIRST_FD..).zip(scratch.iter()) {
+
+    fn dup_onto(&mut self, fd: RawFd, target: RawFd) -> io::Result<()> {
         // SAFETY: dup2 onto a descriptor number; the copy does not carry close-on-exec.
-        if unsafe { libc::dup2(*tmp, target) } < 0 {
+        if unsafe { libc::dup2(fd, target) } < 0 {
             return Err(io::Error::last_os_error());
         }
+        Ok(())
     }
-    // The scratch copies are close-on-exec; exec closes them.
-    Ok(())
 }
 
 #[cfg(test)]
