@@ -1,6 +1,11 @@
 //! Shared test support: real processes of the example binaries, their logs, signals,
-//! and versioned builds of `hello` for deploy-like restarts.
+//! and versioned builds of `hello` for deploy-like restarts. `generations` follows a
+//! process's generations across restarts; `load` is the HTTP load that counts every
+//! request and checks who answered it.
 #![allow(dead_code)]
+
+pub mod generations;
+pub mod load;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
