@@ -158,6 +158,17 @@ pub fn get_tcp(addr: &str, path: &str) -> Response {
     exchange_blocking(&mut s, path).unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
 }
 
+/// `GET path` on a fresh connection to the Unix socket at `path`; panics with the
+/// reason on failure.
+pub fn get_unix(sock: &std::path::Path, path: &str) -> Response {
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", sock.display()));
+    s.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(REQUEST_TIMEOUT)).unwrap();
+    exchange_blocking(&mut s, path)
+        .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", sock.display()))
+}
+
 /// The pid named by a response body ("... pid 1234 ...").
 pub fn body_pid(body: &str) -> Option<u32> {
     body.split("pid ")
@@ -207,6 +218,8 @@ pub struct Tally {
     pub wrong: AtomicU64,
     pub checked: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Connects refused (counted among the failed too): nothing listened at that moment.
+    pub refused: AtomicU64,
     pub notes: Mutex<Vec<String>>,
     pub by_pid: Mutex<BTreeMap<u32, u64>>,
 }
@@ -240,6 +253,13 @@ pub struct Shared {
 impl Shared {
     pub fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failed connect that was refused.
+    pub fn count_refused(&self, e: &io::Error) {
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            self.tally.refused.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn expectation(&self) -> (u64, Option<Expect>) {
@@ -304,6 +324,11 @@ pub enum Client {
     Tcp(SocketAddr),
     /// The same over a Unix socket.
     Unix(PathBuf),
+    /// Every request on a new TCP connection, closed once the response is read: each
+    /// request needs the listening socket to accept.
+    FreshTcp(SocketAddr),
+    /// The same over a Unix socket: each request also needs the socket file.
+    FreshUnix(PathBuf),
 }
 
 /// A plain-HTTP reqwest client.
@@ -341,6 +366,7 @@ pub struct Summary {
     pub wrong: u64,
     pub checked: u64,
     pub reconnects: u64,
+    pub refused: u64,
     pub notes: Vec<String>,
     pub by_pid: BTreeMap<u32, u64>,
     pub secs: f64,
@@ -455,6 +481,7 @@ impl Load {
             wrong: t.wrong.load(Ordering::Relaxed),
             checked: t.checked.load(Ordering::Relaxed),
             reconnects: t.reconnects.load(Ordering::Relaxed),
+            refused: t.refused.load(Ordering::Relaxed),
             notes: t.notes.lock().unwrap().clone(),
             by_pid: t.by_pid.lock().unwrap().clone(),
             secs: self.started.elapsed().as_secs_f64(),
@@ -468,6 +495,17 @@ pub async fn run_client(name: String, c: Client, sh: Shared) {
         Client::Tcp(addr) => raw_loop(name, move || tokio::net::TcpStream::connect(addr), sh).await,
         Client::Unix(path) => {
             raw_loop(
+                name,
+                move || tokio::net::UnixStream::connect(path.clone()),
+                sh,
+            )
+            .await
+        }
+        Client::FreshTcp(addr) => {
+            fresh_loop(name, move || tokio::net::TcpStream::connect(addr), sh).await
+        }
+        Client::FreshUnix(path) => {
+            fresh_loop(
                 name,
                 move || tokio::net::UnixStream::connect(path.clone()),
                 sh,
@@ -514,6 +552,7 @@ where
             None => match tokio::time::timeout(REQUEST_TIMEOUT, connect()).await {
                 Ok(Ok(s)) => conn.insert(s),
                 Ok(Err(e)) => {
+                    sh.count_refused(&e);
                     sh.record(&name, epoch, exp, Err(format!("connect: {e}")));
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
@@ -541,6 +580,39 @@ where
                 conn = None;
                 sh.record(&name, epoch, exp, Err("no response in time".into()));
             }
+        }
+    }
+}
+
+/// A client that opens a new connection for every request and closes it once the
+/// response is read: a connect that fails, or a response that never comes, is a failure.
+pub async fn fresh_loop<S, F, Fut>(name: String, connect: F, sh: Shared)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Fn() -> Fut,
+    Fut: Future<Output = io::Result<S>>,
+{
+    while !sh.stopped() {
+        let (epoch, exp) = sh.expectation();
+        let res = async {
+            let mut s = match tokio::time::timeout(REQUEST_TIMEOUT, connect()).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    sh.count_refused(&e);
+                    return Err(format!("connect: {e}"));
+                }
+                Err(_) => return Err("connect timed out".to_string()),
+            };
+            match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut s, "/")).await {
+                Ok(r) => r.map(|r| (r.status, r.body)),
+                Err(_) => Err("no response in time".to_string()),
+            }
+        }
+        .await;
+        let failed = res.is_err();
+        sh.record(&name, epoch, exp, res);
+        if failed {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

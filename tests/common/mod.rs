@@ -32,6 +32,8 @@ pub fn example_bin(name: &str) -> PathBuf {
 struct Lines {
     lines: Mutex<Vec<String>>,
     cond: Condvar,
+    /// Streams that reached their end (2: every process holding them exited).
+    closed: std::sync::atomic::AtomicUsize,
 }
 
 /// A running example binary (and, across restarts, its later generations, whose output
@@ -72,6 +74,9 @@ impl Proc {
                     out.lines.lock().unwrap().push(line);
                     out.cond.notify_all();
                 }
+                let _lines = out.lines.lock().unwrap();
+                out.closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                out.cond.notify_all();
             });
         }
         let pid = child.id();
@@ -109,6 +114,21 @@ impl Proc {
                 self.output()
             )
         })
+    }
+
+    /// Waits until stdout and stderr reached their end: every generation, which all
+    /// write to the same pipes, exited, and everything they printed was read. False on
+    /// timeout.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.out.lines.lock().unwrap();
+        while self.out.closed.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            lines = self.out.cond.wait_timeout(lines, left).unwrap().0;
+        }
+        true
     }
 
     /// Number of lines containing `pat` so far.
