@@ -222,9 +222,22 @@ pub struct Tally {
     pub refused: AtomicU64,
     pub notes: Mutex<Vec<String>>,
     pub by_pid: Mutex<BTreeMap<u32, u64>>,
+    /// Failed requests by client.
+    pub failed_by: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Tally {
+    /// Counts a failed request of client `who`.
+    pub fn fail(&self, who: &str) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *self
+            .failed_by
+            .lock()
+            .unwrap()
+            .entry(who.to_string())
+            .or_default() += 1;
+    }
+
     /// Keeps the first problems, stamped with the UTC time of day as the servers' logs
     /// are, to find what the server did at that moment.
     pub fn note(&self, s: String) {
@@ -277,12 +290,12 @@ impl Shared {
         let body = match res {
             Ok((200, body)) => body,
             Ok((status, body)) => {
-                t.failed.fetch_add(1, Ordering::Relaxed);
+                t.fail(who);
                 t.note(format!("{who}: status {status}: {body:?}"));
                 return;
             }
             Err(e) => {
-                t.failed.fetch_add(1, Ordering::Relaxed);
+                t.fail(who);
                 t.note(format!("{who}: {e}"));
                 return;
             }
@@ -369,6 +382,7 @@ pub struct Summary {
     pub refused: u64,
     pub notes: Vec<String>,
     pub by_pid: BTreeMap<u32, u64>,
+    pub failed_by: BTreeMap<String, u64>,
     pub secs: f64,
 }
 
@@ -484,6 +498,7 @@ impl Load {
             refused: t.refused.load(Ordering::Relaxed),
             notes: t.notes.lock().unwrap().clone(),
             by_pid: t.by_pid.lock().unwrap().clone(),
+            failed_by: t.failed_by.lock().unwrap().clone(),
             secs: self.started.elapsed().as_secs_f64(),
         }
     }
