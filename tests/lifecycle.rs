@@ -735,6 +735,7 @@ enum End {
 /// is ignored (the old one drains already): the new generation lives, with its files.
 /// Either way the end state is one of these two, never a mix.
 #[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
 fn sigterm_to_the_old_generation_during_a_restart() {
     become_subreaper();
     let mut ends = Vec::new();
@@ -810,6 +811,7 @@ fn sigterm_to_the_old_generation_during_a_restart() {
 /// carries on with its sockets, its control socket and its PID file. Several offsets
 /// on the same old generation; at the end its control socket still restarts it.
 #[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
 fn sigterm_to_the_new_generation_before_it_is_ready() {
     become_subreaper();
     let s = Service::start("term-new", &["--warmup-ms", "1000"]);
