@@ -36,13 +36,18 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(addr: &str) -> Result<ceaseless::Served, Box<dyn std::error::Error>> {
-    let process = ceaseless::Process::builder().start()?;
+    // Readiness declared by hand: once the listener is taken and the app built (a real
+    // app would open its pools and fill its caches here too).
+    let process = ceaseless::Process::builder()
+        .readiness(ceaseless::Readiness::Manual)
+        .start()?;
     let listener = process.tcp_listener(addr)?;
     tracing::info!(pid = std::process::id(), addr = %listener.local_addr()?, "serving");
     let app = Router::new().route(
         "/",
         get(|| async { format!("hello from pid {}\n", std::process::id()) }),
     );
+    process.ready();
     axum::serve(listener, app)
         .with_graceful_shutdown(process.draining())
         .await?;

@@ -201,6 +201,7 @@ fn restarts_under_http2_load() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
 fn restarts_under_tls_load() {
     let dir = scratch_dir("tls-cert");
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
