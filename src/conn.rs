@@ -29,10 +29,27 @@
 //!   duplicated this deadline at the price of a timer armed and dropped on every request,
 //!   the largest single cost of the wrapper in the benchmark's profile.) Keep-alive
 //!   idleness is the idle timeout's.
-//! - write timeout: from the end of the request headers to the end of the response: the
-//!   handler's future, the response body, and writes stalled on a client that does not
-//!   read are all cut off at the deadline (the connection is closed).
+//! - write timeout: the handler must start its response within it, from the end of the
+//!   request headers (else the connection is closed, or the HTTP/2 stream reset); then a
+//!   write that makes no progress for that long (a client that stopped reading) closes
+//!   the connection. A streaming response (server-sent events, a long download, a gRPC
+//!   server stream) is never cut while the client keeps reading, however long it runs
+//!   and however long the application stays silent between two chunks.
 //! - max header bytes: 431 for a request whose headers are larger.
+//!
+//! # Upgraded connections (WebSockets)
+//! A connection that switched protocols (`101`) stays one of its server's open
+//! connections until the upgraded IO is dropped: the drain waits for it, and hammer time
+//! (or SIGUSR2 during a drain) closes it — its reads and writes fail from then on. The
+//! HTTP read, write and idle timeouts stop applying to it; what applies instead is the
+//! application's own protocol (WebSocket pings, say) and the hammer. The application
+//! learns that the drain began from the [`Drain`] request extension, to send its close
+//! frame.
+//!
+//! # Request extensions
+//! Every request carries a [`Drain`] and a [`ConnInfo`] (the peer's address, or its
+//! credentials on a Unix socket); with the `axum` feature, TCP requests also carry
+//! axum's `ConnectInfo<SocketAddr>`.
 
 use std::future::Future;
 use std::io;
@@ -51,9 +68,10 @@ use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::duration::millis;
-use crate::lifecycle::Watch;
+use crate::lifecycle::{Drain, Watch};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -94,6 +112,7 @@ pub(crate) struct Shared {
     pub(crate) builder: auto::Builder<TokioExecutor>,
     pub(crate) limits: Limits,
     pub(crate) watch: Watch,
+    drain: Drain,
 }
 
 impl Shared {
@@ -111,6 +130,7 @@ impl Shared {
         Shared {
             builder,
             limits,
+            drain: Drain::new(watch.state.clone()),
             watch,
         }
     }
@@ -125,8 +145,8 @@ struct ConnState {
     h2: AtomicBool,
     /// 0: none. Else the instant (see `now_ms`) by which the request must be read.
     read_deadline: AtomicU64,
-    /// 0: none. Else the instant by which the response must be written.
-    write_deadline: AtomicU64,
+    /// The connection switched protocols: no HTTP timeout applies any more.
+    upgraded: AtomicBool,
 }
 
 impl ConnState {
@@ -155,16 +175,54 @@ struct InFlight(Arc<ConnState>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.write_deadline.store(0, Ordering::Relaxed);
-        }
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// Serves one accepted connection until it ends or is drained. (The hammer drops this
-/// future, which closes the socket.)
-/// `h2` says ALPN already chose HTTP/2.
-pub(crate) async fn serve<I, S, B>(io: I, app: S, shared: Arc<Shared>, h2: bool)
+/// Counts one open connection of a server, upgraded or not, until its IO is dropped.
+pub(crate) struct ConnGuard(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl ConnGuard {
+    pub(crate) fn new(tx: &Arc<tokio::sync::watch::Sender<usize>>) -> Self {
+        tx.send_modify(|n| *n += 1);
+        ConnGuard(tx.clone())
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Who is at the other end of a connection: a request extension on every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnInfo {
+    /// A TCP connection.
+    Tcp {
+        /// The client's address.
+        peer: std::net::SocketAddr,
+        /// The address it connected to.
+        local: std::net::SocketAddr,
+    },
+    /// A Unix socket connection, with the peer's credentials when the kernel gives them.
+    Unix {
+        /// The peer process's user id, group id and pid.
+        cred: Option<(u32, u32, Option<i32>)>,
+    },
+}
+
+/// What one accepted connection brings along to [`serve`].
+pub(crate) struct Accepted {
+    pub(crate) guard: ConnGuard,
+    pub(crate) hammer: CancellationToken,
+    pub(crate) info: ConnInfo,
+}
+
+/// Serves one accepted connection until it ends, is drained, or is upgraded (then the
+/// upgraded IO carries the connection's count and the hammer on). (The hammer drops
+/// this future, which closes the socket.) `h2` says ALPN already chose HTTP/2.
+pub(crate) async fn serve<I, S, B>(io: I, app: S, shared: Arc<Shared>, h2: bool, acc: Accepted)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -176,11 +234,18 @@ where
     let state = Arc::new(ConnState::default());
     state.touch();
     state.h2.store(h2, Ordering::Relaxed);
-    let io = TokioIo::new(TimedIo::new(io, state.clone(), shared.limits.read_timeout));
+    let io = TokioIo::new(TimedIo::new(
+        io,
+        state.clone(),
+        &shared.limits,
+        acc.guard,
+        acc.hammer,
+    ));
     let svc = Svc {
         app,
         state: state.clone(),
         shared: shared.clone(),
+        info: acc.info,
     };
     let conn = shared.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
@@ -348,6 +413,7 @@ struct Svc<S> {
     app: S,
     state: Arc<ConnState>,
     shared: Arc<Shared>,
+    info: ConnInfo,
 }
 
 /// Approximate size of a request's head, as it was on the wire.
@@ -375,8 +441,15 @@ where
     type Error = BoxError;
     type Future = SvcFuture<S, B>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let now = now_ms();
+        let ext = req.extensions_mut();
+        ext.insert(self.shared.drain.clone());
+        ext.insert(self.info);
+        #[cfg(feature = "axum")]
+        if let ConnInfo::Tcp { peer, .. } = self.info {
+            ext.insert(axum::extract::ConnectInfo(peer));
+        }
         self.state.in_flight.fetch_add(1, Ordering::AcqRel);
         self.state.last_activity.store(now, Ordering::Relaxed);
         let guard = InFlight(self.state.clone());
@@ -388,11 +461,7 @@ where
             self.state.read_deadline.store(0, Ordering::Relaxed);
         }
         let limits = &self.shared.limits;
-        let deadline = limits.write_timeout.map(|d| {
-            let at = now.saturating_add(millis(d));
-            self.state.write_deadline.store(at, Ordering::Relaxed);
-            at
-        });
+        let deadline = limits.write_timeout.map(|d| now.saturating_add(millis(d)));
         if head_bytes(&req) > limits.max_header_bytes {
             let mut res = Response::new(ResBody::empty(guard));
             *res.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
@@ -404,7 +473,6 @@ where
                 inner: None,
                 early: Some(res),
                 guard: None,
-                deadline,
                 h1,
             };
         }
@@ -416,7 +484,6 @@ where
             inner: Some(Deadline::new(handler, deadline)),
             early: None,
             guard: Some(guard),
-            deadline,
             h1,
         }
     }
@@ -462,7 +529,6 @@ pin_project! {
         inner: Option<Deadline<Handler<S, S::Future>>>,
         early: Option<Response<ResBody<B>>>,
         guard: Option<InFlight>,
-        deadline: Option<u64>,
         h1: bool,
     }
 }
@@ -492,10 +558,11 @@ where
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         let guard = this.guard.take().expect("one response per request");
-        Poll::Ready(Ok(Response::from_parts(
-            parts,
-            ResBody::new(body, guard, *this.deadline),
-        )))
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // From now on the IO belongs to the application's protocol.
+            guard.0.upgraded.store(true, Ordering::Release);
+        }
+        Poll::Ready(Ok(Response::from_parts(parts, ResBody::new(body, guard))))
     }
 }
 
@@ -555,24 +622,22 @@ fn poll_deadline(
 }
 
 pin_project! {
-    /// The response body: the application's, ended at the write deadline, and holding
-    /// the request's in-flight count until it is finished or dropped.
+    /// The response body: the application's, holding the request's in-flight count
+    /// until it is finished or dropped. No timer: a stalled client is the IO's to cut
+    /// (see [`TimedIo`]), and an application silent between two chunks is its own
+    /// business.
     pub(crate) struct ResBody<B> {
         #[pin]
         inner: Option<B>,
         guard: Option<InFlight>,
-        at: Option<u64>,
-        sleep: Option<Pin<Box<Sleep>>>,
     }
 }
 
 impl<B> ResBody<B> {
-    fn new(inner: B, guard: InFlight, at: Option<u64>) -> Self {
+    fn new(inner: B, guard: InFlight) -> Self {
         ResBody {
             inner: Some(inner),
             guard: Some(guard),
-            at,
-            sleep: None,
         }
     }
 
@@ -580,8 +645,6 @@ impl<B> ResBody<B> {
         ResBody {
             inner: None,
             guard: Some(guard),
-            at: None,
-            sleep: None,
         }
     }
 }
@@ -598,24 +661,17 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+        let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
             this.guard.take();
             return Poll::Ready(None);
         };
-        match inner.poll_frame(cx) {
-            Poll::Ready(None) => {
+        match ready!(inner.poll_frame(cx)) {
+            None => {
                 this.guard.take();
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(r)) => Poll::Ready(Some(r.map_err(Into::into))),
-            Poll::Pending => {
-                ready!(poll_deadline(this.sleep, *this.at, cx));
-                this.guard.take();
-                Poll::Ready(Some(Err(Box::new(timed_out(
-                    "write timeout: response body",
-                )))))
-            }
+            Some(r) => Poll::Ready(Some(r.map_err(Into::into))),
         }
     }
 
@@ -630,26 +686,62 @@ where
     }
 }
 
-/// The connection's IO, with the read and write deadlines and activity tracking.
+/// The connection's IO: the read deadline of a request, the write-stall deadline, the
+/// activity the drain reads, the connection's place in its server's count, and (once
+/// upgraded) the hammer.
 struct TimedIo<I> {
     inner: I,
     state: Arc<ConnState>,
     read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
     read_sleep: Option<Pin<Box<Sleep>>>,
     write_sleep: Option<Pin<Box<Sleep>>>,
+    /// 0: no write is stalled. Else the instant by which it must make progress.
+    write_stalled_until: u64,
     first_read: bool,
+    hammer: CancellationToken,
+    /// Created once the connection is upgraded: until then the hammer drops the whole
+    /// connection future instead, which costs nothing per operation.
+    hammered: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    _counted: ConnGuard,
 }
 
 impl<I> TimedIo<I> {
-    fn new(inner: I, state: Arc<ConnState>, read_timeout: Option<Duration>) -> Self {
+    fn new(
+        inner: I,
+        state: Arc<ConnState>,
+        limits: &Limits,
+        counted: ConnGuard,
+        hammer: CancellationToken,
+    ) -> Self {
         TimedIo {
             inner,
             state,
-            read_timeout,
+            read_timeout: limits.read_timeout,
+            write_timeout: limits.write_timeout,
             read_sleep: None,
             write_sleep: None,
+            write_stalled_until: 0,
             first_read: true,
+            hammer,
+            hammered: None,
+            _counted: counted,
         }
+    }
+
+    fn upgraded(&self) -> bool {
+        self.state.upgraded.load(Ordering::Acquire)
+    }
+
+    /// Upgraded: has the hammer fallen? (Registers the waker when it has not.)
+    fn poll_hammer(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let hammer = &self.hammer;
+        let fut = self
+            .hammered
+            .get_or_insert_with(|| Box::pin(hammer.clone().cancelled_owned()));
+        fut.as_mut()
+            .poll(cx)
+            .map(|()| io::Error::new(io::ErrorKind::ConnectionAborted, "hammer time"))
     }
 
     fn after_write(&mut self) {
@@ -657,15 +749,23 @@ impl<I> TimedIo<I> {
         if self.state.read_deadline.load(Ordering::Relaxed) != 0 {
             self.state.read_deadline.store(0, Ordering::Relaxed);
         }
-        self.write_sleep = None;
+        self.write_stalled_until = 0;
     }
 
+    /// A write is pending: the client is not reading. Past the write timeout without
+    /// progress, the connection is cut.
     fn write_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let at = self.state.write_deadline.load(Ordering::Relaxed);
-        if at == 0 {
-            return Poll::Pending;
+        if self.upgraded() {
+            return self.poll_hammer(cx);
         }
-        poll_deadline(&mut self.write_sleep, Some(at), cx).map(|_| timed_out("write timeout"))
+        let Some(wt) = self.write_timeout else {
+            return Poll::Pending;
+        };
+        if self.write_stalled_until == 0 {
+            self.write_stalled_until = now_ms().saturating_add(millis(wt));
+        }
+        poll_deadline(&mut self.write_sleep, Some(self.write_stalled_until), cx)
+            .map(|_| timed_out("write timeout: the client stopped reading"))
     }
 }
 
@@ -676,6 +776,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for TimedIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.hammered.is_some() || this.upgraded() {
+            if let Poll::Ready(e) = this.poll_hammer(cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -724,6 +830,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if this.hammered.is_some() || this.upgraded() {
+            if let Poll::Ready(e) = this.poll_hammer(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(r) => {
                 this.after_write();
@@ -739,6 +850,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if this.hammered.is_some() || this.upgraded() {
+            if let Poll::Ready(e) = this.poll_hammer(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
         match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
             Poll::Ready(r) => {
                 this.after_write();

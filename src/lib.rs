@@ -90,10 +90,11 @@ mod signals;
 mod tls;
 
 pub use addr::ListenAddr;
+pub use conn::ConnInfo;
 #[cfg(feature = "control")]
 pub use error::ControlError;
 pub use error::{Error, RestartError};
-pub use lifecycle::Served;
+pub use lifecycle::{Drain, Served};
 pub use process::{
     restart, shutdown, Process, ProcessBuilder, Readiness, DEFAULT_READY_TIMEOUT,
     DEFAULT_STOP_GRACE,

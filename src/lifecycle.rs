@@ -136,6 +136,75 @@ pub(crate) fn draining() -> bool {
     DRAINING.load(Ordering::Acquire)
 }
 
+/// That this generation began draining, and why: a request extension on every request
+/// ceaseless's [`Server`](crate::Server) serves, for handlers of long-lived connections
+/// (a WebSocket's close frame, the end of an event stream). Also from
+/// [`Process::drain`](crate::Process::drain).
+///
+/// ```no_run
+/// use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+/// use axum::{response::Response, Extension};
+/// use ceaseless::{Drain, Served};
+///
+/// async fn ws(upgrade: WebSocketUpgrade, Extension(drain): Extension<Drain>) -> Response {
+///     upgrade.on_upgrade(move |mut socket: WebSocket| async move {
+///         loop {
+///             tokio::select! {
+///                 served = drain.wait() => {
+///                     // 1012 "service restart" on a restart, 1001 "going away" on shutdown.
+///                     let code = match served { Served::HandedOver { .. } => 1012, Served::Shutdown => 1001 };
+///                     let frame = CloseFrame { code, reason: "draining".into() };
+///                     let _ = socket.send(Message::Close(Some(frame))).await;
+///                     break;
+///                 }
+///                 msg = socket.recv() => match msg {
+///                     Some(Ok(Message::Text(t))) => { let _ = socket.send(Message::Text(t)).await; }
+///                     Some(Ok(_)) => {}
+///                     _ => return,
+///                 },
+///             }
+///         }
+///         // Read on until the client answers the close.
+///         while let Some(Ok(_)) = socket.recv().await {}
+///     })
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Drain {
+    state: watch::Receiver<State>,
+}
+
+impl std::fmt::Debug for Drain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drain")
+            .field("served", &self.served())
+            .finish()
+    }
+}
+
+impl Drain {
+    pub(crate) fn new(state: watch::Receiver<State>) -> Self {
+        Drain { state }
+    }
+
+    /// Completes when this generation starts draining, with why: a restart handed the
+    /// sockets over ([`Served::HandedOver`]), or a shutdown began ([`Served::Shutdown`]).
+    pub async fn wait(&self) -> Served {
+        let mut rx = self.state.clone();
+        let drained = rx.wait_for(|s| s.is_draining()).await;
+        match drained {
+            Ok(s) => s.draining().unwrap_or(Served::Shutdown),
+            // The owner is gone: the process is ending.
+            Err(_) => Served::Shutdown,
+        }
+    }
+
+    /// Whether the drain began, and why; `None` while serving.
+    pub fn served(&self) -> Option<Served> {
+        self.state.borrow().draining()
+    }
+}
+
 /// The owner's side of a [`Watch`].
 pub(crate) struct Publisher {
     state: watch::Sender<State>,

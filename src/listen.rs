@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use crate::addr::ListenAddr;
+use crate::conn::ConnInfo;
 use crate::error::Error;
 
 /// Backlog of every socket we bind (the kernel caps it at `somaxconn`).
@@ -117,17 +118,19 @@ impl Listener {
         }
     }
 
-    pub(crate) async fn accept(&self) -> io::Result<Stream> {
+    pub(crate) async fn accept(&self) -> io::Result<(Stream, ConnInfo)> {
         match self {
             Listener::Tcp(l) => {
-                let (s, _) = l.accept().await?;
+                let (s, peer) = l.accept().await?;
                 // Small responses must not wait for Nagle; failure here is harmless.
                 let _ = s.set_nodelay(true);
-                Ok(Stream::Tcp(s))
+                let local = s.local_addr().unwrap_or(peer);
+                Ok((Stream::Tcp(s), ConnInfo::Tcp { peer, local }))
             }
             Listener::Unix(l) => {
                 let (s, _) = l.accept().await?;
-                Ok(Stream::Unix(s))
+                let cred = s.peer_cred().ok().map(|c| (c.uid(), c.gid(), c.pid()));
+                Ok((Stream::Unix(s), ConnInfo::Unix { cred }))
             }
         }
     }

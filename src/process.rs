@@ -432,6 +432,11 @@ impl Process {
         }
     }
 
+    /// A [`Drain`](crate::Drain): the drain's start, and why, for handlers and tasks.
+    pub fn drain(&self) -> crate::Drain {
+        crate::Drain::new(self.watch().state)
+    }
+
     /// How this generation's serving ends, once it drains: `None` until then.
     pub fn served(&self) -> Option<Served> {
         self.inner.publisher.current().draining()

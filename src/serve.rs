@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use crate::addr::ListenAddr;
-use crate::conn::{self, Limits, Shared, DEFAULT_DRAIN_GRACE};
+use crate::conn::{self, Accepted, ConnGuard, Limits, Shared, DEFAULT_DRAIN_GRACE};
 use crate::error::Error;
 use crate::lifecycle::Served;
 use crate::listen::Stream;
@@ -231,7 +231,7 @@ where
             drain_grace: self.drain_grace,
         };
         let handshake_timeout = self.read_timeout.unwrap_or(Duration::from_secs(10));
-        let (hammer_tx, hammer_rx) = watch::channel(false);
+        let hammer_token = tokio_util::sync::CancellationToken::new();
         let watch = process.watch();
         let shared = Arc::new(Shared::new(limits, watch.clone()));
         let (conns_tx, mut conns_rx) = watch::channel(0usize);
@@ -246,16 +246,19 @@ where
                 biased;
                 _ = state.changed() => {}
                 accepted = listener.accept() => match accepted {
-                    Ok(stream) => {
-                        let guard = ConnGuard::new(&conns_tx);
-                        let task = handle(stream, self.app.clone(), shared.clone(), tls.clone(), handshake_timeout);
-                        let mut hammer = hammer_rx.clone();
+                    Ok((stream, info)) => {
+                        let acc = Accepted {
+                            guard: ConnGuard::new(&conns_tx),
+                            hammer: hammer_token.clone(),
+                            info,
+                        };
+                        let task = handle(stream, self.app.clone(), shared.clone(), tls.clone(), handshake_timeout, acc);
+                        let hammer = hammer_token.clone();
                         tokio::spawn(async move {
                             tokio::select! {
                                 _ = task => {}
-                                _ = hammer.wait_for(|h| *h) => {} // drop: the socket closes
+                                _ = hammer.cancelled() => {} // drop: the socket closes
                             }
-                            drop(guard);
                         });
                     }
                     Err(e) => accept_error(e).await,
@@ -278,12 +281,12 @@ where
             if conns > 0 {
                 tracing::warn!(pid, addr = %local, connections = conns, "[STOP - Hammer Time] Forcefully shutting down");
             }
-            let _ = hammer_tx.send(true);
+            hammer_token.cancel();
         };
         loop {
             tokio::select! {
                 _ = conns_rx.wait_for(|n| *n == 0) => break,
-                _ = crate::duration::sleep_until(hammer_at), if self.hammer_time.is_some() && !*hammer_tx.borrow() => {
+                _ = crate::duration::sleep_until(hammer_at), if self.hammer_time.is_some() && !hammer_token.is_cancelled() => {
                     hammer(*conns_tx.borrow());
                 }
                 _ = usr2.changed() => hammer(*conns_tx.borrow()),
@@ -307,22 +310,6 @@ async fn accept_error(e: std::io::Error) {
     }
 }
 
-/// Counts one open connection of a server.
-struct ConnGuard(Arc<watch::Sender<usize>>);
-
-impl ConnGuard {
-    fn new(tx: &Arc<watch::Sender<usize>>) -> Self {
-        tx.send_modify(|n| *n += 1);
-        ConnGuard(tx.clone())
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
-    }
-}
-
 /// One connection: the TLS handshake if any (bounded in time, and cut short by the
 /// drain), then HTTP.
 async fn handle<S, B>(
@@ -331,6 +318,7 @@ async fn handle<S, B>(
     shared: Arc<Shared>,
     tls: Option<crate::tls::Acceptor>,
     handshake_timeout: Duration,
+    acc: Accepted,
 ) where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -339,8 +327,10 @@ async fn handle<S, B>(
     B::Error: Into<BoxError>,
 {
     match tls {
-        None => conn::serve(stream, app, shared, false).await,
-        Some(acceptor) => crate::tls::serve(stream, acceptor, app, shared, handshake_timeout).await,
+        None => conn::serve(stream, app, shared, false, acc).await,
+        Some(acceptor) => {
+            crate::tls::serve(stream, acceptor, app, shared, handshake_timeout, acc).await
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 
-use crate::conn::Shared;
+use crate::conn::{Accepted, Shared};
 use crate::error::Error;
 use crate::listen::Stream;
 
@@ -52,6 +52,7 @@ pub(crate) async fn serve<S, B>(
     app: S,
     shared: Arc<Shared>,
     handshake_timeout: Duration,
+    acc: Accepted,
 ) where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -64,11 +65,11 @@ pub(crate) async fn serve<S, B>(
         crate::conn::tls_handshake(stream, &acceptor, &shared, handshake_timeout).await
     {
         let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        crate::conn::serve(tls_stream, app, shared, h2).await
+        crate::conn::serve(tls_stream, app, shared, h2, acc).await
     }
     #[cfg(not(feature = "tls"))]
     {
-        let _ = (stream, app, shared, handshake_timeout);
+        let _ = (stream, app, shared, handshake_timeout, acc);
         match acceptor {}
     }
 }
