@@ -461,7 +461,21 @@ where
             self.state.read_deadline.store(0, Ordering::Relaxed);
         }
         let limits = &self.shared.limits;
-        let deadline = limits.write_timeout.map(|d| now.saturating_add(millis(d)));
+        let mut deadline = limits.write_timeout.map(|d| now.saturating_add(millis(d)));
+        let mut read_bound = false;
+        if let (false, Some(rt)) = (h1, limits.read_timeout) {
+            // HTTP/2: the read timeout of a stream whose body is still coming ends when
+            // its response starts, as over HTTP/1 (see `Server::read_timeout`). A stream
+            // that trickles its body past it is reset; the connection's other streams
+            // carry on.
+            if !req.body().is_end_stream() {
+                let at = now.saturating_add(millis(rt));
+                if deadline.is_none_or(|w| at < w) {
+                    deadline = Some(at);
+                    read_bound = true;
+                }
+            }
+        }
         if head_bytes(&req) > limits.max_header_bytes {
             let mut res = Response::new(ResBody::empty(guard));
             *res.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
@@ -474,6 +488,7 @@ where
                 early: Some(res),
                 guard: None,
                 h1,
+                read_bound,
             };
         }
         let handler = Handler::Ready {
@@ -485,6 +500,7 @@ where
             early: None,
             guard: Some(guard),
             h1,
+            read_bound,
         }
     }
 }
@@ -530,6 +546,8 @@ pin_project! {
         early: Option<Response<ResBody<B>>>,
         guard: Option<InFlight>,
         h1: bool,
+        // The deadline is the read timeout's (an HTTP/2 request body still coming).
+        read_bound: bool,
     }
 }
 
@@ -549,7 +567,13 @@ where
             return Poll::Ready(Err("polled after completion".into()));
         };
         let res = ready!(inner.poll(cx))
-            .map_err(|_| -> BoxError { Box::new(timed_out("write timeout: handler")) })?
+            .map_err(|_| -> BoxError {
+                Box::new(timed_out(if *this.read_bound {
+                    "read timeout: request body"
+                } else {
+                    "write timeout: handler"
+                }))
+            })?
             .map_err(Into::into)?;
         let (mut parts, body) = res.into_parts();
         if *this.h1 && crate::lifecycle::draining() {

@@ -122,14 +122,22 @@ where
     /// notice a client that hangs up) while the handler runs, and those reads cannot be
     /// told apart from body reads. So a handler of a request with a body must start its
     /// response within the read timeout; Go, in the same case, cancels the request's
-    /// context.
+    /// context. Over HTTP/2 the same holds per stream: a stream whose body is still
+    /// coming when the read timeout passes, with no response started, is reset, and the
+    /// connection's other streams carry on. (An HTTP/2 request's headers arrive whole:
+    /// hyper assembles them, within its header-list limit.) Once a connection is
+    /// upgraded (a WebSocket) no read timeout applies to it.
     pub fn read_timeout(mut self, t: Option<Duration>) -> Self {
         self.read_timeout = t;
         self
     }
 
-    /// The longest time from the end of a request's headers to the end of its response
-    /// (default 60 s); past it the connection is closed. `None`: no limit.
+    /// The longest time from the end of a request's headers to the start of its response
+    /// (default 60 s), and the longest a write may make no progress (a client that stopped
+    /// reading); past either the connection is closed (over HTTP/2, the stream is reset).
+    /// A streaming response (server-sent events, a long download, a gRPC server stream)
+    /// is never cut while the client keeps reading, however long it runs or however long
+    /// the application stays silent between chunks. `None`: no limit.
     pub fn write_timeout(mut self, t: Option<Duration>) -> Self {
         self.write_timeout = t;
         self

@@ -663,6 +663,89 @@ impl H2 {
     }
 }
 
+/// An HPACK block for `method path` (static-table method and scheme, literal path and
+/// authority, no Huffman).
+fn h2_request_block(method: u8, path: &str) -> Vec<u8> {
+    assert!(path.len() < 127, "a one-byte HPACK length");
+    let mut block = vec![method, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 0x01, b't']);
+    block
+}
+
+#[test]
+fn an_http2_stream_trickling_its_body_past_the_read_timeout_is_reset_alone() {
+    const POST: u8 = 0x83;
+    const GET: u8 = 0x82;
+    let (p, addr) = start("hello", &["--read-timeout-ms", "1000"]);
+    // Stream 1: POST /echo with a body that never ends.
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+    out.extend(h2_frame(H2_HEADERS, 0x4, 1, &h2_request_block(POST, "/echo")));
+    let mut h2 = H2 { s: raw(addr, &out) };
+    let writer = std::sync::Arc::new(std::sync::Mutex::new(h2.s.try_clone().unwrap()));
+    let started = Instant::now();
+    // The body trickles: one byte every 200 ms, for longer than the read timeout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickler = {
+        let (writer, stop) = (writer.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for _ in 0..25 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                let frame = h2_frame(H2_DATA, 0, 1, b"x");
+                if writer.lock().unwrap().write_all(&frame).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    // Stream 3, on the same connection after the read timeout passed for stream 1.
+    let asker = {
+        let writer = writer.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1600));
+            let frame = h2_frame(H2_HEADERS, 0x4 | H2_END_STREAM, 3, &h2_request_block(GET, "/"));
+            writer.lock().unwrap().write_all(&frame).unwrap();
+        })
+    };
+    let deadline = Instant::now() + WAIT;
+    let (mut reset_1, mut answered_3, mut goaway) = (None, false, false);
+    while reset_1.is_none() || !answered_3 {
+        let Some(f) = h2.next(deadline).unwrap_or_else(|e| panic!("{e}; output:\n{}", p.output())) else {
+            break;
+        };
+        match (f.kind, f.stream) {
+            (H2_RST_STREAM, 1) => reset_1 = Some(started.elapsed()),
+            (H2_DATA, 3) if String::from_utf8_lossy(&f.payload).contains("hello from pid") => {
+                answered_3 = true
+            }
+            (H2_GOAWAY, _) => goaway = true,
+            _ => {}
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickler.join().unwrap();
+    asker.join().unwrap();
+    let reset_after = reset_1.unwrap_or_else(|| {
+        panic!("the trickling stream was never reset; output:\n{}", p.output())
+    });
+    println!("[h2 read timeout] stream 1 reset after {reset_after:?}; stream 3 answered: {answered_3}");
+    assert!(
+        answered_3,
+        "the other stream of the connection was not served; output:\n{}",
+        p.output()
+    );
+    assert!(!goaway, "the whole connection was closed, not just the stream");
+    // Reset by the read timeout, not at once (it kept receiving bytes).
+    assert!(
+        reset_after >= Duration::from_millis(800),
+        "reset after {reset_after:?}, before the 1 s read timeout"
+    );
+}
+
 #[test]
 fn sigterm_sends_goaway_and_lets_an_http2_stream_in_flight_finish() {
     let (mut p, addr) = start("hello", &[]);
