@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 
 const VERSION: &str = match option_env!("HELLO_VERSION") {
@@ -149,8 +149,46 @@ async fn admin_restart(req: &Request<Incoming>) -> (StatusCode, String) {
     }
 }
 
-async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = |s: String| Full::new(Bytes::from(s));
+/// `GET /stream?chunks=K&bytes=B&every_ms=N`: K chunks of B bytes, one every N ms (a
+/// streaming response, as server-sent events or a long download are).
+struct Chunks {
+    left: u64,
+    chunk: Bytes,
+    every: Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(std::future::Future::poll(self.sleep.as_mut(), cx));
+        let next = tokio::time::Instant::now() + self.every;
+        self.sleep.as_mut().reset(next);
+        self.left -= 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.chunk.clone()))))
+    }
+}
+
+fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+type HelloBody = Either<Full<Bytes>, Chunks>;
+
+async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible> {
+    let body = |s: String| Either::Left(Full::new(Bytes::from(s)));
     let answer = || format!("hello from pid {}, version {VERSION}\n", std::process::id());
     let res = match req.uri().path() {
         "/" => Response::new(body(answer())),
@@ -182,6 +220,16 @@ async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallib
                 r
             }
         },
+        "/stream" => {
+            let every = Duration::from_millis(query_u64(&req, "every_ms").unwrap_or(100));
+            let size = query_u64(&req, "bytes").unwrap_or(16).min(1 << 20) as usize;
+            Response::new(Either::Right(Chunks {
+                left: query_u64(&req, "chunks").unwrap_or(10),
+                chunk: Bytes::from(vec![b'x'; size]),
+                every,
+                sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            }))
+        }
         "/slow" => {
             let ms = req
                 .uri()

@@ -681,7 +681,12 @@ fn an_http2_stream_trickling_its_body_past_the_read_timeout_is_reset_alone() {
     // Stream 1: POST /echo with a body that never ends.
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
-    out.extend(h2_frame(H2_HEADERS, 0x4, 1, &h2_request_block(POST, "/echo")));
+    out.extend(h2_frame(
+        H2_HEADERS,
+        0x4,
+        1,
+        &h2_request_block(POST, "/echo"),
+    ));
     let mut h2 = H2 { s: raw(addr, &out) };
     let writer = std::sync::Arc::new(std::sync::Mutex::new(h2.s.try_clone().unwrap()));
     let started = Instant::now();
@@ -707,14 +712,22 @@ fn an_http2_stream_trickling_its_body_past_the_read_timeout_is_reset_alone() {
         let writer = writer.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(1600));
-            let frame = h2_frame(H2_HEADERS, 0x4 | H2_END_STREAM, 3, &h2_request_block(GET, "/"));
+            let frame = h2_frame(
+                H2_HEADERS,
+                0x4 | H2_END_STREAM,
+                3,
+                &h2_request_block(GET, "/"),
+            );
             writer.lock().unwrap().write_all(&frame).unwrap();
         })
     };
     let deadline = Instant::now() + WAIT;
     let (mut reset_1, mut answered_3, mut goaway) = (None, false, false);
     while reset_1.is_none() || !answered_3 {
-        let Some(f) = h2.next(deadline).unwrap_or_else(|e| panic!("{e}; output:\n{}", p.output())) else {
+        let Some(f) = h2
+            .next(deadline)
+            .unwrap_or_else(|e| panic!("{e}; output:\n{}", p.output()))
+        else {
             break;
         };
         match (f.kind, f.stream) {
@@ -730,15 +743,23 @@ fn an_http2_stream_trickling_its_body_past_the_read_timeout_is_reset_alone() {
     trickler.join().unwrap();
     asker.join().unwrap();
     let reset_after = reset_1.unwrap_or_else(|| {
-        panic!("the trickling stream was never reset; output:\n{}", p.output())
+        panic!(
+            "the trickling stream was never reset; output:\n{}",
+            p.output()
+        )
     });
-    println!("[h2 read timeout] stream 1 reset after {reset_after:?}; stream 3 answered: {answered_3}");
+    println!(
+        "[h2 read timeout] stream 1 reset after {reset_after:?}; stream 3 answered: {answered_3}"
+    );
     assert!(
         answered_3,
         "the other stream of the connection was not served; output:\n{}",
         p.output()
     );
-    assert!(!goaway, "the whole connection was closed, not just the stream");
+    assert!(
+        !goaway,
+        "the whole connection was closed, not just the stream"
+    );
     // Reset by the read timeout, not at once (it kept receiving bytes).
     assert!(
         reset_after >= Duration::from_millis(800),
@@ -1213,6 +1234,50 @@ fn a_trickled_body_is_cut_off() {
     let text = String::from_utf8_lossy(&got);
     assert!(!text.contains("read 1000 bytes"), "{text:?}");
     client.get_ok(&p, &http_url(addr, "/"));
+}
+
+#[test]
+fn a_streaming_response_outlives_the_write_timeout() {
+    // 12 chunks, one every 250 ms: three times the 1 s write timeout, always progressing.
+    let (p, addr) = start("hello", &["--write-timeout-ms", "1000"]);
+    let mut s = raw(
+        addr,
+        b"GET /stream?chunks=12&bytes=16&every_ms=250 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let (got, end, after) = read_to_close(&mut s, WAIT);
+    let text = String::from_utf8_lossy(&got);
+    let xs = text.matches('x').count();
+    println!("[stream] {xs} bytes of body over {after:?}, then {end:?}");
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("0\r\n\r\n") && xs == 12 * 16,
+        "the stream was cut short ({xs} of {} bytes, {end:?} after {after:?}): {text:?}; output:\n{}",
+        12 * 16,
+        p.output()
+    );
+}
+
+#[test]
+fn a_client_that_stops_reading_a_stream_is_cut_after_the_write_timeout() {
+    // 4000 chunks of 64 KiB as fast as they go; the client reads nothing for 4 s.
+    let (p, addr) = start("hello", &["--write-timeout-ms", "1000"]);
+    let mut s = raw(
+        addr,
+        b"GET /stream?chunks=4000&bytes=65536&every_ms=0 HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let (got, end, _) = read_to_close(&mut s, WAIT);
+    println!(
+        "[stalled] read {} bytes after the stall, then {end:?}",
+        got.len()
+    );
+    assert!(
+        end.closed() && got.len() < 4000 * 65536,
+        "the stalled client was not cut off: {} bytes, {end:?}; output:\n{}",
+        got.len(),
+        p.output()
+    );
+    // Others are served meanwhile and after.
+    Client::plain().get_ok(&p, &http_url(addr, "/"));
 }
 
 #[test]
