@@ -1054,3 +1054,45 @@ fn never_ready_generation_is_stopped_without_losing_requests() {
     signal(gen1, libc::SIGTERM);
     expect_gone(&p, gen1, "the old generation after SIGTERM");
 }
+
+// ---------------------------------------------------------------------------------------
+// A deploy that flips a `current -> releases/N` symlink
+// ---------------------------------------------------------------------------------------
+
+/// Started from inside `current` (a symlink to `releases/1`) as `./app`, the way a
+/// service started with `WorkingDirectory=/srv/app/current` is: after the deploy flips
+/// the symlink to `releases/2`, a restart runs the new release, because the start
+/// directory is the logical one (`$PWD`), not the physical `releases/1`.
+#[test]
+fn a_deploy_that_flips_a_current_symlink_restarts_the_new_release() {
+    let builds = common::versioned_hellos(&["v1", "v2"]);
+    become_subreaper();
+    let dir = scratch_dir("symlink");
+    for (i, build) in builds.iter().enumerate() {
+        let release = dir.join("releases").join((i + 1).to_string());
+        std::fs::create_dir_all(&release).unwrap();
+        install(build, &release.join("app"));
+    }
+    let current = dir.join("current");
+    std::os::unix::fs::symlink("releases/1", &current).unwrap();
+    let mut cmd = Command::new("./app");
+    cmd.current_dir(&current)
+        .env("PWD", &current)
+        .args(["--addr", "127.0.0.1:0"]);
+    let p = Proc::spawn_with(&mut cmd);
+    let addr = p.serving_addr(1);
+    assert_eq!(common::generations::hello_version(&p, p.pid), "v1");
+
+    // The deploy: a new symlink renamed over the old one.
+    let flipping = dir.join("current.new");
+    std::os::unix::fs::symlink("releases/2", &flipping).unwrap();
+    std::fs::rename(&flipping, &current).unwrap();
+    let (_, new) = restart_ok(&p);
+    let version = common::generations::hello_version(&p, new);
+    println!("[symlink] after the flip, pid {new} runs {version}");
+    assert_eq!(version, "v2", "the restart ran the old release");
+    assert!(get_tcp(&addr, "/").body.contains("version v2"));
+    expect_gone(&p, p.pid, "the first generation");
+    signal(new, libc::SIGTERM);
+    expect_gone(&p, new, "the second generation");
+}

@@ -375,6 +375,51 @@ fn assert_refused(p: &Proc, addr: SocketAddr) {
 // ---------------------------------------------------------------------------------------
 // Graceful shutdown and the hammer
 
+/// Durations of any size: `u64::MAX` milliseconds (far past what the clock can add)
+/// means "never", not a panic when the drain begins nor a deadline already passed.
+#[test]
+fn huge_timeouts_mean_never() {
+    let max = u64::MAX.to_string();
+    let (mut p, addr) = start(
+        "hello",
+        &[
+            "--hammer-ms",
+            &max,
+            "--read-timeout-ms",
+            &max,
+            "--write-timeout-ms",
+            &max,
+            "--drain-grace-ms",
+            &max,
+        ],
+    );
+    // A body sent in two parts: not cut off by a read deadline that overflowed.
+    let mut s = raw(
+        addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhello",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"world").unwrap();
+    let res = read_response(&p, &mut s, "a request with a body in two parts");
+    assert_eq!(res.status, 200, "{res:?}");
+    assert!(String::from_utf8_lossy(&res.body).contains("read 10 bytes"));
+
+    // The drain begins (hammer time: never) and ends once the request in flight is
+    // answered; the idle grace of "never" does not hold a connection-less drain.
+    let mut slow = raw(
+        addr,
+        b"GET /slow?ms=500 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    Client::plain().get_ok(&p, &http_url(addr, "/"));
+    p.signal(libc::SIGTERM);
+    let res = read_response(&p, &mut slow, "the request in flight at SIGTERM");
+    assert_eq!(res.status, 200, "{res:?}");
+    let status = expect_exit(&mut p, "after SIGTERM");
+    let out = p.output();
+    assert!(status.success(), "exit status {status}; output:\n{out}");
+    assert!(!out.contains("panicked"), "a panic:\n{out}");
+}
+
 #[test]
 fn sigterm_finishes_the_request_in_flight_with_connection_close_then_exits_0() {
     let (mut p, addr) = start("hello", &[]);
