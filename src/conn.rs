@@ -576,15 +576,16 @@ where
             })?
             .map_err(Into::into)?;
         let (mut parts, body) = res.into_parts();
-        if *this.h1 && crate::lifecycle::draining() {
+        let guard = this.guard.take().expect("one response per request");
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // From now on the IO belongs to the application's protocol. An upgrade
+            // answered during the drain stays one (`Connection: upgrade`): the
+            // application closes it when it learns of the drain.
+            guard.0.upgraded.store(true, Ordering::Release);
+        } else if *this.h1 && crate::lifecycle::draining() {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        let guard = this.guard.take().expect("one response per request");
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-            // From now on the IO belongs to the application's protocol.
-            guard.0.upgraded.store(true, Ordering::Release);
         }
         Poll::Ready(Ok(Response::from_parts(parts, ResBody::new(body, guard))))
     }
