@@ -116,7 +116,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(limits: Limits, watch: Watch) -> Self {
+    /// `drain` is what requests are told: it completes once their server stopped
+    /// accepting.
+    pub(crate) fn new(limits: Limits, watch: Watch, drain: Drain) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -130,7 +132,7 @@ impl Shared {
         Shared {
             builder,
             limits,
-            drain: Drain::new(watch.state.clone()),
+            drain,
             watch,
         }
     }

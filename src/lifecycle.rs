@@ -169,9 +169,12 @@ pub(crate) fn draining() -> bool {
 ///     })
 /// }
 /// ```
+///
+/// The `Drain` of a request completes once its server has stopped accepting, so a client
+/// told to reconnect reaches the new generation.
 #[derive(Clone)]
 pub struct Drain {
-    state: watch::Receiver<State>,
+    served: watch::Receiver<Option<Served>>,
 }
 
 impl std::fmt::Debug for Drain {
@@ -183,25 +186,25 @@ impl std::fmt::Debug for Drain {
 }
 
 impl Drain {
-    pub(crate) fn new(state: watch::Receiver<State>) -> Self {
-        Drain { state }
+    pub(crate) fn new(served: watch::Receiver<Option<Served>>) -> Self {
+        Drain { served }
     }
 
     /// Completes when this generation starts draining, with why: a restart handed the
     /// sockets over ([`Served::HandedOver`]), or a shutdown began ([`Served::Shutdown`]).
     pub async fn wait(&self) -> Served {
-        let mut rx = self.state.clone();
-        let drained = rx.wait_for(|s| s.is_draining()).await;
+        let mut rx = self.served.clone();
+        let drained = rx.wait_for(|s| s.is_some()).await;
         match drained {
-            Ok(s) => s.draining().unwrap_or(Served::Shutdown),
-            // The owner is gone: the process is ending.
+            Ok(s) => s.unwrap_or(Served::Shutdown),
+            // Whoever announces it is gone: the process is ending.
             Err(_) => Served::Shutdown,
         }
     }
 
     /// Whether the drain began, and why; `None` while serving.
     pub fn served(&self) -> Option<Served> {
-        self.state.borrow().draining()
+        *self.served.borrow()
     }
 }
 
@@ -209,6 +212,7 @@ impl Drain {
 pub(crate) struct Publisher {
     state: watch::Sender<State>,
     hammer: watch::Sender<u64>,
+    served: watch::Sender<Option<Served>>,
 }
 
 impl Publisher {
@@ -216,7 +220,13 @@ impl Publisher {
         Publisher {
             state: watch::Sender::new(initial),
             hammer: watch::Sender::new(0),
+            served: watch::Sender::new(None),
         }
+    }
+
+    /// The process-wide [`Drain`]: complete as soon as the drain begins.
+    pub(crate) fn drain(&self) -> Drain {
+        Drain::new(self.served.subscribe())
     }
 
     pub(crate) fn watch(&self) -> Watch {
@@ -234,6 +244,13 @@ impl Publisher {
     pub(crate) fn publish(&self, s: State) {
         if s.is_draining() {
             DRAINING.store(true, Ordering::Release);
+            self.served.send_if_modified(|v| {
+                let first = v.is_none();
+                if first {
+                    *v = s.draining();
+                }
+                first
+            });
         }
         self.state.send_replace(s);
     }

@@ -434,7 +434,7 @@ impl Process {
 
     /// A [`Drain`](crate::Drain): the drain's start, and why, for handlers and tasks.
     pub fn drain(&self) -> crate::Drain {
-        crate::Drain::new(self.watch().state)
+        self.inner.publisher.drain()
     }
 
     /// How this generation's serving ends, once it drains: `None` until then.

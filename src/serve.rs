@@ -241,7 +241,14 @@ where
         let handshake_timeout = self.read_timeout.unwrap_or(Duration::from_secs(10));
         let hammer_token = tokio_util::sync::CancellationToken::new();
         let watch = process.watch();
-        let shared = Arc::new(Shared::new(limits, watch.clone()));
+        // Requests learn of the drain once this server stopped accepting: a client told
+        // to reconnect then reaches the next generation, never this one again.
+        let (told, drain) = watch::channel(None);
+        let shared = Arc::new(Shared::new(
+            limits,
+            watch.clone(),
+            crate::lifecycle::Drain::new(drain),
+        ));
         let (conns_tx, mut conns_rx) = watch::channel(0usize);
         let conns_tx = Arc::new(conns_tx);
 
@@ -278,6 +285,7 @@ where
         // a handover) or closed (on shutdown: new connections are refused).
         drop(listener);
         let why = process.served().unwrap_or(Served::Shutdown);
+        told.send_replace(Some(why));
         let pid = std::process::id();
         let open = *conns_rx.borrow_and_update();
         tracing::info!(pid, addr = %local, connections = open, reason = %why, "stopped accepting; draining");
