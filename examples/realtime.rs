@@ -14,7 +14,8 @@
 //! - `GET /ws`: a WebSocket that answers each text message `m` with `pid <pid>: m`.
 //!   When the drain begins it sends a close frame, code 1012 ("service restart") after
 //!   a SIGHUP, 1001 ("going away") at a shutdown, and reads on until the client's
-//!   close reply, so the handshake completes and the client knows to reconnect. A
+//!   close reply, so the handshake completes and the client knows to reconnect (one
+//!   opened while the drain is under way is closed at once, with the same code). A
 //!   message that crossed the close frame on the wire cannot be answered any more (RFC
 //!   6455: nothing follows a close frame); it is logged as such. The old generation's
 //!   drain waits for its WebSockets, until the hammer (`--hammer-ms`) or SIGUSR2.
@@ -101,6 +102,9 @@ async fn session(mut socket: WebSocket, drain: Drain) {
     tokio::pin!(until_drained);
     let why = loop {
         tokio::select! {
+            // The drain first: a WebSocket opened while the drain is under way is closed
+            // at once, its first message unanswered.
+            biased;
             why = &mut until_drained => break why,
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Text(text))) => {

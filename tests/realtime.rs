@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 use common::generations::{
     expect_gone, installed, lines_of, logged_at, restart_ok, wait_line_of, wait_status, LONG,
 };
-use common::load::{body_pid, chain, connect_tcp, get_tcp, REQUEST_TIMEOUT};
+use common::load::{body_pid, chain, connect_tcp, exchange_blocking, get_tcp, REQUEST_TIMEOUT};
 use common::{become_subreaper, field, signal, Proc};
 
 // ---------------------------------------------------------------------------------------
@@ -94,10 +94,9 @@ fn expect_exit_0(p: &Proc, pid: u32, what: &str) {
 // WebSocket by hand: the upgrade, and frames, for clients that misbehave on purpose
 // ---------------------------------------------------------------------------------------
 
-/// Opens a WebSocket on `/ws` over a plain TCP connection. Only the response head is
-/// read (byte by byte), so no frame is consumed.
-fn ws_upgrade(addr: &str) -> StdTcpStream {
-    let mut s = connect_tcp(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+/// Asks for a WebSocket on `/ws` on an open connection; the response head. Only the
+/// head is read (byte by byte), so no frame is consumed.
+fn upgrade(s: &mut StdTcpStream) -> String {
     s.write_all(
         b"GET /ws HTTP/1.1\r\nHost: ceaseless.test\r\nUpgrade: websocket\r\n\
           Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -112,23 +111,52 @@ fn ws_upgrade(addr: &str) -> StdTcpStream {
         head.push(byte[0]);
         assert!(head.len() < 64 * 1024, "upgrade response head too large");
     }
-    let head = String::from_utf8_lossy(&head);
-    assert!(
-        head.starts_with("HTTP/1.1 101"),
-        "the upgrade was refused: {head:?}"
-    );
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Whether a response head accepts the upgrade as a client must check it (RFC 6455,
+/// 4.1): status 101 and `Connection: Upgrade` (a client refuses the handshake without
+/// it).
+fn upgraded(head: &str) -> bool {
+    head.starts_with("HTTP/1.1 101 ")
+        && head.lines().any(|l| {
+            l.split_once(':').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("connection")
+                    && v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Opens a WebSocket on `/ws` over a new TCP connection.
+fn ws_upgrade(addr: &str) -> StdTcpStream {
+    let mut s = connect_tcp(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let head = upgrade(&mut s);
+    assert!(upgraded(&head), "the upgrade was refused: {head:?}");
     s
 }
 
-/// Sends a text frame, masked as a client must.
-fn send_text(s: &mut StdTcpStream, text: &str) -> io::Result<()> {
+/// Sends a frame, masked as a client must.
+fn send_frame(s: &mut StdTcpStream, opcode: u8, payload: &[u8]) -> io::Result<()> {
     let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-    let payload = text.as_bytes();
-    assert!(payload.len() < 126, "short messages only");
-    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    assert!(payload.len() < 126, "short frames only");
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     s.write_all(&frame)
+}
+
+/// Sends a text frame.
+fn send_text(s: &mut StdTcpStream, text: &str) -> io::Result<()> {
+    send_frame(s, 1, text.as_bytes())
+}
+
+/// The status code of a close frame's payload (1005: none).
+fn close_code(payload: &[u8]) -> u16 {
+    match payload {
+        [a, b, ..] => u16::from_be_bytes([*a, *b]),
+        _ => 1005,
+    }
 }
 
 /// One frame from the server: (opcode, payload).
@@ -606,10 +634,7 @@ fn hammer_cuts_websockets_that_never_answer_the_close(restart: bool) {
     let closes: Vec<u16> = frames
         .iter()
         .filter(|(op, _)| *op == 8)
-        .map(|(_, payload)| match payload[..] {
-            [a, b, ..] => u16::from_be_bytes([a, b]),
-            _ => 1005, // no status code
-        })
+        .map(|(_, payload)| close_code(payload))
         .collect();
     assert_eq!(
         closes,
@@ -664,6 +689,59 @@ fn hammer_cuts_websockets_that_never_answer_the_close_at_shutdown() {
 #[test]
 fn hammer_cuts_websockets_that_never_answer_the_close_at_restart() {
     hammer_cuts_websockets_that_never_answer_the_close(true);
+}
+
+/// A connection the old generation accepted before its drain asks for a WebSocket
+/// during it (a client's pooled keep-alive connection; or a fresh one that the old
+/// generation's accept loop took just before it noticed the drain). The upgrade is
+/// still answered as an upgrade (101 with `Connection: Upgrade`: the drain's
+/// `Connection: close` would make any client refuse the handshake), and the WebSocket
+/// is closed at once with 1012, so the client reconnects to the new generation. The
+/// drain grace is 10 s here, so the idle keep-alive connection is not closed before
+/// the request is sent.
+#[test]
+fn an_upgrade_during_the_drain_is_accepted_then_closed_with_1012() {
+    become_subreaper();
+    let (_dir, app) = installed("ws-upgrade-draining", "realtime");
+    let p = Proc::spawn(
+        &app,
+        &["--addr", "127.0.0.1:0", "--drain-grace-ms", "10000"],
+    );
+    let addr = p.serving_addr(1);
+    let gen1 = p.pid;
+    let mut s = connect_tcp(&addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let r = exchange_blocking(&mut s, "/").unwrap_or_else(|e| panic!("GET /: {e}"));
+    assert_eq!(
+        body_pid(&r.body),
+        Some(gen1),
+        "the first generation answers"
+    );
+    let (old, new) = restart_ok(&p);
+    wait_line_of(&p, "stopped accepting; draining", old);
+
+    let head = upgrade(&mut s);
+    assert!(
+        upgraded(&head),
+        "the draining generation answered the upgrade with {head:?}: a WebSocket client \
+         refuses this handshake; output:\n{}",
+        p.output()
+    );
+    let (op, payload) = read_frame(&mut s).unwrap_or_else(|e| panic!("reading the close: {e}"));
+    assert_eq!(
+        (op, close_code(&payload)),
+        (8, SERVICE_RESTART),
+        "the first frame on a WebSocket opened during the drain"
+    );
+    send_frame(&mut s, 8, &payload[..2]).expect("send the close reply");
+    let mut rest = Vec::new();
+    let end = s.read_to_end(&mut rest);
+    assert!(
+        end.is_ok() && rest.is_empty(),
+        "after the close handshake the server ends the connection: {end:?}, {rest:?}"
+    );
+    expect_gone(&p, old, "the old generation");
+    signal(new, libc::SIGTERM);
+    expect_exit_0(&p, new, "the new generation after SIGTERM");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -890,7 +968,6 @@ fn sse_resumes_with_last_event_id_through_restarts() {
 /// port), and a second request on it the same.
 #[cfg(feature = "axum")]
 fn assert_ip_is_the_peer(addr: &str, what: &str) {
-    use common::load::exchange_blocking;
     let mut s = connect_tcp(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     let local = s.local_addr().unwrap();
     for n in 1..=2 {
