@@ -3,9 +3,16 @@
 //! ```text
 //! cargo run --example axum          # serves 127.0.0.1:4245
 //! curl localhost:4245/users/7
+//! curl localhost:4245/ip            # 127.0.0.1:51324: the peer, from ConnectInfo
 //! ```
+//!
+//! ceaseless gives axum's `ConnectInfo<SocketAddr>` to every request over TCP (the
+//! `axum` feature), as `axum::serve` with `into_make_service_with_connect_info` would.
 
-use axum::{extract::Path, routing::get, Json, Router};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path};
+use axum::{routing::get, Json, Router};
 
 #[tokio::main]
 async fn main() -> Result<(), ceaseless::Error> {
@@ -22,6 +29,10 @@ async fn main() -> Result<(), ceaseless::Error> {
         .route(
             "/users/{id}",
             get(|Path(id): Path<u64>| async move { Json(vec![id, std::process::id() as u64]) }),
+        )
+        .route(
+            "/ip",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { format!("{peer}\n") }),
         );
     ceaseless::listen_and_serve(addr, app).await?;
     Ok(())

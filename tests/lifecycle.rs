@@ -14,16 +14,16 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::generations::{
-    children_of, expect_gone, free_ports, install, install_script, listen_inode, newest, pid_field,
-    reaped, restart_fails, restart_ok, socket_path, unix_socket_exists, LONG,
+    children_of, expect_gone, free_ports, install, install_script, installed, lines_of,
+    listen_inode, log_time, logged_at, newest, pid_field, reaped, restart_fails, restart_ok,
+    socket_path, unix_socket_exists, wait_line_of, wait_status, LONG,
 };
 use common::load::{
     body_pid, get_tcp, get_unix, reqwest_client, shared_client, BodyCheck, Client, Expect, Load,
@@ -37,15 +37,6 @@ use common::{
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// A scratch directory holding a copy of `example` at `<dir>/app`, as a deploy would
-/// install it.
-fn installed(tag: &str, example: &str) -> (PathBuf, PathBuf) {
-    let dir = scratch_dir(tag);
-    let app = dir.join("app");
-    install(&example_bin(example), &app);
-    (dir, app)
-}
-
 /// Any generation answers.
 fn anyone() -> Option<Expect> {
     None
@@ -54,35 +45,6 @@ fn anyone() -> Option<Expect> {
 /// Only `pid` may answer.
 fn only(pid: u32) -> Option<Expect> {
     Some(Expect { pid, version: None })
-}
-
-/// The lines of `p`'s log that contain `pat` and name `pid` as `pid=`.
-fn lines_of(p: &Proc, pat: &str, pid: u32) -> Vec<String> {
-    let pid = pid.to_string();
-    p.output()
-        .lines()
-        .filter(|l| l.contains(pat) && field(l, "pid").as_deref() == Some(pid.as_str()))
-        .map(String::from)
-        .collect()
-}
-
-/// Waits for the first line that contains `pat` and names `pid`; panics on timeout, or
-/// at once when every generation exited without printing it.
-fn wait_line_of(p: &Proc, pat: &str, pid: u32) -> String {
-    let deadline = Instant::now() + LONG;
-    loop {
-        let closed = p.wait_closed(Duration::ZERO);
-        if let Some(l) = lines_of(p, pat, pid).into_iter().next() {
-            return l;
-        }
-        assert!(
-            !closed && Instant::now() < deadline,
-            "no line with {pat:?} from pid {pid} (waited at most {LONG:?}; every generation \
-             exited: {closed}); output:\n{}",
-            p.output()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Waits until generation `pid` reported ready.
@@ -149,56 +111,6 @@ fn started_by(p: &Proc, old: u32) -> Vec<u32> {
         .iter()
         .map(|l| pid_field(l, "new_pid"))
         .collect()
-}
-
-/// The wall-clock time at the start of a log line (tracing's RFC 3339 UTC timestamp,
-/// `2026-12-01T22:51:33.113013Z`). The servers and the test read the same clock, so a
-/// log line's time and a client's `SystemTime::now()` can be put in order.
-fn log_time(line: &str) -> Option<SystemTime> {
-    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
-    let (date, time) = ts.split_once('T')?;
-    let mut ymd = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
-    let (y, m, d) = (ymd.next()??, ymd.next()??, ymd.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.splitn(3, ':').map(|x| x.parse::<u64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let nanos: u32 = format!("{frac:0<9}").parse().ok()?;
-    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
-    Some(UNIX_EPOCH + Duration::new(days * 86_400 + hh * 3600 + mm * 60 + ss, nanos))
-}
-
-/// The time of the first line that contains `pat` and names `pid`.
-fn logged_at(p: &Proc, pat: &str, pid: u32) -> SystemTime {
-    let line = wait_line_of(p, pat, pid);
-    log_time(&line).unwrap_or_else(|| panic!("no timestamp at the start of {line:?}"))
-}
-
-/// Waits for `pid`, a child of this process (directly, or re-parented to it as the
-/// subreaper), to exit, and reaps it: its exit status. None on timeout or if it is not
-/// our child.
-fn wait_status(pid: u32, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid on one pid, with WNOHANG.
-        let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
-        if r == pid as i32 {
-            return Some(ExitStatus::from_raw(status));
-        }
-        if r < 0 || Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Waits until `pid` is no more, not even a zombie (its parent reaped it).
