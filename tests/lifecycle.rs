@@ -67,44 +67,6 @@ fn handed_over_to(p: &Proc, old: u32) -> Option<u32> {
         .map(|l| pid_field(l, "new_pid"))
 }
 
-/// [`restart_ok`] for axum_serve, whose generations log "serving" only after they took
-/// their listener, and taking a listener is what declares them ready: the old
-/// generation may log the handover before the new one's "serving" line. SIGHUPs the
-/// newest generation, waits for its restart to succeed, then for the new generation's
-/// "serving" line. Returns (old pid, new pid).
-fn restart_ok_serving_after_ready(p: &Proc) -> (u32, u32) {
-    let old = newest(p);
-    let (succeeded, failed) = (p.count("restart succeeded"), p.count("restart failed"));
-    signal(old, libc::SIGHUP);
-    let line = p
-        .wait_for_nth("restart succeeded", succeeded + 1, LONG)
-        .unwrap_or_else(|| {
-            panic!(
-                "the restart of pid {old} did not succeed within {LONG:?}; output:\n{}",
-                p.output()
-            )
-        });
-    assert_eq!(
-        pid_field(&line, "pid"),
-        old,
-        "reported by another process: {line}"
-    );
-    assert_eq!(
-        p.count("restart failed"),
-        failed,
-        "a restart failed; output:\n{}",
-        p.output()
-    );
-    let new = pid_field(&line, "new_pid");
-    wait_line_of(p, "serving pid=", new);
-    assert_eq!(
-        newest(p),
-        new,
-        "the new generation is the newest that serves"
-    );
-    (old, new)
-}
-
 /// The generations `old` started (whatever became of them).
 fn started_by(p: &Proc, old: u32) -> Vec<u32> {
     lines_of(p, "started the next generation", old)
@@ -822,7 +784,7 @@ fn axum_serve_restarts_under_load() {
     let mut gens = vec![gen1];
     for i in 1..=3 {
         load.expect(anyone());
-        let (old, new) = restart_ok_serving_after_ready(&p);
+        let (old, new) = restart_ok(&p);
         assert_eq!(old, *gens.last().unwrap(), "restart {i}");
         assert_eq!(
             listen_inode(addr.port()),
