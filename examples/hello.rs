@@ -5,6 +5,7 @@
 //! curl localhost:4242/            # hello from pid 1234, version 0.1.0
 //! curl 'localhost:4242/slow?ms=2000'
 //! curl --data-binary @file localhost:4242/echo   # read 1234 bytes
+//! curl localhost:4242/peer        # tcp peer=127.0.0.1:50312 local=127.0.0.1:4242
 //! kill -HUP 1234                  # the next generation takes over
 //! ```
 //!
@@ -220,6 +221,23 @@ async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible
                 r
             }
         },
+        "/peer" => {
+            // Who is calling, as ceaseless says on every request.
+            let text = match req.extensions().get::<ceaseless::ConnInfo>() {
+                Some(ceaseless::ConnInfo::Tcp { peer, local }) => {
+                    format!("tcp peer={peer} local={local}\n")
+                }
+                Some(ceaseless::ConnInfo::Unix {
+                    cred: Some((uid, gid, pid)),
+                }) => format!(
+                    "unix uid={uid} gid={gid} pid={}\n",
+                    pid.map_or("unknown".into(), |p| p.to_string())
+                ),
+                Some(ceaseless::ConnInfo::Unix { cred: None }) => "unix (no credentials)\n".into(),
+                None => "unknown\n".into(),
+            };
+            Response::new(body(text))
+        }
         "/stream" => {
             let every = Duration::from_millis(query_u64(&req, "every_ms").unwrap_or(100));
             let size = query_u64(&req, "bytes").unwrap_or(16).min(1 << 20) as usize;

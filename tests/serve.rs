@@ -1281,6 +1281,53 @@ fn a_trickled_body_is_cut_off() {
     client.get_ok(&p, &http_url(addr, "/"));
 }
 
+/// Every request says who is calling: the exact peer and local address over TCP, the
+/// peer's credentials over a Unix socket.
+#[test]
+fn requests_carry_the_peer_address_or_credentials() {
+    let dir = std::env::temp_dir().join(format!("ceaseless-peer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("peer.sock");
+    let unix = format!("unix:{}", sock.display());
+    let p = Proc::spawn(
+        &example_bin("hello"),
+        &["--addr", "127.0.0.1:0", "--addr", &unix],
+    );
+    let addr: SocketAddr = [p.serving_addr(1), p.serving_addr(2)]
+        .iter()
+        .find_map(|a| a.parse().ok())
+        .expect("a TCP server");
+
+    let mut tcp = raw(
+        addr,
+        b"GET /peer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let me = tcp.local_addr().unwrap();
+    let res = read_response(&p, &mut tcp, "GET /peer over TCP");
+    assert_eq!(
+        String::from_utf8_lossy(&res.body),
+        format!("tcp peer={me} local={addr}\n")
+    );
+
+    let mut u = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    u.write_all(b"GET /peer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    u.read_to_end(&mut got).unwrap();
+    let text = String::from_utf8_lossy(&got);
+    // SAFETY: getuid/getgid have no failure modes and no memory effects.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let want = format!("unix uid={uid} gid={gid} pid={}\n", std::process::id());
+    println!("[peer] tcp {me}; unix: {:?}", text.lines().last());
+    assert!(
+        text.ends_with(&want),
+        "{text:?}, expected it to end with {want:?}"
+    );
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_streaming_response_outlives_the_write_timeout() {
     // 12 chunks, one every 250 ms: three times the 1 s write timeout, always progressing.
