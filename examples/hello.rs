@@ -6,6 +6,7 @@
 //! curl 'localhost:4242/slow?ms=2000'
 //! curl --data-binary @file localhost:4242/echo   # read 1234 bytes
 //! curl localhost:4242/peer        # tcp peer=127.0.0.1:50312 local=127.0.0.1:4242
+//! curl localhost:4242/healthz     # ok (503 during a shutdown's lame-duck period)
 //! kill -HUP 1234                  # the next generation takes over
 //! ```
 //!
@@ -15,7 +16,9 @@
 //! `--pid-file PATH`, `--admin` (serve `POST /admin/restart?wait_ms=N` and `POST /admin/shutdown`:
 //! a restart and a shutdown from code), `--warmup-ms N` (warm up for N ms before any
 //! server starts: until the generation declares ready, the previous one alone serves),
-//! `--stagger-ms N` (start each `--addr` N ms after the previous one), `--no-ready`
+//! `--stagger-ms N` (start each `--addr` N ms after the previous one), `--lame-duck-ms N`
+//! (at SIGTERM, answer `GET /healthz` with 503 for N ms while serving everything else,
+//! then drain), `--no-ready`
 //! (serve, but never declare ready: a broken deploy that accepts connections),
 //! `--fd-name NAME` (the previous `--addr` takes the socket-activated socket of that
 //! name, systemd's `FileDescriptorName=`), `--control PATH` (a control socket, for
@@ -59,6 +62,7 @@ struct Options {
     warmup: Option<Duration>,
     stagger: Option<Duration>,
     no_ready: bool,
+    lame_duck: Option<Duration>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -77,6 +81,7 @@ fn parse_args() -> Result<Options, String> {
         warmup: None,
         stagger: None,
         no_ready: false,
+        lame_duck: None,
     };
     let mut args = std::env::args().skip(1);
     let ms = |v: Option<String>, name: &str| -> Result<Option<Duration>, String> {
@@ -111,6 +116,7 @@ fn parse_args() -> Result<Options, String> {
             "--warmup-ms" => o.warmup = ms(args.next(), &a)?,
             "--stagger-ms" => o.stagger = ms(args.next(), &a)?,
             "--no-ready" => o.no_ready = true,
+            "--lame-duck-ms" => o.lame_duck = ms(args.next(), &a)?,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -221,6 +227,7 @@ async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible
                 r
             }
         },
+        "/healthz" => ceaseless::health().map(|text| Either::Left(Full::new(Bytes::from(text)))),
         "/peer" => {
             // Who is calling, as ceaseless says on every request.
             let text = match req.extensions().get::<ceaseless::ConnInfo>() {
@@ -343,6 +350,9 @@ async fn main() -> std::process::ExitCode {
     }
     if let Some(p) = &opts.pid_file {
         process = process.pid_file(p);
+    }
+    if let Some(d) = opts.lame_duck {
+        process = process.lame_duck(d);
     }
     if let Some(p) = &opts.control {
         #[cfg(feature = "control")]

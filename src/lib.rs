@@ -78,6 +78,7 @@ mod control;
 mod duration;
 mod error;
 mod handover;
+mod health;
 mod inherit;
 mod lifecycle;
 mod listen;
@@ -94,6 +95,7 @@ pub use conn::ConnInfo;
 #[cfg(feature = "control")]
 pub use error::ControlError;
 pub use error::{Error, RestartError};
+pub use health::{health, Health};
 pub use lifecycle::{Drain, Served};
 pub use process::{
     restart, shutdown, Process, ProcessBuilder, Readiness, DEFAULT_READY_TIMEOUT,

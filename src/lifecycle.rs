@@ -13,6 +13,8 @@
 //!    │ TERM, "abort"                                                │ the new one is ready
 //!    ▼                                                              ▼
 //! Draining(Shutdown) ◄── TERM (Serving, Restarting) ─── Draining(HandedOver)
+//!         ▲
+//!         └── LameDuck ◄── TERM (Serving, with a lame-duck period)
 //! ```
 //!
 //! Orthogonal to the phase is whether this generation is **live**: whether it owns the
@@ -61,6 +63,9 @@ pub(crate) enum Phase {
     Serving,
     /// A new generation is starting.
     Restarting,
+    /// A shutdown was asked for, and the lame-duck period runs: everything is served as
+    /// before, but the health check says 503 so that balancers stop sending here.
+    LameDuck,
     /// Draining, for this reason.
     Draining(Served),
 }

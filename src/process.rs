@@ -60,6 +60,7 @@ pub struct ProcessBuilder {
     control_socket: Option<PathBuf>,
     hooks: Vec<(Signal, Stage, Hook)>,
     signals: Vec<Signal>,
+    lame_duck: Option<Duration>,
 }
 
 impl std::fmt::Debug for ProcessBuilder {
@@ -85,6 +86,7 @@ impl Default for ProcessBuilder {
             control_socket: None,
             hooks: Vec::new(),
             signals: Signal::ALL.to_vec(),
+            lame_duck: None,
         }
     }
 }
@@ -108,6 +110,17 @@ impl ProcessBuilder {
     /// (default 10 s).
     pub fn stop_grace(mut self, t: Duration) -> Self {
         self.stop_grace = t;
+        self
+    }
+
+    /// A lame-duck period at a shutdown (off by default): on SIGINT/SIGTERM (or
+    /// [`Process::shutdown`]) the process keeps accepting and serving everything for
+    /// this long while the [`health`](crate::health) check answers `503`, so that a load
+    /// balancer or Kubernetes takes it out of rotation before its listeners close; then
+    /// the usual drain. A second shutdown request during the period drains at once. A
+    /// restart is never a lame duck: the address stays served.
+    pub fn lame_duck(mut self, period: Duration) -> Self {
+        self.lame_duck = Some(period).filter(|d| !d.is_zero());
         self
     }
 
@@ -231,6 +244,7 @@ impl ProcessBuilder {
                 readiness: self.readiness,
                 ready_timeout: self.ready_timeout,
                 stop_grace: self.stop_grace,
+                lame_duck: self.lame_duck,
                 control: OnceLock::new(),
                 exe: Exe::capture(),
             }),
@@ -314,6 +328,7 @@ struct Inner {
     readiness: Readiness,
     ready_timeout: Duration,
     stop_grace: Duration,
+    lame_duck: Option<Duration>,
     control: OnceLock<Control>,
     exe: Exe,
 }
@@ -435,6 +450,19 @@ impl Process {
     /// A [`Drain`](crate::Drain): the drain's start, and why, for handlers and tasks.
     pub fn drain(&self) -> crate::Drain {
         self.inner.publisher.drain()
+    }
+
+    /// Whether a health check should say this process serves: see [`health`](crate::health).
+    pub(crate) fn healthy(&self) -> bool {
+        let s = self.inner.publisher.current();
+        match s.phase {
+            // A new generation not ready yet shares its sockets with the previous one,
+            // which serves: a restart must not look like a failure.
+            Phase::Starting => !s.live,
+            Phase::Confirming | Phase::Serving | Phase::Restarting => true,
+            Phase::Draining(Served::HandedOver { .. }) => true,
+            Phase::LameDuck | Phase::Draining(Served::Shutdown) => false,
+        }
     }
 
     /// How this generation's serving ends, once it drains: `None` until then.
@@ -701,7 +729,27 @@ impl Process {
                 self.enter_drain(core, Served::Shutdown);
                 true
             }
-            Phase::Starting | Phase::Serving => {
+            Phase::Serving if self.inner.lame_duck.is_some() => {
+                let period = self.inner.lame_duck.unwrap_or_default();
+                tracing::info!(
+                    pid = std::process::id(),
+                    ms = crate::duration::millis(period),
+                    "lame duck: the health check says 503 while everything is still served"
+                );
+                core.state.phase = Phase::LameDuck;
+                self.inner.publisher.publish(core.state);
+                let p = self.clone();
+                tokio::spawn(async move {
+                    crate::duration::sleep_until(crate::duration::deadline(period)).await;
+                    let mut core = p.lock();
+                    if core.state.phase == Phase::LameDuck {
+                        p.enter_drain(&mut core, Served::Shutdown);
+                    }
+                });
+                true
+            }
+            // A second request during the lame-duck period: drain now.
+            Phase::LameDuck | Phase::Starting | Phase::Serving => {
                 self.enter_drain(core, Served::Shutdown);
                 true
             }
@@ -787,7 +835,7 @@ impl Process {
                 let mut core = self.lock();
                 match core.state.phase {
                     Phase::Serving => return self.begin_restart(&mut core),
-                    Phase::Draining(_) => return Err(RestartError::ShuttingDown),
+                    Phase::Draining(_) | Phase::LameDuck => return Err(RestartError::ShuttingDown),
                     Phase::Restarting | Phase::Confirming => return Err(RestartError::InProgress),
                     // A new generation not ready yet: the restart that started it is
                     // still in progress, and some of its servers may not have taken
