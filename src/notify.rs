@@ -10,7 +10,8 @@
 //! | a restart begins | the serving generation | `RELOADING=1`, `MONOTONIC_USEC=` |
 //! | the new generation is ready | the old one, still main | `MAINPID=<new>`, `READY=1`, `STATUS=` |
 //! | the restart failed | the old one, carrying on | `READY=1`, `STATUS=` (no `MAINPID=`) |
-//! | a final shutdown begins | the serving generation | `STOPPING=1`, `STATUS=` |
+//! | a final shutdown begins | the live generation | `STOPPING=1`, `STATUS=` |
+//! | the drain still runs, every 5 s from 5 s on | the live generation | `EXTEND_TIMEOUT_USEC=10000000`, `STATUS=` |
 //!
 //! A new generation says nothing of its own readiness: it is not the main process yet,
 //! and its parent names it in `MAINPID=` only once it proved it serves. The PID file is
@@ -80,16 +81,48 @@ fn monotonic_usec() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
+/// How often a live generation that drains at a shutdown asks the service manager for
+/// more time, and how much: the first request comes this long after the drain began
+/// (a short drain says nothing more than `STOPPING=1`), then one every period, each for
+/// twice the period from then on. The drain itself stays bounded by the hammer time.
+const EXTEND_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The service manager, as an observer of the process owner. Silent when there is none.
 pub(crate) struct Notify {
     /// Between `RELOADING=1` and the `READY=1` that ends the reload.
     reloading: bool,
+    /// Cancelled when the drain is done: stops the `EXTEND_TIMEOUT_USEC=` requests.
+    extending: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Notify {
     /// The notifier, if a service manager is listening (`NOTIFY_SOCKET` is set).
     pub(crate) fn from_env() -> Option<Self> {
-        std::env::var_os(ENV_NOTIFY_SOCKET).map(|_| Notify { reloading: false })
+        std::env::var_os(ENV_NOTIFY_SOCKET).map(|_| Notify {
+            reloading: false,
+            extending: None,
+        })
+    }
+
+    /// During a long drain, `EXTEND_TIMEOUT_USEC=` keeps systemd's stop timeout from
+    /// killing a drain that is still inside hammer time.
+    fn keep_extending(&mut self) {
+        let done = tokio_util::sync::CancellationToken::new();
+        self.extending = Some(done.clone());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let usec = 2 * EXTEND_EVERY.as_micros();
+            loop {
+                tokio::select! {
+                    _ = done.cancelled() => return,
+                    _ = tokio::time::sleep(EXTEND_EVERY) => {
+                        send(&format!("EXTEND_TIMEOUT_USEC={usec}\nSTATUS=draining"));
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -122,7 +155,15 @@ impl Observer for Notify {
                 ));
             }
             // Said only by the live generation: the one the manager tracks.
-            Transition::ShutdownBegun { live: true } => send("STOPPING=1\nSTATUS=shutting down"),
+            Transition::ShutdownBegun { live: true } => {
+                send("STOPPING=1\nSTATUS=shutting down");
+                self.keep_extending();
+            }
+            Transition::Done { .. } => {
+                if let Some(t) = self.extending.take() {
+                    t.cancel();
+                }
+            }
             _ => {}
         }
     }

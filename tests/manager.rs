@@ -366,6 +366,57 @@ fn sd_notify_follows_the_main_process_on_an_abstract_socket() {
     notify_scenario("notify-abstract", &notify);
 }
 
+/// A drain that outlasts the service manager's patience is not killed by it while it is
+/// still inside hammer time: past 5 s the live generation asks for more time.
+#[test]
+#[cfg_attr(not(feature = "systemd"), ignore = "needs the `systemd` feature")]
+fn a_long_drain_asks_the_service_manager_for_more_time() {
+    let dir = scratch_dir("notify-extend");
+    let notify = NotifySocket::path(&dir.join("notify"));
+    let mut p = Proc::spawn_with(
+        Command::new(example_bin("hello"))
+            .args(["--addr", "127.0.0.1:0", "--hammer-ms", "60000"])
+            .env("NOTIFY_SOCKET", &notify.env),
+    );
+    let n = notify.recv();
+    assert_eq!((n.pid, n.keys()), (p.pid, vec!["READY", "STATUS"]), "{n:?}");
+    let addr = p.serving_addr(1);
+    // A request that takes 7 s, accepted before the drain (connections are accepted in
+    // order: once a later one is answered, this one is in).
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    s.write_all(b"GET /slow?ms=7000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let slow = std::thread::spawn(move || {
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply
+    });
+    assert_eq!(answered_by(&addr), p.pid);
+    p.signal(libc::SIGTERM);
+    let n = notify.recv();
+    assert_eq!(
+        (n.pid, n.keys()),
+        (p.pid, vec!["STOPPING", "STATUS"]),
+        "{n:?}"
+    );
+    let n = notify.recv();
+    assert_eq!(
+        (n.pid, n.keys()),
+        (p.pid, vec!["EXTEND_TIMEOUT_USEC", "STATUS"]),
+        "{n:?}"
+    );
+    assert_eq!(n.get("EXTEND_TIMEOUT_USEC"), "10000000");
+    let reply = slow.join().unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    assert!(
+        p.wait_exit(LONG).is_some_and(|s| s.success()),
+        "{}",
+        p.output()
+    );
+    notify.assert_empty();
+}
+
 #[test]
 fn without_notify_socket_nothing_is_sent() {
     // A notify socket exists but the server is not told about it.
