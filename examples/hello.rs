@@ -228,6 +228,11 @@ async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible
             }
         },
         "/healthz" => ceaseless::health().map(|text| Either::Left(Full::new(Bytes::from(text)))),
+        "/log" => {
+            // A log line of a handler: tied to its connection by the connection's span.
+            tracing::info!("handling /log");
+            Response::new(body(answer()))
+        }
         "/peer" => {
             // Who is calling, as ceaseless says on every request.
             let text = match req.extensions().get::<ceaseless::ConnInfo>() {

@@ -63,7 +63,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -109,7 +109,7 @@ pub(crate) struct Limits {
 
 /// What every connection of one server shares.
 pub(crate) struct Shared {
-    pub(crate) builder: auto::Builder<TokioExecutor>,
+    pub(crate) builder: auto::Builder<SpanExecutor>,
     pub(crate) limits: Limits,
     pub(crate) watch: Watch,
     drain: Drain,
@@ -119,7 +119,7 @@ impl Shared {
     /// `drain` is what requests are told: it completes once their server stopped
     /// accepting.
     pub(crate) fn new(limits: Limits, watch: Watch, drain: Drain) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(SpanExecutor);
         builder
             .http1()
             // The read deadline of `TimedIo` covers the headers; see the module docs.
@@ -149,6 +149,23 @@ struct ConnState {
     read_deadline: AtomicU64,
     /// The connection switched protocols: no HTTP timeout applies any more.
     upgraded: AtomicBool,
+    /// The protocol was written into the connection's span.
+    proto_known: AtomicBool,
+}
+
+/// Runs hyper's tasks (HTTP/2 streams) inside the span of their connection, so that
+/// what a handler logs is tied to its connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpanExecutor;
+
+impl<F> hyper::rt::Executor<F> for SpanExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(tracing::Instrument::in_current_span(fut));
+    }
 }
 
 impl ConnState {
@@ -212,6 +229,18 @@ pub enum ConnInfo {
         /// The peer process's user id, group id and pid.
         cred: Option<(u32, u32, Option<i32>)>,
     },
+}
+
+impl std::fmt::Display for ConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnInfo::Tcp { peer, .. } => write!(f, "{peer}"),
+            ConnInfo::Unix {
+                cred: Some((uid, _, Some(pid))),
+            } => write!(f, "unix:uid={uid},pid={pid}"),
+            ConnInfo::Unix { .. } => f.write_str("unix"),
+        }
+    }
 }
 
 /// What one accepted connection brings along to [`serve`].
@@ -445,6 +474,10 @@ where
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let now = now_ms();
+        if !self.state.proto_known.load(Ordering::Relaxed) {
+            self.state.proto_known.store(true, Ordering::Relaxed);
+            tracing::Span::current().record("proto", tracing::field::debug(req.version()));
+        }
         let ext = req.extensions_mut();
         ext.insert(self.shared.drain.clone());
         ext.insert(self.info);

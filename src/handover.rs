@@ -40,6 +40,8 @@ pub(crate) const ENV_FDS: &str = "CEASELESS_FDS";
 pub(crate) const ENV_PARENT_PID: &str = "CEASELESS_PARENT_PID";
 /// The child's end of the readiness channel.
 pub(crate) const ENV_READY_FD: &str = "CEASELESS_READY_FD";
+/// The child's generation number: the parent's plus one (the first generation is 1).
+pub(crate) const ENV_GENERATION: &str = "CEASELESS_GENERATION";
 /// systemd's socket activation variables (sd_listen_fds(3)).
 pub(crate) const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const ENV_LISTEN_PID: &str = "LISTEN_PID";
@@ -180,6 +182,8 @@ pub(crate) struct Ours {
     pub(crate) entries: Vec<Result<Name, Error>>,
     /// The readiness channel's descriptor.
     pub(crate) ready_fd: Option<RawFd>,
+    /// This generation's number (2 when the parent did not say: it was the first).
+    pub(crate) generation: u64,
 }
 
 impl Ours {
@@ -239,16 +243,28 @@ pub(crate) fn read_ours(env: &dyn Env, ppid: u32) -> Result<Option<Ours>, Error>
             })
         })
         .collect();
+    // A number that cannot be read is not worth dropping the handover for.
+    let generation = env
+        .get(ENV_GENERATION)
+        .and_then(|g| g.trim().parse::<u64>().ok())
+        .filter(|g| *g >= 2)
+        .unwrap_or(2);
     Ok(Some(Ours {
         parent,
         entries,
         ready_fd,
+        generation,
     }))
 }
 
 /// The variables a child gets for a handover of `names` (at fds 3, 4, …) and the
 /// readiness channel right after them. The second value is that channel's number.
-pub(crate) fn child_env(names: &[Name], parent: u32) -> (Vec<(&'static str, String)>, RawFd) {
+/// `generation` is the parent's number; the child's is the next.
+pub(crate) fn child_env(
+    names: &[Name],
+    parent: u32,
+    generation: u64,
+) -> (Vec<(&'static str, String)>, RawFd) {
     let ready_fd = FIRST_FD + names.len() as RawFd;
     let listed: Vec<String> = names.iter().map(Name::encode).collect();
     (
@@ -256,6 +272,7 @@ pub(crate) fn child_env(names: &[Name], parent: u32) -> (Vec<(&'static str, Stri
             (ENV_FDS, listed.join("\n")),
             (ENV_PARENT_PID, parent.to_string()),
             (ENV_READY_FD, ready_fd.to_string()),
+            (ENV_GENERATION, generation.saturating_add(1).to_string()),
         ],
         ready_fd,
     )
@@ -455,12 +472,17 @@ mod tests {
         }
 
         #[test]
-        fn a_handover_round_trips(names in proptest::collection::vec(name(), 0..12), parent in 1u32..) {
-            let (vars, ready) = child_env(&names, parent);
+        fn a_handover_round_trips(
+            names in proptest::collection::vec(name(), 0..12),
+            parent in 1u32..,
+            generation in 1u64..u64::MAX,
+        ) {
+            let (vars, ready) = child_env(&names, parent, generation);
             let e = Fixed(vars.into_iter().collect());
             let ours = read_ours(&e, parent).unwrap().expect("meant for us");
             prop_assert_eq!(ours.parent, parent);
             prop_assert_eq!(ours.ready_fd, Some(ready));
+            prop_assert_eq!(ours.generation, generation + 1);
             let got: Vec<Name> = ours.entries.into_iter().map(|e| e.unwrap()).collect();
             prop_assert_eq!(got, names);
         }

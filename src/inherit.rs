@@ -86,6 +86,8 @@ pub(crate) struct Inherited {
     pub(crate) ready: Option<ReadyChannel>,
     /// The previous generation's pid, when this process is a restart.
     pub(crate) parent: Option<u32>,
+    /// This generation's number: 1 for the first, +1 at each restart.
+    pub(crate) generation: u64,
 }
 
 /// The process environment, read-only.
@@ -105,10 +107,14 @@ impl Inherited {
     /// Reads our own handover, else systemd's socket activation. Problems are logged as
     /// typed errors and the affected descriptors closed; nothing here panics.
     pub(crate) fn from_env(env: &dyn Env) -> Self {
-        let mut found = Inherited::default();
+        let mut found = Inherited {
+            generation: 1,
+            ..Inherited::default()
+        };
         match handover::read_ours(env, std::os::unix::process::parent_id()) {
             Ok(Some(ours)) => {
                 found.parent = Some(ours.parent);
+                found.generation = ours.generation;
                 for (i, entry) in ours.entries.into_iter().enumerate() {
                     let fd = FIRST_FD + i as RawFd;
                     match entry {

@@ -187,6 +187,7 @@ impl ProcessBuilder {
         }
         let mut inherited = Inherited::from_env(&ProcessEnv);
         let first = inherited.parent.is_none();
+        let generation = inherited.generation;
         let publisher = Publisher::new(State {
             phase: Phase::Starting,
             live: first,
@@ -247,6 +248,7 @@ impl ProcessBuilder {
                 lame_duck: self.lame_duck,
                 control: OnceLock::new(),
                 exe: Exe::capture(),
+                generation,
             }),
         };
         if let Some((path, listener)) = control_socket {
@@ -331,6 +333,7 @@ struct Inner {
     lame_duck: Option<Duration>,
     control: OnceLock<Control>,
     exe: Exe,
+    generation: u64,
 }
 
 /// A descriptor to hand over, under its name.
@@ -450,6 +453,12 @@ impl Process {
     /// A [`Drain`](crate::Drain): the drain's start, and why, for handlers and tasks.
     pub fn drain(&self) -> crate::Drain {
         self.inner.publisher.drain()
+    }
+
+    /// This generation's number: 1 for the first process, one more at each successful
+    /// restart (carried to the next generation in the handover).
+    pub fn generation(&self) -> u64 {
+        self.inner.generation
     }
 
     /// Whether a health check should say this process serves: see [`health`](crate::health).
@@ -889,7 +898,7 @@ impl Process {
         let Claimed { names, fds, abort } = claimed;
         let inner = &self.inner;
         let started = async {
-            let mut next = restart::spawn(&inner.exe, &names, &fds)?;
+            let mut next = restart::spawn(&inner.exe, &names, &fds, inner.generation)?;
             drop(fds);
             tracing::info!(pid = std::process::id(), new_pid = next.pid, path = %inner.exe.path.display(), "started the next generation; waiting for it to be ready");
             if let Err(e) = next.wait_ready(inner.ready_timeout, abort.cancelled()).await {

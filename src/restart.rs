@@ -109,9 +109,15 @@ pub(crate) struct Next {
 }
 
 /// Starts the next generation with `fds` (named by `names`) at 3, 4, …
-pub(crate) fn spawn(exe: &Exe, names: &[Name], fds: &[OwnedFd]) -> Result<Next, RestartError> {
+/// `generation` is this generation's number.
+pub(crate) fn spawn(
+    exe: &Exe,
+    names: &[Name],
+    fds: &[OwnedFd],
+    generation: u64,
+) -> Result<Next, RestartError> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-    let (vars, ready_fd) = handover::child_env(names, std::process::id());
+    let (vars, ready_fd) = handover::child_env(names, std::process::id(), generation);
     let mut sources: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     sources.push(theirs.as_raw_fd());
     debug_assert_eq!(ready_fd, FIRST_FD + sources.len() as RawFd - 1);

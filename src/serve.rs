@@ -252,6 +252,7 @@ where
         let (conns_tx, mut conns_rx) = watch::channel(0usize);
         let conns_tx = Arc::new(conns_tx);
 
+        let generation = process.generation();
         let mut state = watch.state.clone();
         loop {
             if state.borrow_and_update().is_draining() {
@@ -269,12 +270,14 @@ where
                         };
                         let task = handle(stream, self.app.clone(), shared.clone(), tls.clone(), handshake_timeout, acc);
                         let hammer = hammer_token.clone();
-                        tokio::spawn(async move {
+                        // Every log line of the connection names it, and its generation.
+                        let span = tracing::info_span!("conn", peer = %info, generation, proto = tracing::field::Empty);
+                        tokio::spawn(tracing::Instrument::instrument(async move {
                             tokio::select! {
                                 _ = task => {}
                                 _ = hammer.cancelled() => {} // drop: the socket closes
                             }
-                        });
+                        }, span));
                     }
                     Err(e) => accept_error(e).await,
                 },

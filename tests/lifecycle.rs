@@ -970,3 +970,38 @@ fn a_deploy_that_flips_a_current_symlink_restarts_the_new_release() {
     signal(new, libc::SIGTERM);
     expect_gone(&p, new, "the second generation");
 }
+
+// ---------------------------------------------------------------------------------------
+// Tracing: every connection's span names its peer, protocol and generation
+// ---------------------------------------------------------------------------------------
+
+/// `GET /log` over a connection whose port the test knows: the handler's log line
+/// carries the connection's span, which names the peer, the protocol and the generation
+/// number (1, then 2 after a restart).
+#[test]
+fn a_log_line_names_its_connection_and_generation() {
+    use std::io::{Read, Write};
+    become_subreaper();
+    let (_dir, app) = installed("spans", "hello");
+    let p = Proc::spawn(&app, &["--addr", "127.0.0.1:0"]);
+    let addr = p.serving_addr(1);
+    let log_through = |generation: u32| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let me = s.local_addr().unwrap();
+        s.write_all(b"GET /log HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+        let want = format!("conn{{peer={me} generation={generation} proto=HTTP/1.1}}");
+        let line = p.expect_line(&want, LONG);
+        assert!(line.contains("handling /log"), "{line}");
+        println!("[spans] {line}");
+    };
+    log_through(1);
+    let (_, new) = restart_ok(&p);
+    expect_gone(&p, p.pid, "the first generation");
+    log_through(2);
+    signal(new, libc::SIGTERM);
+    expect_gone(&p, new, "the second generation");
+}
