@@ -9,14 +9,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::generations::{
-    expect_gone, newest, restart_ok, socket_path, wait_line_of, wait_status, LONG,
+    expect_gone, newest, restart_ok, socket_path, wait_line_of, wait_status,
 };
-use common::load::{connect_tcp, exchange_blocking};
+use common::probe::{probe, Prober};
 use common::{become_subreaper, example_bin, scratch_dir, Proc};
 use serde_norway::Value;
 
@@ -324,58 +322,6 @@ fn the_systemd_unit_has_what_the_readme_relies_on() {
     let hammer = flag_ms(&start, "--hammer-ms");
     let stop_sec = seconds(unit_value(&unit, "Service", "TimeoutStopSec"));
     assert!(hammer < stop_sec * 1000, "{hammer} ms vs {stop_sec} s");
-}
-
-fn probe(addr: &str, path: &str) -> Result<u16, String> {
-    let mut s = connect_tcp(addr).map_err(|e| format!("connect: {e}"))?;
-    exchange_blocking(&mut s, path).map(|r| r.status)
-}
-
-/// Probes `/healthz` on fresh connections every 5 ms until stopped.
-struct Prober {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<Result<u16, String>>>>,
-    handle: std::thread::JoinHandle<()>,
-}
-
-impl Prober {
-    fn start(addr: String) -> Prober {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let handle = {
-            let (stop, seen) = (stop.clone(), seen.clone());
-            std::thread::spawn(move || {
-                // Bounded: at most ten minutes' worth of probes.
-                for _ in 0..120_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let r = probe(&addr, "/healthz");
-                    seen.lock().unwrap().push(r);
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            })
-        };
-        Prober { stop, seen, handle }
-    }
-
-    fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    fn wait_for(&self, n: usize) {
-        let deadline = Instant::now() + LONG;
-        while self.count() < n {
-            assert!(Instant::now() < deadline, "the prober stalled");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn stop(self) -> Vec<Result<u16, String>> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap();
-        Arc::try_unwrap(self.seen).unwrap().into_inner().unwrap()
-    }
 }
 
 #[test]

@@ -7,71 +7,9 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use common::generations::{expect_gone, restart_ok, LONG};
-use common::load::{connect_tcp, exchange_blocking};
+use common::probe::{probe, Prober};
 use common::{become_subreaper, example_bin, Proc};
-
-/// One probe: the status, or the connect/exchange error.
-fn probe(addr: &str, path: &str) -> Result<u16, String> {
-    let mut s = connect_tcp(addr).map_err(|e| format!("connect: {e}"))?;
-    exchange_blocking(&mut s, path).map(|r| r.status)
-}
-
-/// Probes `/healthz` every 5 ms until stopped; counts the answers by status, and the
-/// failures.
-struct Prober {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<Result<u16, String>>>>,
-    handle: std::thread::JoinHandle<()>,
-    count: Arc<AtomicU64>,
-}
-
-impl Prober {
-    fn start(addr: String) -> Prober {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let count = Arc::new(AtomicU64::new(0));
-        let handle = {
-            let (stop, seen, count) = (stop.clone(), seen.clone(), count.clone());
-            std::thread::spawn(move || {
-                // Bounded: at most ten minutes' worth of probes.
-                for _ in 0..120_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let r = probe(&addr, "/healthz");
-                    seen.lock().unwrap().push(r);
-                    count.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            })
-        };
-        Prober {
-            stop,
-            seen,
-            handle,
-            count,
-        }
-    }
-
-    fn wait_for(&self, n: u64) {
-        let deadline = std::time::Instant::now() + LONG;
-        while self.count.load(Ordering::Relaxed) < n {
-            assert!(std::time::Instant::now() < deadline, "the prober stalled");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn stop(self) -> Vec<Result<u16, String>> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap();
-        Arc::try_unwrap(self.seen).unwrap().into_inner().unwrap()
-    }
-}
 
 #[test]
 fn a_restart_is_invisible_to_the_health_check() {
@@ -82,7 +20,7 @@ fn a_restart_is_invisible_to_the_health_check() {
     prober.wait_for(20);
     let mut gens = vec![p.pid];
     for i in 1..=3 {
-        let before = prober.count.load(Ordering::Relaxed);
+        let before = prober.count();
         let (old, new) = restart_ok(&p);
         expect_gone(&p, old, &format!("restart {i}: the old generation"));
         prober.wait_for(before + 20);

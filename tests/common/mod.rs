@@ -6,6 +6,7 @@
 
 pub mod generations;
 pub mod load;
+pub mod probe;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
