@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::generations::{
     expect_gone, newest, restart_ok, socket_path, wait_line_of, wait_status,
@@ -325,6 +325,7 @@ fn the_systemd_unit_has_what_the_readme_relies_on() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
 fn hello_with_the_manifest_arguments_behaves_as_its_probes_expect() {
     become_subreaper();
     let docs = k8s_documents();
@@ -393,7 +394,6 @@ fn hello_with_the_manifest_arguments_behaves_as_its_probes_expect() {
     // SIGTERM, as the kubelet sends it: the lame duck says 503 to the readiness probe
     // while `/` (and the liveness probe on it) is still served on new connections.
     assert_eq!(newest(&p), new);
-    let sent = Instant::now();
     common::signal(new, libc::SIGTERM);
     wait_line_of(&p, "lame duck", new);
     assert_eq!(probe(&addr, "/healthz"), Ok(503), "{}", p.output());
@@ -404,7 +404,6 @@ fn hello_with_the_manifest_arguments_behaves_as_its_probes_expect() {
     let status = wait_status(new, bound)
         .unwrap_or_else(|| panic!("pid {new} still runs after {bound:?}:\n{}", p.output()));
     assert!(status.success(), "{status}\n{}", p.output());
-    assert!(sent.elapsed() < bound);
     assert!(
         probe(&addr, "/healthz").is_err(),
         "answering after the exit"
