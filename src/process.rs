@@ -740,13 +740,14 @@ impl Process {
             }
             Phase::Serving if self.inner.lame_duck.is_some() => {
                 let period = self.inner.lame_duck.unwrap_or_default();
+                core.state.phase = Phase::LameDuck;
+                self.inner.publisher.publish(core.state);
+                // Logged once the health check says 503, so that the line means it does.
                 tracing::info!(
                     pid = std::process::id(),
                     ms = crate::duration::millis(period),
                     "lame duck: the health check says 503 while everything is still served"
                 );
-                core.state.phase = Phase::LameDuck;
-                self.inner.publisher.publish(core.state);
                 let p = self.clone();
                 tokio::spawn(async move {
                     crate::duration::sleep_until(crate::duration::deadline(period)).await;
