@@ -282,10 +282,21 @@ pub(crate) fn child_env(
 pub(crate) const CHILD_ENV_REMOVED: [&str; 3] =
     [ENV_LISTEN_FDS, ENV_LISTEN_PID, ENV_LISTEN_FDNAMES];
 
+/// What systemd's socket activation hands over.
 #[cfg_attr(not(feature = "systemd"), allow(dead_code))]
-/// systemd's socket activation (sd_listen_fds(3)): the names of fds 3, 4, … (`None`
-/// for an unnamed one), or `None` when the set is meant for another pid or absent.
-pub(crate) fn read_systemd(env: &dyn Env, pid: u32) -> Result<Option<Vec<Option<String>>>, Error> {
+#[derive(Debug)]
+pub(crate) struct Activated {
+    /// The names of fds 3, 4, … (`None` for an unnamed one).
+    pub(crate) names: Vec<Option<String>>,
+    /// `LISTEN_FDNAMES` did not match the count and was ignored (sockets are then
+    /// matched by address): worth a log line, not a refusal.
+    pub(crate) names_ignored: Option<Error>,
+}
+
+#[cfg_attr(not(feature = "systemd"), allow(dead_code))]
+/// systemd's socket activation (sd_listen_fds(3)), or `None` when the set is meant for
+/// another pid or absent.
+pub(crate) fn read_systemd(env: &dyn Env, pid: u32) -> Result<Option<Activated>, Error> {
     let (Some(count), Some(for_pid)) = (env.get(ENV_LISTEN_FDS), env.get(ENV_LISTEN_PID)) else {
         return Ok(None);
     };
@@ -314,12 +325,24 @@ pub(crate) fn read_systemd(env: &dyn Env, pid: u32) -> Result<Option<Vec<Option<
             .collect(),
         None => Vec::new(),
     };
+    let mut names_ignored = None;
     if !names.is_empty() && names.len() != n {
         // Names that do not match the count name nothing reliably: match by address.
+        names_ignored = Some(Error::Environment {
+            name: ENV_LISTEN_FDNAMES,
+            value: env.get(ENV_LISTEN_FDNAMES).unwrap_or_default(),
+            reason: format!(
+                "{} names for {n} descriptors; matching by address",
+                names.len()
+            ),
+        });
         names.clear();
     }
     names.resize(n, None);
-    Ok(Some(names))
+    Ok(Some(Activated {
+        names,
+        names_ignored,
+    }))
 }
 
 /// The descriptor operations [`place_fds`] needs: the kernel's in the child, a model
@@ -570,14 +593,17 @@ mod tests {
             (ENV_LISTEN_PID, "5"),
             (ENV_LISTEN_FDNAMES, "web:unknown"),
         ]);
-        let names = read_systemd(&e, 5).unwrap().unwrap();
-        assert_eq!(names, vec![Some("web".to_string()), None]);
+        let got = read_systemd(&e, 5).unwrap().unwrap();
+        assert_eq!(got.names, vec![Some("web".to_string()), None]);
+        assert!(got.names_ignored.is_none());
         let e = env(&[
             (ENV_LISTEN_FDS, "2"),
             (ENV_LISTEN_PID, "5"),
             (ENV_LISTEN_FDNAMES, "a:b:c"),
         ]);
-        assert_eq!(read_systemd(&e, 5).unwrap().unwrap(), vec![None, None]);
+        let got = read_systemd(&e, 5).unwrap().unwrap();
+        assert_eq!(got.names, vec![None, None]);
+        assert!(got.names_ignored.is_some());
         let e = env(&[(ENV_LISTEN_FDS, "many"), (ENV_LISTEN_PID, "5")]);
         assert!(read_systemd(&e, 5).is_err());
     }

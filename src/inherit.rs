@@ -33,6 +33,17 @@ pub(crate) enum Announced {
     Systemd(Option<String>),
 }
 
+impl Announced {
+    /// The name it was announced under, for logs; `unnamed()` for an unnamed one.
+    fn label(&self, unnamed: impl FnOnce() -> String) -> String {
+        match self {
+            Announced::Parent(n) => n.encode(),
+            Announced::Systemd(Some(n)) => n.clone(),
+            Announced::Systemd(None) => unnamed(),
+        }
+    }
+}
+
 /// One inherited listening socket, validated.
 #[derive(Debug)]
 pub(crate) struct Entry {
@@ -61,11 +72,7 @@ impl Entry {
     }
 
     fn label(&self) -> String {
-        match &self.announced {
-            Announced::Parent(n) => n.encode(),
-            Announced::Systemd(Some(n)) => n.clone(),
-            Announced::Systemd(None) => self.actual.to_string(),
-        }
+        self.announced.label(|| self.actual.to_string())
     }
 }
 
@@ -147,8 +154,11 @@ impl Inherited {
         }
         #[cfg(feature = "systemd")]
         match handover::read_systemd(env, std::process::id()) {
-            Ok(Some(names)) => {
-                for (i, name) in names.into_iter().enumerate() {
+            Ok(Some(activated)) => {
+                if let Some(e) = activated.names_ignored {
+                    tracing::warn!(error = %e, "socket activation: ignoring the descriptor names");
+                }
+                for (i, name) in activated.names.into_iter().enumerate() {
                     found.adopt(FIRST_FD + i as RawFd, Announced::Systemd(name));
                 }
             }
@@ -159,11 +169,7 @@ impl Inherited {
     }
 
     fn adopt(&mut self, fd: RawFd, announced: Announced) {
-        let label = match &announced {
-            Announced::Parent(n) => n.encode(),
-            Announced::Systemd(Some(n)) => n.clone(),
-            Announced::Systemd(None) => format!("fd {fd}"),
-        };
+        let label = announced.label(|| format!("fd {fd}"));
         let checked = take_fd(fd).and_then(|owned| {
             let actual = describe_listener(owned.as_fd())?;
             match &announced {
@@ -294,7 +300,7 @@ fn announced_and_open(env: &dyn Env) -> Vec<RawFd> {
         Ok(Some(ours)) => ours.announced().collect(),
         #[cfg(feature = "systemd")]
         _ => match handover::read_systemd(env, std::process::id()) {
-            Ok(Some(names)) => (FIRST_FD..).take(names.len()).collect(),
+            Ok(Some(activated)) => (FIRST_FD..).take(activated.names.len()).collect(),
             _ => Vec::new(),
         },
         #[cfg(not(feature = "systemd"))]

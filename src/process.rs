@@ -632,12 +632,8 @@ impl Process {
                 if let Err(e) = write_all(&fd, report.as_bytes()) {
                     tracing::error!(error = %e, "cannot report readiness to the previous generation");
                 }
-                core.state = State {
-                    phase: Phase::Serving,
-                    live: true,
-                };
                 core.emit(&Transition::Ready { first: false });
-                core.emit(&Transition::Live);
+                core.become_live();
             }
             Some(ReadyChannel::Socket(fd)) => match write_all(&fd, report.as_bytes()) {
                 Ok(()) => {
@@ -649,12 +645,8 @@ impl Process {
                 Err(e) => {
                     // The parent is gone: nobody else serves, so this one is live.
                     tracing::warn!(error = %e, "cannot report readiness; the previous generation is gone, taking over");
-                    core.state = State {
-                        phase: Phase::Serving,
-                        live: true,
-                    };
                     core.emit(&Transition::Ready { first: false });
-                    core.emit(&Transition::Live);
+                    core.become_live();
                 }
             },
         }
@@ -697,11 +689,7 @@ impl Process {
                 if other.is_none() {
                     tracing::warn!("the previous generation left without a word; taking over");
                 }
-                core.state = State {
-                    phase: Phase::Serving,
-                    live: true,
-                };
-                core.emit(&Transition::Live);
+                core.become_live();
                 self.inner.publisher.publish(core.state);
                 if core.shutdown_deferred {
                     self.enter_drain(&mut core, Served::Shutdown);
@@ -967,6 +955,16 @@ impl Core {
         for o in &mut self.observers {
             o.observe(t);
         }
+    }
+
+    /// Serving, and live: the previous generation let go (or is gone). The caller
+    /// publishes the state.
+    fn become_live(&mut self) {
+        self.state = State {
+            phase: Phase::Serving,
+            live: true,
+        };
+        self.emit(&Transition::Live);
     }
 }
 
