@@ -404,13 +404,11 @@ async fn main() -> std::process::ExitCode {
             .read_timeout(opts.read_timeout)
             .write_timeout(opts.write_timeout)
             .before_begin(move |local| {
-                // Ready before the last "serving" line, so that whoever reads that line
-                // (a test, an operator) finds the generation ready, not a moment before.
+                tracing::info!(pid = std::process::id(), addr = %local, "serving");
                 let n = listening.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
                 if n == total && !no_ready {
                     p.ready();
                 }
-                tracing::info!(pid = std::process::id(), addr = %local, "serving");
             });
         if let Some(n) = opts.max_header_bytes {
             s = s.max_header_bytes(n);
