@@ -4,6 +4,7 @@
 //! cargo run --release --example hello                 # serves 127.0.0.1:4242
 //! curl localhost:4242/            # hello from pid 1234, version 0.1.0
 //! curl 'localhost:4242/slow?ms=2000'
+//! curl localhost:4242/async       # as /, after yielding once (pending on its first poll)
 //! curl --data-binary @file localhost:4242/echo   # read 1234 bytes
 //! curl localhost:4242/peer        # tcp peer=127.0.0.1:50312 local=127.0.0.1:4242
 //! curl localhost:4242/healthz     # ok (503 during a shutdown's lame-duck period)
@@ -217,6 +218,12 @@ async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible
             let mut r = Response::new(body(text));
             *r.status_mut() = status;
             r
+        }
+        "/async" => {
+            // The answer of `/` after yielding once: a handler that awaits anything is
+            // pending on its first poll (the benchmark measures both).
+            tokio::task::yield_now().await;
+            Response::new(body(answer()))
         }
         "/echo" => match req.into_body().collect().await {
             // Reads the whole body (the read timeout applies), answers its size.

@@ -30,7 +30,8 @@
 //! handler's future) turns into an error when it is next polled. So a request served
 //! over keep-alive costs no timer operation at all, whether its handler is ready on its
 //! first poll or not. (HTTP/2 streams run as tasks of their own: a stream whose handler
-//! is pending gets a timer of its own for the handler's deadline.)
+//! is pending puts its deadline in its connection's list, which the same timer serves
+//! and which wakes the stream's task when it passes.)
 //!
 //! # Timeouts, in Go's sense
 //! - read timeout: from the first byte of a request until its body is read, headers
@@ -338,16 +339,20 @@ where
                 (false, false) => shared.idle_ms,
             };
             let due = next_due(state, idle);
-            if due == 0 {
-                // Nothing to time. A timer still armed fires once, finds nothing due
-                // and is left alone.
-                return Poll::Pending;
-            }
             let elapsed = this
                 .sleep
                 .as_ref()
                 .as_pin_ref()
                 .is_some_and(|s| s.is_elapsed());
+            if due == 0 {
+                // Nothing to time. A timer still armed fires once, finds nothing due
+                // and is left alone; once it has, nothing is armed.
+                if elapsed && *this.armed != 0 {
+                    *this.armed = 0;
+                    state.armed.store(0, Ordering::Release);
+                }
+                return Poll::Pending;
+            }
             if elapsed {
                 let now = now_ms();
                 if due <= now {
@@ -369,6 +374,7 @@ where
                     None => this.sleep.set(Some(tokio::time::sleep_until(at))),
                 }
                 *this.armed = due;
+                state.armed.store(due, Ordering::Release);
             }
             if rearm || waker_changed {
                 *this.waker = Some(cx.waker().clone());
@@ -396,6 +402,10 @@ fn next_due(st: &ConnState, idle: Option<u64>) -> u64 {
         if at != 0 && expired & bit == 0 {
             due = due.min(at);
         }
+    }
+    let streams = st.streams_due.load(Ordering::Acquire);
+    if streams != 0 {
+        due = due.min(streams);
     }
     if let Some(limit) = idle {
         if st.in_flight.load(Ordering::Acquire) == 0 {
@@ -426,6 +436,10 @@ fn expire(st: &ConnState, idle: Option<u64>, now: u64) -> bool {
     }
     if bits != 0 {
         st.expired.fetch_or(bits, Ordering::Relaxed);
+    }
+    let streams = st.streams_due.load(Ordering::Acquire);
+    if streams != 0 && streams <= now {
+        st.expire_streams(now);
     }
     idle.is_some_and(|limit| {
         st.in_flight.load(Ordering::Acquire) == 0
@@ -648,7 +662,7 @@ where
                 handler: Handler::Early { res: Some(res) },
                 guard: None,
                 deadline: 0,
-                sleep: None,
+                stream: None,
                 armed: false,
                 h1,
                 read_bound,
@@ -670,7 +684,7 @@ where
             handler,
             guard: Some(guard),
             deadline: deadline.unwrap_or(0),
-            sleep: None,
+            stream: None,
             armed: false,
             h1,
             read_bound,
@@ -716,9 +730,9 @@ where
 pin_project! {
     /// One request through `Svc`, without a boxed future: the handler under its
     /// deadline, then `Connection: close` during a drain and the counted response body.
-    /// Over HTTP/1 the deadline is the connection timer's (`handler_deadline`), stored
-    /// only if the handler is pending; over HTTP/2 a pending handler gets a timer of
-    /// its own (HTTP/2 already spends a task per stream).
+    /// The deadline is the connection timer's, handed to it only if the handler is
+    /// pending: over HTTP/1 as `handler_deadline`, over HTTP/2 in the connection's list
+    /// of pending streams.
     pub(crate) struct SvcFuture<S, B>
     where
         S: tower_service::Service<Request<Incoming>>,
@@ -728,7 +742,8 @@ pin_project! {
         guard: Option<InFlight>,
         // The handler's deadline (0: none).
         deadline: u64,
-        sleep: Option<Pin<Box<Sleep>>>,
+        // HTTP/2: the deadline, in the connection's list of pending streams.
+        stream: Option<StreamTimer>,
         // HTTP/1: `deadline` was handed to the connection's timer.
         armed: bool,
         h1: bool,
@@ -771,14 +786,22 @@ where
                     }
                     return Poll::Pending;
                 }
-                let at = *this.deadline;
-                let sleep = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(instant_at(at))));
-                ready!(sleep.as_mut().poll(cx));
-                return Poll::Ready(Err(timed_out()));
+                match this.stream {
+                    Some(t) if t.state.stream_expired(t.key, cx.waker()) => {
+                        return Poll::Ready(Err(timed_out()))
+                    }
+                    Some(_) => {}
+                    None => {
+                        let state = this.guard.as_ref().expect("guarded until the response");
+                        let state = state.0.clone();
+                        let key = state.stream_wait(*this.deadline, cx.waker());
+                        *this.stream = Some(StreamTimer { state, key });
+                    }
+                }
+                return Poll::Pending;
             }
         };
+        this.stream.take();
         let guard = this.guard.take().expect("one response per request");
         if *this.armed {
             guard.0.handler_deadline.store(0, Ordering::Relaxed);
@@ -795,6 +818,18 @@ where
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         Poll::Ready(Ok(Response::from_parts(parts, ResBody::new(body, guard))))
+    }
+}
+
+/// An HTTP/2 stream's place in its connection's list of pending handlers.
+struct StreamTimer {
+    state: Arc<ConnState>,
+    key: usize,
+}
+
+impl Drop for StreamTimer {
+    fn drop(&mut self) {
+        self.state.stream_done(self.key);
     }
 }
 

@@ -52,7 +52,28 @@ pub(crate) struct ConnState {
     pub(crate) stall_deadline: AtomicU64,
     /// `EXPIRED_*` bits, set by the connection's timer.
     pub(crate) expired: AtomicU8,
+    /// The instant the connection's timer is armed for (0: none).
+    pub(crate) armed: AtomicU64,
+    /// HTTP/2: the nearest deadline of a pending handler in `streams` (0: none).
+    pub(crate) streams_due: AtomicU64,
+    streams: Mutex<Streams>,
     waker: Mutex<Option<Waker>>,
+}
+
+/// HTTP/2 streams whose handler is pending, with their deadlines: the connection's
+/// timer enforces them, so a pending stream costs two locks of its own connection's
+/// list instead of a timer of its own.
+#[derive(Debug, Default)]
+struct Streams {
+    slots: Vec<Option<Stream>>,
+    free: Vec<usize>,
+}
+
+#[derive(Debug)]
+struct Stream {
+    at: u64,
+    waker: Waker,
+    expired: bool,
 }
 
 impl ConnState {
@@ -66,6 +87,85 @@ impl ConnState {
 
     fn waker(&self) -> MutexGuard<'_, Option<Waker>> {
         self.waker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn streams(&self) -> MutexGuard<'_, Streams> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// HTTP/2: a pending handler of `self` must answer by `at`; `waker` is its task's.
+    /// Returns its key for [`ConnState::stream_expired`] and [`ConnState::stream_done`].
+    pub(crate) fn stream_wait(&self, at: u64, waker: &Waker) -> usize {
+        let mut s = self.streams();
+        let entry = Some(Stream {
+            at,
+            waker: waker.clone(),
+            expired: false,
+        });
+        let key = match s.free.pop() {
+            Some(k) => {
+                s.slots[k] = entry;
+                k
+            }
+            None => {
+                s.slots.push(entry);
+                s.slots.len() - 1
+            }
+        };
+        drop(s);
+        let _ = self
+            .streams_due
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur == 0 || at < cur).then_some(at)
+            });
+        let armed = self.armed.load(Ordering::Acquire);
+        if armed == 0 || at < armed {
+            // The connection's timer is armed for later (or not at all): re-arm it.
+            if let Some(w) = self.waker().as_ref() {
+                w.wake_by_ref();
+            }
+        }
+        key
+    }
+
+    /// HTTP/2: has the deadline of stream `key` passed? (Keeps its waker current.)
+    pub(crate) fn stream_expired(&self, key: usize, waker: &Waker) -> bool {
+        let mut s = self.streams();
+        let Some(st) = s.slots.get_mut(key).and_then(Option::as_mut) else {
+            return false;
+        };
+        if !st.expired && !st.waker.will_wake(waker) {
+            st.waker = waker.clone();
+        }
+        st.expired
+    }
+
+    /// HTTP/2: stream `key` answered or went away.
+    pub(crate) fn stream_done(&self, key: usize) {
+        let mut s = self.streams();
+        if let Some(slot) = s.slots.get_mut(key) {
+            *slot = None;
+            s.free.push(key);
+        }
+    }
+
+    /// The connection's timer: marks the streams due by `now` expired and wakes them.
+    pub(crate) fn expire_streams(&self, now: u64) {
+        let mut s = self.streams();
+        let mut next = u64::MAX;
+        for st in s.slots.iter_mut().flatten() {
+            if st.expired {
+                continue;
+            }
+            if st.at <= now {
+                st.expired = true;
+                st.waker.wake_by_ref();
+            } else {
+                next = next.min(st.at);
+            }
+        }
+        self.streams_due
+            .store(if next == u64::MAX { 0 } else { next }, Ordering::Release);
     }
 }
 
