@@ -171,7 +171,13 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(tracing::Instrument::in_current_span(fut));
+        // The connection's span is an INFO span of `ceaseless::serve`: when that is
+        // filtered out there is none to enter.
+        if tracing::enabled!(target: "ceaseless::serve", tracing::Level::INFO) {
+            tokio::spawn(tracing::Instrument::in_current_span(fut));
+        } else {
+            tokio::spawn(fut);
+        }
     }
 }
 

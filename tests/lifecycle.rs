@@ -998,10 +998,38 @@ fn a_log_line_names_its_connection_and_generation() {
         assert!(line.contains("handling /log"), "{line}");
         println!("[spans] {line}");
     };
+    // Over HTTP/2 the handler runs in a task of its own per stream: it still logs in
+    // its connection's span.
+    let log_through_h2 = |generation: u32| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (me, status) = rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let me = tcp.local_addr().unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let req = http::Request::get(format!("http://{addr}/log"))
+                .body(())
+                .unwrap();
+            let (res, _) = client.send_request(req, true).unwrap();
+            (me, res.await.unwrap().status())
+        });
+        assert_eq!(status, 200);
+        let want = format!("conn{{peer={me} generation={generation} proto=HTTP/2.0}}");
+        let line = p.expect_line(&want, LONG);
+        assert!(line.contains("handling /log"), "{line}");
+        println!("[spans] {line}");
+    };
     log_through(1);
+    log_through_h2(1);
     let (_, new) = restart_ok(&p);
     expect_gone(&p, p.pid, "the first generation");
     log_through(2);
+    log_through_h2(2);
     signal(new, libc::SIGTERM);
     expect_gone(&p, new, "the second generation");
 }
