@@ -146,6 +146,15 @@ pub struct Stats {
     pub connections: u64,
     pub failures: BTreeMap<String, u64>,
     pub retries: BTreeMap<String, u64>,
+    /// Every successful request: when it started (ms since [`epoch`]) and its latency
+    /// (µs), for the latency-over-time picture.
+    pub timeline: Vec<(u32, u32)>,
+}
+
+/// The instant the bench's clock for timelines starts (its first use).
+pub fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 impl Stats {
@@ -162,6 +171,7 @@ impl Stats {
             connections: 0,
             failures: BTreeMap::new(),
             retries: BTreeMap::new(),
+            timeline: Vec::new(),
         }
     }
 
@@ -180,6 +190,7 @@ impl Stats {
         for (k, v) in o.retries {
             count(&mut self.retries, k, v);
         }
+        self.timeline.extend(o.timeline);
     }
 
     /// All successful requests' latencies, windows included.
@@ -189,8 +200,14 @@ impl Stats {
         h
     }
 
-    fn ok(&mut self, latency: Duration, window: bool) {
+    fn ok(&mut self, started: Instant, window: bool) {
+        let latency = started.elapsed();
         let us = latency.as_micros().max(1) as u64;
+        let at = started.saturating_duration_since(epoch()).as_millis();
+        self.timeline.push((
+            u32::try_from(at).unwrap_or(u32::MAX),
+            us.min(u64::from(u32::MAX)) as u32,
+        ));
         if window {
             self.ok_window += 1;
             self.window.saturating_record(us);
@@ -408,7 +425,7 @@ async fn h1_conn(target: Arc<Target>, ctl: Arc<Control>) -> Stats {
             let req = target.request();
             match exchange(|| tx.send_request(req)).await {
                 Outcome::Ok { close } => {
-                    st.ok(t.elapsed(), window);
+                    st.ok(t, window);
                     if close {
                         break; // as every client does: reconnect
                     }
@@ -487,7 +504,7 @@ async fn h2_stream(
         let t = Instant::now();
         let req = target.request();
         match exchange(|| tx.send_request(req)).await {
-            Outcome::Ok { .. } => st.ok(t.elapsed(), window),
+            Outcome::Ok { .. } => st.ok(t, window),
             Outcome::Fail(k) => {
                 st.fail(k, window);
                 break;

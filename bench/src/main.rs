@@ -3,6 +3,7 @@
 
 mod ext;
 mod load;
+mod plot;
 mod probe;
 mod procs;
 mod report;
@@ -49,6 +50,8 @@ OPTIONS
                       and the load generators on the others
   --no-build          use the binaries already built in target/release
   --json PATH         also write the results as JSON
+  --plots DIR         also draw each restart run's latency over time, the SIGHUPs
+                      marked, into DIR/latency-<protocol>.svg
   --quick             a smoke run: 3 restarts, 1 round of 1 s, 3 start-ups
   -h, --help          this text
 "
@@ -68,6 +71,7 @@ pub struct Config {
     pub pin: bool,
     pub build: bool,
     pub json: Option<PathBuf>,
+    pub plots: Option<PathBuf>,
     pub quick: bool,
 }
 
@@ -84,6 +88,7 @@ fn parse_args() -> Result<Config, String> {
         pin: true,
         build: true,
         json: None,
+        plots: None,
         quick: false,
     };
     let mut clients: Option<Vec<String>> = None;
@@ -119,6 +124,7 @@ fn parse_args() -> Result<Config, String> {
             "--no-pin" => c.pin = false,
             "--no-build" => c.build = false,
             "--json" => c.json = Some(PathBuf::from(value()?)),
+            "--plots" => c.plots = Some(PathBuf::from(value()?)),
             "--quick" => c.quick = true,
             "-h" | "--help" => {
                 print!("{}", usage());
@@ -780,8 +786,10 @@ fn run_restarts(
     std::thread::sleep(cfg.gap.max(Duration::from_millis(500)));
     let mut samples = Vec::new();
     let mut rss_load_max = 0;
+    let mut sighups = Vec::new();
     for i in 0..cfg.restarts {
         rss_load_max = rss_load_max.max(procs::rss_kib(server.pid).unwrap_or(0));
+        sighups.push(u32::try_from(load::epoch().elapsed().as_millis()).unwrap_or(u32::MAX));
         let s = restart_once(&mut server, addr, probe_tls.as_ref(), &load.control);
         match &s.error {
             None => eprintln!(
@@ -804,7 +812,24 @@ fn run_restarts(
         }
         std::thread::sleep(cfg.gap);
     }
-    let (stats, elapsed) = load.stop(rt);
+    let (mut stats, elapsed) = load.stop(rt);
+    if let Some(dir) = &cfg.plots {
+        let path = dir.join(format!("latency-{}.svg", proto.name()));
+        let title = format!(
+            "{}: latency of {} concurrent keep-alive requests, {} SIGHUPs (grey)",
+            proto.name(),
+            cfg.connections,
+            sighups.len()
+        );
+        let drawn = std::fs::create_dir_all(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))
+            .and_then(|()| plot::latency_svg(&path, &title, &stats.timeline, &sighups));
+        match drawn {
+            Ok(()) => eprintln!("bench: drew {}", path.display()),
+            Err(e) => eprintln!("bench: cannot draw the latency picture: {e}"),
+        }
+    }
+    stats.timeline = Vec::new();
     let last_pid = server.pid;
     let last_fds = settled_fds(last_pid);
     let last_fd_kinds = procs::fd_kinds(last_pid);
