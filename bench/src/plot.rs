@@ -10,6 +10,9 @@ use plotters::prelude::*;
 /// Width of a bucket of the timeline, in ms.
 const BUCKET_MS: u32 = 20;
 
+/// A line of the picture: its name, its colour, and what it reads of a bucket.
+type Series = (&'static str, RGBColor, fn(&Bucket) -> f64);
+
 /// One bucket's latencies (µs): median, 99th percentile, maximum.
 struct Bucket {
     at_s: f64,
@@ -82,7 +85,7 @@ pub fn latency_svg(
             ))
             .map_err(|e| err(&e))?;
     }
-    let series: [(&str, RGBColor, fn(&Bucket) -> f64); 3] = [
+    let series: [Series; 3] = [
         ("max", RGBColor(230, 120, 40), |x| x.max),
         ("p99", RGBColor(200, 30, 30), |x| x.p99),
         ("p50", RGBColor(30, 90, 200), |x| x.p50),
