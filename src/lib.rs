@@ -83,12 +83,15 @@ mod health;
 mod inherit;
 mod lifecycle;
 mod listen;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod notify;
 mod pidfile;
 mod process;
 mod restart;
 mod serve;
 mod signals;
+pub mod status;
 mod tls;
 
 pub use addr::ListenAddr;
@@ -109,3 +112,4 @@ pub use serve::{
     DEFAULT_WRITE_TIMEOUT,
 };
 pub use signals::{Signal, Stage};
+pub use status::Status;
