@@ -454,4 +454,51 @@ mod tests {
             Err(ControlError::Protocol(_))
         ));
     }
+
+    #[test]
+    fn a_status_round_trips_as_one_line() {
+        use crate::status::*;
+        use std::time::{Duration, UNIX_EPOCH};
+        let s = Status {
+            pid: 4188,
+            generation: 4,
+            phase: Phase::LameDuck,
+            live: true,
+            started_at: UNIX_EPOCH + Duration::from_millis(1_796_174_403_117),
+            uptime_ms: 5120,
+            listeners: vec![ListenerStatus {
+                address: "unix:/run/a b.sock".into(),
+                origin: Origin::Activated,
+                connections: None,
+            }],
+            connections: Connections { open: 0 },
+            restarts_total: RestartCounts { ok: 1, failed: 1 },
+            restarts: vec![Restart {
+                at: UNIX_EPOCH + Duration::from_millis(1_796_174_402_981),
+                generation: 4,
+                outcome: Outcome::Failed,
+                pid: Some(4190),
+                reason: Some("exited: \"signal 9\"\nagain".into()),
+                sighup_to_ready_ms: None,
+                ready_to_old_gone_ms: None,
+            }],
+        };
+        let line = status_line(&s);
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        assert!(line.contains(r#""phase":"lame_duck""#), "{line}");
+        assert!(
+            line.contains(r#""started_at":"2026-12-02T01:20:03.117Z""#),
+            "{line}"
+        );
+        assert_eq!(parse_status(line.as_bytes()).unwrap(), s);
+        assert!(matches!(
+            parse_status(b"error unknown command \"status\"\n"),
+            Err(ControlError::Refused(_))
+        ));
+        assert!(matches!(
+            parse_status(b"{\"pid\":1}\n"),
+            Err(ControlError::Protocol(_))
+        ));
+        assert!(matches!(parse_status(b""), Err(ControlError::Closed)));
+    }
 }

@@ -4,17 +4,17 @@
 //! no-op.
 //!
 //! Nothing is recorded per request or per connection. The gauges and counters are set
-//! from a [`Status`](crate::Status) snapshot when [`publish`] is called — call it where
+//! from a [`Status`] snapshot when [`publish`] is called — call it where
 //! the metrics are read, just before rendering them (an exporter's scrape handler), or
 //! on a timer; the two histograms are recorded once per restart, when their event
-//! happens. Install the recorder before starting the [`Process`](crate::Process), so
+//! happens. Install the recorder before starting the [`Process`], so
 //! that the new generation's restart histograms are not lost.
 //!
 //! | name | kind | labels | what |
 //! | --- | --- | --- | --- |
 //! | `ceaseless_generation` | gauge | | this generation's number (1, then +1 at each successful restart) |
 //! | `ceaseless_live` | gauge | | 1 while this generation owns its files and answers for the process |
-//! | `ceaseless_phase` | gauge | `phase` | 1 for the current [`Phase`](crate::status::Phase) (`starting`, `confirming`, `serving`, `restarting`, `lame_duck`, `draining`), 0 for the others |
+//! | `ceaseless_phase` | gauge | `phase` | 1 for the current [`Phase`] (`starting`, `confirming`, `serving`, `restarting`, `lame_duck`, `draining`), 0 for the others |
 //! | `ceaseless_start_time_seconds` | gauge | | when this process started, in seconds since the Unix epoch |
 //! | `ceaseless_open_connections` | gauge | `listener` | open connections of each listener a ceaseless server serves |
 //! | `ceaseless_restarts_total` | counter | `outcome` = `ok`, `failed` | restarts since the first generation (carried across restarts, so it does not fall back to 0 at each one) |

@@ -648,3 +648,103 @@ mod rfc3339 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::RestartError;
+
+    struct Vars(Vec<(&'static str, String)>);
+    impl Env for Vars {
+        fn get(&self, name: &str) -> Option<String> {
+            self.0
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    fn restart(generation: u64) -> Restart {
+        Restart {
+            at: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(generation),
+            generation,
+            outcome: Outcome::Ok,
+            pid: Some(100 + generation as u32),
+            reason: None,
+            sighup_to_ready_ms: Some(5),
+            ready_to_old_gone_ms: Some(7),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_book_carries_and_bounds_the_history() {
+        // A parent with a full history hands it over.
+        let full = History {
+            totals: RestartCounts { ok: 20, failed: 2 },
+            restarts: (2..2 + MAX_RESTARTS as u64).map(restart).collect(),
+        };
+        let began = now_began();
+        let env = Vars(vec![
+            (handover::ENV_RESTARTS, handover::encode_history(&full)),
+            (handover::ENV_RESTART_BEGAN, began.encode()),
+        ]);
+        let me = 2 + MAX_RESTARTS as u64;
+        let book = Book::new(&env, Some(std::process::id()), me);
+        let mut rec = Recorder(book.clone());
+        rec.observe(&Transition::Ready { first: false });
+        rec.observe(&Transition::Live);
+        let serving = State {
+            phase: LPhase::Serving,
+            live: true,
+        };
+        let s = book.snapshot(serving);
+        assert_eq!(s.restarts.len(), MAX_RESTARTS);
+        assert_eq!(s.restarts_total, RestartCounts { ok: 21, failed: 2 });
+        assert_eq!(s.restarts[0].generation, 3, "the oldest is dropped");
+        let last = s.restarts.last().unwrap();
+        assert_eq!((last.generation, last.outcome), (me, Outcome::Ok));
+        assert_eq!(last.pid, Some(std::process::id()));
+        assert!(last.sighup_to_ready_ms.is_some() && last.ready_to_old_gone_ms.is_none());
+
+        // A failed restart of this generation is recorded by it, with its reason.
+        rec.observe(&Transition::RestartBegun);
+        let e = RestartError::NotReady {
+            pid: 9999,
+            timeout: std::time::Duration::from_secs(1),
+        };
+        rec.observe(&Transition::RestartFailed(&e));
+        let s = book.snapshot(serving);
+        let f = s.restarts.last().unwrap();
+        assert_eq!(
+            (f.outcome, f.pid, f.generation),
+            (Outcome::Failed, Some(9999), me)
+        );
+        assert!(f.reason.as_deref().unwrap().contains("not ready"));
+        assert_eq!(s.restarts_total.failed, 3);
+
+        // And all of it goes to the next child.
+        rec.observe(&Transition::RestartBegun);
+        let vars = book.child_env();
+        let next = Book::new(&Vars(vars), Some(1), me + 1);
+        let n = next.snapshot(serving);
+        assert_eq!(n.restarts, s.restarts);
+        assert_eq!(n.restarts_total, s.restarts_total);
+        assert!(lock(&next.inner).inherited_began.is_some());
+    }
+
+    #[test]
+    fn a_first_generation_ignores_stale_variables() {
+        let env = Vars(vec![(
+            handover::ENV_RESTARTS,
+            "totals 5 5\n1000 2 ok 41 12 - -".into(),
+        )]);
+        let book = Book::new(&env, None, 1);
+        let s = book.snapshot(State {
+            phase: LPhase::Starting,
+            live: true,
+        });
+        assert!(s.restarts.is_empty());
+        assert_eq!(s.restarts_total, RestartCounts::default());
+        assert_eq!(s.phase, Phase::Starting);
+    }
+}
