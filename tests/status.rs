@@ -177,6 +177,10 @@ fn status_follows_three_restarts_and_a_failed_one() {
     for i in 1..=3 {
         let (old, new) = restart_ok(&p);
         expect_gone(&p, old, &format!("restart {i}: the old generation"));
+        // The control socket answers once the new generation is live.
+        status_until(&control, "the new generation live", |s| {
+            s["pid"] == new && s["live"] == true
+        });
         pids.push(new);
     }
     // The newest generation learns of its parent's exit on its own: wait for it.
@@ -435,6 +439,23 @@ fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64
         .map(|s| s.value)
 }
 
+/// Scrapes until `done` holds (bounded: LONG). A new generation serves before its
+/// parent's word that it is live, and records the restart it came from at that word.
+fn scrape_until(addr: &str, what: &str, done: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let m = scrape(addr);
+        if done(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {LONG:?}: {m:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn scrape(addr: &str) -> Vec<Sample> {
     let r = get_tcp(addr, "/metrics");
     assert_eq!(r.status, 200, "{}", r.body);
@@ -500,7 +521,10 @@ fn metrics_move_with_restarts() {
         let (old, new) = restart_ok(&p);
         expect_gone(&p, old, &format!("restart {i}: the old generation"));
         newest = new;
-        let m = scrape(&addr);
+        let m = scrape_until(&addr, "the new generation live", |m| {
+            metric(m, "ceaseless_live", &[]) == Some(1.0)
+                && metric(m, "ceaseless_restart_duration_seconds_count", &[]).is_some()
+        });
         assert_eq!(
             metric(&m, "ceaseless_generation", &[]),
             Some(f64::from(i + 1))
@@ -517,19 +541,9 @@ fn metrics_move_with_restarts() {
         );
     }
     // The drain of the old generation, once the new one saw it exit.
-    let deadline = Instant::now() + LONG;
-    while metric(
-        &scrape(&addr),
-        "ceaseless_drain_duration_seconds_count",
-        &[],
-    ) != Some(1.0)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no drain recorded within {LONG:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    scrape_until(&addr, "the drain recorded", |m| {
+        metric(m, "ceaseless_drain_duration_seconds_count", &[]) == Some(1.0)
+    });
 
     std::fs::remove_file(&app).unwrap();
     restart_fails(&p);
