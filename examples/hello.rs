@@ -399,20 +399,40 @@ fn status_table(s: &ceaseless::Status) -> String {
         time(s.started_at),
         s.uptime_ms
     );
-    let _ = writeln!(o, "connections {} open", s.connections.open);
+    let c = s.connections;
+    let _ = writeln!(
+        o,
+        "connections {} open: {} active, {} idle, {} upgraded",
+        c.open, c.active, c.idle, c.upgraded
+    );
     let _ = writeln!(
         o,
         "restarts    {} ok, {} failed",
         s.restarts_total.ok, s.restarts_total.failed
     );
     let _ = writeln!(o);
-    let _ = writeln!(o, "{:<40} {:<10} {:>5}", "LISTENER", "ORIGIN", "OPEN");
+    let _ = writeln!(
+        o,
+        "{:<40} {:<10} {:>6} {:>6} {:>6} {:>8}",
+        "LISTENER", "ORIGIN", "OPEN", "ACTIVE", "IDLE", "UPGRADED"
+    );
     for l in &s.listeners {
         let origin = format!("{:?}", l.origin).to_lowercase();
-        let open = l
-            .connections
-            .map_or_else(|| "-".into(), |c| c.open.to_string());
-        let _ = writeln!(o, "{:<40} {:<10} {:>5}", l.address, origin, open);
+        let n = |f: fn(&ceaseless::status::Connections) -> usize| {
+            l.connections
+                .as_ref()
+                .map_or_else(|| "-".into(), |c| f(c).to_string())
+        };
+        let _ = writeln!(
+            o,
+            "{:<40} {:<10} {:>6} {:>6} {:>6} {:>8}",
+            l.address,
+            origin,
+            n(|c| c.open),
+            n(|c| c.active),
+            n(|c| c.idle),
+            n(|c| c.upgraded)
+        );
     }
     let _ = writeln!(o);
     let _ = writeln!(

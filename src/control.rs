@@ -471,7 +471,12 @@ mod tests {
                 origin: Origin::Activated,
                 connections: None,
             }],
-            connections: Connections { open: 0 },
+            connections: Connections {
+                open: 3,
+                active: 1,
+                idle: 1,
+                upgraded: 1,
+            },
             restarts_total: RestartCounts { ok: 1, failed: 1 },
             restarts: vec![Restart {
                 at: UNIX_EPOCH + Duration::from_millis(1_796_174_402_981),

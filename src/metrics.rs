@@ -16,13 +16,12 @@
 //! | `ceaseless_live` | gauge | | 1 while this generation owns its files and answers for the process |
 //! | `ceaseless_phase` | gauge | `phase` | 1 for the current [`Phase`] (`starting`, `confirming`, `serving`, `restarting`, `lame_duck`, `draining`), 0 for the others |
 //! | `ceaseless_start_time_seconds` | gauge | | when this process started, in seconds since the Unix epoch |
-//! | `ceaseless_open_connections` | gauge | `listener` | open connections of each listener a ceaseless server serves |
+//! | `ceaseless_connections` | gauge | `listener`, `state` = `active`, `idle`, `upgraded` | open connections of each listener a ceaseless server serves, by state (they add up to the open ones) |
 //! | `ceaseless_restarts_total` | counter | `outcome` = `ok`, `failed` | restarts since the first generation (carried across restarts, so it does not fall back to 0 at each one) |
 //! | `ceaseless_restart_duration_seconds` | histogram | | from the start of a restart (SIGHUP) to the new generation's readiness; recorded by the new generation |
 //! | `ceaseless_drain_duration_seconds` | histogram | | from the new generation's readiness to the old generation's exit (its drain); recorded by the new generation |
 //!
-//! A per-state split of the connections (active, idle, upgraded) and a request count
-//! belong to the connection path and are not here yet.
+//! A request count belongs to the connection path and is not here yet.
 //!
 //! ```no_run
 //! // With metrics-exporter-prometheus (no HTTP listener of its own):
@@ -59,8 +58,8 @@ fn describe() {
             "When this process started, in seconds since the Unix epoch."
         );
         describe_gauge!(
-            "ceaseless_open_connections",
-            "Open connections of each listener."
+            "ceaseless_connections",
+            "Open connections of each listener, by state."
         );
         describe_counter!(
             "ceaseless_restarts_total",
@@ -107,8 +106,14 @@ pub fn publish_status(s: &Status) {
     gauge!("ceaseless_start_time_seconds").set(started);
     for l in &s.listeners {
         if let Some(c) = l.connections {
-            gauge!("ceaseless_open_connections", "listener" => l.address.clone())
-                .set(c.open as f64);
+            for (state, n) in [
+                ("active", c.active),
+                ("idle", c.idle),
+                ("upgraded", c.upgraded),
+            ] {
+                gauge!("ceaseless_connections", "listener" => l.address.clone(), "state" => state)
+                    .set(n as f64);
+            }
         }
     }
     counter!("ceaseless_restarts_total", "outcome" => "ok").absolute(s.restarts_total.ok);

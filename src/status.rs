@@ -29,8 +29,9 @@ use crate::lifecycle::{Observer, Phase as LPhase, State, Transition};
 /// ```text
 /// {"pid":4188,"generation":4,"phase":"serving","live":true,
 ///  "started_at":"2026-12-02T01:20:03.117Z","uptime_ms":5120,
-///  "listeners":[{"address":"127.0.0.1:4242","origin":"inherited","connections":{"open":2}}],
-///  "connections":{"open":2},
+///  "listeners":[{"address":"127.0.0.1:4242","origin":"inherited",
+///                 "connections":{"open":3,"active":1,"idle":1,"upgraded":1}}],
+///  "connections":{"open":3,"active":1,"idle":1,"upgraded":1},
 ///  "restarts_total":{"ok":3,"failed":1},
 ///  "restarts":[{"at":"2026-12-02T01:20:02.981Z","generation":4,"outcome":"ok","pid":4188,
 ///               "reason":null,"sighup_to_ready_ms":136,"ready_to_old_gone_ms":1004},
@@ -167,13 +168,42 @@ pub enum Origin {
     Bound,
 }
 
-/// Connection counts.
+/// Connection counts: every open one, and the same by state (`active + idle +
+/// upgraded == open`, counted together from the connections' own state when the
+/// snapshot is taken).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "control", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct Connections {
     /// Open connections (accepted and not closed yet), in whatever state.
     pub open: usize,
+    /// With a request in flight (HTTP/2: with a stream open).
+    pub active: usize,
+    /// Open, between requests (keep-alive).
+    pub idle: usize,
+    /// Switched protocols (WebSockets and other upgrades): no longer HTTP, still
+    /// drained.
+    pub upgraded: usize,
+}
+
+impl Connections {
+    fn of(c: crate::drain::Census) -> Connections {
+        Connections {
+            open: c.active + c.idle + c.upgraded,
+            active: c.active,
+            idle: c.idle,
+            upgraded: c.upgraded,
+        }
+    }
+
+    fn add(self, o: Connections) -> Connections {
+        Connections {
+            open: self.open + o.open,
+            active: self.active + o.active,
+            idle: self.idle + o.idle,
+            upgraded: self.upgraded + o.upgraded,
+        }
+    }
 }
 
 /// Restarts by outcome.
@@ -369,13 +399,13 @@ impl Book {
             .map(|e| ListenerStatus {
                 address: e.address.clone(),
                 origin: e.origin,
-                connections: e.tracker.as_ref().map(|t| Connections { open: t.open() }),
+                connections: e.tracker.as_ref().map(|t| Connections::of(t.census())),
             })
             .collect();
-        let open = listeners
+        let total = listeners
             .iter()
-            .filter_map(|l| l.connections.map(|c| c.open))
-            .sum();
+            .filter_map(|l| l.connections)
+            .fold(Connections::default(), Connections::add);
         Status {
             pid: std::process::id(),
             generation: self.generation,
@@ -384,7 +414,7 @@ impl Book {
             started_at: self.started_at,
             uptime_ms: ms_between(self.started_mono, mono_ns()),
             listeners,
-            connections: Connections { open },
+            connections: total,
             restarts_total: p.totals,
             restarts: p.history.iter().cloned().collect(),
         }

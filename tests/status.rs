@@ -77,13 +77,17 @@ fn check_shape(s: &Value) {
     assert!(s["pid"].is_u64() && s["generation"].is_u64() && s["uptime_ms"].is_u64());
     assert!(s["live"].is_boolean() && s["phase"].is_string());
     assert!(rfc3339(&s["started_at"]), "{}", s["started_at"]);
-    assert_eq!(keys(&s["connections"]), set(&["open"]));
+    let by_state = set(&["open", "active", "idle", "upgraded"]);
+    assert_eq!(keys(&s["connections"]), by_state);
     assert_eq!(keys(&s["restarts_total"]), set(&["ok", "failed"]));
     for l in s["listeners"].as_array().expect("listeners") {
         assert_eq!(keys(l), set(&["address", "origin", "connections"]), "{l}");
         assert!(l["address"].is_string());
         assert!(["inherited", "activated", "bound"].contains(&l["origin"].as_str().unwrap()));
-        assert!(l["connections"]["open"].is_u64(), "{l}");
+        let c = &l["connections"];
+        assert_eq!(keys(c), by_state, "{l}");
+        let n = |k: &str| c[k].as_u64().unwrap();
+        assert_eq!(n("open"), n("active") + n("idle") + n("upgraded"), "{l}");
     }
     for r in s["restarts"].as_array().expect("restarts") {
         assert_eq!(
@@ -163,8 +167,22 @@ fn status_follows_three_restarts_and_a_failed_one() {
     assert_eq!(s["live"], true);
     assert_eq!(s["listeners"][0]["address"], addr.as_str());
     assert_eq!(s["listeners"][0]["origin"], "bound");
-    assert_eq!(s["listeners"][0]["connections"]["open"], 1, "{s:#}");
-    assert_eq!(s["connections"]["open"], 1);
+    let one_idle = serde_json::json!({"open": 1, "active": 0, "idle": 1, "upgraded": 0});
+    assert_eq!(s["listeners"][0]["connections"], one_idle, "{s:#}");
+    assert_eq!(s["connections"], one_idle);
+    // A request in flight on a second connection makes it active.
+    let slow = {
+        let addr = addr.clone();
+        std::thread::spawn(move || get_tcp(&addr, "/slow?ms=2000").status)
+    };
+    let s = status_until(&control, "a request in flight", |s| {
+        s["connections"]["active"] == 1
+    });
+    assert_eq!(
+        s["connections"],
+        serde_json::json!({"open": 2, "active": 1, "idle": 1, "upgraded": 0})
+    );
+    assert_eq!(slow.join().unwrap(), 200);
     assert_eq!(s["restarts"], serde_json::json!([]));
     assert_eq!(
         s["restarts_total"],
@@ -512,9 +530,20 @@ fn metrics_move_with_restarts() {
         Some(0.0)
     );
     assert!(metric(&m, "ceaseless_start_time_seconds", &[]).is_some_and(|t| t > 1.0e9));
-    // The scrape's own connection is open while it is answered.
-    let open = metric(&m, "ceaseless_open_connections", &[("listener", &addr)]);
-    assert!(open.is_some_and(|n| n >= 1.0), "{open:?}");
+    // The scrape's own request is in flight while it is answered.
+    let conns = |state| {
+        metric(
+            &m,
+            "ceaseless_connections",
+            &[("listener", &addr), ("state", state)],
+        )
+    };
+    assert!(
+        conns("active").is_some_and(|n| n >= 1.0),
+        "{:?}",
+        conns("active")
+    );
+    assert!(conns("idle").is_some() && conns("upgraded").is_some());
 
     let mut newest = p.pid;
     for i in 1..=2u32 {
