@@ -356,25 +356,28 @@ fn status_command(mut args: impl Iterator<Item = String>) -> std::process::ExitC
         eprintln!("{USAGE}");
         return std::process::ExitCode::from(2);
     };
-    match ceaseless::control::request_status(&control, timeout) {
-        Ok(s) if table => {
-            print!("{}", status_table(&s));
-            std::process::ExitCode::SUCCESS
-        }
+    let text = match ceaseless::control::request_status(&control, timeout) {
+        Ok(s) if table => status_table(&s),
         Ok(s) => match serde_json::to_string_pretty(&s) {
-            Ok(json) => {
-                println!("{json}");
-                std::process::ExitCode::SUCCESS
-            }
+            Ok(json) => json + "\n",
             Err(e) => {
                 eprintln!("hello status: {e}");
-                std::process::ExitCode::from(1)
+                return std::process::ExitCode::from(1);
             }
         },
         Err(e) => {
             eprintln!("hello status: no status from {control}: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    // Not println!: a reader that stops early (`| head`) is not an error worth a panic.
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("hello status: {e}");
             std::process::ExitCode::from(1)
         }
+        _ => std::process::ExitCode::SUCCESS,
     }
 }
 
