@@ -595,3 +595,60 @@ fn metrics_move_with_restarts() {
     expect_gone(&p, newest, "the last generation");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A WebSocket is counted as an upgraded connection, apart from the idle and active
+/// ones: the realtime example's `/ws` with a real client, read through the library's
+/// own client of the control socket.
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn a_websocket_is_an_upgraded_connection() {
+    #[cfg(feature = "control")]
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+
+        let dir = common::scratch_dir("status-ws");
+        let control = socket_path(&dir, "control.sock");
+        let mut cmd = Command::new(example_bin("realtime"));
+        cmd.args(["--addr", "127.0.0.1:0", "--control"])
+            .arg(&control);
+        let mut p = Proc::spawn_with(&mut cmd);
+        let addr = p.serving_addr(1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut ws = rt.block_on(async {
+            let url = format!("ws://{addr}/ws");
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .expect("connect the WebSocket");
+            ws.send(Message::text("hi")).await.unwrap();
+            let answer = tokio::time::timeout(LONG, ws.next())
+                .await
+                .expect("an answer");
+            assert!(matches!(answer, Some(Ok(Message::Text(_)))), "{answer:?}");
+            ws
+        });
+        let idle_http = connect_tcp(&addr).unwrap();
+        let deadline = Instant::now() + LONG;
+        let s = loop {
+            let s = ceaseless::control::request_status(&control, LONG).expect("status");
+            if s.connections.open == 2 || Instant::now() > deadline {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        println!("[status] with a WebSocket: {:?}", s.connections);
+        assert_eq!(s.connections.upgraded, 1, "{s:?}");
+        assert_eq!(s.connections.open, 2, "{s:?}");
+        assert_eq!(s.listeners[0].connections, Some(s.connections));
+        drop(idle_http);
+        rt.block_on(async {
+            let _ = ws.close(None).await;
+        });
+        p.signal(libc::SIGTERM);
+        assert!(p.wait_exit(LONG).is_some(), "{}", p.output());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
