@@ -8,6 +8,7 @@
 //! curl --data-binary @file localhost:4242/echo   # read 1234 bytes
 //! curl localhost:4242/peer        # tcp peer=127.0.0.1:50312 local=127.0.0.1:4242
 //! curl localhost:4242/healthz     # ok (503 during a shutdown's lame-duck period)
+//! curl localhost:4242/metrics     # Prometheus text: generation, restarts, connections
 //! kill -HUP 1234                  # the next generation takes over
 //! ```
 //!
@@ -29,6 +30,15 @@
 //! control socket to restart and waits for the outcome: it prints the new pid and exits
 //! 0, or prints why nothing changed and exits 1 (2 for a usage error). Fit for a
 //! service unit's `ExecReload=` or a deploy script; see `contrib/systemd/`.
+//!
+//! `hello status --control PATH [--table] [--timeout-ms N]` prints what that server is
+//! doing — pid, generation, phase, listeners and connections, recent restarts — as
+//! pretty JSON, or as a table with `--table`. It exits 1 with the reason when nothing
+//! answers (2 for a usage error).
+//!
+//! `GET /metrics` (with the `metrics` feature) renders ceaseless's metrics in the
+//! Prometheus text format, through `metrics-exporter-prometheus` without its own
+//! listener: the handler refreshes the gauges from a snapshot, then renders.
 //! The version marker comes from `HELLO_VERSION` at build time (the crate version if
 //! unset), so two builds can be told apart.
 
@@ -195,6 +205,31 @@ fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
 
 type HelloBody = Either<Full<Bytes>, Chunks>;
 
+/// The Prometheus recorder's handle, installed at the top of `main`.
+#[cfg(feature = "metrics")]
+static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// `GET /metrics`: ceaseless's gauges refreshed from a snapshot, then everything the
+/// recorder holds, in the Prometheus text format.
+fn metrics_response() -> Response<HelloBody> {
+    #[cfg(feature = "metrics")]
+    if let Some(handle) = METRICS.get() {
+        ceaseless::metrics::publish();
+        let mut r = Response::new(Either::Left(Full::new(Bytes::from(handle.render()))));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return r;
+    }
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(
+        b"built without the `metrics` feature\n",
+    ))));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
+}
+
 async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible> {
     let body = |s: String| Either::Left(Full::new(Bytes::from(s)));
     let answer = || format!("hello from pid {}, version {VERSION}\n", std::process::id());
@@ -235,6 +270,7 @@ async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible
             }
         },
         "/healthz" => ceaseless::health().map(|text| Either::Left(Full::new(Bytes::from(text)))),
+        "/metrics" => metrics_response(),
         "/log" => {
             // A log line of a handler: tied to its connection by the connection's span.
             tracing::info!("handling /log");
@@ -286,6 +322,145 @@ async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible
     Ok(res)
 }
 
+/// `hello status --control PATH [--table] [--timeout-ms N]`: see the module docs.
+#[cfg(feature = "control")]
+fn status_command(mut args: impl Iterator<Item = String>) -> std::process::ExitCode {
+    const USAGE: &str = "usage: hello status --control PATH [--table] [--timeout-ms N]";
+    let mut control = None;
+    let mut table = false;
+    let mut timeout = Duration::from_secs(5);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--table" => table = true,
+            "--control" => match args.next() {
+                Some(v) => control = Some(v),
+                None => {
+                    eprintln!("{USAGE}");
+                    return std::process::ExitCode::from(2);
+                }
+            },
+            "--timeout-ms" => match args.next().and_then(|v| v.parse::<u64>().ok()) {
+                Some(n) if n > 0 => timeout = Duration::from_millis(n),
+                _ => {
+                    eprintln!("hello status: --timeout-ms needs a positive number");
+                    return std::process::ExitCode::from(2);
+                }
+            },
+            _ => {
+                eprintln!("{USAGE}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    let Some(control) = control else {
+        eprintln!("{USAGE}");
+        return std::process::ExitCode::from(2);
+    };
+    let text = match ceaseless::control::request_status(&control, timeout) {
+        Ok(s) if table => status_table(&s),
+        Ok(s) => match serde_json::to_string_pretty(&s) {
+            Ok(json) => json + "\n",
+            Err(e) => {
+                eprintln!("hello status: {e}");
+                return std::process::ExitCode::from(1);
+            }
+        },
+        Err(e) => {
+            eprintln!("hello status: no status from {control}: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    // Not println!: a reader that stops early (`| head`) is not an error worth a panic.
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("hello status: {e}");
+            std::process::ExitCode::from(1)
+        }
+        _ => std::process::ExitCode::SUCCESS,
+    }
+}
+
+/// The status as a table, for a person at a terminal.
+#[cfg(feature = "control")]
+fn status_table(s: &ceaseless::Status) -> String {
+    use std::fmt::Write;
+    let time = ceaseless::status::format_time;
+    let ms = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    let mut o = String::new();
+    let _ = writeln!(o, "pid         {}", s.pid);
+    let _ = writeln!(o, "generation  {}", s.generation);
+    let _ = writeln!(
+        o,
+        "phase       {}{}",
+        s.phase.as_str(),
+        if s.live { " (live)" } else { "" }
+    );
+    let _ = writeln!(
+        o,
+        "started     {}  (up {} ms)",
+        time(s.started_at),
+        s.uptime_ms
+    );
+    let c = s.connections;
+    let _ = writeln!(
+        o,
+        "connections {} open: {} active, {} idle, {} upgraded",
+        c.open, c.active, c.idle, c.upgraded
+    );
+    let _ = writeln!(
+        o,
+        "restarts    {} ok, {} failed",
+        s.restarts_total.ok, s.restarts_total.failed
+    );
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "{:<40} {:<10} {:>6} {:>6} {:>6} {:>8}",
+        "LISTENER", "ORIGIN", "OPEN", "ACTIVE", "IDLE", "UPGRADED"
+    );
+    for l in &s.listeners {
+        let origin = format!("{:?}", l.origin).to_lowercase();
+        let n = |f: fn(&ceaseless::status::Connections) -> usize| {
+            l.connections
+                .as_ref()
+                .map_or_else(|| "-".into(), |c| f(c).to_string())
+        };
+        let _ = writeln!(
+            o,
+            "{:<40} {:<10} {:>6} {:>6} {:>6} {:>8}",
+            l.address,
+            origin,
+            n(|c| c.open),
+            n(|c| c.active),
+            n(|c| c.idle),
+            n(|c| c.upgraded)
+        );
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "{:<24} {:>4} {:<7} {:>8} {:>9} {:>9}  REASON",
+        "RESTART AT", "GEN", "OUTCOME", "PID", "READY_MS", "DRAIN_MS"
+    );
+    for r in &s.restarts {
+        let outcome = format!("{:?}", r.outcome).to_lowercase();
+        let pid = r.pid.map_or_else(|| "-".into(), |p| p.to_string());
+        let _ = writeln!(
+            o,
+            "{:<24} {:>4} {:<7} {:>8} {:>9} {:>9}  {}",
+            time(r.at),
+            r.generation,
+            outcome,
+            pid,
+            ms(r.sighup_to_ready_ms),
+            ms(r.ready_to_old_gone_ms),
+            r.reason.as_deref().unwrap_or("")
+        );
+    }
+    o
+}
+
 /// `hello restart --control PATH [--timeout-ms N]`: see the module docs.
 #[cfg(feature = "control")]
 fn restart_command(mut args: impl Iterator<Item = String>) -> std::process::ExitCode {
@@ -325,6 +500,15 @@ fn restart_command(mut args: impl Iterator<Item = String>) -> std::process::Exit
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("status") {
+        #[cfg(feature = "control")]
+        return status_command(std::env::args().skip(2));
+        #[cfg(not(feature = "control"))]
+        {
+            eprintln!("hello status: built without the `control` feature");
+            return std::process::ExitCode::from(2);
+        }
+    }
     if std::env::args().nth(1).as_deref() == Some("restart") {
         #[cfg(feature = "control")]
         return restart_command(std::env::args().skip(2));
@@ -349,6 +533,24 @@ async fn main() -> std::process::ExitCode {
         }
     };
     ADMIN.store(opts.admin, std::sync::atomic::Ordering::Relaxed);
+    // The recorder before the process owner, so that a new generation's restart
+    // histograms (recorded as it becomes live) are kept.
+    #[cfg(feature = "metrics")]
+    match metrics_exporter_prometheus::PrometheusBuilder::new()
+        // Histograms with buckets (rather than summaries): they add up across a fleet.
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("duration_seconds".into()),
+            &[
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ],
+        )
+        .and_then(|b| b.install_recorder())
+    {
+        Ok(handle) => {
+            let _ = METRICS.set(handle);
+        }
+        Err(e) => tracing::warn!(error = %e, "no metrics: cannot install the recorder"),
+    }
     tracing::info!(
         pid = std::process::id(),
         version = VERSION,

@@ -27,7 +27,9 @@
 //! - `GET /`: `pid <pid>`.
 //!
 //! Options: `--addr ADDR` (default 127.0.0.1:4247), `--hammer-ms N`,
-//! `--read-timeout-ms N`, `--write-timeout-ms N` (0: no limit), `--drain-grace-ms N`.
+//! `--read-timeout-ms N`, `--write-timeout-ms N` (0: no limit), `--drain-grace-ms N`,
+//! `--control PATH` (a control socket: its `status` counts the WebSockets as upgraded
+//! connections).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -52,6 +54,7 @@ struct Options {
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     drain_grace: Option<Duration>,
+    control: Option<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -61,6 +64,7 @@ fn parse_args() -> Result<Options, String> {
         read_timeout: Some(ceaseless::DEFAULT_READ_TIMEOUT),
         write_timeout: Some(ceaseless::DEFAULT_WRITE_TIMEOUT),
         drain_grace: None,
+        control: None,
     };
     let mut args = std::env::args().skip(1);
     // A number of milliseconds; 0 means none.
@@ -78,6 +82,7 @@ fn parse_args() -> Result<Options, String> {
             "--read-timeout-ms" => o.read_timeout = ms(args.next(), &a)?,
             "--write-timeout-ms" => o.write_timeout = ms(args.next(), &a)?,
             "--drain-grace-ms" => o.drain_grace = Some(ms(args.next(), &a)?.unwrap_or_default()),
+            "--control" => o.control = Some(args.next().ok_or("--control needs a value")?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -200,6 +205,20 @@ async fn main() -> std::process::ExitCode {
         }
     };
     tracing::info!(pid = std::process::id(), "realtime starting");
+    if let Some(path) = &opts.control {
+        // A control socket: `hello status --control PATH` shows the WebSockets as
+        // upgraded connections, `hello restart --control PATH` restarts.
+        #[cfg(feature = "control")]
+        if let Err(e) = ceaseless::Process::builder().control_socket(path).start() {
+            eprintln!("realtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+        #[cfg(not(feature = "control"))]
+        {
+            eprintln!("realtime: --control {path}: built without the `control` feature");
+            return std::process::ExitCode::from(2);
+        }
+    }
     let app = Router::new()
         .route(
             "/",

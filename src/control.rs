@@ -13,7 +13,15 @@
 //! <- error <reason>        nothing changed, the old generation still serves: the new
 //!                          one exited (with its status), was not ready in time, could
 //!                          not be started, or a restart was already under way
+//! -> status
+//! <- {"pid":4187,...}      the process's [`Status`](crate::Status) as one line of JSON
+//!                          (its fields are documented there); [`request_status`] reads it
+//! -> anything else
+//! <- error unknown command "..."
 //! ```
+//!
+//! The JSON is written with `serde_json`, a dependency of this feature, so that the
+//! typed [`Status`](crate::Status) the client reads back is the one the server wrote.
 //!
 //! The socket file gets mode 0600 before the socket listens, and only peers with the
 //! same user id (or root) are answered. It survives restarts as the listeners do: it is
@@ -49,6 +57,9 @@ use crate::error::{Error, RestartError};
 use crate::lifecycle::State;
 /// The longest request or answer line accepted.
 const MAX_LINE: u64 = 4096;
+/// The longest `status` answer a client reads.
+#[cfg(feature = "control")]
+const MAX_STATUS: u64 = 1 << 20;
 /// How long a connected client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a stopping server waits for the control socket's last answers.
@@ -75,7 +86,45 @@ const BACKLOG: i32 = 64;
 /// ```
 #[cfg(feature = "control")]
 pub fn request_restart(path: impl AsRef<Path>, timeout: Duration) -> Result<u32, ControlError> {
-    let path = path.as_ref();
+    let answer = exchange(path.as_ref(), b"restart\n", timeout, MAX_LINE)?;
+    parse_answer(&answer)
+}
+
+/// Asks the process serving the control socket at `path` for its [`Status`]: pid,
+/// generation, phase, listeners and their connections, recent restarts.
+///
+/// Blocking, like [`request_restart`]; `timeout` bounds the whole exchange (a second
+/// is plenty: the answer needs no restart).
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// let s = ceaseless::control::request_status("/run/hello/control.sock", Duration::from_secs(5))?;
+/// println!("pid {} generation {} ({})", s.pid, s.generation, s.phase.as_str());
+/// for r in &s.restarts {
+///     println!("{:?} -> {:?} {}", r.outcome, r.pid, r.reason.as_deref().unwrap_or(""));
+/// }
+/// # Ok::<(), ceaseless::ControlError>(())
+/// ```
+///
+/// [`Status`]: crate::Status
+#[cfg(feature = "control")]
+pub fn request_status(
+    path: impl AsRef<Path>,
+    timeout: Duration,
+) -> Result<crate::Status, ControlError> {
+    let answer = exchange(path.as_ref(), b"status\n", timeout, MAX_STATUS)?;
+    parse_status(&answer)
+}
+
+/// Sends `request`, reads one answer line (at most `max` bytes), within `timeout`.
+#[cfg(feature = "control")]
+fn exchange(
+    path: &Path,
+    request: &[u8],
+    timeout: Duration,
+    max: u64,
+) -> Result<Vec<u8>, ControlError> {
     let deadline = Instant::now() + timeout;
     let left = || {
         deadline
@@ -91,11 +140,11 @@ pub fn request_restart(path: impl AsRef<Path>, timeout: Duration) -> Result<u32,
     stream
         .set_write_timeout(Some(left()?))
         .map_err(ControlError::Io)?;
-    stream.write_all(b"restart\n").map_err(timed_out)?;
+    stream.write_all(request).map_err(timed_out)?;
 
     let mut answer = Vec::new();
-    let mut buf = [0u8; 256];
-    while !answer.contains(&b'\n') && (answer.len() as u64) < MAX_LINE {
+    let mut buf = [0u8; 4096];
+    while !answer.contains(&b'\n') && (answer.len() as u64) < max {
         stream
             .set_read_timeout(Some(left()?))
             .map_err(ControlError::Io)?;
@@ -106,7 +155,7 @@ pub fn request_restart(path: impl AsRef<Path>, timeout: Duration) -> Result<u32,
             Err(e) => return Err(timed_out(e)),
         }
     }
-    parse_answer(&answer)
+    Ok(answer)
 }
 
 /// Connects without blocking past the deadline (a full accept queue makes `connect` on
@@ -160,6 +209,22 @@ fn parse_answer(answer: &[u8]) -> Result<u32, ControlError> {
     Err(ControlError::Protocol(line.to_string()))
 }
 
+#[cfg(feature = "control")]
+fn parse_status(answer: &[u8]) -> Result<crate::Status, ControlError> {
+    let text = String::from_utf8_lossy(answer);
+    let line = text.lines().next().unwrap_or("").trim_end();
+    if line.is_empty() {
+        return Err(ControlError::Closed);
+    }
+    if let Some(reason) = line.strip_prefix("error ") {
+        return Err(ControlError::Refused(reason.to_string()));
+    }
+    serde_json::from_str(line).map_err(|e| {
+        let shown: String = line.chars().take(200).collect();
+        ControlError::Protocol(format!("{shown} ({e})"))
+    })
+}
+
 /// Opens the control socket at `path`: the descriptor handed over by the previous
 /// generation if there is one, else a fresh socket. Returns the listener and the name
 /// it is handed over under.
@@ -207,6 +272,16 @@ fn restrict(path: &Path) -> io::Result<()> {
 pub(crate) type RestartFn =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<u32, RestartError>> + Send>> + Send + Sync>;
 
+/// A snapshot of the process (the owner's [`Process::status`](crate::Process::status)).
+pub(crate) type StatusFn = Arc<dyn Fn() -> crate::Status + Send + Sync>;
+
+/// What the control socket answers with.
+#[derive(Clone)]
+struct Handlers {
+    restart: RestartFn,
+    status: StatusFn,
+}
+
 /// A control socket being served.
 pub(crate) struct Control {
     tracker: TaskTracker,
@@ -220,10 +295,12 @@ impl Control {
         listener: std::os::unix::net::UnixListener,
         state: watch::Receiver<State>,
         restart: RestartFn,
+        status: StatusFn,
     ) -> Result<Control, io::Error> {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let tracker = TaskTracker::new();
-        tracker.spawn(accept_loop(listener, state, restart, tracker.clone()));
+        let handlers = Handlers { restart, status };
+        tracker.spawn(accept_loop(listener, state, handlers, tracker.clone()));
         Ok(Control { tracker })
     }
 
@@ -246,7 +323,7 @@ impl Control {
 async fn accept_loop(
     listener: tokio::net::UnixListener,
     mut state: watch::Receiver<State>,
-    restart: RestartFn,
+    handlers: Handlers,
     tracker: TaskTracker,
 ) {
     if state
@@ -265,8 +342,8 @@ async fn accept_loop(
             changed = state.changed() => if changed.is_err() { break },
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let restart = restart.clone();
-                    tracker.spawn(async move { answer(stream, restart).await });
+                    let handlers = handlers.clone();
+                    tracker.spawn(async move { answer(stream, handlers).await });
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "control socket: accept failed");
@@ -280,7 +357,7 @@ async fn accept_loop(
 }
 
 /// One connection: reads the request line, acts, answers.
-async fn answer(stream: UnixStream, restart: RestartFn) {
+async fn answer(stream: UnixStream, handlers: Handlers) {
     let allowed = stream.peer_cred().is_ok_and(|c| {
         // SAFETY: geteuid has no failure mode and no memory effects.
         let me = unsafe { libc::geteuid() };
@@ -292,7 +369,7 @@ async fn answer(stream: UnixStream, restart: RestartFn) {
         let mut limited = (&mut reader).take(MAX_LINE);
         let read = limited.read_until(b'\n', &mut line);
         match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
-            Ok(Ok(n)) if n > 0 => handle(&line, &restart).await,
+            Ok(Ok(n)) if n > 0 => handle(&line, &handlers).await,
             Ok(Ok(_)) => return, // connected and hung up
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "control socket: cannot read the request");
@@ -310,18 +387,19 @@ async fn answer(stream: UnixStream, restart: RestartFn) {
     let _ = stream.shutdown().await;
 }
 
-async fn handle(request: &[u8], restart: &RestartFn) -> String {
+async fn handle(request: &[u8], handlers: &Handlers) -> String {
     let request = String::from_utf8_lossy(request);
     let pid = std::process::id();
     match request.trim() {
         "restart" => {
             tracing::info!(pid, "restart requested on the control socket");
             // The restart logs its own outcome.
-            match restart().await {
+            match (handlers.restart)().await {
                 Ok(new_pid) => format!("ok {new_pid}\n"),
                 Err(e) => format!("error {}\n", one_line(&e.to_string())),
             }
         }
+        "status" => status_line(&(handlers.status)()),
         other => {
             let shown: String = other.chars().take(64).collect();
             format!(
@@ -330,6 +408,25 @@ async fn handle(request: &[u8], restart: &RestartFn) -> String {
             )
         }
     }
+}
+
+#[cfg(feature = "control")]
+fn status_line(s: &crate::Status) -> String {
+    match serde_json::to_string(s) {
+        Ok(json) => json + "\n",
+        Err(e) => {
+            tracing::error!(error = %e, "control socket: cannot write the status");
+            format!(
+                "error cannot write the status: {}\n",
+                one_line(&e.to_string())
+            )
+        }
+    }
+}
+
+#[cfg(not(feature = "control"))]
+fn status_line(_: &crate::Status) -> String {
+    "error built without the `control` feature\n".into()
 }
 
 fn one_line(s: &str) -> String {
@@ -356,5 +453,57 @@ mod tests {
             parse_answer(b"HTTP/1.1 400\r\n"),
             Err(ControlError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn a_status_round_trips_as_one_line() {
+        use crate::status::*;
+        use std::time::{Duration, UNIX_EPOCH};
+        let s = Status {
+            pid: 4188,
+            generation: 4,
+            phase: Phase::LameDuck,
+            live: true,
+            started_at: UNIX_EPOCH + Duration::from_millis(1_796_174_403_117),
+            uptime_ms: 5120,
+            listeners: vec![ListenerStatus {
+                address: "unix:/run/a b.sock".into(),
+                origin: Origin::Activated,
+                connections: None,
+            }],
+            connections: Connections {
+                open: 3,
+                active: 1,
+                idle: 1,
+                upgraded: 1,
+            },
+            restarts_total: RestartCounts { ok: 1, failed: 1 },
+            restarts: vec![Restart {
+                at: UNIX_EPOCH + Duration::from_millis(1_796_174_402_981),
+                generation: 4,
+                outcome: Outcome::Failed,
+                pid: Some(4190),
+                reason: Some("exited: \"signal 9\"\nagain".into()),
+                sighup_to_ready_ms: None,
+                ready_to_old_gone_ms: None,
+            }],
+        };
+        let line = status_line(&s);
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        assert!(line.contains(r#""phase":"lame_duck""#), "{line}");
+        assert!(
+            line.contains(r#""started_at":"2026-12-02T01:20:03.117Z""#),
+            "{line}"
+        );
+        assert_eq!(parse_status(line.as_bytes()).unwrap(), s);
+        assert!(matches!(
+            parse_status(b"error unknown command \"status\"\n"),
+            Err(ControlError::Refused(_))
+        ));
+        assert!(matches!(
+            parse_status(b"{\"pid\":1}\n"),
+            Err(ControlError::Protocol(_))
+        ));
+        assert!(matches!(parse_status(b""), Err(ControlError::Closed)));
     }
 }

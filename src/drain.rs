@@ -291,7 +291,6 @@ impl Tracker {
     }
 
     /// The open connections by state.
-    #[allow(dead_code)] // read by the status snapshot
     pub(crate) fn census(&self) -> Census {
         let mut c = Census::default();
         for s in self.slots().slots.iter().flatten() {

@@ -166,6 +166,18 @@ pub enum RestartError {
     Io(#[from] io::Error),
 }
 
+impl RestartError {
+    /// The pid of the new generation the restart started, when it got that far.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            RestartError::Exited { pid, .. }
+            | RestartError::NotReady { pid, .. }
+            | RestartError::Aborted { pid } => Some(*pid),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(feature = "control")]
 /// Why [`control::request_restart`](crate::control::request_restart) did not return the
 /// new generation's pid.
@@ -197,6 +209,10 @@ pub enum ControlError {
     /// The answer was not one of the protocol's.
     #[error("unexpected answer on the control socket: {0:?}")]
     Protocol(String),
+    /// The server refused the request (`error <reason>`): for `status`, a server that
+    /// predates it answers that the command is unknown.
+    #[error("the control socket refused the request: {0}")]
+    Refused(String),
     /// Sending the request or reading the answer failed.
     #[error("control socket: {0}")]
     Io(#[source] io::Error),

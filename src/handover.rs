@@ -21,8 +21,19 @@
 //!   them; the child drains and exits). A pipe carries no answer: the child is live as
 //!   soon as it reported.
 //!
+//! - `CEASELESS_RESTART_BEGAN` is when the restart that started the child began, as
+//!   `<ns on CLOCK_MONOTONIC> <ms since the Unix epoch>` (the monotonic clock is the
+//!   same for every process of the machine): the child measures SIGHUP→ready with it.
+//! - `CEASELESS_RESTARTS` is the restart history, which outlives each generation: a
+//!   first line `totals <ok> <failed>` (every restart since the first generation), then
+//!   the most recent restarts ([`MAX_RESTARTS`] at most), oldest first, one a line:
+//!   `<at, ms since the epoch> <generation> ok|failed <pid|-> <SIGHUP→ready ms|->
+//!   <ready→old-gone ms|-> <=reason, escaped as paths are|->`.
+//!
 //! Each entry is validated on its own: one bad name rejects that descriptor (which is
-//! closed), never the others.
+//! closed), never the others; one bad line of the history drops that line alone (each
+//! rejection is a logged [`Error::Environment`]), and a history that cannot be read at
+//! all never costs the handover.
 
 use std::ffi::OsString;
 use std::io;
@@ -31,8 +42,11 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use crate::addr::ListenAddr;
 use crate::error::Error;
+use crate::status::{Outcome, Restart, RestartCounts};
 
 /// Names of the handed-over descriptors, one per line, for fds 3, 4, ...
 pub(crate) const ENV_FDS: &str = "CEASELESS_FDS";
@@ -42,6 +56,10 @@ pub(crate) const ENV_PARENT_PID: &str = "CEASELESS_PARENT_PID";
 pub(crate) const ENV_READY_FD: &str = "CEASELESS_READY_FD";
 /// The child's generation number: the parent's plus one (the first generation is 1).
 pub(crate) const ENV_GENERATION: &str = "CEASELESS_GENERATION";
+/// The restart history the parent carries to the child (see [`encode_history`]).
+pub(crate) const ENV_RESTARTS: &str = "CEASELESS_RESTARTS";
+/// When the restart that started the child began (see [`Began`]).
+pub(crate) const ENV_RESTART_BEGAN: &str = "CEASELESS_RESTART_BEGAN";
 /// systemd's socket activation variables (sd_listen_fds(3)).
 pub(crate) const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const ENV_LISTEN_PID: &str = "LISTEN_PID";
@@ -132,8 +150,12 @@ impl Name {
 }
 
 fn escape(p: &Path) -> String {
+    escape_bytes(p.as_os_str().as_bytes())
+}
+
+fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::new();
-    for &b in p.as_os_str().as_bytes() {
+    for &b in bytes {
         if (b'!'..=b'~').contains(&b) && b != b'%' {
             out.push(b as char);
         } else {
@@ -144,6 +166,14 @@ fn escape(p: &Path) -> String {
 }
 
 fn unescape(s: &str) -> Result<PathBuf, String> {
+    let out = unescape_bytes(s)?;
+    if out.contains(&0) {
+        return Err("a path with a NUL byte".into());
+    }
+    Ok(PathBuf::from(OsString::from_vec(out)))
+}
+
+fn unescape_bytes(s: &str) -> Result<Vec<u8>, String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -162,10 +192,7 @@ fn unescape(s: &str) -> Result<PathBuf, String> {
             i += 1;
         }
     }
-    if out.contains(&0) {
-        return Err("a path with a NUL byte".into());
-    }
-    Ok(PathBuf::from(OsString::from_vec(out)))
+    Ok(out)
 }
 
 /// An environment to read from: the process's, or a fixed map in tests.
@@ -411,6 +438,178 @@ impl Message {
     }
 }
 
+/// The most restarts a history carries (the oldest are dropped first).
+pub(crate) const MAX_RESTARTS: usize = 16;
+/// The longest reason a history carries, in bytes (longer ones are cut).
+pub(crate) const MAX_REASON: usize = 512;
+
+/// When a restart began: on the machine-wide monotonic clock, to measure durations
+/// across the two processes, and on the wall clock, to report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Began {
+    pub(crate) mono_ns: u64,
+    pub(crate) unix_ms: u64,
+}
+
+impl Began {
+    pub(crate) fn encode(&self) -> String {
+        format!("{} {}", self.mono_ns, self.unix_ms)
+    }
+
+    pub(crate) fn decode(s: &str) -> Result<Began, Error> {
+        let bad = |reason: &str| Error::Environment {
+            name: ENV_RESTART_BEGAN,
+            value: s.chars().take(64).collect(),
+            reason: reason.into(),
+        };
+        let mut it = s.split(' ');
+        let (Some(m), Some(u), None) = (it.next(), it.next(), it.next()) else {
+            return Err(bad("expected two numbers"));
+        };
+        match (m.parse(), u.parse()) {
+            (Ok(mono_ns), Ok(unix_ms)) => Ok(Began { mono_ns, unix_ms }),
+            _ => Err(bad("not a number")),
+        }
+    }
+}
+
+/// The restart history a generation carries to the next.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct History {
+    pub(crate) totals: RestartCounts,
+    /// Oldest first.
+    pub(crate) restarts: Vec<Restart>,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+pub(crate) fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The value of `CEASELESS_RESTARTS` for `h`: its last [`MAX_RESTARTS`] restarts.
+pub(crate) fn encode_history(h: &History) -> String {
+    let mut out = format!("totals {} {}", h.totals.ok, h.totals.failed);
+    let skip = h.restarts.len().saturating_sub(MAX_RESTARTS);
+    for r in &h.restarts[skip..] {
+        let outcome = match r.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+        };
+        let reason = r.reason.as_deref().map_or_else(
+            || "-".to_string(),
+            |s| format!("={}", escape_bytes(cut(s, MAX_REASON).as_bytes())),
+        );
+        out.push_str(&format!(
+            "\n{} {} {outcome} {} {} {} {reason}",
+            unix_ms(r.at),
+            r.generation,
+            opt(r.pid),
+            opt(r.sighup_to_ready_ms),
+            opt(r.ready_to_old_gone_ms),
+        ));
+    }
+    out
+}
+
+fn decode_restart(line: &str) -> Result<Restart, String> {
+    let f: Vec<&str> = line.split(' ').collect();
+    let [at, generation, outcome, pid, ready, gone, reason] = f[..] else {
+        return Err(format!("{} fields, not 7", f.len()));
+    };
+    fn num<T: std::str::FromStr>(what: &str, v: &str) -> Result<T, String> {
+        v.parse().map_err(|_| format!("{what}: not a number"))
+    }
+    fn maybe<T: std::str::FromStr>(what: &str, v: &str) -> Result<Option<T>, String> {
+        if v == "-" {
+            Ok(None)
+        } else {
+            num(what, v).map(Some)
+        }
+    }
+    let at: u64 = num("time", at)?;
+    let at = UNIX_EPOCH
+        .checked_add(std::time::Duration::from_millis(at))
+        .ok_or("time out of range")?;
+    let outcome = match outcome {
+        "ok" => Outcome::Ok,
+        "failed" => Outcome::Failed,
+        _ => return Err("the outcome is neither ok nor failed".into()),
+    };
+    let reason = match reason {
+        "-" => None,
+        r => match r.strip_prefix('=') {
+            Some(r) => Some(String::from_utf8_lossy(&unescape_bytes(r)?).into_owned()),
+            None => return Err("a reason must start with '='".into()),
+        },
+    };
+    Ok(Restart {
+        at,
+        generation: num("generation", generation)?,
+        outcome,
+        pid: maybe("pid", pid)?,
+        reason,
+        sighup_to_ready_ms: maybe("SIGHUP to ready", ready)?,
+        ready_to_old_gone_ms: maybe("ready to old gone", gone)?,
+    })
+}
+
+/// Reads `CEASELESS_RESTARTS`: what could be read, and why each line that could not be
+/// was dropped. Totals that cannot be read are counted from the restarts listed.
+pub(crate) fn decode_history(s: &str) -> (History, Vec<Error>) {
+    let bad = |line: &str, reason: String| Error::Environment {
+        name: ENV_RESTARTS,
+        value: cut(line, 128).to_string(),
+        reason,
+    };
+    let mut rejected = Vec::new();
+    let mut lines = s.split('\n');
+    let totals = lines.next().and_then(|first| {
+        let t = first.strip_prefix("totals ").and_then(|t| {
+            let (ok, failed) = t.split_once(' ')?;
+            Some(RestartCounts {
+                ok: ok.parse().ok()?,
+                failed: failed.parse().ok()?,
+            })
+        });
+        if t.is_none() {
+            rejected.push(bad(first, "expected `totals <ok> <failed>`".into()));
+        }
+        t
+    });
+    let mut restarts = Vec::new();
+    for line in lines {
+        match decode_restart(line) {
+            Ok(r) => restarts.push(r),
+            Err(reason) => rejected.push(bad(line, reason)),
+        }
+    }
+    if restarts.len() > MAX_RESTARTS {
+        restarts.drain(..restarts.len() - MAX_RESTARTS);
+    }
+    let totals = totals.unwrap_or_else(|| {
+        let ok = restarts.iter().filter(|r| r.outcome == Outcome::Ok).count() as u64;
+        RestartCounts {
+            ok,
+            failed: restarts.len() as u64 - ok,
+        }
+    });
+    (History { totals, restarts }, rejected)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,5 +814,103 @@ mod tests {
         }
         assert_eq!(Message::decode("ready x\n"), None);
         assert_eq!(Message::decode("hello\n"), None);
+    }
+
+    fn restart() -> impl Strategy<Value = Restart> {
+        (
+            0u64..253_402_300_799_999,
+            any::<u64>(),
+            any::<bool>(),
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(proptest::collection::vec(any::<char>(), 0..40)),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+        )
+            .prop_map(|(at, generation, ok, pid, reason, ready, gone)| Restart {
+                at: UNIX_EPOCH + std::time::Duration::from_millis(at),
+                generation,
+                outcome: if ok { Outcome::Ok } else { Outcome::Failed },
+                pid,
+                reason: reason.map(|c| c.into_iter().collect()),
+                sighup_to_ready_ms: ready,
+                ready_to_old_gone_ms: gone,
+            })
+    }
+
+    proptest! {
+        /// Whatever the history holds (any reason text: spaces, newlines, '%', '-',
+        /// non-ASCII), the child reads back its last MAX_RESTARTS entries and the totals.
+        #[test]
+        fn a_history_round_trips(
+            restarts in proptest::collection::vec(restart(), 0..24),
+            ok in any::<u64>(),
+            failed in any::<u64>(),
+        ) {
+            let h = History { totals: RestartCounts { ok, failed }, restarts };
+            let encoded = encode_history(&h);
+            prop_assert!(!encoded.contains('\0'));
+            let (got, rejected) = decode_history(&encoded);
+            prop_assert!(rejected.is_empty(), "{rejected:?}");
+            prop_assert_eq!(got.totals, h.totals);
+            let skip = h.restarts.len().saturating_sub(MAX_RESTARTS);
+            prop_assert_eq!(&got.restarts[..], &h.restarts[skip..]);
+        }
+
+        /// Garbage never panics, and never yields more than MAX_RESTARTS entries.
+        #[test]
+        fn any_history_text_is_survived(text in "(totals [0-9 ]{0,8}\n)?[0-9a-z =%\n-]{0,200}") {
+            let (got, _) = decode_history(&text);
+            prop_assert!(got.restarts.len() <= MAX_RESTARTS);
+        }
+
+        #[test]
+        fn began_round_trips(mono_ns in any::<u64>(), unix_ms in any::<u64>()) {
+            let b = Began { mono_ns, unix_ms };
+            prop_assert_eq!(Began::decode(&b.encode()).unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn a_bad_history_line_drops_that_line_alone() {
+        let text = "totals 3 1\n\
+            1000 2 ok 41 12 - -\n\
+            1000 2 ok 41 twelve - -\n\
+            1000 2 maybe 41 12 - -\n\
+            1000 2 failed - - - reason-without-equals\n\
+            2000 2 failed 42 - - =gone%20missing";
+        let (got, rejected) = decode_history(text);
+        assert_eq!(rejected.len(), 3, "{rejected:?}");
+        assert!(rejected.iter().all(|e| matches!(
+            e,
+            Error::Environment {
+                name: ENV_RESTARTS,
+                ..
+            }
+        )));
+        assert_eq!(got.totals, RestartCounts { ok: 3, failed: 1 });
+        assert_eq!(got.restarts.len(), 2);
+        assert_eq!(got.restarts[0].sighup_to_ready_ms, Some(12));
+        assert_eq!(got.restarts[1].reason.as_deref(), Some("gone missing"));
+        // Unreadable totals are counted from the lines read.
+        let (got, rejected) = decode_history("totals many\n1000 2 ok 41 12 - -");
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(got.totals, RestartCounts { ok: 1, failed: 0 });
+        assert!(Began::decode("12").is_err());
+        assert!(Began::decode("a b").is_err());
+        // A reason too long is cut, on a character boundary.
+        let long = Restart {
+            reason: Some("é".repeat(MAX_REASON)),
+            ..decode_history("totals 0 0\n1 1 failed - - - -").0.restarts[0].clone()
+        };
+        let h = History {
+            totals: RestartCounts::default(),
+            restarts: vec![long],
+        };
+        let (got, _) = decode_history(&encode_history(&h));
+        let r = got.restarts[0].reason.as_deref().unwrap();
+        assert!(
+            r.len() <= MAX_REASON && r.chars().all(|c| c == 'é'),
+            "{r:?}"
+        );
     }
 }

@@ -37,6 +37,14 @@
 //! the application says so ([`Readiness::Manual`], [`Process::ready`]), or by default
 //! once every socket it inherited is claimed ([`Readiness::Auto`]).
 //!
+//! ## Status and metrics
+//! [`Process::status`] is a typed snapshot of the process ([`Status`]): generation,
+//! phase, listeners and their connections, and the recent restarts, a history carried
+//! across restarts; the control socket answers `status` with it as JSON
+//! (`control::request_status`, with the `control` feature). With the `metrics`
+//! feature, `ceaseless::metrics` records the same through the `metrics` facade, for
+//! whatever exporter the application installs.
+//!
 //! ## Signals
 //! One process-wide handler, whatever the number of servers:
 //! - `SIGHUP`: restart (see [`restart`]).
@@ -83,12 +91,15 @@ mod health;
 mod inherit;
 mod lifecycle;
 mod listen;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod notify;
 mod pidfile;
 mod process;
 mod restart;
 mod serve;
 mod signals;
+pub mod status;
 mod tls;
 
 pub use addr::ListenAddr;
@@ -109,3 +120,4 @@ pub use serve::{
     DEFAULT_WRITE_TIMEOUT,
 };
 pub use signals::{Signal, Stage};
+pub use status::Status;

@@ -192,7 +192,9 @@ impl ProcessBuilder {
             phase: Phase::Starting,
             live: first,
         });
-        let mut observers: Vec<Box<dyn Observer>> = Vec::new();
+        let book = crate::status::Book::new(&ProcessEnv, inherited.parent, generation);
+        let mut observers: Vec<Box<dyn Observer>> =
+            vec![Box::new(crate::status::Recorder(book.clone()))];
         if let Some(p) = self.pid_file {
             observers.push(Box::new(crate::pidfile::PidFile::new(p)));
         }
@@ -249,6 +251,7 @@ impl ProcessBuilder {
                 control: OnceLock::new(),
                 exe: Exe::capture(),
                 generation,
+                book,
             }),
         };
         if let Some((path, listener)) = control_socket {
@@ -257,7 +260,9 @@ impl ProcessBuilder {
                 let p = p.clone();
                 Box::pin(async move { p.restart().await })
             });
-            let c = Control::serve(listener, process.watch().state, restart)
+            let p = process.clone();
+            let status: control::StatusFn = Arc::new(move || p.status());
+            let c = Control::serve(listener, process.watch().state, restart, status)
                 .map_err(|source| Error::Control { path, source })?;
             let _ = process.inner.control.set(c);
         }
@@ -334,6 +339,7 @@ struct Inner {
     control: OnceLock<Control>,
     exe: Exe,
     generation: u64,
+    book: Arc<crate::status::Book>,
 }
 
 /// A descriptor to hand over, under its name.
@@ -461,6 +467,31 @@ impl Process {
         self.inner.generation
     }
 
+    /// A snapshot of this process: its generation and phase, its listeners and their
+    /// connections, and the recent restarts (carried across restarts). The control
+    /// socket's `status` answers the same, as JSON.
+    ///
+    /// ```no_run
+    /// # fn f(process: &ceaseless::Process) {
+    /// let s = process.status();
+    /// eprintln!("generation {}, {} restarts ok", s.generation, s.restarts_total.ok);
+    /// # }
+    /// ```
+    pub fn status(&self) -> crate::status::Status {
+        self.inner.book.snapshot(self.inner.publisher.current())
+    }
+
+    /// A ceaseless server counts the connections of its listener at `address`.
+    pub(crate) fn count_connections(
+        &self,
+        address: &ListenAddr,
+        tracker: Arc<crate::drain::Tracker>,
+    ) {
+        self.inner
+            .book
+            .count_connections(&address.to_string(), tracker);
+    }
+
     /// Whether a health check should say this process serves: see [`health`](crate::health).
     pub(crate) fn healthy(&self) -> bool {
         let s = self.inner.publisher.current();
@@ -540,12 +571,17 @@ impl Process {
         }
         let mut listener = None;
         let mut managed = false;
+        let mut took = crate::status::Origin::Bound;
         if let Some(entry) = core.inherited.claim(addr, fd_name) {
             managed = entry.managed();
             let (actual, origin) = (entry.actual.clone(), entry.origin());
             match Listener::adopt(entry.fd, addr) {
                 Ok(l) => {
                     tracing::info!(addr = %actual, origin = %origin, "took over an inherited listener");
+                    took = match entry.announced {
+                        crate::inherit::Announced::Parent(_) => crate::status::Origin::Inherited,
+                        crate::inherit::Announced::Systemd(_) => crate::status::Origin::Activated,
+                    };
                     listener = Some(l);
                 }
                 Err(e) => {
@@ -564,6 +600,9 @@ impl Process {
             addr: addr.to_string(),
             source,
         })?;
+        self.inner
+            .book
+            .listener(listener.local_addr(addr).to_string(), took);
         core.registry.push(Registered {
             name: Name::Listener {
                 addr: addr.clone(),
@@ -887,7 +926,8 @@ impl Process {
         let Claimed { names, fds, abort } = claimed;
         let inner = &self.inner;
         let started = async {
-            let mut next = restart::spawn(&inner.exe, &names, &fds, inner.generation)?;
+            let carried = inner.book.child_env();
+            let mut next = restart::spawn(&inner.exe, &names, &fds, inner.generation, carried)?;
             drop(fds);
             tracing::info!(pid = std::process::id(), new_pid = next.pid, path = %inner.exe.path.display(), "started the next generation; waiting for it to be ready");
             if let Err(e) = next.wait_ready(inner.ready_timeout, abort.cancelled()).await {

@@ -109,12 +109,14 @@ pub(crate) struct Next {
 }
 
 /// Starts the next generation with `fds` (named by `names`) at 3, 4, …
-/// `generation` is this generation's number.
+/// `generation` is this generation's number; `carried`, more variables for the child
+/// (the restart history).
 pub(crate) fn spawn(
     exe: &Exe,
     names: &[Name],
     fds: &[OwnedFd],
     generation: u64,
+    carried: Vec<(&'static str, String)>,
 ) -> Result<Next, RestartError> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let (vars, ready_fd) = handover::child_env(names, std::process::id(), generation);
@@ -130,7 +132,7 @@ pub(crate) fn spawn(
     for v in handover::CHILD_ENV_REMOVED {
         cmd.env_remove(v);
     }
-    for (k, v) in vars {
+    for (k, v) in vars.into_iter().chain(carried) {
         cmd.env(k, v);
     }
     let mut scratch: Vec<RawFd> = vec![-1; sources.len()];

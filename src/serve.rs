@@ -262,6 +262,7 @@ where
             self.extensions,
         ));
         let tracker = Tracker::new();
+        process.count_connections(&local, tracker.clone());
 
         let generation = process.generation();
         let mut state = watch.state.clone();

@@ -1,0 +1,780 @@
+//! What a process is doing, as one typed snapshot: [`Process::status`], and the
+//! control socket's `status` request (as JSON, with the `control` feature).
+//!
+//! The snapshot is read when asked for: the phase from the process owner, the
+//! connection counts from each server's own counter (nothing is added to the
+//! connection path for it), the restart history from a small book kept by the process
+//! owner. The book outlives each generation: the parent writes it into the child's
+//! environment at each restart (see the `handover` module), and the child records the
+//! restart it came from itself, once it is live — how long it took from the start of
+//! the restart (SIGHUP) to its readiness, and, once the previous generation exited,
+//! from its readiness to that exit (the old generation's drain). A failed restart is
+//! recorded by the generation that stays. Only restarts that began are recorded: a
+//! request refused at once (one already in progress, a shutdown under way) is not.
+//!
+//! [`Process::status`]: crate::Process::status
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::handover::{self, Began, Env, History, MAX_REASON, MAX_RESTARTS};
+use crate::lifecycle::{Observer, Phase as LPhase, State, Transition};
+
+/// A snapshot of the process: [`Process::status`](crate::Process::status).
+///
+/// As JSON (the control socket's `status`, with the `control` feature), times are
+/// RFC 3339 strings in UTC with milliseconds, and absent values are `null`:
+///
+/// ```text
+/// {"pid":4188,"generation":4,"phase":"serving","live":true,
+///  "started_at":"2026-12-02T01:20:03.117Z","uptime_ms":5120,
+///  "listeners":[{"address":"127.0.0.1:4242","origin":"inherited",
+///                 "connections":{"open":3,"active":1,"idle":1,"upgraded":1}}],
+///  "connections":{"open":3,"active":1,"idle":1,"upgraded":1},
+///  "restarts_total":{"ok":3,"failed":1},
+///  "restarts":[{"at":"2026-12-02T01:20:02.981Z","generation":4,"outcome":"ok","pid":4188,
+///               "reason":null,"sighup_to_ready_ms":136,"ready_to_old_gone_ms":1004},
+///              {"at":"2026-12-02T01:20:04.530Z","generation":4,"outcome":"failed","pid":null,
+///               "reason":"cannot start /srv/hello: No such file or directory (os error 2)",
+///               "sighup_to_ready_ms":null,"ready_to_old_gone_ms":null}]}
+/// ```
+///
+/// ```no_run
+/// # fn f(process: &ceaseless::Process) {
+/// let s = process.status();
+/// println!("pid {} generation {} {:?}: {} open connections", s.pid, s.generation, s.phase, s.connections.open);
+/// for r in &s.restarts {
+///     println!("{:?} {:?} {:?}", r.at, r.outcome, r.reason);
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "control", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct Status {
+    /// This process's pid.
+    pub pid: u32,
+    /// The generation number: 1 for the first process, one more at each successful
+    /// restart.
+    pub generation: u64,
+    /// Where the generation is in its life.
+    pub phase: Phase,
+    /// Whether this generation owns the files it serves on (socket files, the control
+    /// socket, the PID file): the one that answers for the process.
+    pub live: bool,
+    /// When this process started (its process owner, precisely).
+    #[cfg_attr(feature = "control", serde(with = "rfc3339"))]
+    pub started_at: SystemTime,
+    /// Milliseconds since `started_at`.
+    pub uptime_ms: u64,
+    /// Each listener this generation took, in the order taken.
+    pub listeners: Vec<ListenerStatus>,
+    /// The connections of every listener together.
+    pub connections: Connections,
+    /// Every restart since the first generation, by outcome.
+    pub restarts_total: RestartCounts,
+    /// The most recent restarts (16 at most), oldest first.
+    pub restarts: Vec<Restart>,
+}
+
+/// A generation's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "control",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Servers are starting; not ready yet.
+    Starting,
+    /// Ready; waiting for the previous generation to commit the handover.
+    Confirming,
+    /// Ready and serving.
+    Serving,
+    /// Serving, and a restart is under way.
+    Restarting,
+    /// A shutdown's lame-duck period: serving, while the health check says 503.
+    LameDuck,
+    /// Draining after a shutdown or a handover.
+    Draining,
+}
+
+impl Phase {
+    /// The name used in JSON and metrics: `starting`, `serving`, `lame_duck`, …
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Confirming => "confirming",
+            Phase::Serving => "serving",
+            Phase::Restarting => "restarting",
+            Phase::LameDuck => "lame_duck",
+            Phase::Draining => "draining",
+        }
+    }
+
+    /// Every phase.
+    pub const ALL: [Phase; 6] = [
+        Phase::Starting,
+        Phase::Confirming,
+        Phase::Serving,
+        Phase::Restarting,
+        Phase::LameDuck,
+        Phase::Draining,
+    ];
+
+    fn of(p: LPhase) -> Phase {
+        match p {
+            LPhase::Starting => Phase::Starting,
+            LPhase::Confirming => Phase::Confirming,
+            LPhase::Serving => Phase::Serving,
+            LPhase::Restarting => Phase::Restarting,
+            LPhase::LameDuck => Phase::LameDuck,
+            LPhase::Draining(_) => Phase::Draining,
+        }
+    }
+}
+
+/// One listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "control", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct ListenerStatus {
+    /// The address it listens on (`127.0.0.1:4242`, `unix:/run/app.sock`).
+    pub address: String,
+    /// Where the socket came from.
+    pub origin: Origin,
+    /// Its connections, when a ceaseless [`Server`](crate::Server) serves it (`None`
+    /// for a listener handed to another server with
+    /// [`Process::tcp_listener`](crate::Process::tcp_listener)).
+    pub connections: Option<Connections>,
+}
+
+/// Where a listening socket came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "control",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
+#[non_exhaustive]
+pub enum Origin {
+    /// Handed over by the previous generation.
+    Inherited,
+    /// Handed over by the service manager (socket activation).
+    Activated,
+    /// Bound by this process.
+    Bound,
+}
+
+/// Connection counts: every open one, and the same by state (`active + idle +
+/// upgraded == open`, counted together from the connections' own state when the
+/// snapshot is taken).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "control", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct Connections {
+    /// Open connections (accepted and not closed yet), in whatever state.
+    pub open: usize,
+    /// With a request in flight (HTTP/2: with a stream open).
+    pub active: usize,
+    /// Open, between requests (keep-alive).
+    pub idle: usize,
+    /// Switched protocols (WebSockets and other upgrades): no longer HTTP, still
+    /// drained.
+    pub upgraded: usize,
+}
+
+impl Connections {
+    fn of(c: crate::drain::Census) -> Connections {
+        Connections {
+            open: c.active + c.idle + c.upgraded,
+            active: c.active,
+            idle: c.idle,
+            upgraded: c.upgraded,
+        }
+    }
+
+    fn add(self, o: Connections) -> Connections {
+        Connections {
+            open: self.open + o.open,
+            active: self.active + o.active,
+            idle: self.idle + o.idle,
+            upgraded: self.upgraded + o.upgraded,
+        }
+    }
+}
+
+/// Restarts by outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "control", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct RestartCounts {
+    /// Restarts that handed over to a new generation.
+    pub ok: u64,
+    /// Restarts that failed, leaving the old generation serving.
+    pub failed: u64,
+}
+
+/// How a restart ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "control",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum Outcome {
+    /// The new generation serves.
+    Ok,
+    /// Nothing changed: the old generation still serves.
+    Failed,
+}
+
+/// One restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "control", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct Restart {
+    /// When it began (the SIGHUP, or the request).
+    #[cfg_attr(feature = "control", serde(with = "rfc3339"))]
+    pub at: SystemTime,
+    /// The generation that serves after it: the new one's number, or on a failure the
+    /// number of the one that stayed.
+    pub generation: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The new generation's pid: the one that serves, or the failed one when it was
+    /// started.
+    pub pid: Option<u32>,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// From the start of the restart to the new generation's readiness, in ms.
+    pub sighup_to_ready_ms: Option<u64>,
+    /// From the new generation's readiness to the exit of the old one (its drain), in
+    /// ms; `None` while the old one still drains.
+    pub ready_to_old_gone_ms: Option<u64>,
+}
+
+/// The system-wide monotonic clock, in ns (the same for every process of the machine,
+/// unlike `Instant`, which cannot cross a process boundary).
+pub(crate) fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec on the stack; CLOCK_MONOTONIC
+    // always exists on Linux.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+fn now_began() -> Began {
+    Began {
+        mono_ns: mono_ns(),
+        unix_ms: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    }
+}
+
+fn ms_between(from_ns: u64, to_ns: u64) -> u64 {
+    to_ns.saturating_sub(from_ns) / 1_000_000
+}
+
+/// A listener as the book knows it.
+struct Entry {
+    address: String,
+    origin: Origin,
+    tracker: Option<Arc<crate::drain::Tracker>>,
+}
+
+/// The process owner's record of its listeners and restarts.
+pub(crate) struct Book {
+    started_at: SystemTime,
+    started_mono: u64,
+    parent: Option<u32>,
+    generation: u64,
+    inner: Mutex<Pages>,
+}
+
+#[derive(Default)]
+struct Pages {
+    listeners: Vec<Entry>,
+    history: VecDeque<Restart>,
+    totals: RestartCounts,
+    /// When the restart under way (of this generation) began.
+    began: Option<Began>,
+    /// When the restart that started this generation began (from the parent).
+    inherited_began: Option<Began>,
+    /// When this generation reported ready to its parent.
+    ready_ns: Option<u64>,
+}
+
+fn lock(m: &Mutex<Pages>) -> std::sync::MutexGuard<'_, Pages> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Book {
+    /// A book for this generation: the history the parent carried over, if there is a
+    /// parent (a stale variable left by another process is never read). Malformed
+    /// entries are logged and dropped.
+    pub(crate) fn new(env: &dyn Env, parent: Option<u32>, generation: u64) -> Arc<Book> {
+        let mut pages = Pages::default();
+        if parent.is_some() {
+            if let Some(v) = env.get(handover::ENV_RESTARTS) {
+                let (h, rejected) = handover::decode_history(&v);
+                for e in rejected {
+                    tracing::warn!(error = %e, "dropping a line of the restart history");
+                }
+                pages.totals = h.totals;
+                pages.history = h.restarts.into();
+            }
+            match env
+                .get(handover::ENV_RESTART_BEGAN)
+                .map(|v| Began::decode(&v))
+            {
+                Some(Ok(b)) => pages.inherited_began = Some(b),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "the restart's start time is unreadable")
+                }
+                None => {}
+            }
+        }
+        Arc::new(Book {
+            started_at: SystemTime::now(),
+            started_mono: mono_ns(),
+            parent,
+            generation,
+            inner: Mutex::new(pages),
+        })
+    }
+
+    /// A listener was taken.
+    pub(crate) fn listener(&self, address: String, origin: Origin) {
+        lock(&self.inner).listeners.push(Entry {
+            address,
+            origin,
+            tracker: None,
+        });
+    }
+
+    /// A ceaseless server counts the connections of the listener at `address`.
+    pub(crate) fn count_connections(&self, address: &str, tracker: Arc<crate::drain::Tracker>) {
+        let mut p = lock(&self.inner);
+        if let Some(e) = p
+            .listeners
+            .iter_mut()
+            .rev()
+            .find(|e| e.address == address && e.tracker.is_none())
+        {
+            e.tracker = Some(tracker);
+        }
+    }
+
+    /// The variables that carry the history to the child of the restart under way.
+    pub(crate) fn child_env(&self) -> Vec<(&'static str, String)> {
+        let p = lock(&self.inner);
+        let h = History {
+            totals: p.totals,
+            restarts: p.history.iter().cloned().collect(),
+        };
+        let mut vars = vec![(handover::ENV_RESTARTS, handover::encode_history(&h))];
+        if let Some(b) = p.began {
+            vars.push((handover::ENV_RESTART_BEGAN, b.encode()));
+        }
+        vars
+    }
+
+    pub(crate) fn snapshot(&self, state: State) -> Status {
+        let p = lock(&self.inner);
+        let listeners: Vec<ListenerStatus> = p
+            .listeners
+            .iter()
+            .map(|e| ListenerStatus {
+                address: e.address.clone(),
+                origin: e.origin,
+                connections: e.tracker.as_ref().map(|t| Connections::of(t.census())),
+            })
+            .collect();
+        let total = listeners
+            .iter()
+            .filter_map(|l| l.connections)
+            .fold(Connections::default(), Connections::add);
+        Status {
+            pid: std::process::id(),
+            generation: self.generation,
+            phase: Phase::of(state.phase),
+            live: state.live,
+            started_at: self.started_at,
+            uptime_ms: ms_between(self.started_mono, mono_ns()),
+            listeners,
+            connections: total,
+            restarts_total: p.totals,
+            restarts: p.history.iter().cloned().collect(),
+        }
+    }
+
+    fn push(p: &mut Pages, r: Restart) {
+        match r.outcome {
+            Outcome::Ok => p.totals.ok += 1,
+            Outcome::Failed => p.totals.failed += 1,
+        }
+        p.history.push_back(r);
+        while p.history.len() > MAX_RESTARTS {
+            p.history.pop_front();
+        }
+    }
+
+    /// Fills in the drain time of the restart that started this generation once the
+    /// previous one is gone.
+    fn watch_parent(self: &Arc<Self>, parent: u32, ready_ns: u64) {
+        let book = self.clone();
+        tokio::spawn(async move {
+            parent_gone(parent).await;
+            let gone = ms_between(ready_ns, mono_ns());
+            tracing::debug!(
+                previous = parent,
+                ms = gone,
+                "the previous generation is gone"
+            );
+            #[cfg(feature = "metrics")]
+            crate::metrics::drained(gone);
+            let mut p = lock(&book.inner);
+            let me = book.generation;
+            if let Some(r) = p
+                .history
+                .iter_mut()
+                .rev()
+                .find(|r| r.generation == me && r.outcome == Outcome::Ok)
+            {
+                r.ready_to_old_gone_ms = Some(gone);
+            }
+        });
+    }
+}
+
+/// Completes when process `pid` (the parent) has exited: a pidfd becomes readable
+/// then; without pidfds, the parent pid changes (this process is re-parented).
+async fn parent_gone(pid: u32) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd >= 0 {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        // `AsyncFd::new` (deprecated in newer tokio for the `register` this crate's
+        // minimum tokio lacks) is sound here: the AsyncFd owns the OwnedFd, which stays
+        // open, and the same descriptor, for the AsyncFd's whole life.
+        #[allow(deprecated)]
+        let registered =
+            tokio::io::unix::AsyncFd::with_interest(owned, tokio::io::Interest::READABLE);
+        if let Ok(afd) = registered {
+            let _ = afd.readable().await;
+            return;
+        }
+    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return; // gone already
+    }
+    while std::os::unix::process::parent_id() == pid {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Follows the owner's transitions into the book.
+pub(crate) struct Recorder(pub(crate) Arc<Book>);
+
+impl Observer for Recorder {
+    fn observe(&mut self, t: &Transition<'_>) {
+        let book = &self.0;
+        let mut p = lock(&book.inner);
+        match t {
+            Transition::RestartBegun => p.began = Some(now_began()),
+            Transition::RestartFailed(e) => {
+                let began = p.began.take().unwrap_or_else(now_began);
+                let reason = e.to_string();
+                let r = Restart {
+                    at: at(began),
+                    generation: book.generation,
+                    outcome: Outcome::Failed,
+                    pid: e.pid(),
+                    reason: Some(handover::cut(&reason, MAX_REASON).to_string()),
+                    sighup_to_ready_ms: None,
+                    ready_to_old_gone_ms: None,
+                };
+                Book::push(&mut p, r);
+            }
+            Transition::Ready { first: false } => p.ready_ns = Some(mono_ns()),
+            Transition::Live => {
+                let (Some(parent), Some(ready_ns)) = (book.parent, p.ready_ns) else {
+                    return;
+                };
+                let began = p.inherited_began;
+                let ready_ms = began.map(|b| ms_between(b.mono_ns, ready_ns));
+                #[cfg(feature = "metrics")]
+                if let Some(ms) = ready_ms {
+                    crate::metrics::restarted(ms);
+                }
+                let r = Restart {
+                    at: began.map_or_else(SystemTime::now, at),
+                    generation: book.generation,
+                    outcome: Outcome::Ok,
+                    pid: Some(std::process::id()),
+                    reason: None,
+                    sighup_to_ready_ms: ready_ms,
+                    ready_to_old_gone_ms: None,
+                };
+                Book::push(&mut p, r);
+                drop(p);
+                book.watch_parent(parent, ready_ns);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn at(b: Began) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_millis(b.unix_ms))
+        .unwrap_or_else(SystemTime::now)
+}
+
+/// `t` in RFC 3339, in UTC with milliseconds (`2026-12-02T01:20:03.117Z`): how the
+/// JSON carries times, for a report of your own.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// let t = UNIX_EPOCH + Duration::from_millis(1_796_174_403_117);
+/// assert_eq!(ceaseless::status::format_time(t), "2026-12-02T01:20:03.117Z");
+/// ```
+pub fn format_time(t: SystemTime) -> String {
+    rfc3339::format(t)
+}
+
+/// RFC 3339 in UTC with milliseconds, as the JSON carries times.
+mod rfc3339 {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[cfg(feature = "control")]
+    pub(super) fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*t))
+    }
+
+    #[cfg(feature = "control")]
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<SystemTime, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 UTC time: {s:?}")))
+    }
+
+    /// Days since 1970-01-01 of a civil date (proleptic Gregorian), and back: the
+    /// classic era-based conversion.
+    fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
+    }
+
+    fn civil_from_days(z: i64) -> (i64, i64, i64) {
+        let z = z + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        (yoe + era * 400 + i64::from(m <= 2), m, d)
+    }
+
+    pub(crate) fn format(t: SystemTime) -> String {
+        let ms = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let (secs, ms) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+        let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+            sod / 3600,
+            sod % 3600 / 60,
+            sod % 60
+        )
+    }
+
+    /// Reads what [`format`] writes (fractions of any length, or none).
+    #[cfg_attr(not(feature = "control"), allow(dead_code))]
+    pub(crate) fn parse(s: &str) -> Option<SystemTime> {
+        let s = s.strip_suffix('Z')?;
+        let (date, time) = s.split_once('T')?;
+        let mut dp = date.splitn(3, '-');
+        let (y, m, d): (i64, i64, i64) = (
+            dp.next()?.parse().ok()?,
+            dp.next()?.parse().ok()?,
+            dp.next()?.parse().ok()?,
+        );
+        let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+        let mut tp = hms.splitn(3, ':');
+        let (h, mi, sec): (i64, i64, i64) = (
+            tp.next()?.parse().ok()?,
+            tp.next()?.parse().ok()?,
+            tp.next()?.parse().ok()?,
+        );
+        if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+            return None;
+        }
+        let ms: u64 = if frac.is_empty() {
+            0
+        } else {
+            if !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            format!("{:0<3}", &frac[..frac.len().min(3)]).parse().ok()?
+        };
+        let secs = days_from_civil(y, m, d) * 86_400 + h * 3600 + mi * 60 + sec;
+        let secs = u64::try_from(secs).ok()?;
+        UNIX_EPOCH.checked_add(Duration::from_millis(
+            secs.checked_mul(1000)?.checked_add(ms)?,
+        ))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[test]
+        fn known_dates() {
+            assert_eq!(format(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+            let t = UNIX_EPOCH + Duration::from_millis(1_796_174_403_117);
+            assert_eq!(format(t), "2026-12-02T01:20:03.117Z");
+            assert_eq!(parse("2026-12-02T01:20:03.117Z"), Some(t));
+            assert_eq!(
+                parse("2000-02-29T00:00:00Z"),
+                Some(UNIX_EPOCH + Duration::from_secs(951_782_400))
+            );
+            assert_eq!(parse("2026-13-02T01:20:03Z"), None);
+            assert_eq!(parse("yesterday"), None);
+        }
+
+        proptest! {
+            #[test]
+            fn times_round_trip(ms in 0u64..253_402_300_799_999) {
+                let t = UNIX_EPOCH + Duration::from_millis(ms);
+                prop_assert_eq!(parse(&format(t)), Some(t));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::RestartError;
+
+    struct Vars(Vec<(&'static str, String)>);
+    impl Env for Vars {
+        fn get(&self, name: &str) -> Option<String> {
+            self.0
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    fn restart(generation: u64) -> Restart {
+        Restart {
+            at: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(generation),
+            generation,
+            outcome: Outcome::Ok,
+            pid: Some(100 + generation as u32),
+            reason: None,
+            sighup_to_ready_ms: Some(5),
+            ready_to_old_gone_ms: Some(7),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_book_carries_and_bounds_the_history() {
+        // A parent with a full history hands it over.
+        let full = History {
+            totals: RestartCounts { ok: 20, failed: 2 },
+            restarts: (2..2 + MAX_RESTARTS as u64).map(restart).collect(),
+        };
+        let began = now_began();
+        let env = Vars(vec![
+            (handover::ENV_RESTARTS, handover::encode_history(&full)),
+            (handover::ENV_RESTART_BEGAN, began.encode()),
+        ]);
+        let me = 2 + MAX_RESTARTS as u64;
+        let book = Book::new(&env, Some(std::process::id()), me);
+        let mut rec = Recorder(book.clone());
+        rec.observe(&Transition::Ready { first: false });
+        rec.observe(&Transition::Live);
+        let serving = State {
+            phase: LPhase::Serving,
+            live: true,
+        };
+        let s = book.snapshot(serving);
+        assert_eq!(s.restarts.len(), MAX_RESTARTS);
+        assert_eq!(s.restarts_total, RestartCounts { ok: 21, failed: 2 });
+        assert_eq!(s.restarts[0].generation, 3, "the oldest is dropped");
+        let last = s.restarts.last().unwrap();
+        assert_eq!((last.generation, last.outcome), (me, Outcome::Ok));
+        assert_eq!(last.pid, Some(std::process::id()));
+        assert!(last.sighup_to_ready_ms.is_some() && last.ready_to_old_gone_ms.is_none());
+
+        // A failed restart of this generation is recorded by it, with its reason.
+        rec.observe(&Transition::RestartBegun);
+        let e = RestartError::NotReady {
+            pid: 9999,
+            timeout: std::time::Duration::from_secs(1),
+        };
+        rec.observe(&Transition::RestartFailed(&e));
+        let s = book.snapshot(serving);
+        let f = s.restarts.last().unwrap();
+        assert_eq!(
+            (f.outcome, f.pid, f.generation),
+            (Outcome::Failed, Some(9999), me)
+        );
+        assert!(f.reason.as_deref().unwrap().contains("not ready"));
+        assert_eq!(s.restarts_total.failed, 3);
+
+        // And all of it goes to the next child.
+        rec.observe(&Transition::RestartBegun);
+        let vars = book.child_env();
+        let next = Book::new(&Vars(vars), Some(1), me + 1);
+        let n = next.snapshot(serving);
+        assert_eq!(n.restarts, s.restarts);
+        assert_eq!(n.restarts_total, s.restarts_total);
+        assert!(lock(&next.inner).inherited_began.is_some());
+    }
+
+    #[test]
+    fn a_first_generation_ignores_stale_variables() {
+        let env = Vars(vec![(
+            handover::ENV_RESTARTS,
+            "totals 5 5\n1000 2 ok 41 12 - -".into(),
+        )]);
+        let book = Book::new(&env, None, 1);
+        let s = book.snapshot(State {
+            phase: LPhase::Starting,
+            live: true,
+        });
+        assert!(s.restarts.is_empty());
+        assert_eq!(s.restarts_total, RestartCounts::default());
+        assert_eq!(s.phase, Phase::Starting);
+    }
+}
