@@ -106,6 +106,7 @@ pub(crate) struct Limits {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_header_bytes: usize,
     pub(crate) drain_grace: Duration,
+    pub(crate) drain_spread: Duration,
 }
 
 /// What every connection of one server shares (read only).
@@ -118,6 +119,7 @@ pub(crate) struct Shared {
     write_ms: Option<u64>,
     idle_ms: Option<u64>,
     grace_ms: u64,
+    spread_ms: u64,
     /// HTTP/1 heads are measured against the limit: hyper's buffer cannot enforce it.
     measure_heads: bool,
 }
@@ -147,6 +149,7 @@ impl Shared {
             write_ms: limits.write_timeout.map(millis),
             idle_ms: limits.idle_timeout.map(millis),
             grace_ms: millis(limits.drain_grace),
+            spread_ms: millis(limits.drain_spread),
             measure_heads: limits.max_header_bytes < MIN_BUF,
             limits,
             drain,
@@ -247,6 +250,7 @@ where
     let svc = Svc {
         app,
         state: state.clone(),
+        drain: shared.extensions.then(|| shared.drain.for_connection()),
         shared: shared.clone(),
         info: acc.info,
     };
@@ -581,6 +585,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ReadActivity<I> {
 struct Svc<S> {
     app: S,
     state: Arc<ConnState>,
+    /// The connection's copy of its server's drain, when requests carry it.
+    drain: Option<Drain>,
     shared: Arc<Shared>,
     info: ConnInfo,
 }
@@ -616,9 +622,9 @@ where
             st.proto_known.store(true, Ordering::Relaxed);
             tracing::Span::current().record("proto", tracing::field::debug(req.version()));
         }
-        if self.shared.extensions {
+        if let Some(drain) = &self.drain {
             let ext = req.extensions_mut();
-            ext.insert(self.shared.drain.clone());
+            ext.insert(drain.clone());
             ext.insert(self.info);
             #[cfg(feature = "axum")]
             if let ConnInfo::Tcp { peer, .. } = self.info {
@@ -672,6 +678,7 @@ where
                 armed: false,
                 h1,
                 read_bound,
+                spread_ms: 0,
             };
         }
         let mut app = self.app.clone();
@@ -694,6 +701,7 @@ where
             armed: false,
             h1,
             read_bound,
+            spread_ms: shared.spread_ms,
         }
     }
 }
@@ -755,7 +763,26 @@ pin_project! {
         h1: bool,
         // The deadline is the read timeout's (an HTTP/2 request body still coming).
         read_bound: bool,
+        spread_ms: u64,
     }
+}
+
+/// During a drain, should this HTTP/1 response close its connection? Yes, unless the
+/// server spreads the closes (`Server::drain_spread`) and this connection's turn has
+/// not come: its turn is a fixed offset within the spread after the drain began, so
+/// that the clients of a busy server do not all reconnect (and, over TLS, handshake)
+/// in the same millisecond.
+fn close_now(st: &ConnState, spread_ms: u64) -> bool {
+    let since = crate::lifecycle::draining_since();
+    if since == 0 {
+        return false;
+    }
+    if spread_ms == 0 {
+        return true;
+    }
+    // Consecutive slots land far apart in the spread (a multiplicative hash).
+    let turn = (st.slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) % spread_ms;
+    now_ms() >= since.saturating_add(turn)
 }
 
 impl<S, B> Future for SvcFuture<S, B>
@@ -818,7 +845,7 @@ where
             // answered during the drain stays one (`Connection: upgrade`): the
             // application closes it when it learns of the drain.
             guard.0.upgraded.store(true, Ordering::Release);
-        } else if *this.h1 && crate::lifecycle::draining() {
+        } else if *this.h1 && close_now(&guard.0, *this.spread_ms) {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -24,7 +24,9 @@
 //! live generation removes those files at a shutdown, so a SIGTERM at any moment of a
 //! restart leaves one live generation with all its files, or none.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -134,10 +136,11 @@ pub(crate) struct Watch {
 /// then on say `Connection: close`. Read on every response, hence one plain atomic
 /// rather than a field behind an `Arc` cloned into every request (there is one process
 /// owner per process).
-static DRAINING: AtomicBool = AtomicBool::new(false);
+/// The instant (coarse clock, [`crate::duration::now_ms`]) the drain began; 0 before.
+static DRAINING: AtomicU64 = AtomicU64::new(0);
 
-/// True from the moment this generation's drain begins.
-pub(crate) fn draining() -> bool {
+/// When this generation's drain began (coarse clock), 0 while serving.
+pub(crate) fn draining_since() -> u64 {
     DRAINING.load(Ordering::Acquire)
 }
 
@@ -179,7 +182,10 @@ pub(crate) fn draining() -> bool {
 /// told to reconnect reaches the new generation.
 #[derive(Clone)]
 pub struct Drain {
-    served: watch::Receiver<Option<Served>>,
+    // Behind an `Arc` of its own per connection (see `for_connection`): cloning it
+    // into every request then touches that connection's counter, not the shared
+    // counters of the server's channel, which every worker would contend for.
+    served: Arc<watch::Receiver<Option<Served>>>,
 }
 
 impl std::fmt::Debug for Drain {
@@ -192,13 +198,20 @@ impl std::fmt::Debug for Drain {
 
 impl Drain {
     pub(crate) fn new(served: watch::Receiver<Option<Served>>) -> Self {
-        Drain { served }
+        Drain {
+            served: Arc::new(served),
+        }
+    }
+
+    /// A copy for one connection's requests (see the field's comment).
+    pub(crate) fn for_connection(&self) -> Self {
+        Drain::new((*self.served).clone())
     }
 
     /// Completes when this generation starts draining, with why: a restart handed the
     /// sockets over ([`Served::HandedOver`]), or a shutdown began ([`Served::Shutdown`]).
     pub async fn wait(&self) -> Served {
-        let mut rx = self.served.clone();
+        let mut rx = (*self.served).clone();
         let drained = rx.wait_for(|s| s.is_some()).await;
         match drained {
             Ok(s) => s.unwrap_or(Served::Shutdown),
@@ -248,7 +261,12 @@ impl Publisher {
 
     pub(crate) fn publish(&self, s: State) {
         if s.is_draining() {
-            DRAINING.store(true, Ordering::Release);
+            let _ = DRAINING.compare_exchange(
+                0,
+                crate::duration::now_ms(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
             self.served.send_if_modified(|v| {
                 let first = v.is_none();
                 if first {
