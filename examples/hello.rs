@@ -14,7 +14,7 @@
 //!
 //! Options: `--addr ADDR` (repeatable: one server each; `unix:/path` for a Unix socket),
 //! `--hammer-ms N` (0: no hammer time), `--read-timeout-ms N`, `--write-timeout-ms N`,
-//! `--max-header-bytes N`, `--ready-timeout-ms N`, `--drain-grace-ms N`,
+//! `--max-header-bytes N`, `--ready-timeout-ms N`, `--drain-grace-ms N`, `--drain-spread-ms N`,
 //! `--pid-file PATH`, `--admin` (serve `POST /admin/restart?wait_ms=N` and `POST /admin/shutdown`:
 //! a restart and a shutdown from code), `--warmup-ms N` (warm up for N ms before any
 //! server starts: until the generation declares ready, the previous one alone serves),
@@ -64,6 +64,7 @@ struct Options {
     max_header_bytes: Option<usize>,
     ready_timeout: Option<Duration>,
     drain_grace: Option<Duration>,
+    drain_spread: Option<Duration>,
     pid_file: Option<String>,
     /// Serve `POST /admin/restart?wait_ms=N`.
     admin: bool,
@@ -85,6 +86,7 @@ fn parse_args() -> Result<Options, String> {
         max_header_bytes: None,
         ready_timeout: None,
         drain_grace: None,
+        drain_spread: None,
         pid_file: None,
         admin: false,
         fd_names: Vec::new(),
@@ -118,6 +120,7 @@ fn parse_args() -> Result<Options, String> {
             "--write-timeout-ms" => o.write_timeout = ms(args.next(), &a)?,
             "--ready-timeout-ms" => o.ready_timeout = ms(args.next(), &a)?,
             "--drain-grace-ms" => o.drain_grace = Some(ms(args.next(), &a)?.unwrap_or_default()),
+            "--drain-spread-ms" => o.drain_spread = Some(ms(args.next(), &a)?.unwrap_or_default()),
             "--max-header-bytes" => {
                 let v = args.next().ok_or("--max-header-bytes needs a value")?;
                 o.max_header_bytes = Some(v.parse().map_err(|_| format!("not a number: {v}"))?);
@@ -621,6 +624,9 @@ async fn main() -> std::process::ExitCode {
             });
         if let Some(n) = opts.max_header_bytes {
             s = s.max_header_bytes(n);
+        }
+        if let Some(t) = opts.drain_spread {
+            s = s.drain_spread(t);
         }
         if let Some(t) = opts.drain_grace {
             s = s.drain_grace(t);

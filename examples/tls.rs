@@ -10,7 +10,8 @@
 //! `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30
 //!  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1
 //!  -keyout key.pem -out cert.pem`.
-//! Other options: `--addr ADDR` (default 127.0.0.1:4243), `--hammer-ms N`.
+//! Other options: `--addr ADDR` (default 127.0.0.1:4243), `--hammer-ms N` (0: none),
+//! `--drain-spread-ms N`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,24 +41,27 @@ async fn main() -> std::process::ExitCode {
         .init();
     let mut addr = "127.0.0.1:4243".to_string();
     let (mut cert, mut key, mut hammer) = (None, None, Some(ceaseless::DEFAULT_HAMMER_TIME));
+    let mut spread = ceaseless::DEFAULT_DRAIN_SPREAD;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_default();
-        match a.as_str() {
-            "--addr" => addr = value(),
-            "--cert" => cert = Some(PathBuf::from(value())),
-            "--key" => key = Some(PathBuf::from(value())),
-            "--hammer-ms" => {
-                hammer = value()
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .map(Duration::from_millis)
-            }
-            other => {
-                eprintln!("tls: unknown argument {other:?}");
-                return std::process::ExitCode::from(2);
-            }
+        let mut ms = |a: &str| -> Result<u64, String> {
+            let v = value();
+            v.parse()
+                .map_err(|_| format!("{a} needs a number of milliseconds, not {v:?}"))
+        };
+        let parsed = match a.as_str() {
+            "--addr" => Ok(addr = value()),
+            "--cert" => Ok(cert = Some(PathBuf::from(value()))),
+            "--key" => Ok(key = Some(PathBuf::from(value()))),
+            // 0: no hammer time.
+            "--hammer-ms" => ms(&a).map(|n| hammer = (n > 0).then(|| Duration::from_millis(n))),
+            "--drain-spread-ms" => ms(&a).map(|n| spread = Duration::from_millis(n)),
+            other => Err(format!("unknown argument {other:?}")),
+        };
+        if let Err(e) = parsed {
+            eprintln!("tls: {e}");
+            return std::process::ExitCode::from(2);
         }
     }
     let (cert, key) = match (cert, key) {
@@ -86,6 +90,7 @@ async fn main() -> std::process::ExitCode {
     let served = ceaseless::Server::new(addr, app)
         .tls(cert, key)
         .hammer_time(hammer)
+        .drain_spread(spread)
         .listen_and_serve()
         .await;
     match served {

@@ -37,6 +37,9 @@ pub(crate) const EXPIRED_STALL: u8 = 4;
 /// Deadlines are instants of the coarse clock ([`crate::duration::now_ms`]); 0 is none.
 #[derive(Debug, Default)]
 pub(crate) struct ConnState {
+    /// Its place in its server's registry: also what spreads the drain's
+    /// `Connection: close` over the connections.
+    pub(crate) slot: usize,
     pub(crate) in_flight: AtomicU32,
     pub(crate) last_activity: AtomicU64,
     pub(crate) h2: AtomicBool,
@@ -213,18 +216,19 @@ impl Tracker {
     /// Counts a new connection until the returned registration is dropped (with the
     /// connection's IO, so an upgraded connection stays counted).
     pub(crate) fn register(self: &Arc<Self>) -> Registration {
-        let state = Arc::new(ConnState::default());
         let mut s = self.slots();
         let key = match s.free.pop() {
-            Some(k) => {
-                s.slots[k] = Some(state.clone());
-                k
-            }
+            Some(k) => k,
             None => {
-                s.slots.push(Some(state.clone()));
+                s.slots.push(None);
                 s.slots.len() - 1
             }
         };
+        let state = Arc::new(ConnState {
+            slot: key,
+            ..ConnState::default()
+        });
+        s.slots[key] = Some(state.clone());
         s.open += 1;
         drop(s);
         Registration {

@@ -116,8 +116,8 @@ pub use process::{
 #[cfg(feature = "tls")]
 pub use serve::listen_and_serve_tls;
 pub use serve::{
-    listen_and_serve, Server, DEFAULT_HAMMER_TIME, DEFAULT_MAX_HEADER_BYTES, DEFAULT_READ_TIMEOUT,
-    DEFAULT_WRITE_TIMEOUT,
+    listen_and_serve, Server, DEFAULT_DRAIN_SPREAD, DEFAULT_HAMMER_TIME, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
 };
 pub use signals::{Signal, Stage};
 pub use status::Status;

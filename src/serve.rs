@@ -30,6 +30,8 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 1 << 20;
 /// Default [`Server::hammer_time`]: 60 s, as endless's `DefaultHammerTime`.
 pub const DEFAULT_HAMMER_TIME: Duration = Duration::from_secs(60);
+/// Default spread of the drain's closes ([`Server::drain_spread`]).
+pub const DEFAULT_DRAIN_SPREAD: Duration = Duration::ZERO;
 
 type BeforeBegin = Box<dyn FnOnce(&ListenAddr) + Send + 'static>;
 
@@ -65,6 +67,7 @@ pub struct Server<S> {
     max_header_bytes: usize,
     hammer_time: Option<Duration>,
     drain_grace: Duration,
+    drain_spread: Duration,
     before_begin: Option<BeforeBegin>,
     tls: Option<(PathBuf, PathBuf)>,
     fd_name: Option<String>,
@@ -109,6 +112,7 @@ where
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             hammer_time: Some(DEFAULT_HAMMER_TIME),
             drain_grace: DEFAULT_DRAIN_GRACE,
+            drain_spread: DEFAULT_DRAIN_SPREAD,
             before_begin: None,
             tls: None,
             fd_name: None,
@@ -186,6 +190,18 @@ where
         self
     }
 
+    /// Over how long the drain spreads the `Connection: close` of busy HTTP/1
+    /// connections (default 0: all at once). Each connection gets its turn at a fixed
+    /// offset within the spread; until then its responses keep it alive, so its client
+    /// keeps being served here and reconnects later. Without a spread every client of a
+    /// busy server reconnects within a millisecond or two of the drain, and over TLS
+    /// each of them makes a full handshake on the new generation at the same time (see
+    /// BENCHMARKS.md). The old generation lives up to that much longer.
+    pub fn drain_spread(mut self, t: Duration) -> Self {
+        self.drain_spread = t;
+        self
+    }
+
     /// Called once the server listens, with the address it is bound to (default: log
     /// the pid and address, as endless does).
     pub fn before_begin(mut self, f: impl FnOnce(&ListenAddr) + Send + 'static) -> Self {
@@ -250,6 +266,7 @@ where
             idle_timeout: self.idle_timeout.unwrap_or(self.read_timeout),
             max_header_bytes: self.max_header_bytes,
             drain_grace: self.drain_grace,
+            drain_spread: self.drain_spread,
         };
         let handshake_timeout = self.read_timeout.unwrap_or(Duration::from_secs(10));
         let watch = process.watch();

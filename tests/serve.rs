@@ -1519,3 +1519,62 @@ fn two_servers_in_one_process_serve_and_one_sigterm_drains_both() {
         assert_refused(&p, a);
     }
 }
+
+/// `--drain-spread-ms`: at the drain, busy keep-alive connections are told to close one
+/// after another over the spread, not all at once: some keep being served (without
+/// `Connection: close`) after the drain began, every one is closed by the end, and
+/// nothing fails.
+#[test]
+fn the_drain_spreads_the_closes_of_busy_connections() {
+    let (mut p, addr) = start("hello", &["--drain-spread-ms", "3000"]);
+    let addr = addr.to_string();
+    let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, draining) = (addr.clone(), draining.clone());
+            std::thread::spawn(move || -> Result<(u32, bool), String> {
+                let mut s = common::load::connect_tcp(&addr).map_err(|e| e.to_string())?;
+                // Responses kept alive after the drain began, and whether it closed.
+                let mut kept_after = 0;
+                for _ in 0..100_000 {
+                    // Sent once the drain had begun (its log line was seen)?
+                    let after = draining.load(std::sync::atomic::Ordering::Acquire);
+                    let r = common::load::exchange_blocking(&mut s, "/")?;
+                    if r.status != 200 {
+                        return Err(format!("status {}", r.status));
+                    }
+                    if r.close {
+                        return Ok((kept_after, true));
+                    }
+                    if after {
+                        kept_after += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok((kept_after, false))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal(libc::SIGTERM);
+    p.expect_line("stopped accepting", WAIT);
+    draining.store(true, std::sync::atomic::Ordering::Release);
+    let ends: Vec<(u32, bool)> = loops
+        .into_iter()
+        .map(|t| {
+            t.join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{e}; output:\n{}", p.output()))
+        })
+        .collect();
+    assert!(
+        ends.iter().all(|(_, closed)| *closed),
+        "a connection was never told to close: {ends:?}"
+    );
+    assert!(
+        ends.iter().any(|(kept, _)| *kept > 0),
+        "every busy connection was closed at once, no spread: {ends:?}"
+    );
+    let status = expect_exit(&mut p, "after the spread drain");
+    assert!(status.success(), "{status}; output:\n{}", p.output());
+}

@@ -50,6 +50,7 @@ OPTIONS
                       and the load generators on the others
   --no-build          use the binaries already built in target/release
   --json PATH         also write the results as JSON
+  --drain-spread-ms N pass --drain-spread-ms N to the servers of the restart runs
   --plots DIR         also draw each restart run's latency over time, the SIGHUPs
                       marked, into DIR/latency-<protocol>.svg
   --quick             a smoke run: 3 restarts, 1 round of 1 s, 3 start-ups
@@ -72,6 +73,7 @@ pub struct Config {
     pub build: bool,
     pub json: Option<PathBuf>,
     pub plots: Option<PathBuf>,
+    pub drain_spread_ms: Option<u64>,
     pub quick: bool,
 }
 
@@ -89,6 +91,7 @@ fn parse_args() -> Result<Config, String> {
         build: true,
         json: None,
         plots: None,
+        drain_spread_ms: None,
         quick: false,
     };
     let mut clients: Option<Vec<String>> = None;
@@ -125,6 +128,7 @@ fn parse_args() -> Result<Config, String> {
             "--no-build" => c.build = false,
             "--json" => c.json = Some(PathBuf::from(value()?)),
             "--plots" => c.plots = Some(PathBuf::from(value()?)),
+            "--drain-spread-ms" => c.drain_spread_ms = Some(num(value()?)?),
             "--quick" => c.quick = true,
             "-h" | "--help" => {
                 print!("{}", usage());
@@ -774,6 +778,10 @@ fn run_restarts(
             None,
         )
     };
+    let mut args = args;
+    if let Some(ms) = cfg.drain_spread_ms {
+        args.extend(["--drain-spread-ms".to_string(), ms.to_string()]);
+    }
     let (mut server, _, _) = start_server(bin, &args, addr, probe_tls.as_ref(), cpus)?;
     std::thread::sleep(Duration::from_millis(300));
     let first_pid = server.pid;
