@@ -51,9 +51,18 @@ async fn main() -> std::process::ExitCode {
                 .map_err(|_| format!("{a} needs a number of milliseconds, not {v:?}"))
         };
         let parsed = match a.as_str() {
-            "--addr" => Ok(addr = value()),
-            "--cert" => Ok(cert = Some(PathBuf::from(value()))),
-            "--key" => Ok(key = Some(PathBuf::from(value()))),
+            "--addr" => {
+                addr = value();
+                Ok(())
+            }
+            "--cert" => {
+                cert = Some(PathBuf::from(value()));
+                Ok(())
+            }
+            "--key" => {
+                key = Some(PathBuf::from(value()));
+                Ok(())
+            }
             // 0: no hammer time.
             "--hammer-ms" => ms(&a).map(|n| hammer = (n > 0).then(|| Duration::from_millis(n))),
             "--drain-spread-ms" => ms(&a).map(|n| spread = Duration::from_millis(n)),
