@@ -75,6 +75,7 @@ mod conn;
 pub mod control;
 #[cfg(not(feature = "control"))]
 mod control;
+mod draining;
 mod duration;
 mod error;
 mod handover;
@@ -88,10 +89,12 @@ mod process;
 mod restart;
 mod serve;
 mod signals;
+mod supervise;
 mod tls;
 
 pub use addr::ListenAddr;
 pub use conn::ConnInfo;
+pub use draining::DEFAULT_MAX_DRAINING;
 #[cfg(feature = "control")]
 pub use error::ControlError;
 pub use error::{Error, RestartError};
@@ -108,3 +111,4 @@ pub use serve::{
     DEFAULT_WRITE_TIMEOUT,
 };
 pub use signals::{Signal, Stage};
+pub use supervise::{supervise, Supervisor, DEFAULT_SUPERVISOR_READY_TIMEOUT};

@@ -29,7 +29,7 @@ use crate::lifecycle::{Observer, Transition};
 const ENV_NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
 /// Sends one message to the service manager, if there is one. Failures are logged.
-fn send(msg: &str) {
+pub(crate) fn send(msg: &str) {
     let Some(path) = std::env::var_os(ENV_NOTIFY_SOCKET) else {
         return;
     };

@@ -5,7 +5,7 @@
 //! servers, connections and the control socket follow the published state.
 
 use std::future::Future;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -61,6 +61,7 @@ pub struct ProcessBuilder {
     hooks: Vec<(Signal, Stage, Hook)>,
     signals: Vec<Signal>,
     lame_duck: Option<Duration>,
+    max_draining: usize,
 }
 
 impl std::fmt::Debug for ProcessBuilder {
@@ -87,6 +88,7 @@ impl Default for ProcessBuilder {
             hooks: Vec::new(),
             signals: Signal::ALL.to_vec(),
             lame_duck: None,
+            max_draining: crate::draining::DEFAULT_MAX_DRAINING,
         }
     }
 }
@@ -121,6 +123,16 @@ impl ProcessBuilder {
     /// restart is never a lame duck: the address stays served.
     pub fn lame_duck(mut self, period: Duration) -> Self {
         self.lame_duck = Some(period).filter(|d| !d.is_zero());
+        self
+    }
+
+    /// How many generations may drain at once (default
+    /// [`DEFAULT_MAX_DRAINING`](crate::DEFAULT_MAX_DRAINING), 4): when a restart would
+    /// leave more draining (long-lived connections keep old generations around until
+    /// their hammer time), the oldest are hammered once it commits, and the log says
+    /// so. Must not be zero.
+    pub fn max_draining(mut self, n: usize) -> Self {
+        self.max_draining = n;
         self
     }
 
@@ -185,6 +197,12 @@ impl ProcessBuilder {
                 reason: "zero: every restart would fail".into(),
             });
         }
+        if self.max_draining == 0 {
+            return Err(Error::Setting {
+                name: "max_draining",
+                reason: "zero: the generation that hands over must drain".into(),
+            });
+        }
         let mut inherited = Inherited::from_env(&ProcessEnv);
         let first = inherited.parent.is_none();
         let generation = inherited.generation;
@@ -192,8 +210,11 @@ impl ProcessBuilder {
             phase: Phase::Starting,
             live: first,
         });
+        crate::draining::init();
+        // Under a supervisor, the PID file names the supervisor, which writes it.
+        let supervised = crate::supervise::start(generation);
         let mut observers: Vec<Box<dyn Observer>> = Vec::new();
-        if let Some(p) = self.pid_file {
+        if let Some(p) = self.pid_file.filter(|_| !supervised) {
             observers.push(Box::new(crate::pidfile::PidFile::new(p)));
         }
         #[cfg(feature = "systemd")]
@@ -249,6 +270,7 @@ impl ProcessBuilder {
                 control: OnceLock::new(),
                 exe: Exe::capture(),
                 generation,
+                max_draining: self.max_draining,
             }),
         };
         if let Some((path, listener)) = control_socket {
@@ -334,6 +356,7 @@ struct Inner {
     control: OnceLock<Control>,
     exe: Exe,
     generation: u64,
+    max_draining: usize,
 }
 
 /// A descriptor to hand over, under its name.
@@ -887,7 +910,13 @@ impl Process {
         let Claimed { names, fds, abort } = claimed;
         let inner = &self.inner;
         let started = async {
-            let mut next = restart::spawn(&inner.exe, &names, &fds, inner.generation)?;
+            let mut next = restart::spawn(
+                &inner.exe,
+                &names,
+                &fds,
+                inner.generation,
+                inner.max_draining,
+            )?;
             drop(fds);
             tracing::info!(pid = std::process::id(), new_pid = next.pid, path = %inner.exe.path.display(), "started the next generation; waiting for it to be ready");
             if let Err(e) = next.wait_ready(inner.ready_timeout, abort.cancelled()).await {
@@ -955,6 +984,8 @@ impl Core {
         for o in &mut self.observers {
             o.observe(t);
         }
+        let registry = self.registry.iter();
+        crate::supervise::observe(t, registry.map(|r| (&r.name, r.fd.as_fd())));
     }
 
     /// Serving, and live: the previous generation let go (or is gone). The caller
