@@ -1042,13 +1042,6 @@ mod sys {
                     g.ready = None;
                     self.generation = generation;
                     self.listeners = names.into_iter().zip(fds).collect();
-                    tracing::info!(
-                        pid = self.me,
-                        generation_pid = id.pid,
-                        generation,
-                        sockets = self.listeners.len(),
-                        "supervisor: the generation is live"
-                    );
                     if self.stopping {
                         g.signal(libc::SIGTERM);
                         self.listeners.clear();
@@ -1071,6 +1064,14 @@ mod sys {
                             id.pid
                         ));
                     }
+                    // Logged once the PID file and the service manager know.
+                    tracing::info!(
+                        pid = self.me,
+                        generation_pid = id.pid,
+                        generation,
+                        sockets = self.listeners.len(),
+                        "supervisor: the generation is live"
+                    );
                 }
                 Report::Committed { pid, new_pid } if current == Some(pid) => {
                     if let Some(old) = self.current.take() {
