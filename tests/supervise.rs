@@ -28,7 +28,7 @@ use common::{alive, become_subreaper, scratch_dir, signal, versioned_hellos, Pro
 
 /// The versions the tests deploy, in turn. The last one built is the one `cargo run`
 /// finds fresh (see `cargo_run_keeps_the_terminal`).
-const VERSIONS: [&str; 3] = ["sup-a", "sup-b", "sup-c"];
+const VERSIONS: [&str; 2] = ["sup-a", "sup-b"];
 
 /// SIGHUPs the supervisor and waits for the restart to succeed and for the supervisor
 /// to know the new generation as live. Returns (old pid, new pid).
@@ -89,6 +89,17 @@ fn refuses(port: u16) -> bool {
         StdTcpStream::connect(("127.0.0.1", port)),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused
     )
+}
+
+/// read(2), retried when a signal interrupts it (the test process takes SIGCHLD as
+/// the subreaper of many processes).
+fn read_some(s: &mut StdTcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
 }
 
 /// Waits (bounded) until `cond` holds.
@@ -263,7 +274,7 @@ fn stream_in_flight(addr: &str, chunks: u32, every_ms: u32) -> (StdTcpStream, Ve
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !got.contains(&b'x') {
-        let n = s.read(&mut buf).unwrap();
+        let n = read_some(&mut s, &mut buf).unwrap();
         assert!(n > 0, "the stream ended before its first chunk");
         got.extend_from_slice(&buf[..n]);
     }
@@ -284,7 +295,7 @@ fn term_to_the_supervisor_drains_and_exits_0() {
     signal(p.pid, libc::SIGTERM);
     let mut buf = [0u8; 4096];
     while !got.ends_with(b"0\r\n\r\n") {
-        match s.read(&mut buf) {
+        match read_some(&mut s, &mut buf) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) => panic!("the stream in flight failed: {e}"),
@@ -479,14 +490,14 @@ impl Held {
         )
         .unwrap();
         let mut buf = [0u8; 1024];
-        assert!(s.read(&mut buf).unwrap() > 0);
+        assert!(read_some(&mut s, &mut buf).unwrap() > 0);
         Held { s, pid }
     }
 
     /// Whether the stream still flows.
     fn flows(&mut self) -> bool {
         let mut buf = [0u8; 1024];
-        matches!(self.s.read(&mut buf), Ok(n) if n > 0)
+        matches!(read_some(&mut self.s, &mut buf), Ok(n) if n > 0)
     }
 
     /// Whether the connection was closed (reads until the end, bounded).
@@ -494,7 +505,7 @@ impl Held {
         let mut buf = [0u8; 4096];
         let deadline = Instant::now() + LONG;
         while Instant::now() < deadline {
-            match self.s.read(&mut buf) {
+            match read_some(&mut self.s, &mut buf) {
                 Ok(0) | Err(_) => return true,
                 Ok(_) => {}
             }
@@ -573,4 +584,210 @@ fn quick_restarts_never_leave_more_draining_generations_than_the_bound() {
 #[test]
 fn the_bound_holds_under_the_supervisor_too() {
     bounded_draining("bound-sup", true);
+}
+
+// ---------------------------------------------------------------------------------------
+// A crash loop backs off, and ends with a good deploy
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_crash_loop_backs_off_until_a_good_build_returns() {
+    let (dir, app) = installed("sup-loop", "hello");
+    let good = dir.join("good");
+    install(&app, &good);
+    let p = Proc::spawn(&app, &["--supervise", "--addr", "127.0.0.1:0"]);
+    let addr = p.serving_addr(1);
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let inode = listen_inode(port).unwrap();
+    let first = newest(&p);
+    wait_sup_live(&p, p.pid, first);
+
+    // A broken build lands, then the generation dies: every new start crashes.
+    install_script(&app, "#!/bin/sh\necho 'crashing at start' >&2\nexit 3\n");
+    signal(first, libc::SIGKILL);
+    let backoffs = 4;
+    p.wait_for_nth(
+        "starting a generation again after a backoff",
+        backoffs + 1,
+        LONG,
+    )
+    .unwrap_or_else(|| panic!("no crash loop; output:\n{}", p.output()));
+    let delays: Vec<u64> = p
+        .output()
+        .lines()
+        .filter(|l| l.contains("starting a generation again after a backoff"))
+        .map(|l| common::field(l, "delay_ms").unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        delays.windows(2).all(|w| w[1] > w[0]),
+        "the backoff grows: {delays:?}"
+    );
+    assert!(
+        p.output().contains("why=exited with status 3"),
+        "the log says why; output:\n{}",
+        p.output()
+    );
+    // Meanwhile the supervisor holds the socket: a client waits in the accept queue
+    // rather than being refused, and the good build, back at the path, answers it.
+    let waiting = std::thread::spawn({
+        let addr = addr.clone();
+        move || get_tcp(&addr, "/")
+    });
+    install(&good, &app);
+    let line = p
+        .wait_for_nth(&format!("the generation is live pid={} ", p.pid), 2, LONG)
+        .unwrap_or_else(|| panic!("the good build never came back; output:\n{}", p.output()));
+    let back = pid_field(&line, "generation_pid");
+    let r = waiting.join().unwrap();
+    assert_eq!((r.status, body_pid(&r.body)), (200, Some(back)));
+    assert_eq!(
+        listen_inode(port),
+        Some(inode),
+        "the same socket throughout"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The service manager hears from the supervisor only
+// ---------------------------------------------------------------------------------------
+
+/// A stand-in for systemd's notification socket, learning each sender's pid.
+struct Notifications(std::os::unix::net::UnixDatagram);
+
+impl Notifications {
+    fn bind(path: &Path) -> Self {
+        use std::os::fd::AsRawFd;
+        let sock = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads an int of the given size.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        sock.set_read_timeout(Some(LONG)).unwrap();
+        Notifications(sock)
+    }
+
+    /// The next message and its sender's pid.
+    fn recv(&self) -> (u32, String) {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 4096];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut control = [0u64; 32];
+        // SAFETY: a zeroed msghdr is empty; it then points at live local buffers.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: recvmsg writes within the buffers described by msg.
+        let n = unsafe { libc::recvmsg(self.0.as_raw_fd(), &mut msg, 0) };
+        assert!(n >= 0, "no notification: {}", io::Error::last_os_error());
+        let mut pid = 0;
+        // SAFETY: the CMSG macros walk the control buffer recvmsg filled in.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
+                    let cred: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    pid = cred.pid as u32;
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        (
+            pid,
+            String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
+        )
+    }
+
+    /// Messages until one holds `key`; asserts each came from `pid` and names no
+    /// other main pid.
+    fn until(&self, key: &str, pid: u32) -> String {
+        loop {
+            let (from, text) = self.recv();
+            assert_eq!(
+                from, pid,
+                "{text:?} came from another process than the supervisor"
+            );
+            assert!(!text.contains("MAINPID="), "the main pid changed: {text:?}");
+            if text.lines().any(|l| l.starts_with(key)) {
+                return text;
+            }
+        }
+    }
+}
+
+#[cfg_attr(not(feature = "systemd"), ignore = "needs the `systemd` feature")]
+#[test]
+fn the_supervisor_is_the_main_process_for_the_service_manager() {
+    let dir = scratch_dir("sup-notify");
+    let app = dir.join("app");
+    install(&common::example_bin("hello"), &app);
+    let sock = common::generations::socket_path(&dir, "notify.sock");
+    let notes = Notifications::bind(&sock);
+    let pid_file = dir.join("app.pid");
+    let mut cmd = Command::new(&app);
+    cmd.args(["--supervise", "--addr", "127.0.0.1:0", "--pid-file"])
+        .arg(&pid_file)
+        .env("NOTIFY_SOCKET", &sock);
+    let mut p = Proc::spawn_with(&mut cmd);
+    let ready = notes.until("READY=1", p.pid);
+    assert!(ready.contains("STATUS=serving"), "{ready:?}");
+    assert_eq!(pid_file_names(&pid_file), Some(p.pid));
+    for _ in 0..2 {
+        let (_, new) = sup_restart(&p);
+        notes.until("RELOADING=1", p.pid);
+        let ready = notes.until("READY=1", p.pid);
+        assert!(ready.contains(&format!("pid {new}")), "{ready:?}");
+        assert_eq!(pid_file_names(&pid_file), Some(p.pid));
+    }
+    signal(p.pid, libc::SIGTERM);
+    notes.until("STOPPING=1", p.pid);
+    assert!(p.wait_exit(LONG).expect("exits").success());
+    assert_eq!(
+        pid_file_names(&pid_file),
+        None,
+        "the PID file is removed at the end"
+    );
+}
+
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+#[test]
+fn the_control_socket_restarts_under_the_supervisor() {
+    let (dir, app) = installed("sup-control", "hello");
+    let control = common::generations::socket_path(&dir, "control.sock");
+    let p = Proc::spawn(
+        &app,
+        &[
+            "--supervise",
+            "--addr",
+            "127.0.0.1:0",
+            "--control",
+            control.to_str().unwrap(),
+        ],
+    );
+    let addr = p.serving_addr(1);
+    wait_sup_live(&p, p.pid, newest(&p));
+    for _ in 0..2 {
+        let out = Command::new(common::example_bin("hello"))
+            .args(["restart", "--control"])
+            .arg(&control)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let new: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        // The supervisor follows a restart it did not ask for.
+        wait_sup_live(&p, p.pid, new);
+        assert_eq!(body_pid(&get_tcp(&addr, "/").body), Some(new));
+    }
 }
