@@ -21,6 +21,16 @@
 //!   them; the child drains and exits). A pipe carries no answer: the child is live as
 //!   soon as it reported.
 //!
+//! - `CEASELESS_DRAINING` lists the older generations still draining when the child was
+//!   started, oldest first, as `<pid>@<start time>` (field 22 of `/proc/<pid>/stat`), so
+//!   that the bound on draining generations never signals a reused pid.
+//! - `CEASELESS_SUPERVISOR` is `<supervisor pid>:<fd>`, under the stable-PID supervisor:
+//!   the child's end of the report channel (a Unix datagram socket, after the readiness
+//!   channel; the child checks that the supervisor created it). Each report is one
+//!   datagram: `live <pid> <start> <generation>` then one handover name a line, with the
+//!   named sockets attached (`SCM_RIGHTS`); `committed <pid> <new pid>`;
+//!   `failed <pid>`; `stopping <pid>`.
+//!
 //! Each entry is validated on its own: one bad name rejects that descriptor (which is
 //! closed), never the others.
 

@@ -63,6 +63,13 @@
 //! one serves on. See the `handover`, `lifecycle`, `restart` and `conn` module docs in
 //! the source for the protocol, the state machine and the drain.
 //!
+//! ## Stable PID
+//! [`supervise`] (or [`Supervisor::run`]) at the top of `main` keeps one pid for the
+//! life of the service: the first process becomes a small supervisor (subreaper, PID 1
+//! of a container if need be) and the program runs in generations under it, which
+//! restart as above; see [`Supervisor`]. However restarts happen, at most
+//! [`ProcessBuilder::max_draining`] old generations drain at once.
+//!
 //! The modules follow the choreography: `inherit` (take what the previous generation
 //! handed over), `listen`, `process` (the owner and its state machine), `serve` and
 //! `conn` (serve and drain), `restart` (start the next generation).

@@ -138,7 +138,8 @@ impl ProcessBuilder {
 
     /// Keeps a PID file naming the live generation: written once the first one is
     /// ready, replaced atomically at each handover (before the service manager hears
-    /// of the new pid), removed at a final shutdown.
+    /// of the new pid), removed at a final shutdown. Ignored under the
+    /// [`Supervisor`](crate::Supervisor), whose own PID file names it instead.
     pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.pid_file = Some(path.into());
         self

@@ -94,7 +94,26 @@ pub fn supervise() -> Result<(), Error> {
     Supervisor::new().run()
 }
 
-/// The stable-PID supervisor's settings; see the [module docs](self) for what it does.
+/// The stable-PID supervisor: one pid for the life of the service, whatever the restarts.
+///
+/// [`Supervisor::run`] at the top of `main` makes the first process a small supervisor
+/// (one thread, no runtime) that starts the program again as generation 1, makes itself
+/// the generations' subreaper, and never returns. Restarts stay the generations' own,
+/// with readiness and rollback: SIGHUP to the supervisor is forwarded to the current
+/// generation, and the supervisor follows each handover. Each generation, once live,
+/// sends its listening sockets up to the supervisor (it binds nothing itself, so ports
+/// may change across restarts); a generation that dies outside a restart is started
+/// again with those very sockets, after a backoff (100 ms doubling up to 10 s), and the
+/// log says why it died.
+///
+/// SIGINT/SIGTERM are forwarded (the generation drains, its hammer time applies), then
+/// the supervisor exits with the current generation's status once every generation is
+/// gone; SIGUSR1, SIGUSR2 and SIGTSTP are forwarded too (after SIGTSTP the supervisor
+/// stops as well, except as PID 1). As PID 1 of a container it reaps every orphan. The
+/// supervisor writes the PID file ([`Supervisor::pid_file`]) and talks to systemd
+/// (`READY=1`, `RELOADING=1`, `STOPPING=1`; never `MAINPID=`); the generations do
+/// neither. Generations run in a process group of their own, so a terminal's Ctrl-C and
+/// Ctrl-Z reach the supervisor alone. Linux only.
 #[derive(Debug, Clone)]
 pub struct Supervisor {
     pid_file: Option<PathBuf>,
