@@ -791,3 +791,82 @@ fn the_control_socket_restarts_under_the_supervisor() {
         assert_eq!(body_pid(&get_tcp(&addr, "/").body), Some(new));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Bad input: logged, typed, never a panic
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn bad_supervisor_and_draining_variables_and_settings_are_refused() {
+    let (dir, app) = installed("sup-bad", "hello");
+    // Malformed values: logged, and the server serves as a first generation.
+    let mut cmd = Command::new(&app);
+    cmd.args(["--addr", "127.0.0.1:0"])
+        .env("CEASELESS_SUPERVISOR", "nobody:here")
+        .env("CEASELESS_DRAINING", "1@x,2");
+    let p = Proc::spawn_with(&mut cmd);
+    let addr = p.serving_addr(1);
+    assert_eq!(body_pid(&get_tcp(&addr, "/").body), Some(p.pid));
+    p.expect_line("ignoring the supervisor's channel", LONG);
+    p.expect_line("ignoring the list of draining generations", LONG);
+    assert!(!p.output().contains("panicked"), "{}", p.output());
+    drop(p);
+
+    // A stale but well-formed value (fd 3 is no channel of that pid): `--supervise`
+    // is not fooled into running as a generation; it supervises.
+    let mut cmd = Command::new(&app);
+    cmd.args(["--supervise", "--addr", "127.0.0.1:0"])
+        .env("CEASELESS_SUPERVISOR", "1:3");
+    let p = Proc::spawn_with(&mut cmd);
+    let addr = p.serving_addr(1);
+    wait_sup_live(&p, p.pid, newest(&p));
+    assert_ne!(body_pid(&get_tcp(&addr, "/").body), Some(p.pid));
+    drop(p);
+
+    // A bound of zero is a setting refused at start.
+    let out = Command::new(&app)
+        .args(["--addr", "127.0.0.1:0", "--max-draining", "0"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid setting max_draining"),
+        "{out:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Job control: SIGTSTP stops the generation and the supervisor, SIGCONT resumes both
+// ---------------------------------------------------------------------------------------
+
+/// The state letter of `pid` in /proc (R, S, T, Z, ...).
+fn proc_state(pid: u32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or("?")
+        .to_string()
+}
+
+#[test]
+fn tstp_stops_the_generation_and_the_supervisor_and_cont_resumes_them() {
+    let (_dir, app) = installed("sup-tstp", "hello");
+    let p = Proc::spawn(&app, &["--supervise", "--addr", "127.0.0.1:0"]);
+    let addr = p.serving_addr(1);
+    let gen = newest(&p);
+    wait_sup_live(&p, p.pid, gen);
+    signal(p.pid, libc::SIGTSTP);
+    eventually("both stopped", &p, || {
+        proc_state(p.pid) == "T" && proc_state(gen) == "T"
+    });
+    signal(p.pid, libc::SIGCONT);
+    eventually("both running again", &p, || {
+        proc_state(p.pid) != "T" && proc_state(gen) != "T"
+    });
+    let r = get_tcp(&addr, "/");
+    assert_eq!((r.status, body_pid(&r.body)), (200, Some(gen)));
+    // The generation's own SIGTSTP handling ran (its hooks' place in the log).
+    p.expect_line(&format!("received signal pid={gen} signal=SIGTSTP"), LONG);
+}
