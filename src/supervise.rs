@@ -168,7 +168,8 @@ impl Supervisor {
     /// usual: its servers take the sockets handed over. In any other process it becomes
     /// the supervisor: it starts the program again as generation 1 and never returns
     /// (it exits with the status of the last generation); it returns an error only if
-    /// it could not start (nothing was started then).
+    /// it could not start (nothing was started then). The supervisor logs through
+    /// `tracing`: install the subscriber first.
     ///
     /// ```no_run
     /// use std::time::Duration;
