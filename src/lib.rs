@@ -82,13 +82,13 @@ mod conn;
 pub mod control;
 #[cfg(not(feature = "control"))]
 mod control;
-mod draining;
 mod duration;
 mod error;
 mod handover;
 mod health;
 mod inherit;
 mod lifecycle;
+mod lineage;
 mod listen;
 mod notify;
 mod pidfile;
@@ -101,12 +101,12 @@ mod tls;
 
 pub use addr::ListenAddr;
 pub use conn::ConnInfo;
-pub use draining::DEFAULT_MAX_DRAINING;
 #[cfg(feature = "control")]
 pub use error::ControlError;
 pub use error::{Error, RestartError};
 pub use health::{health, Health};
 pub use lifecycle::{Drain, Served};
+pub use lineage::DEFAULT_MAX_DRAINING;
 pub use process::{
     restart, shutdown, Process, ProcessBuilder, Readiness, DEFAULT_READY_TIMEOUT,
     DEFAULT_STOP_GRACE,

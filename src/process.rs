@@ -88,7 +88,7 @@ impl Default for ProcessBuilder {
             hooks: Vec::new(),
             signals: Signal::ALL.to_vec(),
             lame_duck: None,
-            max_draining: crate::draining::DEFAULT_MAX_DRAINING,
+            max_draining: crate::lineage::DEFAULT_MAX_DRAINING,
         }
     }
 }
@@ -211,7 +211,7 @@ impl ProcessBuilder {
             phase: Phase::Starting,
             live: first,
         });
-        crate::draining::init();
+        crate::lineage::init();
         // Under a supervisor, the PID file names the supervisor, which writes it.
         let supervised = crate::supervise::start(generation);
         let mut observers: Vec<Box<dyn Observer>> = Vec::new();

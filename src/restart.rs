@@ -113,7 +113,7 @@ pub(crate) struct Next {
 
 /// Starts the next generation with `fds` (named by `names`) at 3, 4, …
 /// `generation` is this generation's number; at most `max_draining` generations may
-/// drain once it commits (see the `draining` module). Under a supervisor, the report
+/// drain once it commits (see the `lineage` module). Under a supervisor, the report
 /// channel to it follows the readiness channel.
 pub(crate) fn spawn(
     exe: &Exe,
@@ -131,7 +131,7 @@ pub(crate) fn spawn(
         sources.push(l.fd());
         handover::supervisor_value(l.supervisor(), ready_fd + 1)
     });
-    let plan = crate::draining::plan(max_draining);
+    let plan = crate::lineage::plan(max_draining);
 
     let mut cmd = tokio::process::Command::new(&exe.path);
     cmd.args(&exe.args)
@@ -227,7 +227,7 @@ impl Next {
         {
             tracing::warn!(error = %e, new_pid = self.pid, "cannot tell the new generation it is live");
         }
-        crate::draining::hammer(&self.hammer, self.max_draining);
+        crate::lineage::hammer(&self.hammer, self.max_draining);
         let mut child = self.child;
         tokio::spawn(async move {
             let _ = child.wait().await;

@@ -53,7 +53,7 @@
 //!   report channel and a pidfd of the current generation.
 //!
 //! The bound on draining generations is kept by the generations themselves, in both
-//! models (see the `draining` module); the supervisor passes on the list of draining
+//! models (see the `lineage` module); the supervisor passes on the list of draining
 //! generations it knows of when it starts a generation itself.
 //!
 //! Not covered yet: socket activation of the supervisor (`LISTEN_FDS` names the
@@ -378,7 +378,7 @@ pub(crate) fn observe<'a>(
                 names.push(name.clone());
                 fds.push(fd);
             }
-            let Some(id) = crate::draining::proc_id(pid) else {
+            let Some(id) = crate::lineage::proc_id(pid) else {
                 return;
             };
             Report::Live {
@@ -466,8 +466,8 @@ mod sys {
     use std::time::{Duration, Instant};
 
     use super::{notify, Supervisor, MAX_REPORT_FDS};
-    use crate::draining::{self, pidfd, pidfd_signal, proc_id};
     use crate::handover::{self, Name, ProcId, Report, FIRST_FD};
+    use crate::lineage::{self, pidfd, pidfd_signal, proc_id};
     use crate::restart::Exe;
 
     const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -522,7 +522,7 @@ mod sys {
         fn signal(&self, sig: i32) {
             let r = match &self.pidfd {
                 Some(fd) => pidfd_signal(fd, sig),
-                None => draining::signal(&self.id, sig).map(|_| ()),
+                None => lineage::signal(&self.id, sig).map(|_| ()),
             };
             if let Err(e) = r {
                 if e.raw_os_error() != Some(libc::ESRCH) {
@@ -922,7 +922,7 @@ mod sys {
             let older: Vec<ProcId> = self
                 .older
                 .iter()
-                .filter(|g| draining::alive(g))
+                .filter(|g| lineage::alive(g))
                 .copied()
                 .collect();
             self.older = older;
@@ -1097,7 +1097,7 @@ mod sys {
                     if let Some(old) = self.current.take() {
                         self.older.push(old.id);
                     }
-                    self.older.retain(draining::alive);
+                    self.older.retain(lineage::alive);
                     tracing::info!(
                         pid = self.me,
                         from = pid,

@@ -1,8 +1,8 @@
-//! Bounded draining generations: every restart leaves the old generation draining, and
-//! long-lived connections (a WebSocket, a stream, a slow client) can keep it around
-//! until its hammer time. Quick restarts would pile them up; the bound
-//! ([`ProcessBuilder::max_draining`](crate::ProcessBuilder::max_draining)) caps how many
-//! may drain at once.
+//! The older generations, and the bound on those still draining. Every restart leaves
+//! the old generation draining, and long-lived connections (a WebSocket, a stream, a
+//! slow client) can keep it around until its hammer time. Quick restarts would pile
+//! them up; the bound ([`ProcessBuilder::max_draining`](crate::ProcessBuilder::max_draining))
+//! caps how many may drain at once.
 //!
 //! Each generation is told, in the handover (`CEASELESS_DRAINING`, see
 //! [`handover`](crate::handover)), which older generations still drained when it was
