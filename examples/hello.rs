@@ -4,6 +4,7 @@
 //! cargo run --release --example hello                 # serves 127.0.0.1:4242
 //! curl localhost:4242/            # hello from pid 1234, version 0.1.0
 //! curl 'localhost:4242/slow?ms=2000'
+//! curl localhost:4242/async       # as /, after yielding once (pending on its first poll)
 //! curl --data-binary @file localhost:4242/echo   # read 1234 bytes
 //! curl localhost:4242/peer        # tcp peer=127.0.0.1:50312 local=127.0.0.1:4242
 //! curl localhost:4242/healthz     # ok (503 during a shutdown's lame-duck period)
@@ -235,6 +236,12 @@ async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible
             *r.status_mut() = status;
             r
         }
+        "/async" => {
+            // The answer of `/` after yielding once: a handler that awaits anything is
+            // pending on its first poll (the benchmark measures both).
+            tokio::task::yield_now().await;
+            Response::new(body(answer()))
+        }
         "/echo" => match req.into_body().collect().await {
             // Reads the whole body (the read timeout applies), answers its size.
             Ok(b) => Response::new(body(format!("read {} bytes\n", b.to_bytes().len()))),
@@ -452,13 +459,11 @@ async fn serve(opts: Options) -> std::process::ExitCode {
             .read_timeout(opts.read_timeout)
             .write_timeout(opts.write_timeout)
             .before_begin(move |local| {
-                // Ready before the last "serving" line, so that whoever reads that line
-                // (a test, an operator) finds the generation ready, not a moment before.
+                tracing::info!(pid = std::process::id(), addr = %local, "serving");
                 let n = listening.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
                 if n == total && !no_ready {
                     p.ready();
                 }
-                tracing::info!(pid = std::process::id(), addr = %local, "serving");
             });
         if let Some(n) = opts.max_header_bytes {
             s = s.max_header_bytes(n);

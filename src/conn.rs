@@ -19,13 +19,24 @@
 //!   same grace: a client that stalls its handshake must not hold the drain up until the
 //!   handshake timeout or the hammer.
 //!
-//! Each connection's "requests in flight" and "last activity" are two atomics touched by
-//! the service wrapper and the IO wrapper: no lock on the request path.
+//! # One future, one timer
+//! Each connection is one task: [`Watched`](crate::drain::Watched) (woken by its server
+//! only when the drain begins or the hammer falls) around [`ConnFuture`] (hyper's
+//! connection, and the connection's one timer). Its deadlines (the request's read
+//! deadline, the handler's, a stalled write's, the idle or drain-grace limit) are
+//! atomics in the connection's state, kept on a coarse clock; the timer sleeps until the
+//! nearest and is never reset when a deadline moves later: when it fires early it is
+//! re-armed for what is due then. A deadline that passed sets a bit that the IO (or the
+//! handler's future) turns into an error when it is next polled. So a request served
+//! over keep-alive costs no timer operation at all, whether its handler is ready on its
+//! first poll or not. (HTTP/2 streams run as tasks of their own: a stream whose handler
+//! is pending puts its deadline in its connection's list, which the same timer serves
+//! and which wakes the stream's task when it passes.)
 //!
 //! # Timeouts, in Go's sense
 //! - read timeout: from the first byte of a request until its body is read, headers
-//!   included: the IO wrapper fails a read that is still waiting past the deadline,
-//!   until the response starts. (hyper's own header read timer is left off: it
+//!   included: past the deadline, until the response starts, the connection's reads
+//!   fail. (hyper's own header read timer is left off: it
 //!   duplicated this deadline at the price of a timer armed and dropped on every request,
 //!   the largest single cost of the wrapper in the benchmark's profile.) Keep-alive
 //!   idleness is the idle timeout's.
@@ -35,7 +46,9 @@
 //!   the connection. A streaming response (server-sent events, a long download, a gRPC
 //!   server stream) is never cut while the client keeps reading, however long it runs
 //!   and however long the application stays silent between two chunks.
-//! - max header bytes: 431 for a request whose headers are larger.
+//! - max header bytes: 431 for a request whose headers are larger (over HTTP/1 hyper's
+//!   read buffer enforces it from 8 KiB up, below that the head is measured; over
+//!   HTTP/2, hyper's header list limit).
 //!
 //! # Upgraded connections (WebSockets)
 //! A connection that switched protocols (`101`) stays one of its server's open
@@ -49,15 +62,16 @@
 //! # Request extensions
 //! Every request carries a [`Drain`] and a [`ConnInfo`] (the peer's address, or its
 //! credentials on a Unix socket); with the `axum` feature, TCP requests also carry
-//! axum's `ConnectInfo<SocketAddr>`.
+//! axum's `ConnectInfo<SocketAddr>` (unless `Server::request_extensions(false)`: they
+//! are the largest cost ceaseless adds to a request, a map and three boxes).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
@@ -68,34 +82,21 @@ use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::duration::millis;
-use crate::lifecycle::{Drain, Watch};
+use crate::drain::{
+    ConnState, Registration, Tracker, EXPIRED_HANDLER, EXPIRED_READ, EXPIRED_STALL,
+};
+use crate::duration::{instant_at, millis, now_ms};
+use crate::lifecycle::Drain;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long a connection may stay idle during a drain before it is closed.
 pub(crate) const DEFAULT_DRAIN_GRACE: Duration = Duration::from_millis(250);
 
-/// Milliseconds since the first call, on a monotonic clock: cheap to store in atomics.
-fn now_ms() -> u64 {
-    millis(epoch().elapsed()) + 1
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// The instant `ms` (see [`now_ms`]) stands for; far in the future when it cannot be
-/// represented (a deadline that saturated is never reached).
-fn instant_of(ms: u64) -> tokio::time::Instant {
-    let at = epoch()
-        .checked_add(Duration::from_millis(ms.saturating_sub(1)))
-        .unwrap_or_else(|| epoch() + Duration::from_secs(100 * 365 * 86_400));
-    tokio::time::Instant::from_std(at)
-}
+/// The smallest read buffer hyper accepts.
+const MIN_BUF: usize = 8192;
 
 /// Limits that apply to every connection of a server.
 #[derive(Debug, Clone)]
@@ -107,50 +108,56 @@ pub(crate) struct Limits {
     pub(crate) drain_grace: Duration,
 }
 
-/// What every connection of one server shares.
+/// What every connection of one server shares (read only).
 pub(crate) struct Shared {
     pub(crate) builder: auto::Builder<SpanExecutor>,
-    pub(crate) limits: Limits,
-    pub(crate) watch: Watch,
+    limits: Limits,
     drain: Drain,
+    extensions: bool,
+    read_ms: Option<u64>,
+    write_ms: Option<u64>,
+    idle_ms: Option<u64>,
+    grace_ms: u64,
+    /// HTTP/1 heads are measured against the limit: hyper's buffer cannot enforce it.
+    measure_heads: bool,
 }
 
 impl Shared {
     /// `drain` is what requests are told: it completes once their server stopped
-    /// accepting.
-    pub(crate) fn new(limits: Limits, watch: Watch, drain: Drain) -> Self {
+    /// accepting. `extensions`: whether requests carry the [`Drain`], the [`ConnInfo`]
+    /// (and axum's `ConnectInfo`).
+    pub(crate) fn new(limits: Limits, drain: Drain, extensions: bool) -> Self {
         let mut builder = auto::Builder::new(SpanExecutor);
         builder
             .http1()
             // The read deadline of `TimedIo` covers the headers; see the module docs.
             .header_read_timeout(None)
-            .max_buf_size(limits.max_header_bytes.saturating_add(4096).max(8192));
+            // hyper answers 431 itself for a head that does not fit its read buffer
+            // (while a head is incomplete the buffer holds nothing else), but the buffer
+            // is never smaller than 8 KiB: below that the head is measured
+            // (`measure_heads`).
+            .max_buf_size(limits.max_header_bytes.max(MIN_BUF));
         builder
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         Shared {
             builder,
+            read_ms: limits.read_timeout.map(millis),
+            write_ms: limits.write_timeout.map(millis),
+            idle_ms: limits.idle_timeout.map(millis),
+            grace_ms: millis(limits.drain_grace),
+            measure_heads: limits.max_header_bytes < MIN_BUF,
             limits,
             drain,
-            watch,
+            extensions,
         }
     }
-}
 
-/// The state of one connection, shared by its IO wrapper, its service wrapper and its
-/// response bodies.
-#[derive(Debug, Default)]
-struct ConnState {
-    in_flight: AtomicU32,
-    last_activity: AtomicU64,
-    h2: AtomicBool,
-    /// 0: none. Else the instant (see `now_ms`) by which the request must be read.
-    read_deadline: AtomicU64,
-    /// The connection switched protocols: no HTTP timeout applies any more.
-    upgraded: AtomicBool,
-    /// The protocol was written into the connection's span.
-    proto_known: AtomicBool,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn drain_grace(&self) -> Duration {
+        self.limits.drain_grace
+    }
 }
 
 /// Runs hyper's tasks (HTTP/2 streams) inside the span of their connection, so that
@@ -168,49 +175,13 @@ where
     }
 }
 
-impl ConnState {
-    fn touch(&self) {
-        self.last_activity.store(now_ms(), Ordering::Relaxed);
-    }
-
-    /// Idle (nothing in flight, nothing received) for at least `d`?
-    fn idle_for(&self, d: Duration) -> Result<(), u64> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Err(now_ms().saturating_add(millis(d)));
-        }
-        let since = self.last_activity.load(Ordering::Relaxed);
-        let due = since.saturating_add(millis(d));
-        if now_ms() >= due {
-            Ok(())
-        } else {
-            Err(due)
-        }
-    }
-}
-
 /// Counts a request in flight until its response body is finished or dropped.
 struct InFlight(Arc<ConnState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.touch();
+        self.0.touch(now_ms());
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Counts one open connection of a server, upgraded or not, until its IO is dropped.
-pub(crate) struct ConnGuard(Arc<tokio::sync::watch::Sender<usize>>);
-
-impl ConnGuard {
-    pub(crate) fn new(tx: &Arc<tokio::sync::watch::Sender<usize>>) -> Self {
-        tx.send_modify(|n| *n += 1);
-        ConnGuard(tx.clone())
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
     }
 }
 
@@ -245,14 +216,14 @@ impl std::fmt::Display for ConnInfo {
 
 /// What one accepted connection brings along to [`serve`].
 pub(crate) struct Accepted {
-    pub(crate) guard: ConnGuard,
-    pub(crate) hammer: CancellationToken,
+    pub(crate) reg: Registration,
     pub(crate) info: ConnInfo,
 }
 
 /// Serves one accepted connection until it ends, is drained, or is upgraded (then the
-/// upgraded IO carries the connection's count and the hammer on). (The hammer drops
-/// this future, which closes the socket.) `h2` says ALPN already chose HTTP/2.
+/// upgraded IO carries the connection's registration and the hammer on). (The hammer
+/// drops the connection's task, which closes the socket.) `h2` says ALPN already chose
+/// HTTP/2.
 pub(crate) async fn serve<I, S, B>(io: I, app: S, shared: Arc<Shared>, h2: bool, acc: Accepted)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -262,16 +233,11 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let state = Arc::new(ConnState::default());
-    state.touch();
+    let state = acc.reg.state().clone();
+    let tracker = acc.reg.tracker().clone();
+    state.touch(now_ms());
     state.h2.store(h2, Ordering::Relaxed);
-    let io = TokioIo::new(TimedIo::new(
-        io,
-        state.clone(),
-        &shared.limits,
-        acc.guard,
-        acc.hammer,
-    ));
+    let io = TokioIo::new(TimedIo::new(io, state.clone(), &shared, acc.reg));
     let svc = Svc {
         app,
         state: state.clone(),
@@ -279,57 +245,210 @@ where
         info: acc.info,
     };
     let conn = shared.builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
-    let mut phase = shared.watch.state.clone();
-    let mut drain_seen = false;
-    let mut shut = false;
-    loop {
-        let draining = phase.borrow().is_draining();
-        if draining && !drain_seen {
-            drain_seen = true;
-            // The grace counts from the drain's start: a connection idle in a client's
-            // pool since before it is the one the client falls back on when its busy
-            // ones get `Connection: close`, so closing it at once races that request.
-            state.touch();
-        }
-        // Checked on every wake, not only when the drain begins: a connection whose
-        // first bytes were not read yet then is known to be HTTP/2 only later (the
-        // loop wakes at least once per drain grace while the connection is open).
-        if draining && !shut && state.h2.load(Ordering::Relaxed) {
-            // GOAWAY: streams in flight finish, new ones go elsewhere.
-            conn.as_mut().graceful_shutdown();
-            shut = true;
-        }
-        let idle_limit = if draining {
-            Some(shared.limits.drain_grace)
-        } else {
-            shared.limits.idle_timeout
-        };
-        let wake = match idle_limit {
-            Some(limit) if !shut => match state.idle_for(limit) {
-                Ok(()) => {
-                    conn.as_mut().graceful_shutdown();
-                    shut = true;
-                    None
-                }
-                Err(due) => Some(instant_of(due)),
-            },
-            _ => None,
-        };
-        tokio::select! {
-            // The connection first: under CPU starvation a request that just arrived
-            // must win over the grace timer that would close the connection.
-            biased;
-            res = conn.as_mut() => {
+    ConnFuture {
+        conn,
+        state,
+        shared: shared.clone(),
+        tracker,
+        sleep: None,
+        armed: 0,
+        waker: None,
+        drain_seen: false,
+        shut: false,
+    }
+    .await
+}
+
+pin_project! {
+    /// hyper's connection, the drain, and the connection's one timer (module docs).
+    struct ConnFuture<C> {
+        #[pin]
+        conn: C,
+        state: Arc<ConnState>,
+        shared: Arc<Shared>,
+        tracker: Arc<Tracker>,
+        #[pin]
+        sleep: Option<Sleep>,
+        // The instant `sleep` is armed for (0: none).
+        armed: u64,
+        // The waker `sleep` was last polled with.
+        waker: Option<Waker>,
+        drain_seen: bool,
+        shut: bool,
+    }
+}
+
+/// The parts of hyper's connection that [`ConnFuture`] drives.
+trait Connection: Future {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> Connection for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: auto::HttpServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<C, T, E> Future for ConnFuture<C>
+where
+    C: Connection<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let state = &**this.state;
+        let shared = &**this.shared;
+        loop {
+            let draining = this.tracker.draining();
+            if draining && !*this.drain_seen {
+                *this.drain_seen = true;
+                // The grace counts from the drain's start: a connection idle in a
+                // client's pool since before it is the one the client falls back on when
+                // its busy ones get `Connection: close`, so closing it at once races
+                // that request.
+                state.touch(now_ms());
+            }
+            // Checked on every poll, not only when the drain begins: a connection whose
+            // first bytes were not read yet then is known to be HTTP/2 only later (the
+            // timer fires at least once per drain grace while it is open).
+            if draining && !*this.shut && state.h2.load(Ordering::Relaxed) {
+                // GOAWAY: streams in flight finish, new ones go elsewhere.
+                this.conn.as_mut().graceful_shutdown();
+                *this.shut = true;
+            }
+            if let Poll::Ready(res) = this.conn.as_mut().poll(cx) {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
-                return;
+                return Poll::Ready(());
             }
-            _ = phase.changed(), if !draining => {}
-            _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
+            let idle = match (*this.shut, draining) {
+                (true, _) => None,
+                (false, true) => Some(shared.grace_ms),
+                (false, false) => shared.idle_ms,
+            };
+            let due = next_due(state, idle);
+            let elapsed = this
+                .sleep
+                .as_ref()
+                .as_pin_ref()
+                .is_some_and(|s| s.is_elapsed());
+            if due == 0 {
+                // Nothing to time. A timer still armed fires once, finds nothing due
+                // and is left alone; once it has, nothing is armed.
+                if elapsed && *this.armed != 0 {
+                    *this.armed = 0;
+                    state.armed.store(0, Ordering::Release);
+                }
+                return Poll::Pending;
+            }
+            if elapsed {
+                let now = now_ms();
+                if due <= now {
+                    if expire(state, idle, now) {
+                        this.conn.as_mut().graceful_shutdown();
+                        *this.shut = true;
+                    }
+                    // The IO or the handler fails when polled; an idle connection
+                    // closes. Poll hyper again so that they are.
+                    continue;
+                }
+            }
+            let rearm = elapsed || *this.armed == 0 || due < *this.armed;
+            let waker_changed = !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if rearm {
+                let at = instant_at(due);
+                match this.sleep.as_mut().as_pin_mut() {
+                    Some(s) => s.reset(at),
+                    None => this.sleep.set(Some(tokio::time::sleep_until(at))),
+                }
+                *this.armed = due;
+                state.armed.store(due, Ordering::Release);
+            }
+            if rearm || waker_changed {
+                *this.waker = Some(cx.waker().clone());
+                let sleep = this.sleep.as_mut().as_pin_mut().expect("armed above");
+                if sleep.poll(cx).is_ready() {
+                    continue;
+                }
+            }
+            return Poll::Pending;
         }
     }
+}
+
+/// The nearest of the connection's deadlines not yet expired (0: none). `idle`: the
+/// idle limit that applies, in ms.
+fn next_due(st: &ConnState, idle: Option<u64>) -> u64 {
+    let expired = st.expired.load(Ordering::Relaxed);
+    let mut due = u64::MAX;
+    for (bit, d) in [
+        (EXPIRED_READ, &st.read_deadline),
+        (EXPIRED_HANDLER, &st.handler_deadline),
+        (EXPIRED_STALL, &st.stall_deadline),
+    ] {
+        let at = d.load(Ordering::Relaxed);
+        if at != 0 && expired & bit == 0 {
+            due = due.min(at);
+        }
+    }
+    let streams = st.streams_due.load(Ordering::Acquire);
+    if streams != 0 {
+        due = due.min(streams);
+    }
+    if let Some(limit) = idle {
+        if st.in_flight.load(Ordering::Acquire) == 0 {
+            let since = st.last_activity.load(Ordering::Relaxed);
+            due = due.min(since.saturating_add(limit));
+        }
+    }
+    if due == u64::MAX {
+        0
+    } else {
+        due
+    }
+}
+
+/// Marks the deadlines that passed by `now`; true if the connection has been idle for
+/// `idle` (then it is to be closed).
+fn expire(st: &ConnState, idle: Option<u64>, now: u64) -> bool {
+    let mut bits = 0;
+    for (bit, d) in [
+        (EXPIRED_READ, &st.read_deadline),
+        (EXPIRED_HANDLER, &st.handler_deadline),
+        (EXPIRED_STALL, &st.stall_deadline),
+    ] {
+        let at = d.load(Ordering::Relaxed);
+        if at != 0 && at <= now {
+            bits |= bit;
+        }
+    }
+    if bits != 0 {
+        st.expired.fetch_or(bits, Ordering::Relaxed);
+    }
+    let streams = st.streams_due.load(Ordering::Acquire);
+    if streams != 0 && streams <= now {
+        st.expire_streams(now);
+    }
+    idle.is_some_and(|limit| {
+        st.in_flight.load(Ordering::Acquire) == 0
+            && st
+                .last_activity
+                .load(Ordering::Relaxed)
+                .saturating_add(limit)
+                <= now
+    })
 }
 
 #[cfg(feature = "tls")]
@@ -340,34 +459,24 @@ pub(crate) async fn tls_handshake<I>(
     io: I,
     acceptor: &tokio_rustls::TlsAcceptor,
     shared: &Shared,
+    tracker: &Tracker,
     timeout: Duration,
 ) -> Option<tokio_rustls::server::TlsStream<ReadActivity<I>>>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let last_read = Arc::new(AtomicU64::new(now_ms()));
+    let last_read = Arc::new(std::sync::atomic::AtomicU64::new(now_ms()));
     let io = ReadActivity {
         inner: io,
         last_read: last_read.clone(),
     };
     let handshake = tokio::time::timeout(timeout, acceptor.accept(io));
     tokio::pin!(handshake);
-    let mut phase = shared.watch.state.clone();
-    let grace = millis(shared.limits.drain_grace);
-    loop {
-        let draining = phase.borrow_and_update().is_draining();
-        let wake = if draining {
-            let due = last_read.load(Ordering::Relaxed).saturating_add(grace);
-            if now_ms() >= due {
-                tracing::debug!("TLS handshake idle during the drain; closing");
-                return None;
-            }
-            Some(instant_of(due))
-        } else {
-            None
-        };
-        tokio::select! {
-            res = handshake.as_mut() => return match res {
+    let grace = millis(shared.drain_grace());
+    let mut sleep: Option<Pin<Box<Sleep>>> = None;
+    std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(res) = handshake.as_mut().poll(cx) {
+            return Poll::Ready(match res {
                 Ok(Ok(stream)) => Some(stream),
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "TLS handshake failed");
@@ -377,18 +486,41 @@ where
                     tracing::debug!("TLS handshake timed out");
                     None
                 }
-            },
-            _ = phase.changed(), if !draining => {}
-            _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
+            });
         }
-    }
+        // Woken by the tracker when the drain begins (see `Watched`).
+        if !tracker.draining() {
+            return Poll::Pending;
+        }
+        let due = last_read.load(Ordering::Relaxed).saturating_add(grace);
+        if now_ms() >= due {
+            tracing::debug!("TLS handshake idle during the drain; closing");
+            return Poll::Ready(None);
+        }
+        let at = instant_at(due);
+        match sleep.as_mut() {
+            Some(s) if s.deadline() == at => {}
+            Some(s) => s.as_mut().reset(at),
+            None => sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        if sleep
+            .as_mut()
+            .expect("set above")
+            .as_mut()
+            .poll(cx)
+            .is_pending()
+        {
+            return Poll::Pending;
+        }
+    })
+    .await
 }
 
 #[cfg(feature = "tls")]
 /// An IO that records when it last received bytes (see [`tls_handshake`]).
 pub(crate) struct ReadActivity<I> {
     inner: I,
-    last_read: Arc<AtomicU64>,
+    last_read: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[cfg(feature = "tls")]
@@ -473,45 +605,53 @@ where
     type Future = SvcFuture<S, B>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        let now = now_ms();
-        if !self.state.proto_known.load(Ordering::Relaxed) {
-            self.state.proto_known.store(true, Ordering::Relaxed);
+        let st = &self.state;
+        if !st.proto_known.load(Ordering::Relaxed) {
+            st.proto_known.store(true, Ordering::Relaxed);
             tracing::Span::current().record("proto", tracing::field::debug(req.version()));
         }
-        let ext = req.extensions_mut();
-        ext.insert(self.shared.drain.clone());
-        ext.insert(self.info);
-        #[cfg(feature = "axum")]
-        if let ConnInfo::Tcp { peer, .. } = self.info {
-            ext.insert(axum::extract::ConnectInfo(peer));
+        if self.shared.extensions {
+            let ext = req.extensions_mut();
+            ext.insert(self.shared.drain.clone());
+            ext.insert(self.info);
+            #[cfg(feature = "axum")]
+            if let ConnInfo::Tcp { peer, .. } = self.info {
+                ext.insert(axum::extract::ConnectInfo(peer));
+            }
         }
-        self.state.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.state.last_activity.store(now, Ordering::Relaxed);
-        let guard = InFlight(self.state.clone());
+        st.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(st.clone());
         let h1 = req.version() < Version::HTTP_2;
-        if !h1 {
-            self.state.h2.store(true, Ordering::Relaxed);
-        }
-        if req.body().is_end_stream() {
-            self.state.read_deadline.store(0, Ordering::Relaxed);
-        }
-        let limits = &self.shared.limits;
-        let mut deadline = limits.write_timeout.map(|d| now.saturating_add(millis(d)));
+        let end = req.body().is_end_stream();
+        // The request's bytes arrived at the last read (HTTP/1), or just now (HTTP/2,
+        // whose connection reads ahead): no clock read here.
+        let now = if h1 {
+            if end && st.read_deadline.load(Ordering::Relaxed) != 0 {
+                st.read_deadline.store(0, Ordering::Relaxed);
+            }
+            st.last_activity.load(Ordering::Relaxed)
+        } else {
+            st.h2.store(true, Ordering::Relaxed);
+            let now = now_ms();
+            st.touch(now);
+            now
+        };
+        let shared = &*self.shared;
+        let mut deadline = shared.write_ms.map(|d| now.saturating_add(d));
         let mut read_bound = false;
-        if let (false, Some(rt)) = (h1, limits.read_timeout) {
+        if let (false, false, Some(rt)) = (h1, end, shared.read_ms) {
             // HTTP/2: the read timeout of a stream whose body is still coming ends when
             // its response starts, as over HTTP/1 (see `Server::read_timeout`). A stream
             // that trickles its body past it is reset; the connection's other streams
             // carry on.
-            if !req.body().is_end_stream() {
-                let at = now.saturating_add(millis(rt));
-                if deadline.is_none_or(|w| at < w) {
-                    deadline = Some(at);
-                    read_bound = true;
-                }
+            let at = now.saturating_add(rt);
+            if deadline.is_none_or(|w| at < w) {
+                deadline = Some(at);
+                read_bound = true;
             }
         }
-        if head_bytes(&req) > limits.max_header_bytes {
+        // HTTP/2 heads are bounded by hyper's header list limit.
+        if h1 && shared.measure_heads && head_bytes(&req) > shared.limits.max_header_bytes {
             let mut res = Response::new(ResBody::empty(guard));
             *res.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
             if h1 {
@@ -519,21 +659,33 @@ where
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             return SvcFuture {
-                inner: None,
-                early: Some(res),
+                handler: Handler::Early { res: Some(res) },
                 guard: None,
+                deadline: 0,
+                stream: None,
+                armed: false,
                 h1,
                 read_bound,
             };
         }
-        let handler = Handler::Ready {
-            app: self.app.clone(),
-            req: Some(req),
+        let mut app = self.app.clone();
+        // Most services are always ready: then the handler's future is made now, and
+        // the request is not moved once more into a future that waits for readiness.
+        // (A `Pending` here registered nothing that matters: the future polls again
+        // with the task's waker.)
+        let handler = match app.poll_ready(&mut Context::from_waker(&noop_waker())) {
+            Poll::Ready(Ok(())) => Handler::Call { fut: app.call(req) },
+            _ => Handler::Ready {
+                app,
+                req: Some(req),
+            },
         };
         SvcFuture {
-            inner: Some(Deadline::new(handler, deadline)),
-            early: None,
+            handler,
             guard: Some(guard),
+            deadline: deadline.unwrap_or(0),
+            stream: None,
+            armed: false,
             h1,
             read_bound,
         }
@@ -541,45 +693,59 @@ where
 }
 
 pin_project! {
-    /// The application's readiness, then its call.
+    /// The application's readiness, then its call; or an answer of ceaseless's own.
     #[project = HandlerProj]
-    enum Handler<S, F> {
+    enum Handler<S, F, R> {
         Ready { app: S, req: Option<Request<Incoming>> },
         Call { #[pin] fut: F },
+        Early { res: Option<R> },
     }
 }
 
-impl<S> Future for Handler<S, S::Future>
+impl<S, R> Future for Handler<S, S::Future, R>
 where
     S: tower_service::Service<Request<Incoming>>,
 {
-    type Output = Result<S::Response, S::Error>;
+    type Output = Result<Result<S::Response, S::Error>, R>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             match self.as_mut().project() {
                 HandlerProj::Ready { app, req } => {
-                    ready!(app.poll_ready(cx))?;
+                    if let Err(e) = ready!(app.poll_ready(cx)) {
+                        return Poll::Ready(Ok(Err(e)));
+                    }
                     let fut = app.call(req.take().expect("polled after completion"));
                     self.set(Handler::Call { fut });
                 }
-                HandlerProj::Call { fut } => return fut.poll(cx),
+                HandlerProj::Call { fut } => return fut.poll(cx).map(Ok),
+                HandlerProj::Early { res } => {
+                    return Poll::Ready(Err(res.take().expect("polled after completion")))
+                }
             }
         }
     }
 }
 
 pin_project! {
-    /// One request through `Svc`, without a boxed future: the handler under the write
+    /// One request through `Svc`, without a boxed future: the handler under its
     /// deadline, then `Connection: close` during a drain and the counted response body.
+    /// The deadline is the connection timer's, handed to it only if the handler is
+    /// pending: over HTTP/1 as `handler_deadline`, over HTTP/2 in the connection's list
+    /// of pending streams.
     pub(crate) struct SvcFuture<S, B>
     where
         S: tower_service::Service<Request<Incoming>>,
     {
         #[pin]
-        inner: Option<Deadline<Handler<S, S::Future>>>,
-        early: Option<Response<ResBody<B>>>,
+        handler: Handler<S, S::Future, Response<ResBody<B>>>,
         guard: Option<InFlight>,
+        // The handler's deadline (0: none).
+        deadline: u64,
+        // HTTP/2: the deadline, in the connection's list of pending streams.
+        stream: Option<StreamTimer>,
+        // HTTP/1: `deadline` was handed to the connection's timer.
+        armed: bool,
         h1: bool,
         // The deadline is the read timeout's (an HTTP/2 request body still coming).
         read_bound: bool,
@@ -595,23 +761,52 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Some(res) = this.early.take() {
-            return Poll::Ready(Ok(res));
-        }
-        let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(Err("polled after completion".into()));
+        let res = match this.handler.poll(cx) {
+            Poll::Ready(Ok(res)) => res,
+            Poll::Ready(Err(early)) => return Poll::Ready(Ok(early)),
+            Poll::Pending => {
+                if *this.deadline == 0 {
+                    return Poll::Pending;
+                }
+                let timed_out = || -> BoxError {
+                    Box::new(timed_out(if *this.read_bound {
+                        "read timeout: request body"
+                    } else {
+                        "write timeout: handler"
+                    }))
+                };
+                if *this.h1 {
+                    let st = &this.guard.as_ref().expect("guarded until the response").0;
+                    if st.expired(EXPIRED_HANDLER) {
+                        return Poll::Ready(Err(timed_out()));
+                    }
+                    if !*this.armed {
+                        *this.armed = true;
+                        st.handler_deadline.store(*this.deadline, Ordering::Relaxed);
+                    }
+                    return Poll::Pending;
+                }
+                match this.stream {
+                    Some(t) if t.state.stream_expired(t.key, cx.waker()) => {
+                        return Poll::Ready(Err(timed_out()))
+                    }
+                    Some(_) => {}
+                    None => {
+                        let state = this.guard.as_ref().expect("guarded until the response");
+                        let state = state.0.clone();
+                        let key = state.stream_wait(*this.deadline, cx.waker());
+                        *this.stream = Some(StreamTimer { state, key });
+                    }
+                }
+                return Poll::Pending;
+            }
         };
-        let res = ready!(inner.poll(cx))
-            .map_err(|_| -> BoxError {
-                Box::new(timed_out(if *this.read_bound {
-                    "read timeout: request body"
-                } else {
-                    "write timeout: handler"
-                }))
-            })?
-            .map_err(Into::into)?;
-        let (mut parts, body) = res.into_parts();
+        this.stream.take();
         let guard = this.guard.take().expect("one response per request");
+        if *this.armed {
+            guard.0.handler_deadline.store(0, Ordering::Relaxed);
+        }
+        let (mut parts, body) = res.map_err(Into::into)?.into_parts();
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             // From now on the IO belongs to the application's protocol. An upgrade
             // answered during the drain stays one (`Connection: upgrade`): the
@@ -626,59 +821,30 @@ where
     }
 }
 
+/// An HTTP/2 stream's place in its connection's list of pending handlers.
+struct StreamTimer {
+    state: Arc<ConnState>,
+    key: usize,
+}
+
+impl Drop for StreamTimer {
+    fn drop(&mut self) {
+        self.state.stream_done(self.key);
+    }
+}
+
+/// A waker that does nothing (`Waker::noop` is newer than this crate's minimum Rust).
+fn noop_waker() -> Waker {
+    use std::task::{RawWaker, RawWakerVTable};
+    const VTABLE: RawWakerVTable = RawWakerVTable::new(|_| RAW, |_| {}, |_| {}, |_| {});
+    const RAW: RawWaker = RawWaker::new(std::ptr::null(), &VTABLE);
+    // SAFETY: every function of the vtable ignores the (null) data pointer, and
+    // `clone` returns the same no-op waker: the contract of `RawWaker` holds.
+    unsafe { Waker::from_raw(RAW) }
+}
+
 fn timed_out(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, what)
-}
-
-pin_project! {
-    /// A future with an optional deadline; the timer is only created if the future
-    /// does not finish on its first poll, so fast handlers never touch the timer wheel.
-    struct Deadline<F> {
-        #[pin]
-        fut: F,
-        at: Option<u64>,
-        sleep: Option<Pin<Box<Sleep>>>,
-    }
-}
-
-impl<F> Deadline<F> {
-    fn new(fut: F, at: Option<u64>) -> Self {
-        Deadline {
-            fut,
-            at,
-            sleep: None,
-        }
-    }
-}
-
-impl<F: Future> Future for Deadline<F> {
-    type Output = Result<F::Output, ()>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(v) = this.fut.poll(cx) {
-            return Poll::Ready(Ok(v));
-        }
-        poll_deadline(this.sleep, *this.at, cx).map(Err)
-    }
-}
-
-/// Polls a lazily created timer for `at`; Ready once it has passed.
-fn poll_deadline(
-    sleep: &mut Option<Pin<Box<Sleep>>>,
-    at: Option<u64>,
-    cx: &mut Context<'_>,
-) -> Poll<()> {
-    let Some(at) = at else {
-        return Poll::Pending;
-    };
-    let when = instant_of(at);
-    match sleep {
-        Some(s) if s.deadline() == when => {}
-        Some(s) => s.as_mut().reset(when),
-        None => *sleep = Some(Box::pin(tokio::time::sleep_until(when))),
-    }
-    sleep.as_mut().expect("set above").as_mut().poll(cx)
 }
 
 pin_project! {
@@ -746,46 +912,32 @@ where
     }
 }
 
-/// The connection's IO: the read deadline of a request, the write-stall deadline, the
-/// activity the drain reads, the connection's place in its server's count, and (once
-/// upgraded) the hammer.
+/// The connection's IO: the read deadline of a request starts at its first bytes, a
+/// stalled write's deadline when it stalls; the connection's timer enforces both (see
+/// the module docs), this fails the read or write it marked expired. It holds the
+/// connection's registration with its server and, once upgraded, waits on the hammer.
 struct TimedIo<I> {
     inner: I,
     state: Arc<ConnState>,
-    read_timeout: Option<Duration>,
-    write_timeout: Option<Duration>,
-    read_sleep: Option<Pin<Box<Sleep>>>,
-    write_sleep: Option<Pin<Box<Sleep>>>,
-    /// 0: no write is stalled. Else the instant by which it must make progress.
-    write_stalled_until: u64,
+    read_ms: Option<u64>,
+    write_ms: Option<u64>,
     first_read: bool,
-    hammer: CancellationToken,
     /// Created once the connection is upgraded: until then the hammer drops the whole
-    /// connection future instead, which costs nothing per operation.
+    /// connection task instead, which costs nothing per operation.
     hammered: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    _counted: ConnGuard,
+    reg: Registration,
 }
 
 impl<I> TimedIo<I> {
-    fn new(
-        inner: I,
-        state: Arc<ConnState>,
-        limits: &Limits,
-        counted: ConnGuard,
-        hammer: CancellationToken,
-    ) -> Self {
+    fn new(inner: I, state: Arc<ConnState>, shared: &Shared, reg: Registration) -> Self {
         TimedIo {
             inner,
             state,
-            read_timeout: limits.read_timeout,
-            write_timeout: limits.write_timeout,
-            read_sleep: None,
-            write_sleep: None,
-            write_stalled_until: 0,
+            read_ms: shared.read_ms,
+            write_ms: shared.write_ms,
             first_read: true,
-            hammer,
             hammered: None,
-            _counted: counted,
+            reg,
         }
     }
 
@@ -795,21 +947,24 @@ impl<I> TimedIo<I> {
 
     /// Upgraded: has the hammer fallen? (Registers the waker when it has not.)
     fn poll_hammer(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let hammer = &self.hammer;
+        let token = self.reg.tracker().hammer_token();
         let fut = self
             .hammered
-            .get_or_insert_with(|| Box::pin(hammer.clone().cancelled_owned()));
+            .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
         fut.as_mut()
             .poll(cx)
             .map(|()| io::Error::new(io::ErrorKind::ConnectionAborted, "hammer time"))
     }
 
     fn after_write(&mut self) {
+        let st = &self.state;
         // The response has started: the request is no longer being read.
-        if self.state.read_deadline.load(Ordering::Relaxed) != 0 {
-            self.state.read_deadline.store(0, Ordering::Relaxed);
+        if st.read_deadline.load(Ordering::Relaxed) != 0 {
+            st.read_deadline.store(0, Ordering::Relaxed);
         }
-        self.write_stalled_until = 0;
+        if st.stall_deadline.load(Ordering::Relaxed) != 0 {
+            st.stall_deadline.store(0, Ordering::Relaxed);
+        }
     }
 
     /// A write is pending: the client is not reading. Past the write timeout without
@@ -818,14 +973,18 @@ impl<I> TimedIo<I> {
         if self.upgraded() {
             return self.poll_hammer(cx);
         }
-        let Some(wt) = self.write_timeout else {
-            return Poll::Pending;
-        };
-        if self.write_stalled_until == 0 {
-            self.write_stalled_until = now_ms().saturating_add(millis(wt));
+        let st = &self.state;
+        if st.expired(EXPIRED_STALL) {
+            return Poll::Ready(timed_out("write timeout: the client stopped reading"));
         }
-        poll_deadline(&mut self.write_sleep, Some(self.write_stalled_until), cx)
-            .map(|_| timed_out("write timeout: the client stopped reading"))
+        if let Some(wt) = self.write_ms {
+            if st.stall_deadline.load(Ordering::Relaxed) == 0 {
+                // Seen by the connection's timer once this poll returns.
+                st.stall_deadline
+                    .store(now_ms().saturating_add(wt), Ordering::Relaxed);
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -842,44 +1001,34 @@ impl<I: AsyncRead + Unpin> AsyncRead for TimedIo<I> {
             }
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
+        let st = &this.state;
+        if st.expired(EXPIRED_READ) {
+            return Poll::Ready(Err(timed_out("read timeout")));
+        }
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                let got = &buf.filled()[before..];
-                if !got.is_empty() {
-                    let st = &this.state;
-                    if this.first_read {
-                        this.first_read = false;
-                        if got.starts_with(b"PRI ") {
-                            st.h2.store(true, Ordering::Relaxed);
-                        }
-                    }
-                    let now = now_ms();
-                    st.last_activity.store(now, Ordering::Relaxed);
-                    if let Some(rt) = this.read_timeout {
-                        if !st.h2.load(Ordering::Relaxed)
-                            && st.in_flight.load(Ordering::Acquire) == 0
-                            && st.read_deadline.load(Ordering::Relaxed) == 0
-                        {
-                            // The first bytes of a request: its read deadline starts.
-                            let at = now.saturating_add(millis(rt));
-                            st.read_deadline.store(at, Ordering::Relaxed);
-                        }
-                    }
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let got = &buf.filled()[before..];
+        if !got.is_empty() {
+            if this.first_read {
+                this.first_read = false;
+                if got.starts_with(b"PRI ") {
+                    st.h2.store(true, Ordering::Relaxed);
                 }
-                this.read_sleep = None;
-                Poll::Ready(Ok(()))
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                let at = this.state.read_deadline.load(Ordering::Relaxed);
-                if at == 0 {
-                    return Poll::Pending;
+            let now = now_ms();
+            st.touch(now);
+            if let Some(rt) = this.read_ms {
+                if !st.h2.load(Ordering::Relaxed)
+                    && st.in_flight.load(Ordering::Acquire) == 0
+                    && st.read_deadline.load(Ordering::Relaxed) == 0
+                {
+                    // The first bytes of a request: its read deadline starts.
+                    st.read_deadline
+                        .store(now.saturating_add(rt), Ordering::Relaxed);
                 }
-                ready!(poll_deadline(&mut this.read_sleep, Some(at), cx));
-                Poll::Ready(Err(timed_out("read timeout")))
             }
         }
+        Poll::Ready(Ok(()))
     }
 }
 

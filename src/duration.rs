@@ -1,5 +1,6 @@
 //! Durations of any size: deadlines that saturate instead of overflowing. A setting too
-//! large to add to the clock means "never", not a panic or an instant timeout.
+//! large to add to the clock means "never", not a panic or an instant timeout. And the
+//! coarse clock the connections' deadlines are kept on.
 
 use std::time::Duration;
 
@@ -23,6 +24,38 @@ pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Milliseconds on a monotonic clock, never 0 (0 stands for "no deadline"). On Linux
+/// the coarse monotonic clock: a few nanoseconds to read (no counter read, no
+/// conversion), a few milliseconds of resolution, which is all a timeout of a
+/// connection needs; it is read on the request path.
+pub(crate) fn now_ms() -> u64 {
+    #[cfg(target_os = "linux")]
+    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC_COARSE;
+    #[cfg(not(target_os = "linux"))]
+    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to; the clock id is a constant the
+    // platform supports, so the call cannot fail.
+    unsafe { libc::clock_gettime(CLOCK, &mut ts) };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1000)
+        .saturating_add(nanos / 1_000_000)
+        .saturating_add(1)
+}
+
+/// The timer instant for `ms` of [`now_ms`]: now when it has passed, far in the future
+/// when it cannot be represented (a deadline that saturated is never reached).
+pub(crate) fn instant_at(ms: u64) -> Instant {
+    let left = Duration::from_millis(ms.saturating_sub(now_ms()));
+    let now = Instant::now();
+    now.checked_add(left)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,6 +64,21 @@ mod tests {
     fn huge_durations_saturate() {
         assert_eq!(millis(Duration::MAX), u64::MAX);
         assert_eq!(millis(Duration::from_millis(1500)), 1500);
+    }
+
+    #[test]
+    fn the_coarse_clock_moves_forward_with_the_real_one() {
+        let a = now_ms();
+        std::thread::sleep(Duration::from_millis(50));
+        let b = now_ms();
+        assert!(a > 0 && b >= a + 20, "{a} then {b}");
+    }
+
+    #[tokio::test]
+    async fn a_deadline_far_off_saturates() {
+        let at = instant_at(u64::MAX);
+        assert!(at > Instant::now() + Duration::from_secs(86_400));
+        assert!(instant_at(1) <= Instant::now());
     }
 
     #[tokio::test]

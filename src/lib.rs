@@ -82,6 +82,7 @@ mod conn;
 pub mod control;
 #[cfg(not(feature = "control"))]
 mod control;
+mod drain;
 mod duration;
 mod error;
 mod handover;

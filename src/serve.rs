@@ -13,7 +13,8 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use crate::addr::ListenAddr;
-use crate::conn::{self, Accepted, ConnGuard, Limits, Shared, DEFAULT_DRAIN_GRACE};
+use crate::conn::{self, Accepted, Limits, Shared, DEFAULT_DRAIN_GRACE};
+use crate::drain::{Tracker, Watched};
 use crate::error::Error;
 use crate::lifecycle::Served;
 use crate::listen::Stream;
@@ -67,6 +68,7 @@ pub struct Server<S> {
     before_begin: Option<BeforeBegin>,
     tls: Option<(PathBuf, PathBuf)>,
     fd_name: Option<String>,
+    extensions: bool,
 }
 
 impl<S> std::fmt::Debug for Server<S> {
@@ -110,6 +112,7 @@ where
             before_begin: None,
             tls: None,
             fd_name: None,
+            extensions: true,
         }
     }
 
@@ -170,6 +173,16 @@ where
     /// `Connection: close` (HTTP/1) or GOAWAY (HTTP/2) instead.
     pub fn drain_grace(mut self, t: Duration) -> Self {
         self.drain_grace = t;
+        self
+    }
+
+    /// Whether every request carries the request extensions (default: yes): the
+    /// [`Drain`](crate::Drain), the [`ConnInfo`](crate::ConnInfo) and, with the `axum`
+    /// feature, axum's `ConnectInfo<SocketAddr>` on TCP. `http::Extensions` allocates a
+    /// map and a box per value, which costs about a tenth of a small request's total
+    /// (see BENCHMARKS.md); a server whose handlers read none of them can turn them off.
+    pub fn request_extensions(mut self, on: bool) -> Self {
+        self.extensions = on;
         self
     }
 
@@ -239,18 +252,16 @@ where
             drain_grace: self.drain_grace,
         };
         let handshake_timeout = self.read_timeout.unwrap_or(Duration::from_secs(10));
-        let hammer_token = tokio_util::sync::CancellationToken::new();
         let watch = process.watch();
         // Requests learn of the drain once this server stopped accepting: a client told
         // to reconnect then reaches the next generation, never this one again.
         let (told, drain) = watch::channel(None);
         let shared = Arc::new(Shared::new(
             limits,
-            watch.clone(),
             crate::lifecycle::Drain::new(drain),
+            self.extensions,
         ));
-        let (conns_tx, mut conns_rx) = watch::channel(0usize);
-        let conns_tx = Arc::new(conns_tx);
+        let tracker = Tracker::new();
 
         let generation = process.generation();
         let mut state = watch.state.clone();
@@ -263,21 +274,22 @@ where
                 _ = state.changed() => {}
                 accepted = listener.accept() => match accepted {
                     Ok((stream, info)) => {
-                        let acc = Accepted {
-                            guard: ConnGuard::new(&conns_tx),
-                            hammer: hammer_token.clone(),
-                            info,
-                        };
-                        let task = handle(stream, self.app.clone(), shared.clone(), tls.clone(), handshake_timeout, acc);
-                        let hammer = hammer_token.clone();
+                        let reg = tracker.register();
+                        let watched = reg.state().clone();
+                        let acc = Accepted { reg, info };
                         // Every log line of the connection names it, and its generation.
                         let span = tracing::info_span!("conn", peer = %info, generation, proto = tracing::field::Empty);
-                        tokio::spawn(tracing::Instrument::instrument(async move {
-                            tokio::select! {
-                                _ = task => {}
-                                _ = hammer.cancelled() => {} // drop: the socket closes
-                            }
-                        }, span));
+                        let task = Watched::new(
+                            handle(stream, self.app.clone(), shared.clone(), tls.clone(), handshake_timeout, acc),
+                            watched,
+                            tracker.clone(),
+                        );
+                        if span.is_disabled() {
+                            // Logging below INFO: no span to enter on every poll.
+                            tokio::spawn(task);
+                        } else {
+                            tokio::spawn(tracing::Instrument::instrument(task, span));
+                        }
                     }
                     Err(e) => accept_error(e).await,
                 },
@@ -289,26 +301,26 @@ where
         drop(listener);
         let why = process.served().unwrap_or(Served::Shutdown);
         told.send_replace(Some(why));
+        tracker.begin_drain();
         let pid = std::process::id();
-        let open = *conns_rx.borrow_and_update();
+        let open = tracker.open();
         tracing::info!(pid, addr = %local, connections = open, reason = %why, "stopped accepting; draining");
 
         let hammer_at = self.hammer_time.and_then(crate::duration::deadline);
         let mut usr2 = watch.hammer.clone();
         usr2.borrow_and_update();
-        let hammer = |conns: usize| {
+        let hammer = || {
+            let conns = tracker.open();
             if conns > 0 {
                 tracing::warn!(pid, addr = %local, connections = conns, "[STOP - Hammer Time] Forcefully shutting down");
             }
-            hammer_token.cancel();
+            tracker.hammer();
         };
         loop {
             tokio::select! {
-                _ = conns_rx.wait_for(|n| *n == 0) => break,
-                _ = crate::duration::sleep_until(hammer_at), if self.hammer_time.is_some() && !hammer_token.is_cancelled() => {
-                    hammer(*conns_tx.borrow());
-                }
-                _ = usr2.changed() => hammer(*conns_tx.borrow()),
+                _ = tracker.drained() => break,
+                _ = crate::duration::sleep_until(hammer_at), if self.hammer_time.is_some() && !tracker.hammered() => hammer(),
+                _ = usr2.changed() => hammer(),
             }
         }
         let served = process.server_stopped().await;

@@ -61,8 +61,14 @@ pub(crate) async fn serve<S, B>(
     B::Error: Into<BoxError>,
 {
     #[cfg(feature = "tls")]
-    if let Some(tls_stream) =
-        crate::conn::tls_handshake(stream, &acceptor, &shared, handshake_timeout).await
+    if let Some(tls_stream) = crate::conn::tls_handshake(
+        stream,
+        &acceptor,
+        &shared,
+        &acc.reg.tracker().clone(),
+        handshake_timeout,
+    )
+    .await
     {
         let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
         crate::conn::serve(tls_stream, app, shared, h2, acc).await

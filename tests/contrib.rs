@@ -347,7 +347,7 @@ fn hello_with_the_manifest_arguments_behaves_as_its_probes_expect() {
     args.extend(["--lame-duck-ms".into(), lame.to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let p = Proc::spawn(&example_bin("hello"), &args);
-    let addr = p.serving_addr(1);
+    let addr = p.ready_addr(1);
 
     // Serving, and through a restart by SIGHUP and one by the control socket (what
     // `kubectl exec ... hello restart` and systemd's ExecReload do): 200 on every probe.

@@ -15,7 +15,7 @@ use common::{become_subreaper, example_bin, Proc};
 fn a_restart_is_invisible_to_the_health_check() {
     become_subreaper();
     let p = Proc::spawn(&example_bin("hello"), &["--addr", "127.0.0.1:0"]);
-    let addr = p.serving_addr(1);
+    let addr = p.ready_addr(1);
     let prober = Prober::start(addr.clone());
     prober.wait_for(20);
     let mut gens = vec![p.pid];
@@ -48,7 +48,7 @@ fn a_shutdown_lame_duck_says_503_while_everything_else_is_served() {
         &example_bin("hello"),
         &["--addr", "127.0.0.1:0", "--lame-duck-ms", "1500"],
     );
-    let addr = p.serving_addr(1);
+    let addr = p.ready_addr(1);
     assert_eq!(probe(&addr, "/healthz"), Ok(200));
     p.signal(libc::SIGTERM);
     p.expect_line("lame duck", LONG);
@@ -78,7 +78,7 @@ fn a_second_shutdown_request_ends_the_lame_duck_period_at_once() {
         &example_bin("hello"),
         &["--addr", "127.0.0.1:0", "--lame-duck-ms", "600000"],
     );
-    let addr = p.serving_addr(1);
+    let addr = p.ready_addr(1);
     p.signal(libc::SIGTERM);
     p.expect_line("lame duck", LONG);
     assert_eq!(probe(&addr, "/healthz"), Ok(503));

@@ -151,6 +151,15 @@ impl Proc {
         field(&line, "addr").expect("addr field")
     }
 
+    /// As [`Proc::serving_addr`], once the first generation also declared itself
+    /// ready (hello declares it just after its last "serving" line).
+    pub fn ready_addr(&self, n: usize) -> String {
+        let addr = self.serving_addr(n);
+        self.wait_for_nth("ready: every server accepts", 1, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("never ready; output:\n{}", self.output()));
+        addr
+    }
+
     /// Pids of every generation that logged "serving", in order, without repeats.
     pub fn generation_pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();

@@ -1,65 +1,44 @@
-//! The baseline of the overhead comparison: the `hello` example's `GET /` served by
+//! The baselines of the cost comparison: the shared handler (`../handler.rs`) served by
 //! hyper-util directly, without ceaseless.
 //!
-//! Kept as close to `examples/hello.rs` as the comparison needs to be fair: the same
-//! handler body and headers, the same runtime (`#[tokio::main]`: multi-threaded, one
-//! worker per core), the same logging set-up, hyper-util's auto builder (HTTP/1.1 and
-//! h2c on one port), `TCP_NODELAY` on accepted sockets as ceaseless sets it. What it
-//! lacks is exactly what ceaseless adds: timeouts, the drain, restarts.
+//! - `bare --addr A`: hyper-util's auto builder (HTTP/1.1 and h2c on one port), no
+//!   timeouts, no shutdown: the least a server can do.
+//! - `bare --graceful --addr A`: what an `axum::serve` user runs today: the same, plus
+//!   hyper's HTTP/1 header read timeout (30 s, its timer armed per request) and
+//!   hyper-util's `GracefulShutdown` watching every connection (SIGTERM: stop accepting,
+//!   let the connections finish).
+//!
+//! Both use the same runtime as `served` and `hello` (`#[tokio::main]`: multi-threaded,
+//! one worker per core), the same logging set-up, `TCP_NODELAY` on accepted sockets as
+//! ceaseless sets it.
 //!
 //! ```text
-//! bare --addr 127.0.0.1:0      # logs `serving pid=P addr=A` on stderr
+//! bare [--graceful] --addr 127.0.0.1:0      # logs `serving pid=P addr=A` on stderr
 //! ```
 
-use std::convert::Infallible;
+#[path = "../handler.rs"]
+mod handler;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-
-/// The hello example's version marker when `HELLO_VERSION` is unset: its crate's
-/// version, which this package shares, so both bodies have the same length.
-const VERSION: &str = match option_env!("HELLO_VERSION") {
-    Some(v) => v,
-    None => env!("CARGO_PKG_VERSION"),
-};
-
-/// The hello example's handler for `GET /` (other paths: 404, as there).
-async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = |s: String| Full::new(Bytes::from(s));
-    let answer = || format!("hello from pid {}, version {VERSION}\n", std::process::id());
-    let res = match req.uri().path() {
-        "/" => Response::new(body(answer())),
-        _ => {
-            let mut r = Response::new(body("not found\n".into()));
-            *r.status_mut() = StatusCode::NOT_FOUND;
-            r
-        }
-    };
-    Ok(res)
-}
+use hyper_util::server::graceful::GracefulShutdown;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    handler::init_logging();
     let mut addr = "127.0.0.1:4242".to_string();
+    let mut graceful = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        match (a.as_str(), args.next()) {
-            ("--addr", Some(v)) => addr = v,
-            _ => {
-                eprintln!("bare: usage: bare [--addr ADDR]");
-                return std::process::ExitCode::from(2);
-            }
+        match a.as_str() {
+            "--graceful" => graceful = true,
+            "--addr" => match args.next() {
+                Some(v) => addr = v,
+                None => return usage(),
+            },
+            _ => return usage(),
         }
     }
     let listener = match tokio::net::TcpListener::bind(&addr).await {
@@ -70,26 +49,61 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
-    tracing::info!(pid = std::process::id(), addr = %local, "serving");
-    let builder = auto::Builder::new(TokioExecutor::new());
+    tracing::info!(pid = std::process::id(), addr = %local, graceful, "serving");
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if graceful {
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+    }
+    let shutdown = GracefulShutdown::new();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bare: cannot watch SIGTERM: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "accept failed");
-                continue;
-            }
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = term.recv() => break,
         };
         let _ = stream.set_nodelay(true);
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(hello);
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        let svc = hyper::service::service_fn(handler::handle);
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        if graceful {
+            let conn = shutdown.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        } else {
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
     }
+    drop(listener);
+    if graceful {
+        let _ = tokio::time::timeout(Duration::from_secs(60), shutdown.shutdown()).await;
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+fn usage() -> std::process::ExitCode {
+    eprintln!("bare: usage: bare [--graceful] [--addr ADDR]");
+    std::process::ExitCode::from(2)
 }
