@@ -89,18 +89,16 @@ pub(crate) fn plan(max: usize) -> Plan {
 /// Hammers the generations of a committed restart's plan. `max` is the bound, for
 /// the log.
 pub(crate) fn hammer(ids: &[ProcId], max: usize) {
-    for id in ids {
-        match signal(id, libc::SIGUSR2) {
-            Ok(true) => tracing::warn!(
-                pid = std::process::id(),
-                hammered = id.pid,
-                max_draining = max,
-                "too many generations draining: hammered the oldest (SIGUSR2)"
-            ),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, hammered = id.pid, "cannot hammer an old generation")
-            }
+    for id in ids.iter().filter(|id| alive(id)) {
+        // Logged first: the hammered generation may be gone a moment after the signal.
+        tracing::warn!(
+            pid = std::process::id(),
+            hammered = id.pid,
+            max_draining = max,
+            "too many generations draining: hammering the oldest (SIGUSR2)"
+        );
+        if let Err(e) = signal(id, libc::SIGUSR2) {
+            tracing::error!(error = %e, hammered = id.pid, "cannot hammer an old generation");
         }
     }
 }

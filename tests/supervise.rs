@@ -455,6 +455,7 @@ fn cargo_run_keeps_the_terminal() {
         &format!("supervisor: started a generation pid={} ", p.pid),
         LONG,
     );
+    wait_sup_live(&p, p.pid, newest(&p));
     for i in 1..=2 {
         let (_, new) = sup_restart(&p);
         let r = get_tcp(&addr, "/");
@@ -553,14 +554,15 @@ fn bounded_draining(tag: &str, supervise: bool) {
     // bound, and their connections closed; the two newest old ones drain on.
     for h in &mut held[..3] {
         let pid = h.pid;
-        assert!(
-            p.output()
-                .lines()
-                .any(|l| l.contains("hammered the oldest")
-                    && l.contains(&format!("hammered={pid} "))),
-            "no log line says {pid} was hammered; output:\n{}",
-            p.output()
-        );
+        let line = p
+            .wait_for_nth(&format!(" hammered={pid} "), 1, LONG)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no log line says {pid} was hammered; output:\n{}",
+                    p.output()
+                )
+            });
+        assert!(line.contains("hammering the oldest"), "{line}");
         assert!(
             h.closed(),
             "the hammered generation {pid} kept its connection"
@@ -571,7 +573,7 @@ fn bounded_draining(tag: &str, supervise: bool) {
         assert!(alive(h.pid), "{} should still drain", h.pid);
         assert!(h.flows(), "the stream on {} should still flow", h.pid);
     }
-    assert_eq!(p.count("hammered the oldest"), 3, "{}", p.output());
+    assert_eq!(p.count("hammering the oldest"), 3, "{}", p.output());
     let r = get_tcp(&addr, "/");
     assert_eq!(body_pid(&r.body), Some(newest(&p)));
 }
