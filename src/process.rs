@@ -272,6 +272,7 @@ impl ProcessBuilder {
                 exe: Exe::capture(),
                 generation,
                 max_draining: self.max_draining,
+                restart_running: Arc::default(),
             }),
         };
         if let Some((path, listener)) = control_socket {
@@ -358,6 +359,10 @@ struct Inner {
     exe: Exe,
     generation: u64,
     max_draining: usize,
+    /// Held by the restart under way, to its very end: the child stopped and reaped, or
+    /// told it is live. [`Process::finish`] waits for it, so that a process that drains
+    /// fast never exits with a new generation half-started behind it.
+    restart_running: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A descriptor to hand over, under its name.
@@ -533,6 +538,7 @@ impl Process {
     pub async fn finish(&self) -> Served {
         let mut rx = self.watch().state;
         let _ = rx.wait_for(|s| s.is_draining()).await;
+        let _restart_over = self.inner.restart_running.lock().await;
         if let Some(c) = self.inner.control.get() {
             c.finish().await;
         }
@@ -895,12 +901,24 @@ impl Process {
             names.push(r.name.clone());
             fds.push(r.fd.try_clone()?);
         }
+        // Free unless the last restart's task is still finishing.
+        let running = self
+            .inner
+            .restart_running
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| RestartError::InProgress)?;
         let abort = CancellationToken::new();
         core.abort = Some(abort.clone());
         core.state.phase = Phase::Restarting;
         core.emit(&Transition::RestartBegun);
         self.inner.publisher.publish(core.state);
-        Ok(Claimed { names, fds, abort })
+        Ok(Claimed {
+            names,
+            fds,
+            abort,
+            _running: running,
+        })
     }
 
     async fn run_restart(
@@ -908,7 +926,12 @@ impl Process {
         claimed: Claimed,
         settled: Box<dyn FnOnce() + Send>,
     ) -> Result<u32, RestartError> {
-        let Claimed { names, fds, abort } = claimed;
+        let Claimed {
+            names,
+            fds,
+            abort,
+            _running,
+        } = claimed;
         let inner = &self.inner;
         let started = async {
             let mut next = restart::spawn(
@@ -938,6 +961,10 @@ impl Process {
             Ok::<Next, RestartError>(next)
         }
         .await;
+        if started.is_err() {
+            // The failed child is stopped and reaped: nothing is left to wait for.
+            drop(_running);
+        }
         match started {
             Ok(next) => {
                 let new_pid = next.pid;
@@ -978,6 +1005,8 @@ struct Claimed {
     names: Vec<Name>,
     fds: Vec<OwnedFd>,
     abort: CancellationToken,
+    /// Released when the restart's task ends.
+    _running: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Core {
