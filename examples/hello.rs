@@ -24,7 +24,15 @@
 //! (serve, but never declare ready: a broken deploy that accepts connections),
 //! `--fd-name NAME` (the previous `--addr` takes the socket-activated socket of that
 //! name, systemd's `FileDescriptorName=`), `--control PATH` (a control socket, for
-//! `hello restart`).
+//! `hello restart`), `--max-draining N` (at most N generations draining at once; the
+//! oldest beyond are hammered), `--supervise` (stable PID: this process becomes the
+//! supervisor, and the server runs in generations under it; `--pid-file` then names
+//! the supervisor).
+//!
+//! ```text
+//! cargo run --example hello -- --supervise   # the pid the shell waits for never changes
+//! kill -HUP <that pid>                       # a restart, through the supervisor
+//! ```
 //!
 //! `hello restart --control PATH [--timeout-ms N]` asks the server that opened that
 //! control socket to restart and waits for the outcome: it prints the new pid and exits
@@ -75,6 +83,8 @@ struct Options {
     stagger: Option<Duration>,
     no_ready: bool,
     lame_duck: Option<Duration>,
+    max_draining: Option<usize>,
+    supervise: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -95,6 +105,8 @@ fn parse_args() -> Result<Options, String> {
         stagger: None,
         no_ready: false,
         lame_duck: None,
+        max_draining: None,
+        supervise: false,
     };
     let mut args = std::env::args().skip(1);
     let ms = |v: Option<String>, name: &str| -> Result<Option<Duration>, String> {
@@ -131,6 +143,11 @@ fn parse_args() -> Result<Options, String> {
             "--stagger-ms" => o.stagger = ms(args.next(), &a)?,
             "--no-ready" => o.no_ready = true,
             "--lame-duck-ms" => o.lame_duck = ms(args.next(), &a)?,
+            "--max-draining" => {
+                let v = args.next().ok_or("--max-draining needs a value")?;
+                o.max_draining = Some(v.parse().map_err(|_| format!("not a number: {v}"))?);
+            }
+            "--supervise" => o.supervise = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -501,8 +518,7 @@ fn restart_command(mut args: impl Iterator<Item = String>) -> std::process::Exit
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("status") {
         #[cfg(feature = "control")]
         return status_command(std::env::args().skip(2));
@@ -535,6 +551,35 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if opts.supervise {
+        // Before any runtime starts: the first process supervises from here on (and
+        // never returns); a generation under it returns at once.
+        let mut sup = ceaseless::Supervisor::new();
+        if let Some(p) = &opts.pid_file {
+            sup = sup.pid_file(p);
+        }
+        if let Some(t) = opts.ready_timeout {
+            sup = sup.ready_timeout(t);
+        }
+        if let Err(e) = sup.run() {
+            tracing::error!(error = %e, "cannot supervise");
+            eprintln!("hello: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(serve(opts)),
+        Err(e) => {
+            eprintln!("hello: cannot start the runtime: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(opts: Options) -> std::process::ExitCode {
     ADMIN.store(opts.admin, std::sync::atomic::Ordering::Relaxed);
     // The recorder before the process owner, so that a new generation's restart
     // histograms (recorded as it becomes live) are kept.
@@ -570,6 +615,9 @@ async fn main() -> std::process::ExitCode {
     }
     if let Some(d) = opts.lame_duck {
         process = process.lame_duck(d);
+    }
+    if let Some(n) = opts.max_draining {
+        process = process.max_draining(n);
     }
     if let Some(p) = &opts.control {
         #[cfg(feature = "control")]

@@ -100,6 +100,10 @@ pub enum Error {
     /// A listener was asked for while this generation drains.
     #[error("this generation is draining; it opens no more listeners")]
     Draining,
+    /// [`Supervisor::run`](crate::Supervisor::run) could not become the supervisor
+    /// (nothing was started).
+    #[error("cannot become the supervisor: {0}")]
+    Supervise(#[source] io::Error),
     /// An inherited file descriptor is not the listening socket it was announced as.
     /// Logged, never fatal: the server binds afresh instead.
     #[error("inherited fd {fd} ({name}) is unusable: {reason}")]

@@ -29,6 +29,15 @@
 //!   the most recent restarts ([`MAX_RESTARTS`] at most), oldest first, one a line:
 //!   `<at, ms since the epoch> <generation> ok|failed <pid|-> <SIGHUP→ready ms|->
 //!   <ready→old-gone ms|-> <=reason, escaped as paths are|->`.
+//! - `CEASELESS_DRAINING` lists the older generations still draining when the child was
+//!   started, oldest first, as `<pid>@<start time>` (field 22 of `/proc/<pid>/stat`), so
+//!   that the bound on draining generations never signals a reused pid.
+//! - `CEASELESS_SUPERVISOR` is `<supervisor pid>:<fd>`, under the stable-PID supervisor:
+//!   the child's end of the report channel (a Unix datagram socket, after the readiness
+//!   channel; the child checks that the supervisor created it). Each report is one
+//!   datagram: `live <pid> <start> <generation>` then one handover name a line, with the
+//!   named sockets attached (`SCM_RIGHTS`); `committed <pid> <new pid>`;
+//!   `failed <pid>`; `stopping <pid>`.
 //!
 //! Each entry is validated on its own: one bad name rejects that descriptor (which is
 //! closed), never the others; one bad line of the history drops that line alone (each
@@ -405,6 +414,193 @@ pub(crate) fn place_fds(
     Ok(())
 }
 
+/// Names the supervisor (see the `supervise` module) and the descriptor of this
+/// generation's end of its report channel: `<supervisor pid>:<fd>`.
+pub(crate) const ENV_SUPERVISOR: &str = "CEASELESS_SUPERVISOR";
+/// The older generations still draining when this one was started, oldest first:
+/// `<pid>@<start time>` entries separated by commas (the start time is field 22 of
+/// `/proc/<pid>/stat`, so that a pid reused by another process is never signalled).
+pub(crate) const ENV_DRAINING: &str = "CEASELESS_DRAINING";
+
+/// One process, told apart from a later process that reuses its pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ProcId {
+    pub(crate) pid: u32,
+    /// Its start time, in clock ticks since boot.
+    pub(crate) start: u64,
+}
+
+/// `CEASELESS_SUPERVISOR`'s value.
+pub(crate) fn supervisor_value(pid: u32, fd: RawFd) -> String {
+    format!("{pid}:{fd}")
+}
+
+/// Reads `CEASELESS_SUPERVISOR`: the supervisor's pid and our end of its channel.
+pub(crate) fn read_supervisor(env: &dyn Env) -> Result<Option<(u32, RawFd)>, Error> {
+    let Some(v) = env.get(ENV_SUPERVISOR) else {
+        return Ok(None);
+    };
+    let bad = |reason: &str| Error::Environment {
+        name: ENV_SUPERVISOR,
+        value: v.clone(),
+        reason: reason.into(),
+    };
+    let (pid, fd) = v
+        .trim()
+        .split_once(':')
+        .ok_or_else(|| bad("not <pid>:<fd>"))?;
+    let pid: u32 = pid
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| bad("not a pid"))?;
+    let fd: RawFd = fd
+        .parse()
+        .ok()
+        .filter(|fd| *fd >= FIRST_FD)
+        .ok_or_else(|| bad("not a descriptor number"))?;
+    Ok(Some((pid, fd)))
+}
+
+/// `CEASELESS_DRAINING`'s value for these processes, oldest first.
+pub(crate) fn draining_value(gens: &[ProcId]) -> String {
+    let parts: Vec<String> = gens
+        .iter()
+        .map(|g| format!("{}@{}", g.pid, g.start))
+        .collect();
+    parts.join(",")
+}
+
+/// Reads `CEASELESS_DRAINING` (absent or empty: none).
+pub(crate) fn read_draining(env: &dyn Env) -> Result<Vec<ProcId>, Error> {
+    let Some(v) = env.get(ENV_DRAINING) else {
+        return Ok(Vec::new());
+    };
+    if v.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let parts: Vec<&str> = v.trim().split(',').collect();
+    if parts.len() > MAX_FDS {
+        return Err(Error::Environment {
+            name: ENV_DRAINING,
+            value: format!("{} entries", parts.len()),
+            reason: "too many generations".into(),
+        });
+    }
+    parts
+        .into_iter()
+        .map(|p| {
+            let parsed = p.split_once('@').and_then(|(pid, start)| {
+                Some(ProcId {
+                    pid: pid.parse().ok().filter(|p| *p > 0)?,
+                    start: start.parse().ok()?,
+                })
+            });
+            parsed.ok_or_else(|| Error::Environment {
+                name: ENV_DRAINING,
+                value: v.clone(),
+                reason: format!("{p:?} is not <pid>@<start time>"),
+            })
+        })
+        .collect()
+}
+
+/// The start time of a process, from the text of its `/proc/<pid>/stat`: field 22,
+/// counted after the command name (which may hold spaces and parentheses).
+pub(crate) fn stat_start_time(stat: &str) -> Option<u64> {
+    let rest = stat.rsplit_once(')')?.1;
+    // After ')': state is field 3, so the start time (22) is the 20th from here.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether a process is a zombie (or dead), from the text of its `/proc/<pid>/stat`.
+pub(crate) fn stat_is_dead(stat: &str) -> bool {
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some("Z") | Some("X") | Some("x") | None)
+}
+
+/// A generation's report to its supervisor: one datagram on the report channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// This generation is live (it serves and owns the sockets), with the sockets it
+    /// would hand over, named in order; the descriptors travel with the datagram.
+    Live {
+        /// Who it is.
+        id: ProcId,
+        /// Its generation number.
+        generation: u64,
+        /// The names of the descriptors in the datagram, in order.
+        names: Vec<Name>,
+    },
+    /// This generation committed a restart: the new one, with this pid, takes over.
+    Committed { pid: u32, new_pid: u32 },
+    /// A restart of this generation failed; it carries on.
+    RestartFailed { pid: u32 },
+    /// The live generation began a final shutdown (not a restart).
+    Stopping { pid: u32 },
+}
+
+impl Report {
+    pub(crate) fn encode(&self) -> String {
+        match self {
+            Report::Live {
+                id,
+                generation,
+                names,
+            } => {
+                let mut s = format!("live {} {} {generation}", id.pid, id.start);
+                for n in names {
+                    s.push('\n');
+                    s.push_str(&n.encode());
+                }
+                s
+            }
+            Report::Committed { pid, new_pid } => format!("committed {pid} {new_pid}"),
+            Report::RestartFailed { pid } => format!("failed {pid}"),
+            Report::Stopping { pid } => format!("stopping {pid}"),
+        }
+    }
+
+    /// Reads a report; the reason if it is none.
+    pub(crate) fn decode(s: &str) -> Result<Report, String> {
+        let mut lines = s.split('\n');
+        let head = lines.next().unwrap_or_default();
+        let words: Vec<&str> = head.split(' ').collect();
+        let num = |i: usize| -> Result<u64, String> {
+            words
+                .get(i)
+                .and_then(|w| w.parse().ok())
+                .ok_or_else(|| format!("a bad report {head:?}"))
+        };
+        let pid = |i: usize| -> Result<u32, String> {
+            u32::try_from(num(i)?).map_err(|_| format!("a bad pid in {head:?}"))
+        };
+        let report = match words.first().copied() {
+            Some("live") if words.len() == 4 => Report::Live {
+                id: ProcId {
+                    pid: pid(1)?,
+                    start: num(2)?,
+                },
+                generation: num(3)?,
+                names: lines.by_ref().map(Name::decode).collect::<Result<_, _>>()?,
+            },
+            Some("committed") if words.len() == 3 => Report::Committed {
+                pid: pid(1)?,
+                new_pid: pid(2)?,
+            },
+            Some("failed") if words.len() == 2 => Report::RestartFailed { pid: pid(1)? },
+            Some("stopping") if words.len() == 2 => Report::Stopping { pid: pid(1)? },
+            _ => return Err(format!("an unknown report {head:?}")),
+        };
+        if !matches!(report, Report::Live { .. }) && lines.next().is_some() {
+            return Err(format!("trailing lines after {head:?}"));
+        }
+        Ok(report)
+    }
+}
+
 /// A message on the readiness channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Message {
@@ -710,6 +906,51 @@ mod tests {
         }
 
         #[test]
+        fn supervisor_env_round_trips(pid in 1u32.., fd in FIRST_FD..) {
+            let e = Fixed([(ENV_SUPERVISOR, supervisor_value(pid, fd))].into_iter().collect());
+            prop_assert_eq!(read_supervisor(&e).unwrap(), Some((pid, fd)));
+        }
+
+        #[test]
+        fn draining_env_round_trips(
+            gens in proptest::collection::vec((1u32.., any::<u64>()), 0..20),
+        ) {
+            let gens: Vec<ProcId> = gens.into_iter().map(|(pid, start)| ProcId { pid, start }).collect();
+            let e = Fixed([(ENV_DRAINING, draining_value(&gens))].into_iter().collect());
+            prop_assert_eq!(read_draining(&e).unwrap(), gens);
+        }
+
+        #[test]
+        fn reports_round_trip(
+            pid in 1u32..,
+            start in any::<u64>(),
+            generation in any::<u64>(),
+            other in 1u32..,
+            names in proptest::collection::vec(name(), 0..12),
+            which in 0u8..4,
+        ) {
+            let r = match which {
+                0 => Report::Live { id: ProcId { pid, start }, generation, names },
+                1 => Report::Committed { pid, new_pid: other },
+                2 => Report::RestartFailed { pid },
+                _ => Report::Stopping { pid },
+            };
+            prop_assert_eq!(Report::decode(&r.encode()), Ok(r));
+        }
+
+        #[test]
+        fn stat_start_times_are_read_past_any_command_name(
+            comm in "[ -~]{0,16}",
+            start in any::<u64>(),
+        ) {
+            let stat = format!(
+                "42 ({comm}) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start} 1000 100"
+            );
+            prop_assert_eq!(stat_start_time(&stat), Some(start));
+            prop_assert!(!stat_is_dead(&stat));
+        }
+
+        #[test]
         fn garbage_never_panics(s in "\\PC*") {
             let _ = Name::decode(&s);
             let _ = Message::decode(&s);
@@ -717,6 +958,11 @@ mod tests {
             let _ = read_ours(&e, 7);
             let e = env(&[(ENV_LISTEN_PID, "7"), (ENV_LISTEN_FDS, &s), (ENV_LISTEN_FDNAMES, &s)]);
             let _ = read_systemd(&e, 7);
+            let _ = Report::decode(&s);
+            let _ = stat_start_time(&s);
+            let e = env(&[(ENV_SUPERVISOR, &s), (ENV_DRAINING, &s)]);
+            let _ = read_supervisor(&e);
+            let _ = read_draining(&e);
         }
     }
 
@@ -912,5 +1158,30 @@ mod tests {
             r.len() <= MAX_REASON && r.chars().all(|c| c == 'é'),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn bad_supervisor_and_draining_values_are_errors() {
+        for v in ["", "12", "x:3", "12:x", "0:3", "12:1", "12:-4"] {
+            assert!(
+                read_supervisor(&env(&[(ENV_SUPERVISOR, v)])).is_err(),
+                "{v:?}"
+            );
+        }
+        for v in ["12", "12@", "@5", "0@5", "1@2,x", "1@2,,3@4"] {
+            assert!(read_draining(&env(&[(ENV_DRAINING, v)])).is_err(), "{v:?}");
+        }
+        assert_eq!(read_draining(&env(&[(ENV_DRAINING, "")])).unwrap(), vec![]);
+        assert_eq!(read_supervisor(&env(&[])).unwrap(), None);
+        assert!(stat_is_dead("42 (a b) Z 1"));
+        for r in [
+            "live 1 2",
+            "committed 1",
+            "failed",
+            "stopping 1\nx",
+            "live 1 2 3\nftp:x",
+        ] {
+            assert!(Report::decode(r).is_err(), "{r:?}");
+        }
     }
 }

@@ -71,6 +71,13 @@
 //! one serves on. See the `handover`, `lifecycle`, `restart` and `conn` module docs in
 //! the source for the protocol, the state machine and the drain.
 //!
+//! ## Stable PID
+//! [`supervise`] (or [`Supervisor::run`]) at the top of `main` keeps one pid for the
+//! life of the service: the first process becomes a small supervisor (subreaper, PID 1
+//! of a container if need be) and the program runs in generations under it, which
+//! restart as above; see [`Supervisor`]. However restarts happen, at most
+//! [`ProcessBuilder::max_draining`] old generations drain at once.
+//!
 //! The modules follow the choreography: `inherit` (take what the previous generation
 //! handed over), `listen`, `process` (the owner and its state machine), `serve` and
 //! `conn` (serve and drain), `restart` (start the next generation).
@@ -90,6 +97,7 @@ mod handover;
 mod health;
 mod inherit;
 mod lifecycle;
+mod lineage;
 mod listen;
 #[cfg(feature = "metrics")]
 pub mod metrics;
@@ -100,6 +108,7 @@ mod restart;
 mod serve;
 mod signals;
 pub mod status;
+mod supervise;
 mod tls;
 
 pub use addr::ListenAddr;
@@ -109,6 +118,7 @@ pub use error::ControlError;
 pub use error::{Error, RestartError};
 pub use health::{health, Health};
 pub use lifecycle::{Drain, Served};
+pub use lineage::DEFAULT_MAX_DRAINING;
 pub use process::{
     restart, shutdown, Process, ProcessBuilder, Readiness, DEFAULT_READY_TIMEOUT,
     DEFAULT_STOP_GRACE,
@@ -121,3 +131,4 @@ pub use serve::{
 };
 pub use signals::{Signal, Stage};
 pub use status::Status;
+pub use supervise::{supervise, Supervisor, DEFAULT_SUPERVISOR_READY_TIMEOUT};

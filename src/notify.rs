@@ -13,6 +13,10 @@
 //! | a final shutdown begins | the live generation | `STOPPING=1`, `STATUS=` |
 //! | the drain still runs, every 5 s from 5 s on | the live generation | `EXTEND_TIMEOUT_USEC=10000000`, `STATUS=` |
 //!
+//! Under the [`Supervisor`](crate::Supervisor) the generations do not see
+//! `NOTIFY_SOCKET`: the supervisor, the main process for good, sends `READY=1`,
+//! `RELOADING=1` and `STOPPING=1` itself, and never `MAINPID=`.
+//!
 //! A new generation says nothing of its own readiness: it is not the main process yet,
 //! and its parent names it in `MAINPID=` only once it proved it serves. The PID file is
 //! written before any of these messages, so a manager that reads it (`PIDFile=`) never
@@ -29,7 +33,7 @@ use crate::lifecycle::{Observer, Transition};
 const ENV_NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
 /// Sends one message to the service manager, if there is one. Failures are logged.
-fn send(msg: &str) {
+pub(crate) fn send(msg: &str) {
     let Some(path) = std::env::var_os(ENV_NOTIFY_SOCKET) else {
         return;
     };

@@ -5,7 +5,7 @@
 //! servers, connections and the control socket follow the published state.
 
 use std::future::Future;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -61,6 +61,7 @@ pub struct ProcessBuilder {
     hooks: Vec<(Signal, Stage, Hook)>,
     signals: Vec<Signal>,
     lame_duck: Option<Duration>,
+    max_draining: usize,
 }
 
 impl std::fmt::Debug for ProcessBuilder {
@@ -87,6 +88,7 @@ impl Default for ProcessBuilder {
             hooks: Vec::new(),
             signals: Signal::ALL.to_vec(),
             lame_duck: None,
+            max_draining: crate::lineage::DEFAULT_MAX_DRAINING,
         }
     }
 }
@@ -124,9 +126,20 @@ impl ProcessBuilder {
         self
     }
 
+    /// How many generations may drain at once (default
+    /// [`DEFAULT_MAX_DRAINING`](crate::DEFAULT_MAX_DRAINING), 4): when a restart would
+    /// leave more draining (long-lived connections keep old generations around until
+    /// their hammer time), the oldest are hammered once it commits, and the log says
+    /// so. Must not be zero.
+    pub fn max_draining(mut self, n: usize) -> Self {
+        self.max_draining = n;
+        self
+    }
+
     /// Keeps a PID file naming the live generation: written once the first one is
     /// ready, replaced atomically at each handover (before the service manager hears
-    /// of the new pid), removed at a final shutdown.
+    /// of the new pid), removed at a final shutdown. Ignored under the
+    /// [`Supervisor`](crate::Supervisor), whose own PID file names it instead.
     pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.pid_file = Some(path.into());
         self
@@ -185,6 +198,12 @@ impl ProcessBuilder {
                 reason: "zero: every restart would fail".into(),
             });
         }
+        if self.max_draining == 0 {
+            return Err(Error::Setting {
+                name: "max_draining",
+                reason: "zero: the generation that hands over must drain".into(),
+            });
+        }
         let mut inherited = Inherited::from_env(&ProcessEnv);
         let first = inherited.parent.is_none();
         let generation = inherited.generation;
@@ -193,9 +212,12 @@ impl ProcessBuilder {
             live: first,
         });
         let book = crate::status::Book::new(&ProcessEnv, inherited.parent, generation);
+        crate::lineage::init();
+        // Under a supervisor, the PID file names the supervisor, which writes it.
+        let supervised = crate::supervise::start(generation);
         let mut observers: Vec<Box<dyn Observer>> =
             vec![Box::new(crate::status::Recorder(book.clone()))];
-        if let Some(p) = self.pid_file {
+        if let Some(p) = self.pid_file.filter(|_| !supervised) {
             observers.push(Box::new(crate::pidfile::PidFile::new(p)));
         }
         #[cfg(feature = "systemd")]
@@ -252,6 +274,8 @@ impl ProcessBuilder {
                 exe: Exe::capture(),
                 generation,
                 book,
+                max_draining: self.max_draining,
+                restart_running: Arc::default(),
             }),
         };
         if let Some((path, listener)) = control_socket {
@@ -340,6 +364,11 @@ struct Inner {
     exe: Exe,
     generation: u64,
     book: Arc<crate::status::Book>,
+    max_draining: usize,
+    /// Held by the restart under way, to its very end: the child stopped and reaped, or
+    /// told it is live. [`Process::finish`] waits for it, so that a process that drains
+    /// fast never exits with a new generation half-started behind it.
+    restart_running: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A descriptor to hand over, under its name.
@@ -540,6 +569,7 @@ impl Process {
     pub async fn finish(&self) -> Served {
         let mut rx = self.watch().state;
         let _ = rx.wait_for(|s| s.is_draining()).await;
+        let _restart_over = self.inner.restart_running.lock().await;
         if let Some(c) = self.inner.control.get() {
             c.finish().await;
         }
@@ -910,12 +940,24 @@ impl Process {
             names.push(r.name.clone());
             fds.push(r.fd.try_clone()?);
         }
+        // Free unless the last restart's task is still finishing.
+        let running = self
+            .inner
+            .restart_running
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| RestartError::InProgress)?;
         let abort = CancellationToken::new();
         core.abort = Some(abort.clone());
         core.state.phase = Phase::Restarting;
         core.emit(&Transition::RestartBegun);
         self.inner.publisher.publish(core.state);
-        Ok(Claimed { names, fds, abort })
+        Ok(Claimed {
+            names,
+            fds,
+            abort,
+            _running: running,
+        })
     }
 
     async fn run_restart(
@@ -923,11 +965,23 @@ impl Process {
         claimed: Claimed,
         settled: Box<dyn FnOnce() + Send>,
     ) -> Result<u32, RestartError> {
-        let Claimed { names, fds, abort } = claimed;
+        let Claimed {
+            names,
+            fds,
+            abort,
+            _running,
+        } = claimed;
         let inner = &self.inner;
         let started = async {
             let carried = inner.book.child_env();
-            let mut next = restart::spawn(&inner.exe, &names, &fds, inner.generation, carried)?;
+            let mut next = restart::spawn(
+                &inner.exe,
+                &names,
+                &fds,
+                inner.generation,
+                inner.max_draining,
+                carried,
+            )?;
             drop(fds);
             tracing::info!(pid = std::process::id(), new_pid = next.pid, path = %inner.exe.path.display(), "started the next generation; waiting for it to be ready");
             if let Err(e) = next.wait_ready(inner.ready_timeout, abort.cancelled()).await {
@@ -948,6 +1002,10 @@ impl Process {
             Ok::<Next, RestartError>(next)
         }
         .await;
+        if started.is_err() {
+            // The failed child is stopped and reaped: nothing is left to wait for.
+            drop(_running);
+        }
         match started {
             Ok(next) => {
                 let new_pid = next.pid;
@@ -988,6 +1046,8 @@ struct Claimed {
     names: Vec<Name>,
     fds: Vec<OwnedFd>,
     abort: CancellationToken,
+    /// Released when the restart's task ends.
+    _running: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Core {
@@ -995,6 +1055,8 @@ impl Core {
         for o in &mut self.observers {
             o.observe(t);
         }
+        let registry = self.registry.iter();
+        crate::supervise::observe(t, registry.map(|r| (&r.name, r.fd.as_fd())));
     }
 
     /// Serving, and live: the previous generation let go (or is gone). The caller

@@ -106,16 +106,22 @@ pub(crate) struct Next {
     child: tokio::process::Child,
     pub(crate) pid: u32,
     channel: tokio::io::BufReader<tokio::net::UnixStream>,
+    /// Old generations to hammer once committed (the draining bound), and the bound.
+    hammer: Vec<crate::handover::ProcId>,
+    max_draining: usize,
 }
 
 /// Starts the next generation with `fds` (named by `names`) at 3, 4, …
-/// `generation` is this generation's number; `carried`, more variables for the child
-/// (the restart history).
+/// `generation` is this generation's number; at most `max_draining` generations may
+/// drain once it commits (see the `lineage` module). Under a supervisor, the report
+/// channel to it follows the readiness channel. `carried`: more variables for the
+/// child (the restart history).
 pub(crate) fn spawn(
     exe: &Exe,
     names: &[Name],
     fds: &[OwnedFd],
     generation: u64,
+    max_draining: usize,
     carried: Vec<(&'static str, String)>,
 ) -> Result<Next, RestartError> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
@@ -123,6 +129,11 @@ pub(crate) fn spawn(
     let mut sources: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     sources.push(theirs.as_raw_fd());
     debug_assert_eq!(ready_fd, FIRST_FD + sources.len() as RawFd - 1);
+    let supervisor = crate::supervise::link().map(|l| {
+        sources.push(l.fd());
+        handover::supervisor_value(l.supervisor(), ready_fd + 1)
+    });
+    let plan = crate::lineage::plan(max_draining);
 
     let mut cmd = tokio::process::Command::new(&exe.path);
     cmd.args(&exe.args)
@@ -135,6 +146,11 @@ pub(crate) fn spawn(
     for (k, v) in vars.into_iter().chain(carried) {
         cmd.env(k, v);
     }
+    cmd.env(handover::ENV_DRAINING, &plan.env);
+    match supervisor {
+        Some(v) => cmd.env(handover::ENV_SUPERVISOR, v),
+        None => cmd.env_remove(handover::ENV_SUPERVISOR),
+    };
     let mut scratch: Vec<RawFd> = vec![-1; sources.len()];
     // SAFETY: the closure runs in the child between fork and exec. It only calls
     // fcntl, dup2 and sigaction (async-signal-safe) on descriptors that are open in the
@@ -159,6 +175,8 @@ pub(crate) fn spawn(
         child,
         pid,
         channel,
+        hammer: plan.hammer,
+        max_draining,
     })
 }
 
@@ -211,6 +229,7 @@ impl Next {
         {
             tracing::warn!(error = %e, new_pid = self.pid, "cannot tell the new generation it is live");
         }
+        crate::lineage::hammer(&self.hammer, self.max_draining);
         let mut child = self.child;
         tokio::spawn(async move {
             let _ = child.wait().await;
@@ -254,7 +273,7 @@ impl Next {
 /// handler installed later replaces it.)
 ///
 /// Async-signal-safe: sigaction only, on a structure on the stack.
-fn ignore_sighup() -> io::Result<()> {
+pub(crate) fn ignore_sighup() -> io::Result<()> {
     // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; sigaction
     // only reads it.
     unsafe {
@@ -269,7 +288,7 @@ fn ignore_sighup() -> io::Result<()> {
 
 /// The real descriptor table, for [`handover::place_fds`] in the child between fork and
 /// exec: fcntl and dup2 only (async-signal-safe), no allocation.
-struct Kernel;
+pub(crate) struct Kernel;
 
 impl handover::FdTable for Kernel {
     fn dup_above(&mut self, fd: RawFd, floor: RawFd) -> io::Result<RawFd> {

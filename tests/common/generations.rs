@@ -83,6 +83,9 @@ pub fn restart_ok(p: &Proc) -> (u32, u32) {
         p.output()
     );
     let new = pid_field(&line, "new_pid");
+    // The new generation declares ready before its last "serving" line, so the old
+    // one may log its success first: wait for that line.
+    p.wait_for_nth(&format!("serving pid={new} "), 1, LONG);
     assert_eq!(
         newest(p),
         new,

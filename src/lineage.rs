@@ -1,0 +1,196 @@
+//! The older generations, and the bound on those still draining. Every restart leaves
+//! the old generation draining, and long-lived connections (a WebSocket, a stream, a
+//! slow client) can keep it around until its hammer time. Quick restarts would pile
+//! them up; the bound ([`ProcessBuilder::max_draining`](crate::ProcessBuilder::max_draining))
+//! caps how many may drain at once.
+//!
+//! Each generation is told, in the handover (`CEASELESS_DRAINING`, see
+//! [`handover`](crate::handover)), which older generations still drained when it was
+//! started, each as a pid and its start time (so that a pid reused by another process
+//! is never signalled). When a generation starts the next one it counts those still
+//! alive plus itself (it drains once the restart commits); if that exceeds the bound,
+//! the oldest beyond it are hammered (`SIGUSR2`, the hammer during a drain) once the
+//! restart commits, and the log says so. A restart that fails hammers nothing. The
+//! next generation is told of the others. This holds whoever restarts: in the
+//! re-exec model and under the supervisor alike, since under the supervisor the
+//! generations still restart themselves.
+
+use std::sync::OnceLock;
+
+use crate::handover::{self, ProcId};
+use crate::inherit::ProcessEnv;
+
+/// The default [`ProcessBuilder::max_draining`](crate::ProcessBuilder::max_draining).
+pub const DEFAULT_MAX_DRAINING: usize = 4;
+
+/// The older generations this one was told of at start, oldest first.
+fn told() -> &'static [ProcId] {
+    static TOLD: OnceLock<Vec<ProcId>> = OnceLock::new();
+    TOLD.get_or_init(|| {
+        handover::read_draining(&ProcessEnv).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "ignoring the list of draining generations");
+            Vec::new()
+        })
+    })
+}
+
+/// Reads the list of older generations now, so that a malformed one is logged at start.
+pub(crate) fn init() {
+    let _ = told();
+}
+
+/// This process, or `pid`, as a [`ProcId`]; `None` if it is gone (or a zombie).
+pub(crate) fn proc_id(pid: u32) -> Option<ProcId> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    if handover::stat_is_dead(&stat) {
+        return None;
+    }
+    Some(ProcId {
+        pid,
+        start: handover::stat_start_time(&stat)?,
+    })
+}
+
+/// Whether that very process still runs.
+pub(crate) fn alive(id: &ProcId) -> bool {
+    proc_id(id.pid).is_some_and(|now| now.start == id.start)
+}
+
+/// What a restart does about the draining generations.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// `CEASELESS_DRAINING` for the next generation.
+    pub(crate) env: String,
+    /// Hammered once the restart commits, oldest first.
+    pub(crate) hammer: Vec<ProcId>,
+}
+
+/// Splits `draining` (oldest first, the restarting generation last) into what stays
+/// and what is hammered so that at most `max` drain.
+pub(crate) fn split(mut draining: Vec<ProcId>, max: usize) -> (Vec<ProcId>, Vec<ProcId>) {
+    let excess = draining.len().saturating_sub(max.max(1));
+    let kept = draining.split_off(excess);
+    (kept, draining)
+}
+
+/// The plan for a restart of this generation, with at most `max` generations draining.
+pub(crate) fn plan(max: usize) -> Plan {
+    let mut draining: Vec<ProcId> = told().iter().filter(|g| alive(g)).copied().collect();
+    if let Some(me) = proc_id(std::process::id()) {
+        draining.push(me);
+    }
+    let (kept, hammer) = split(draining, max);
+    Plan {
+        env: handover::draining_value(&kept),
+        hammer,
+    }
+}
+
+/// Hammers the generations of a committed restart's plan. `max` is the bound, for
+/// the log.
+pub(crate) fn hammer(ids: &[ProcId], max: usize) {
+    for id in ids.iter().filter(|id| alive(id)) {
+        // Logged first: the hammered generation may be gone a moment after the signal.
+        tracing::warn!(
+            pid = std::process::id(),
+            hammered = id.pid,
+            max_draining = max,
+            "too many generations draining: hammering the oldest (SIGUSR2)"
+        );
+        if let Err(e) = signal(id, libc::SIGUSR2) {
+            tracing::error!(error = %e, hammered = id.pid, "cannot hammer an old generation");
+        }
+    }
+}
+
+/// Sends `sig` to that very process: false if it is gone. Through a pidfd where the
+/// kernel has them, so that the process checked is the one signalled.
+pub(crate) fn signal(id: &ProcId, sig: i32) -> std::io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    if let Some(fd) = pidfd(id.pid) {
+        if !alive(id) {
+            return Ok(false);
+        }
+        return pidfd_signal(&fd, sig).map(|()| true);
+    }
+    if !alive(id) {
+        return Ok(false);
+    }
+    let pid = libc::pid_t::try_from(id.pid).map_err(std::io::Error::other)?;
+    // SAFETY: kill(2) has no memory effects.
+    if unsafe { libc::kill(pid, sig) } < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ESRCH) {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(true)
+}
+
+/// A pidfd for `pid` (Linux 5.3 and later); `None` if the kernel has none or the
+/// process is gone.
+#[cfg(target_os = "linux")]
+pub(crate) fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor was just created, and nothing else owns it. (pidfd_open
+    // sets close-on-exec on it.)
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sends `sig` through a pidfd.
+#[cfg(target_os = "linux")]
+pub(crate) fn pidfd_signal(fd: &std::os::fd::OwnedFd, sig: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal with a null siginfo sends `sig` as kill(2) would.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// At most `max` stay (never fewer than one: the restarting generation), the
+        /// hammered are the oldest, and nothing is lost or reordered.
+        #[test]
+        fn the_oldest_beyond_the_bound_are_hammered(n in 0usize..12, max in 0usize..8) {
+            let gens: Vec<ProcId> = (0..n as u32).map(|i| ProcId { pid: i + 1, start: i as u64 }).collect();
+            let (kept, hammered) = split(gens.clone(), max);
+            prop_assert!(kept.len() <= max.max(1));
+            prop_assert_eq!(kept.len(), n.min(max.max(1)));
+            let mut all = hammered.clone();
+            all.extend(&kept);
+            prop_assert_eq!(all, gens);
+        }
+    }
+
+    #[test]
+    fn this_process_is_alive_and_its_start_time_is_stable() {
+        let me = proc_id(std::process::id()).expect("our own stat");
+        assert!(alive(&me));
+        assert!(!alive(&ProcId {
+            pid: me.pid,
+            start: me.start + 1
+        }));
+    }
+}

@@ -1,0 +1,1267 @@
+//! Stable PID: the supervisor.
+//!
+//! In the re-exec model the pid changes at every restart, and whoever waits for the
+//! first process (a shell, `cargo run`, supervisord, a container runtime whose PID 1
+//! it is) loses the server at the first SIGHUP. With [`supervise`] (or
+//! [`Supervisor::run`]) at the top of `main`, the first process becomes a small
+//! supervisor that never returns and never changes; the program itself runs in
+//! generations under it, and restarts exactly as without a supervisor.
+//!
+//! # Design
+//! The supervisor reuses the re-exec machinery, which already has readiness and
+//! rollback, rather than repeating it:
+//! - It makes itself a child subreaper (`PR_SET_CHILD_SUBREAPER`) and starts generation 1
+//!   as its child. A restart is the generation's own: the supervisor forwards SIGHUP to
+//!   the current generation, which starts the next one, waits for it to be ready,
+//!   commits or rolls back, as always. When an old generation exits, its successor is
+//!   re-parented to the supervisor, which reaps every process that ends up its child
+//!   (`waitpid(-1)`): old generations, and any orphan, as PID 1 must.
+//! - Every generation inherits a report channel to the supervisor (a Unix datagram
+//!   socket; its number travels in `CEASELESS_SUPERVISOR`, next to the handover's
+//!   descriptors). On it a generation says that it is live, that it committed a
+//!   restart to a new pid, that a restart failed, or that it shuts down. So the
+//!   supervisor always knows the current generation, and learns of it without
+//!   polling.
+//! - **How the supervisor learns the sockets** (so that ports may still change across
+//!   restarts): each generation, once live, sends its listening sockets up the channel
+//!   (`SCM_RIGHTS`, named as in a handover). The supervisor binds nothing and parses no
+//!   address: whatever the live generation serves is what it holds, so a release that
+//!   adds or drops a port is followed at its first restart, and the supervisor never
+//!   needs the application's configuration. It holds those sockets for one purpose: a
+//!   generation that dies outside a restart is started again with the very same
+//!   sockets (an ordinary handover, with the supervisor as the parent), so the
+//!   connections waiting in their accept queues are served, not refused. Until the
+//!   first generation is live there is nothing to hold: if it dies, the next one binds
+//!   afresh.
+//! - A generation that dies outside a restart is started again after a backoff (100 ms,
+//!   doubling up to 10 s; reset once a generation stayed live for 10 s), and the log
+//!   says why it died. A crash loop sleeps between attempts.
+//! - SIGHUP restarts; SIGINT/SIGTERM go to the current generation, which drains (its
+//!   hammer time applies); the supervisor closes its copies of the sockets at once (so
+//!   the addresses refuse connections as soon as the generation closes its own) and
+//!   exits once no generation is left, with the current generation's exit status
+//!   (`128 + n` if signal `n` ended it). SIGUSR1, SIGUSR2 and SIGTSTP go to the current
+//!   generation, whose hooks run; after SIGTSTP the supervisor stops too (except as PID
+//!   1), so a shell gets its prompt back, and forwards SIGCONT when continued.
+//! - Generations run in their own process group, so that the terminal's Ctrl-C and
+//!   Ctrl-Z reach the supervisor alone, which forwards them once.
+//! - The supervisor is the process a service manager tracks: it writes the PID file
+//!   (its own pid, once generation 1 is live; removed at the end) and sends systemd's
+//!   `READY=1`, `RELOADING=1`, `STOPPING=1`; generations neither write the PID file nor
+//!   talk to `NOTIFY_SOCKET` (they do not see it).
+//! - It stays small: one thread, no async runtime, a blocking `poll` over a signalfd, the
+//!   report channel and a pidfd of the current generation.
+//!
+//! The bound on draining generations is kept by the generations themselves, in both
+//! models (see the `lineage` module); the supervisor passes on the list of draining
+//! generations it knows of when it starts a generation itself.
+//!
+//! Not covered yet: socket activation of the supervisor (`LISTEN_FDS` names the
+//! supervisor's pid, and generation 1 binds afresh).
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::handover::{self, Name, Report};
+use crate::inherit::ProcessEnv;
+use crate::lifecycle::Transition;
+
+/// Default [`Supervisor::ready_timeout`]: 30 s.
+pub const DEFAULT_SUPERVISOR_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most descriptors one report carries (the kernel's `SCM_MAX_FD`).
+const MAX_REPORT_FDS: usize = 253;
+
+/// Makes this process a supervisor with the defaults; see [`Supervisor::run`].
+///
+/// ```no_run
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     // First thing, before any runtime or thread starts: in the first process this
+///     // supervises and never returns; in a generation it returns at once.
+///     ceaseless::supervise()?;
+///     tokio::runtime::Runtime::new()?.block_on(async {
+///         let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi\n" }));
+///         ceaseless::listen_and_serve("127.0.0.1:4242", app).await?;
+///         Ok(())
+///     })
+/// }
+/// ```
+pub fn supervise() -> Result<(), Error> {
+    Supervisor::new().run()
+}
+
+/// The stable-PID supervisor: one pid for the life of the service, whatever the restarts.
+///
+/// [`Supervisor::run`] at the top of `main` makes the first process a small supervisor
+/// (one thread, no runtime) that starts the program again as generation 1, makes itself
+/// the generations' subreaper, and never returns. Restarts stay the generations' own,
+/// with readiness and rollback: SIGHUP to the supervisor is forwarded to the current
+/// generation, and the supervisor follows each handover. Each generation, once live,
+/// sends its listening sockets up to the supervisor (it binds nothing itself, so ports
+/// may change across restarts); a generation that dies outside a restart is started
+/// again with those very sockets, after a backoff (100 ms doubling up to 10 s), and the
+/// log says why it died.
+///
+/// SIGINT/SIGTERM are forwarded (the generation drains, its hammer time applies), then
+/// the supervisor exits with the current generation's status once every generation is
+/// gone; SIGUSR1, SIGUSR2 and SIGTSTP are forwarded too (after SIGTSTP the supervisor
+/// stops as well, except as PID 1). As PID 1 of a container it reaps every orphan. The
+/// supervisor writes the PID file ([`Supervisor::pid_file`]) and talks to systemd
+/// (`READY=1`, `RELOADING=1`, `STOPPING=1`; never `MAINPID=`); the generations do
+/// neither. Generations run in a process group of their own, so a terminal's Ctrl-C and
+/// Ctrl-Z reach the supervisor alone. Linux only.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    pid_file: Option<PathBuf>,
+    ready_timeout: Duration,
+    stop_grace: Duration,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Supervisor {
+            pid_file: None,
+            ready_timeout: DEFAULT_SUPERVISOR_READY_TIMEOUT,
+            stop_grace: crate::DEFAULT_STOP_GRACE,
+        }
+    }
+}
+
+impl Supervisor {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A PID file naming the supervisor: written once the first generation is live,
+    /// removed when the supervisor exits. (Under a supervisor the generations write
+    /// none, whatever [`ProcessBuilder::pid_file`](crate::ProcessBuilder::pid_file)
+    /// says.)
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// How long a generation the supervisor starts itself (the first one, or one
+    /// started again after a crash) may take to be live before it is stopped and
+    /// another tried (default 30 s). Restarts keep the generations' own
+    /// [`ProcessBuilder::ready_timeout`](crate::ProcessBuilder::ready_timeout). Must not
+    /// be zero.
+    pub fn ready_timeout(mut self, t: Duration) -> Self {
+        self.ready_timeout = t;
+        self
+    }
+
+    /// How long such a generation that was not live in time has between SIGTERM and
+    /// SIGKILL (default 10 s).
+    pub fn stop_grace(mut self, t: Duration) -> Self {
+        self.stop_grace = t;
+        self
+    }
+
+    /// Call first in `main`, before any runtime or thread starts. In a generation
+    /// started under a supervisor it returns `Ok(())` at once, and the program runs as
+    /// usual: its servers take the sockets handed over. In any other process it becomes
+    /// the supervisor: it starts the program again as generation 1 and never returns
+    /// (it exits with the status of the last generation); it returns an error only if
+    /// it could not start (nothing was started then). The supervisor logs through
+    /// `tracing`: install the subscriber first.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     ceaseless::Supervisor::new()
+    ///         .pid_file("/run/app/app.pid")
+    ///         .ready_timeout(Duration::from_secs(60))
+    ///         .run()?;
+    ///     // Only generations get here.
+    ///     tokio::runtime::Runtime::new()?.block_on(async {
+    ///         let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi\n" }));
+    ///         ceaseless::listen_and_serve("127.0.0.1:4242", app).await?;
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub fn run(self) -> Result<(), Error> {
+        if self.ready_timeout.is_zero() {
+            return Err(Error::Setting {
+                name: "ready_timeout",
+                reason: "zero: no generation could ever start".into(),
+            });
+        }
+        if link().is_some() {
+            return Ok(());
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let e = sys::run(self);
+            Err(Error::Supervise(e))
+        }
+        #[cfg(not(target_os = "linux"))]
+        Err(Error::Supervise(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "the supervisor needs Linux",
+        )))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A generation's side: the report channel
+// ---------------------------------------------------------------------------------------
+
+/// This generation's end of the report channel to its supervisor.
+pub(crate) struct Link {
+    supervisor: u32,
+    fd: OwnedFd,
+}
+
+static LINK: OnceLock<Option<Link>> = OnceLock::new();
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// The supervisor's channel, if this process is a generation under one.
+pub(crate) fn link() -> Option<&'static Link> {
+    LINK.get_or_init(|| Link::from_env(&ProcessEnv)).as_ref()
+}
+
+/// The process owner starts: remembers the generation number for the reports, and says
+/// whether a supervisor runs this process.
+pub(crate) fn start(generation: u64) -> bool {
+    GENERATION.store(generation, Ordering::Relaxed);
+    link().is_some()
+}
+
+extern "C" fn cloexec_at_start() {
+    // The channel must not leak into whatever the application starts before the
+    // process owner takes it: close-on-exec before `main` runs.
+    if let Ok(Some((_, fd))) = handover::read_supervisor(&ProcessEnv) {
+        // SAFETY: F_GETFD/F_SETFD only read and set flags of a descriptor number.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && is_channel(fd, None).is_ok() {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+#[used]
+#[link_section = ".init_array"]
+static CLOEXEC_AT_START: extern "C" fn() = cloexec_at_start;
+
+/// Whether `fd` is a report channel (a Unix datagram socket) created by `supervisor`.
+fn is_channel(fd: RawFd, supervisor: Option<u32>) -> Result<(), String> {
+    let int = |level, name| -> Result<libc::c_int, String> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `v`.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                level,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(format!("not a socket: {}", std::io::Error::last_os_error()));
+        }
+        Ok(v)
+    };
+    if int(libc::SOL_SOCKET, libc::SO_TYPE)? != libc::SOCK_DGRAM {
+        return Err("not a datagram socket".into());
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        if int(libc::SOL_SOCKET, libc::SO_DOMAIN)? != libc::AF_UNIX {
+            return Err("not a Unix socket".into());
+        }
+        if let Some(sup) = supervisor {
+            let mut cred = libc::ucred {
+                pid: 0,
+                uid: 0,
+                gid: 0,
+            };
+            let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+            // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_PEERCRED,
+                    (&mut cred as *mut libc::ucred).cast(),
+                    &mut len,
+                )
+            };
+            if r < 0 {
+                return Err(format!("no peer: {}", std::io::Error::last_os_error()));
+            }
+            // A socket pair carries the credentials of the process that created it.
+            if u32::try_from(cred.pid).ok() != Some(sup) {
+                return Err(format!(
+                    "created by pid {}, not by the supervisor {sup}",
+                    cred.pid
+                ));
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = supervisor;
+        Err("the supervisor needs Linux".into())
+    }
+}
+
+impl Link {
+    fn from_env(env: &dyn handover::Env) -> Option<Link> {
+        let (supervisor, fd) = match handover::read_supervisor(env) {
+            Ok(Some(v)) => v,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(error = %e, "ignoring the supervisor's channel");
+                return None;
+            }
+        };
+        if let Err(reason) = is_channel(fd, Some(supervisor)) {
+            // Stale: a subprocess of a generation, say. Not ours to close.
+            tracing::debug!(
+                error = %Error::InheritedFd { fd, name: handover::ENV_SUPERVISOR.into(), reason },
+                "not under a supervisor"
+            );
+            return None;
+        }
+        // SAFETY: the descriptor is a socket pair end created by the supervisor, handed
+        // to this process at that number; nothing else in the process refers to it, and
+        // it is taken once (LINK is initialised once).
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Some(Link { supervisor, fd })
+    }
+
+    /// The supervisor's pid.
+    pub(crate) fn supervisor(&self) -> u32 {
+        self.supervisor
+    }
+
+    /// The channel's descriptor, to hand to the next generation.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Sends one report, with descriptors; never blocks. Failures are logged.
+    fn send(&self, report: &Report, fds: &[BorrowedFd<'_>]) {
+        if let Err(e) = send_report(self.fd.as_raw_fd(), report.encode().as_bytes(), fds) {
+            tracing::warn!(error = %e, supervisor = self.supervisor, "cannot report to the supervisor");
+        }
+    }
+}
+
+/// Tells the supervisor (if any) of a transition of the process owner. `registry`: the
+/// descriptors this generation would hand over, under their names.
+pub(crate) fn observe<'a>(
+    t: &Transition<'_>,
+    registry: impl Iterator<Item = (&'a Name, BorrowedFd<'a>)>,
+) {
+    let Some(link) = link() else { return };
+    let pid = std::process::id();
+    let mut fds = Vec::new();
+    let report = match t {
+        Transition::Ready { first: true } | Transition::Live => {
+            let mut names = Vec::new();
+            for (name, fd) in registry.take(MAX_REPORT_FDS) {
+                names.push(name.clone());
+                fds.push(fd);
+            }
+            let Some(id) = crate::lineage::proc_id(pid) else {
+                return;
+            };
+            Report::Live {
+                id,
+                generation: GENERATION.load(Ordering::Relaxed),
+                names,
+            }
+        }
+        Transition::Committed { new_pid } => Report::Committed {
+            pid,
+            new_pid: *new_pid,
+        },
+        Transition::RestartFailed(_) => Report::RestartFailed { pid },
+        Transition::ShutdownBegun { live: true } => Report::Stopping { pid },
+        _ => return,
+    };
+    link.send(&report, &fds);
+}
+
+/// sendmsg(2) of one datagram with `fds` attached, without blocking.
+fn send_report(sock: RawFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let data_len = std::mem::size_of_val(raw.as_slice());
+    // SAFETY: CMSG_SPACE computes a size.
+    let space = if raw.is_empty() {
+        0
+    } else {
+        unsafe { libc::CMSG_SPACE(data_len as u32) as usize }
+    };
+    // u64s, so that the buffer is aligned for cmsghdr.
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: a zeroed msghdr is "no name, no control"; the fields set below point into
+    // buffers that outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if space > 0 {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer holds CMSG_SPACE(data_len) bytes, so the first
+        // header and its data fit.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr(),
+                libc::CMSG_DATA(c).cast::<RawFd>(),
+                raw.len(),
+            );
+        }
+    }
+    // SAFETY: msg points to valid buffers for the duration of the call.
+    let r = unsafe { libc::sendmsg(sock, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(feature = "systemd")]
+fn notify(msg: &str) {
+    crate::notify::send(msg);
+}
+
+#[cfg(not(feature = "systemd"))]
+fn notify(_msg: &str) {}
+
+// ---------------------------------------------------------------------------------------
+// The supervisor
+// ---------------------------------------------------------------------------------------
+
+#[cfg(target_os = "linux")]
+mod sys {
+    use std::io;
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::net::UnixDatagram;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::{notify, Supervisor, MAX_REPORT_FDS};
+    use crate::handover::{self, Name, ProcId, Report, FIRST_FD};
+    use crate::lineage::{self, pidfd, pidfd_signal, proc_id};
+    use crate::restart::Exe;
+
+    const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+    const BACKOFF_MAX: Duration = Duration::from_secs(10);
+    /// A generation live this long ends a crash loop: the next crash restarts quickly.
+    const STABLE: Duration = Duration::from_secs(10);
+    /// The signals the supervisor takes (read from a signalfd).
+    const TAKEN: [i32; 9] = [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGTSTP,
+        libc::SIGCONT,
+        libc::SIGCHLD,
+        libc::SIGQUIT,
+    ];
+
+    /// A generation, as the supervisor follows it.
+    struct Gen {
+        id: ProcId,
+        /// Readable once it exits, whoever its parent is.
+        pidfd: Option<OwnedFd>,
+        /// When it said it is live; `None` before.
+        live_since: Option<Instant>,
+        /// A generation the supervisor started: stopped if not live by then.
+        deadline: Option<Instant>,
+        /// It was sent SIGTERM for missing its deadline.
+        terminated: bool,
+        /// The read end of its readiness pipe, kept open until it is live.
+        ready: Option<OwnedFd>,
+    }
+
+    impl Gen {
+        fn follow(pid: u32, start: Option<u64>) -> Option<Gen> {
+            let pidfd = pidfd(pid);
+            let id = proc_id(pid)?;
+            if start.is_some_and(|s| s != id.start) {
+                return None; // gone, and its pid taken by another process
+            }
+            Some(Gen {
+                id,
+                pidfd,
+                live_since: None,
+                deadline: None,
+                terminated: false,
+                ready: None,
+            })
+        }
+
+        fn signal(&self, sig: i32) {
+            let r = match &self.pidfd {
+                Some(fd) => pidfd_signal(fd, sig),
+                None => lineage::signal(&self.id, sig).map(|_| ()),
+            };
+            if let Err(e) = r {
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    tracing::warn!(error = %e, generation_pid = self.id.pid, signal = sig, "cannot signal the generation");
+                }
+            }
+        }
+    }
+
+    struct Sup {
+        cfg: Supervisor,
+        me: u32,
+        exe: Exe,
+        signals: OwnedFd,
+        reports: UnixDatagram,
+        /// The generations' end of the report channel.
+        theirs: UnixDatagram,
+        current: Option<Gen>,
+        /// Generations that handed over (possibly still draining), oldest first.
+        older: Vec<ProcId>,
+        /// The live generation's sockets.
+        listeners: Vec<(Name, OwnedFd)>,
+        /// The live generation's number.
+        generation: u64,
+        next_start: Option<Instant>,
+        failures: u32,
+        stopping: bool,
+        reloading: bool,
+        ever_live: bool,
+        /// How the current generation ended, when the supervisor reaped it.
+        final_status: Option<i32>,
+        no_children: bool,
+    }
+
+    /// Becomes the supervisor; returns only if it could not start.
+    pub(super) fn run(cfg: Supervisor) -> io::Error {
+        match setup(cfg) {
+            Ok(mut s) => loop {
+                s.step();
+            },
+            Err(e) => e,
+        }
+    }
+
+    fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    }
+
+    fn setup(cfg: Supervisor) -> io::Result<Sup> {
+        let me = std::process::id();
+        // SAFETY: prctl sets a process attribute.
+        cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })?;
+        // SAFETY: a sigset is filled by sigemptyset/sigaddset before use; sigprocmask
+        // and signalfd only read it.
+        let signals = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in TAKEN {
+                libc::sigaddset(&mut set, s);
+            }
+            cvt(libc::sigprocmask(
+                libc::SIG_BLOCK,
+                &set,
+                std::ptr::null_mut(),
+            ))?;
+            let fd = cvt(libc::signalfd(
+                -1,
+                &set,
+                libc::SFD_CLOEXEC | libc::SFD_NONBLOCK,
+            ))?;
+            OwnedFd::from_raw_fd(fd)
+        };
+        let (reports, theirs) = UnixDatagram::pair()?;
+        reports.set_nonblocking(true)?;
+        let mut s = Sup {
+            cfg,
+            me,
+            exe: Exe::capture(),
+            signals,
+            reports,
+            theirs,
+            current: None,
+            older: Vec::new(),
+            listeners: Vec::new(),
+            generation: 1,
+            next_start: None,
+            failures: 0,
+            stopping: false,
+            reloading: false,
+            ever_live: false,
+            final_status: None,
+            no_children: false,
+        };
+        s.start_generation()?;
+        Ok(s)
+    }
+
+    impl Sup {
+        fn step(&mut self) {
+            let now = Instant::now();
+            let deadline = [
+                self.next_start,
+                self.current.as_ref().and_then(|g| g.deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = deadline.map_or(-1, |d| {
+                d.saturating_duration_since(now).as_millis().min(60_000) as libc::c_int + 1
+            });
+            let followed = self.current.as_ref().map(|g| g.id.pid);
+            let pidfd = self
+                .current
+                .as_ref()
+                .and_then(|g| g.pidfd.as_ref())
+                .map_or(-1, |fd| fd.as_raw_fd());
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.signals.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.reports.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: pidfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: poll reads and writes the array we pass, of the length we pass.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "supervisor: poll failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                return;
+            }
+            if fds[1].revents != 0 {
+                self.read_reports();
+            }
+            if fds[0].revents != 0 {
+                self.read_signals();
+            }
+            self.reap();
+            if fds[2].revents != 0 {
+                if let Some(pid) = followed {
+                    self.gone(pid, None);
+                }
+            }
+            let now = Instant::now();
+            if self.next_start.is_some_and(|t| t <= now) {
+                self.next_start = None;
+                if let Err(e) = self.start_generation() {
+                    tracing::error!(pid = self.me, error = %e, path = %self.exe.path.display(), "cannot start a generation");
+                    self.schedule_start("it could not be started".into());
+                }
+            }
+            self.check_deadline(now);
+            if self.stopping && self.no_children {
+                self.exit();
+            }
+        }
+
+        fn read_signals(&mut self) {
+            loop {
+                // SAFETY: a zeroed signalfd_siginfo is a valid buffer; read writes at
+                // most its size.
+                let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+                let size = std::mem::size_of::<libc::signalfd_siginfo>();
+                let r = unsafe {
+                    libc::read(
+                        self.signals.as_raw_fd(),
+                        (&mut info as *mut libc::signalfd_siginfo).cast(),
+                        size,
+                    )
+                };
+                if r != size as isize {
+                    return;
+                }
+                self.on_signal(info.ssi_signo as i32);
+            }
+        }
+
+        fn on_signal(&mut self, sig: i32) {
+            let name = signal_name(sig);
+            if sig == libc::SIGCHLD {
+                return; // reaped in every step
+            }
+            tracing::info!(pid = self.me, signal = name, "supervisor: received signal");
+            match sig {
+                libc::SIGHUP => {
+                    if self.stopping {
+                        tracing::info!(pid = self.me, "supervisor: shutting down; SIGHUP ignored");
+                        return;
+                    }
+                    match &self.current {
+                        Some(g) if g.live_since.is_some() => {
+                            tracing::info!(
+                                pid = self.me,
+                                generation_pid = g.id.pid,
+                                "supervisor: restart: SIGHUP to the current generation"
+                            );
+                            if !self.reloading {
+                                self.reloading = true;
+                                notify(&format!(
+                                    "RELOADING=1\nMONOTONIC_USEC={}",
+                                    monotonic_usec()
+                                ));
+                            }
+                            g.signal(libc::SIGHUP);
+                        }
+                        _ => tracing::warn!(
+                            pid = self.me,
+                            "supervisor: no live generation to restart; SIGHUP ignored"
+                        ),
+                    }
+                }
+                libc::SIGINT | libc::SIGTERM | libc::SIGQUIT => {
+                    let fwd = if sig == libc::SIGQUIT {
+                        libc::SIGTERM
+                    } else {
+                        sig
+                    };
+                    self.begin_stop("a signal");
+                    if let Some(g) = &self.current {
+                        tracing::info!(
+                            pid = self.me,
+                            generation_pid = g.id.pid,
+                            "supervisor: shutting down: {} to the current generation",
+                            signal_name(fwd)
+                        );
+                        g.signal(fwd);
+                    }
+                }
+                libc::SIGUSR1 | libc::SIGUSR2 => {
+                    if let Some(g) = &self.current {
+                        g.signal(sig);
+                    }
+                }
+                libc::SIGTSTP => {
+                    if let Some(g) = &self.current {
+                        g.signal(sig);
+                    }
+                    if self.me != 1 {
+                        // Stop as the default action would, so a shell gets its prompt
+                        // back; SIGCONT continues us (and is forwarded below).
+                        // SAFETY: raise(3) has no memory effects.
+                        unsafe { libc::raise(libc::SIGSTOP) };
+                    }
+                }
+                libc::SIGCONT => {
+                    if let Some(g) = &self.current {
+                        g.signal(libc::SIGCONT);
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        fn begin_stop(&mut self, why: &str) {
+            if self.stopping {
+                return;
+            }
+            self.stopping = true;
+            self.next_start = None;
+            // Our copies must not keep the addresses accepting once the generation
+            // closed its own.
+            self.listeners.clear();
+            tracing::info!(
+                pid = self.me,
+                why,
+                "supervisor: shutting down once every generation exited"
+            );
+            notify("STOPPING=1\nSTATUS=shutting down");
+        }
+
+        /// Reaps every child that exited: generations and orphans.
+        fn reap(&mut self) {
+            loop {
+                let mut status = 0;
+                // SAFETY: waitpid writes the status into `status`.
+                let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+                if r > 0 {
+                    let pid = r as u32;
+                    if self.current.as_ref().is_some_and(|g| g.id.pid == pid) {
+                        self.gone(pid, Some(status));
+                    } else {
+                        tracing::debug!(pid = self.me, reaped = pid, status = %describe(Some(status)), "supervisor: reaped");
+                    }
+                    continue;
+                }
+                self.no_children =
+                    r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
+                return;
+            }
+        }
+
+        /// The current generation (`pid`) exited; `status` if we reaped it.
+        fn gone(&mut self, pid: u32, status: Option<i32>) {
+            // A report sent just before it exited (a commit, say) settles what this is.
+            self.read_reports();
+            if self.current.as_ref().is_none_or(|g| g.id.pid != pid) {
+                return;
+            }
+            if status.is_none() && self.is_our_child(pid) {
+                return; // reaped in a moment, with its status
+            }
+            let Some(g) = self.current.take() else { return };
+            if self.stopping {
+                self.final_status = status;
+                tracing::info!(pid = self.me, generation_pid = pid, status = %describe(status), "supervisor: the generation exited");
+                return;
+            }
+            if g.live_since.is_some_and(|t| t.elapsed() >= STABLE) {
+                self.failures = 0;
+            }
+            let why = match status {
+                Some(s) => describe(Some(s)),
+                None => "exited (its status went to its parent)".into(),
+            };
+            tracing::error!(pid = self.me, generation_pid = pid, why = %why, "supervisor: the generation died outside a restart");
+            self.schedule_start(why);
+        }
+
+        fn is_our_child(&self, pid: u32) -> bool {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(self.me)
+        }
+
+        fn schedule_start(&mut self, why: String) {
+            let delay = BACKOFF_FIRST
+                .saturating_mul(1u32 << self.failures.min(10))
+                .min(BACKOFF_MAX);
+            self.failures = self.failures.saturating_add(1);
+            tracing::warn!(pid = self.me, why = %why, delay_ms = delay.as_millis() as u64, sockets = self.listeners.len(), "supervisor: starting a generation again after a backoff");
+            self.next_start = Some(Instant::now() + delay);
+        }
+
+        fn check_deadline(&mut self, now: Instant) {
+            let grace = self.cfg.stop_grace;
+            let timeout = self.cfg.ready_timeout;
+            let Some(g) = self.current.as_mut() else {
+                return;
+            };
+            if g.live_since.is_some() || g.deadline.is_none_or(|d| d > now) {
+                return;
+            }
+            if !g.terminated {
+                tracing::error!(
+                    pid = self.me,
+                    generation_pid = g.id.pid,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "supervisor: the generation was not live in time; stopping it"
+                );
+                g.signal(libc::SIGTERM);
+                g.terminated = true;
+                g.deadline = Some(now + grace);
+            } else {
+                tracing::error!(
+                    pid = self.me,
+                    generation_pid = g.id.pid,
+                    "supervisor: the generation did not stop in time; killing it"
+                );
+                g.signal(libc::SIGKILL);
+                g.deadline = None;
+            }
+        }
+
+        /// Starts a generation: with the live generation's sockets, if one was ever
+        /// live, else afresh.
+        fn start_generation(&mut self) -> io::Result<()> {
+            let mut cmd = Command::new(&self.exe.path);
+            cmd.args(&self.exe.args)
+                .current_dir(&self.exe.cwd)
+                .stdin(Stdio::null());
+            for v in handover::CHILD_ENV_REMOVED {
+                cmd.env_remove(v);
+            }
+            cmd.env_remove("NOTIFY_SOCKET");
+            let mut sources: Vec<RawFd> = Vec::new();
+            let mut ready = None;
+            let older: Vec<ProcId> = self
+                .older
+                .iter()
+                .filter(|g| lineage::alive(g))
+                .copied()
+                .collect();
+            self.older = older;
+            cmd.env(
+                handover::ENV_DRAINING,
+                handover::draining_value(&self.older),
+            );
+            let channel_fd;
+            if self.listeners.is_empty() {
+                for v in [
+                    handover::ENV_FDS,
+                    handover::ENV_PARENT_PID,
+                    handover::ENV_READY_FD,
+                    handover::ENV_GENERATION,
+                ] {
+                    cmd.env_remove(v);
+                }
+                channel_fd = FIRST_FD;
+            } else {
+                let names: Vec<Name> = self.listeners.iter().map(|(n, _)| n.clone()).collect();
+                let (vars, ready_fd) = handover::child_env(&names, self.me, self.generation);
+                for (k, v) in vars {
+                    cmd.env(k, v);
+                }
+                sources.extend(self.listeners.iter().map(|(_, fd)| fd.as_raw_fd()));
+                let (r, w) = pipe()?;
+                sources.push(w.as_raw_fd());
+                ready = Some((r, w));
+                channel_fd = ready_fd + 1;
+            }
+            sources.push(self.theirs.as_raw_fd());
+            cmd.env(
+                handover::ENV_SUPERVISOR,
+                handover::supervisor_value(self.me, channel_fd),
+            );
+            let mut scratch: Vec<RawFd> = vec![-1; sources.len()];
+            // SAFETY: the closure runs in the child between fork and exec. It only calls
+            // sigemptyset, sigprocmask, sigaction, setpgid, fcntl and dup2
+            // (async-signal-safe), on a set on the stack and descriptors open in the
+            // child, writing into vectors allocated before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // The supervisor blocks the signals it reads from its signalfd;
+                    // the generation starts with none blocked.
+                    let mut none: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut none);
+                    if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    crate::restart::ignore_sighup()?;
+                    // Its own process group: the terminal's signals reach the supervisor
+                    // alone, which forwards them once.
+                    if libc::setpgid(0, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    handover::place_fds(&mut crate::restart::Kernel, &sources, &mut scratch)
+                });
+            }
+            let child = cmd.spawn();
+            let ready = ready.map(|(r, w)| {
+                drop(w);
+                r
+            });
+            let child = child?;
+            let pid = child.id();
+            drop(child); // reaped by waitpid(-1)
+            let mut g = Gen::follow(pid, None).unwrap_or(Gen {
+                id: ProcId { pid, start: 0 },
+                pidfd: None,
+                live_since: None,
+                deadline: None,
+                terminated: false,
+                ready: None,
+            });
+            g.deadline = Some(Instant::now() + self.cfg.ready_timeout);
+            g.ready = ready;
+            tracing::info!(pid = self.me, generation_pid = pid, sockets = self.listeners.len(), path = %self.exe.path.display(), "supervisor: started a generation");
+            self.current = Some(g);
+            Ok(())
+        }
+
+        fn read_reports(&mut self) {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match recv_report(&self.reports, &mut buf) {
+                    Ok(Some((text, fds))) => match Report::decode(&text) {
+                        Ok(r) => self.on_report(r, fds),
+                        Err(e) => {
+                            tracing::warn!(pid = self.me, error = %e, "supervisor: ignoring a malformed report")
+                        }
+                    },
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(pid = self.me, error = %e, "supervisor: cannot read a report");
+                        return;
+                    }
+                }
+            }
+        }
+
+        fn on_report(&mut self, r: Report, fds: Vec<OwnedFd>) {
+            let current = self.current.as_ref().map(|g| g.id.pid);
+            match r {
+                Report::Live {
+                    id,
+                    generation,
+                    names,
+                } => {
+                    if names.len() != fds.len() {
+                        tracing::warn!(pid = self.me, from = id.pid, "supervisor: a live report whose sockets do not match its names; ignored");
+                        return;
+                    }
+                    let current_live = self
+                        .current
+                        .as_ref()
+                        .is_some_and(|g| g.live_since.is_some());
+                    if current != Some(id.pid) {
+                        if current_live {
+                            tracing::warn!(pid = self.me, from = id.pid, current = ?current, "supervisor: a live report from another generation than the current one; ignored");
+                            return;
+                        }
+                        // The current one never got live (a replacement just started)
+                        // and another says it is: a generation whose parent died before
+                        // it could commit took over. It serves; the replacement goes.
+                        if let Some(g) = self.current.take() {
+                            tracing::warn!(pid = self.me, generation_pid = g.id.pid, live = id.pid, "supervisor: another generation took over; stopping the one started");
+                            g.signal(libc::SIGTERM);
+                        }
+                        self.next_start = None;
+                        self.current = Gen::follow(id.pid, Some(id.start));
+                    }
+                    let Some(g) = self.current.as_mut() else {
+                        return;
+                    };
+                    g.live_since = Some(Instant::now());
+                    g.deadline = None;
+                    g.ready = None;
+                    self.generation = generation;
+                    self.listeners = names.into_iter().zip(fds).collect();
+                    if self.stopping {
+                        g.signal(libc::SIGTERM);
+                        self.listeners.clear();
+                        return;
+                    }
+                    if !self.ever_live {
+                        self.ever_live = true;
+                        if let Some(p) = &self.cfg.pid_file {
+                            if let Err(e) = write_pid_file(p, self.me) {
+                                tracing::error!(error = %e, path = %p.display(), "supervisor: cannot write the PID file");
+                            }
+                        }
+                        notify(&format!(
+                            "READY=1\nSTATUS=serving, generation {generation} (pid {})",
+                            id.pid
+                        ));
+                    } else if std::mem::take(&mut self.reloading) {
+                        notify(&format!(
+                            "READY=1\nSTATUS=serving, generation {generation} (pid {})",
+                            id.pid
+                        ));
+                    }
+                    // Logged once the PID file and the service manager know.
+                    tracing::info!(
+                        pid = self.me,
+                        generation_pid = id.pid,
+                        generation,
+                        sockets = self.listeners.len(),
+                        "supervisor: the generation is live"
+                    );
+                }
+                Report::Committed { pid, new_pid } if current == Some(pid) => {
+                    if let Some(old) = self.current.take() {
+                        self.older.push(old.id);
+                    }
+                    self.older.retain(lineage::alive);
+                    tracing::info!(
+                        pid = self.me,
+                        from = pid,
+                        to = new_pid,
+                        "supervisor: the current generation handed over"
+                    );
+                    self.current = Gen::follow(new_pid, None);
+                    if self.current.is_none() {
+                        self.schedule_start(format!(
+                            "the new generation {new_pid} is gone already"
+                        ));
+                    }
+                }
+                Report::RestartFailed { pid } if current == Some(pid) => {
+                    if std::mem::take(&mut self.reloading) {
+                        notify(&format!(
+                            "READY=1\nSTATUS=restart failed; pid {pid} still serving"
+                        ));
+                    }
+                }
+                Report::Stopping { pid } if current == Some(pid) => {
+                    self.begin_stop("the current generation shuts down");
+                }
+                other => {
+                    tracing::debug!(pid = self.me, report = ?other, "supervisor: a report from a generation that is not current; ignored")
+                }
+            }
+        }
+
+        fn exit(&mut self) -> ! {
+            if let Some(p) = &self.cfg.pid_file {
+                let named = std::fs::read_to_string(p)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok());
+                if named == Some(self.me) {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            let code = match self.final_status {
+                Some(s) if libc::WIFEXITED(s) => libc::WEXITSTATUS(s),
+                Some(s) if libc::WIFSIGNALED(s) => 128 + libc::WTERMSIG(s),
+                _ => 0,
+            };
+            tracing::info!(
+                pid = self.me,
+                code,
+                "supervisor: every generation exited; exiting"
+            );
+            std::process::exit(code)
+        }
+    }
+
+    fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into the array.
+        cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+        // SAFETY: both were just created and are owned by nobody else.
+        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    }
+
+    /// One report and its descriptors; `None` when none is waiting.
+    fn recv_report(
+        sock: &UnixDatagram,
+        buf: &mut [u8],
+    ) -> io::Result<Option<(String, Vec<OwnedFd>)>> {
+        // SAFETY: CMSG_SPACE computes a size.
+        let space =
+            unsafe { libc::CMSG_SPACE((MAX_REPORT_FDS * std::mem::size_of::<RawFd>()) as u32) }
+                as usize;
+        let mut cbuf = vec![0u64; space.div_ceil(8)];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg points to valid buffers for the duration of the call.
+        let n = unsafe {
+            libc::recvmsg(
+                sock.as_fd().as_raw_fd(),
+                &mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+        let mut fds = Vec::new();
+        // SAFETY: the kernel filled the control buffer; CMSG_FIRSTHDR/NXTHDR walk it
+        // within msg_controllen, and each SCM_RIGHTS payload holds whole descriptors,
+        // now ours.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                    for i in 0..len / std::mem::size_of::<RawFd>() {
+                        fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+            return Err(io::Error::other("a truncated report"));
+        }
+        Ok(Some((
+            String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
+            fds,
+        )))
+    }
+
+    fn write_pid_file(path: &std::path::Path, pid: u32) -> io::Result<()> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{pid}.tmp"));
+        std::fs::write(&tmp, format!("{pid}\n"))?;
+        std::fs::rename(&tmp, path)
+    }
+
+    fn describe(status: Option<i32>) -> String {
+        match status {
+            Some(s) if libc::WIFEXITED(s) => format!("exited with status {}", libc::WEXITSTATUS(s)),
+            Some(s) if libc::WIFSIGNALED(s) => {
+                format!("killed by {}", signal_name(libc::WTERMSIG(s)))
+            }
+            Some(s) => format!("wait status {s}"),
+            None => "unknown".into(),
+        }
+    }
+
+    fn signal_name(sig: i32) -> String {
+        match sig {
+            libc::SIGHUP => "SIGHUP".into(),
+            libc::SIGINT => "SIGINT".into(),
+            libc::SIGTERM => "SIGTERM".into(),
+            libc::SIGQUIT => "SIGQUIT".into(),
+            libc::SIGKILL => "SIGKILL".into(),
+            libc::SIGUSR1 => "SIGUSR1".into(),
+            libc::SIGUSR2 => "SIGUSR2".into(),
+            libc::SIGTSTP => "SIGTSTP".into(),
+            libc::SIGCONT => "SIGCONT".into(),
+            libc::SIGSEGV => "SIGSEGV".into(),
+            libc::SIGABRT => "SIGABRT".into(),
+            n => format!("signal {n}"),
+        }
+    }
+
+    fn monotonic_usec() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we pass.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    }
+}
