@@ -62,18 +62,7 @@ impl NotifySocket {
     }
 
     fn ready(sock: UnixDatagram, env: String) -> Self {
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt reads an int of the given size from a live local.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PASSCRED,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(r, 0, "SO_PASSCRED: {}", std::io::Error::last_os_error());
+        common::notify::pass_credentials(&sock);
         NotifySocket { sock, env }
     }
 
@@ -94,38 +83,7 @@ impl NotifySocket {
     }
 
     fn try_recv(&self) -> std::io::Result<Note> {
-        let mut buf = [0u8; 4096];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let mut control = [0u64; 32];
-        // SAFETY: an all-zero msghdr is a valid empty header; we then point it at live
-        // local buffers of the sizes given.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        // SAFETY: recvmsg writes within the buffers described by msg.
-        let n = unsafe { libc::recvmsg(self.sock.as_raw_fd(), &mut msg, 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut pid = 0;
-        // SAFETY: the CMSG macros walk the control buffer recvmsg filled in; the
-        // credentials are read unaligned from within it.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
-                    let cred: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    pid = cred.pid as u32;
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
-        let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
+        let (pid, text) = common::notify::recv_with_pid(&self.sock)?;
         let fields = text
             .lines()
             .filter(|l| !l.is_empty())

@@ -658,58 +658,15 @@ struct Notifications(std::os::unix::net::UnixDatagram);
 
 impl Notifications {
     fn bind(path: &Path) -> Self {
-        use std::os::fd::AsRawFd;
         let sock = std::os::unix::net::UnixDatagram::bind(path).unwrap();
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt reads an int of the given size.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PASSCRED,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(r, 0);
+        common::notify::pass_credentials(&sock);
         sock.set_read_timeout(Some(LONG)).unwrap();
         Notifications(sock)
     }
 
     /// The next message and its sender's pid.
     fn recv(&self) -> (u32, String) {
-        use std::os::fd::AsRawFd;
-        let mut buf = [0u8; 4096];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let mut control = [0u64; 32];
-        // SAFETY: a zeroed msghdr is empty; it then points at live local buffers.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        // SAFETY: recvmsg writes within the buffers described by msg.
-        let n = unsafe { libc::recvmsg(self.0.as_raw_fd(), &mut msg, 0) };
-        assert!(n >= 0, "no notification: {}", io::Error::last_os_error());
-        let mut pid = 0;
-        // SAFETY: the CMSG macros walk the control buffer recvmsg filled in.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
-                    let cred: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    pid = cred.pid as u32;
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
-        (
-            pid,
-            String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
-        )
+        common::notify::recv_with_pid(&self.0).unwrap_or_else(|e| panic!("no notification: {e}"))
     }
 
     /// Messages until one holds `key`; asserts each came from `pid` and names no

@@ -6,6 +6,7 @@
 
 pub mod generations;
 pub mod load;
+pub mod notify;
 pub mod probe;
 
 use std::io::{BufRead, BufReader};
