@@ -47,6 +47,19 @@ pub(crate) fn now_ms() -> u64 {
         .saturating_add(1)
 }
 
+/// CLOCK_MONOTONIC in microseconds: what systemd's `MONOTONIC_USEC=` wants.
+pub(crate) fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let micros = u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000;
+    secs.saturating_mul(1_000_000).saturating_add(micros)
+}
+
 /// The timer instant for `ms` of [`now_ms`]: now when it has passed, far in the future
 /// when it cannot be represented (a deadline that saturated is never reached).
 pub(crate) fn instant_at(ms: u64) -> Instant {

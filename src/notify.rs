@@ -74,17 +74,6 @@ fn send_to(path: &std::ffi::OsStr, msg: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// CLOCK_MONOTONIC in microseconds, as `RELOADING=1` wants it.
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
-}
-
 /// How often a live generation that drains at a shutdown asks the service manager for
 /// more time, and how much: the first request comes this long after the drain began
 /// (a short drain says nothing more than `STOPPING=1`), then one every period, each for
@@ -141,7 +130,10 @@ impl Observer for Notify {
             }
             Transition::RestartBegun => {
                 self.reloading = true;
-                send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+                send(&format!(
+                    "RELOADING=1\nMONOTONIC_USEC={}",
+                    crate::duration::monotonic_usec()
+                ));
             }
             Transition::HandedOver { new_pid } => {
                 self.reloading = false;

@@ -739,7 +739,7 @@ mod sys {
                                 self.reloading = true;
                                 notify(&format!(
                                     "RELOADING=1\nMONOTONIC_USEC={}",
-                                    monotonic_usec()
+                                    crate::duration::monotonic_usec()
                                 ));
                             }
                             g.signal(libc::SIGHUP);
@@ -1253,15 +1253,5 @@ mod sys {
             libc::SIGABRT => "SIGABRT".into(),
             n => format!("signal {n}"),
         }
-    }
-
-    fn monotonic_usec() -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes into the timespec we pass.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
     }
 }
