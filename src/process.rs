@@ -1024,7 +1024,6 @@ impl Process {
                 Ok(new_pid)
             }
             Err(e) => {
-                log_outcome(Err(&e));
                 {
                     let mut core = self.lock();
                     core.abort = None;
@@ -1034,6 +1033,8 @@ impl Process {
                         self.inner.publisher.publish(core.state);
                     }
                 }
+                // Logged once recorded: a reader of the line finds it in the status.
+                log_outcome(Err(&e));
                 settled();
                 Err(e)
             }

@@ -69,12 +69,14 @@ fn check_shape(s: &Value) {
             "uptime_ms",
             "listeners",
             "connections",
+            "requests",
             "restarts_total",
             "restarts"
         ]),
         "{s:#}"
     );
     assert!(s["pid"].is_u64() && s["generation"].is_u64() && s["uptime_ms"].is_u64());
+    assert!(s["requests"].is_u64(), "{s:#}");
     assert!(s["live"].is_boolean() && s["phase"].is_string());
     assert!(rfc3339(&s["started_at"]), "{}", s["started_at"]);
     let by_state = set(&["open", "active", "idle", "upgraded"]);
@@ -170,6 +172,8 @@ fn status_follows_three_restarts_and_a_failed_one() {
     let one_idle = serde_json::json!({"open": 1, "active": 0, "idle": 1, "upgraded": 0});
     assert_eq!(s["listeners"][0]["connections"], one_idle, "{s:#}");
     assert_eq!(s["connections"], one_idle);
+    // The one request so far, counted from the connection's own counter.
+    assert_eq!(s["requests"], 1, "{s:#}");
     // A request in flight on a second connection makes it active.
     let slow = {
         let addr = addr.clone();
@@ -182,6 +186,7 @@ fn status_follows_three_restarts_and_a_failed_one() {
         s["connections"],
         serde_json::json!({"open": 2, "active": 1, "idle": 1, "upgraded": 0})
     );
+    assert_eq!(s["requests"], 2, "{s:#}");
     assert_eq!(slow.join().unwrap(), 200);
     assert_eq!(s["restarts"], serde_json::json!([]));
     assert_eq!(
@@ -530,6 +535,14 @@ fn metrics_move_with_restarts() {
         Some(0.0)
     );
     assert!(metric(&m, "ceaseless_start_time_seconds", &[]).is_some_and(|t| t > 1.0e9));
+    // The requests counter moves with the requests: the scrape counts itself.
+    let requests = |m: &[Sample]| metric(m, "ceaseless_requests_total", &[]).unwrap_or(-1.0);
+    let first = requests(&m);
+    assert!(first >= 1.0, "{m:?}");
+    for _ in 0..3 {
+        assert_eq!(get_tcp(&addr, "/").status, 200);
+    }
+    assert_eq!(requests(&scrape(&addr)), first + 4.0);
     // The scrape's own request is in flight while it is answered.
     let conns = |state| {
         metric(
@@ -577,11 +590,9 @@ fn metrics_move_with_restarts() {
     std::fs::remove_file(&app).unwrap();
     restart_fails(&p);
     install(&example_bin("hello"), &app);
-    let m = scrape(&addr);
-    assert_eq!(
-        metric(&m, "ceaseless_restarts_total", &[("outcome", "failed")]),
-        Some(1.0)
-    );
+    let m = scrape_until(&addr, "the failed restart counted", |m| {
+        metric(m, "ceaseless_restarts_total", &[("outcome", "failed")]) == Some(1.0)
+    });
     assert_eq!(
         metric(&m, "ceaseless_restarts_total", &[("outcome", "ok")]),
         Some(2.0)
