@@ -428,6 +428,7 @@ fn status_table(s: &ceaseless::Status) -> String {
         "connections {} open: {} active, {} idle, {} upgraded",
         c.open, c.active, c.idle, c.upgraded
     );
+    let _ = writeln!(o, "requests    {}", s.requests);
     let _ = writeln!(
         o,
         "restarts    {} ok, {} failed",

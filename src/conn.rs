@@ -632,6 +632,9 @@ where
             }
         }
         st.in_flight.fetch_add(1, Ordering::AcqRel);
+        // The connection's task is the only writer (see `ConnState::requests`).
+        let n = st.requests.load(Ordering::Relaxed);
+        st.requests.store(n + 1, Ordering::Relaxed);
         let guard = InFlight(st.clone());
         let h1 = req.version() < Version::HTTP_2;
         let end = req.body().is_end_stream();

@@ -477,6 +477,7 @@ mod tests {
                 idle: 1,
                 upgraded: 1,
             },
+            requests: 1234,
             restarts_total: RestartCounts { ok: 1, failed: 1 },
             restarts: vec![Restart {
                 at: UNIX_EPOCH + Duration::from_millis(1_796_174_402_981),

@@ -41,6 +41,9 @@ pub(crate) struct ConnState {
     /// `Connection: close` over the connections.
     pub(crate) slot: usize,
     pub(crate) in_flight: AtomicU32,
+    /// Requests received. Written only by the connection's own task (hyper calls the
+    /// service there, over HTTP/2 too), so a load and a store, no shared write.
+    pub(crate) requests: AtomicU64,
     pub(crate) last_activity: AtomicU64,
     pub(crate) h2: AtomicBool,
     /// The connection switched protocols: no HTTP timeout applies any more.
@@ -181,6 +184,8 @@ pub(crate) struct Census {
     pub(crate) idle: usize,
     /// Switched protocols (WebSockets).
     pub(crate) upgraded: usize,
+    /// Requests received so far, over open and closed connections.
+    pub(crate) requests: u64,
 }
 
 #[derive(Default)]
@@ -194,6 +199,8 @@ struct Slots {
 pub(crate) struct Tracker {
     level: AtomicU8,
     slots: Mutex<Slots>,
+    /// Requests received over connections since closed.
+    closed_requests: AtomicU64,
     empty: Notify,
     /// What upgraded connections' IO waits on: they have no connection task to wake.
     hammer: CancellationToken,
@@ -204,6 +211,7 @@ impl Tracker {
         Arc::new(Tracker {
             level: AtomicU8::new(SERVING),
             slots: Mutex::new(Slots::default()),
+            closed_requests: AtomicU64::new(0),
             empty: Notify::new(),
             hammer: CancellationToken::new(),
         })
@@ -297,7 +305,10 @@ impl Tracker {
     /// The open connections by state.
     pub(crate) fn census(&self) -> Census {
         let mut c = Census::default();
-        for s in self.slots().slots.iter().flatten() {
+        let slots = self.slots();
+        c.requests = self.closed_requests.load(Ordering::Relaxed);
+        for s in slots.slots.iter().flatten() {
+            c.requests += s.requests.load(Ordering::Relaxed);
             if s.upgraded.load(Ordering::Relaxed) {
                 c.upgraded += 1;
             } else if s.in_flight.load(Ordering::Relaxed) > 0 {
@@ -330,6 +341,12 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut s = self.tracker.slots();
+        // Under the registry's lock, so that a census never counts them twice or not
+        // at all.
+        self.tracker.closed_requests.fetch_add(
+            self.state.requests.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         s.slots[self.key] = None;
         s.free.push(self.key);
         s.open -= 1;

@@ -17,11 +17,13 @@
 //! | `ceaseless_phase` | gauge | `phase` | 1 for the current [`Phase`] (`starting`, `confirming`, `serving`, `restarting`, `lame_duck`, `draining`), 0 for the others |
 //! | `ceaseless_start_time_seconds` | gauge | | when this process started, in seconds since the Unix epoch |
 //! | `ceaseless_connections` | gauge | `listener`, `state` = `active`, `idle`, `upgraded` | open connections of each listener a ceaseless server serves, by state (they add up to the open ones) |
+//! | `ceaseless_requests_total` | counter | | requests this generation received (a new generation starts from 0, as any process's counter does) |
 //! | `ceaseless_restarts_total` | counter | `outcome` = `ok`, `failed` | restarts since the first generation (carried across restarts, so it does not fall back to 0 at each one) |
 //! | `ceaseless_restart_duration_seconds` | histogram | | from the start of a restart (SIGHUP) to the new generation's readiness; recorded by the new generation |
 //! | `ceaseless_drain_duration_seconds` | histogram | | from the new generation's readiness to the old generation's exit (its drain); recorded by the new generation |
 //!
-//! A request count belongs to the connection path and is not here yet.
+//! Nothing is recorded per request: the request count is summed from the connections'
+//! own counters when the snapshot is taken.
 //!
 //! ```no_run
 //! // With metrics-exporter-prometheus (no HTTP listener of its own):
@@ -60,6 +62,10 @@ fn describe() {
         describe_gauge!(
             "ceaseless_connections",
             "Open connections of each listener, by state."
+        );
+        describe_counter!(
+            "ceaseless_requests_total",
+            "Requests this generation received."
         );
         describe_counter!(
             "ceaseless_restarts_total",
@@ -116,6 +122,7 @@ pub fn publish_status(s: &Status) {
             }
         }
     }
+    counter!("ceaseless_requests_total").absolute(s.requests);
     counter!("ceaseless_restarts_total", "outcome" => "ok").absolute(s.restarts_total.ok);
     counter!("ceaseless_restarts_total", "outcome" => "failed").absolute(s.restarts_total.failed);
 }

@@ -72,6 +72,9 @@ pub struct Status {
     pub listeners: Vec<ListenerStatus>,
     /// The connections of every listener together.
     pub connections: Connections,
+    /// Requests this generation received, every listener together (a ceaseless
+    /// [`Server`](crate::Server)'s; not those of a listener handed to another server).
+    pub requests: u64,
     /// Every restart since the first generation, by outcome.
     pub restarts_total: RestartCounts,
     /// The most recent restarts (16 at most), oldest first.
@@ -393,13 +396,18 @@ impl Book {
 
     pub(crate) fn snapshot(&self, state: State) -> Status {
         let p = lock(&self.inner);
+        let mut requests = 0;
         let listeners: Vec<ListenerStatus> = p
             .listeners
             .iter()
             .map(|e| ListenerStatus {
                 address: e.address.clone(),
                 origin: e.origin,
-                connections: e.tracker.as_ref().map(|t| Connections::of(t.census())),
+                connections: e.tracker.as_ref().map(|t| {
+                    let c = t.census();
+                    requests += c.requests;
+                    Connections::of(c)
+                }),
             })
             .collect();
         let total = listeners
@@ -415,6 +423,7 @@ impl Book {
             uptime_ms: ms_between(self.started_mono, mono_ns()),
             listeners,
             connections: total,
+            requests,
             restarts_total: p.totals,
             restarts: p.history.iter().cloned().collect(),
         }
