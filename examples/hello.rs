@@ -27,7 +27,8 @@
 //! `hello restart`), `--max-draining N` (at most N generations draining at once; the
 //! oldest beyond are hammered), `--supervise` (stable PID: this process becomes the
 //! supervisor, and the server runs in generations under it; `--pid-file` then names
-//! the supervisor).
+//! the supervisor), `--udp ADDR` (also a UDP echo on ADDR, answering
+//! `pid <pid>: <payload>`, on a socket kept across restarts).
 //!
 //! ```text
 //! cargo run --example hello -- --supervise   # the pid the shell waits for never changes
@@ -83,6 +84,7 @@ struct Options {
     stagger: Option<Duration>,
     no_ready: bool,
     lame_duck: Option<Duration>,
+    udp: Option<String>,
     max_draining: Option<usize>,
     supervise: bool,
 }
@@ -105,6 +107,7 @@ fn parse_args() -> Result<Options, String> {
         stagger: None,
         no_ready: false,
         lame_duck: None,
+        udp: None,
         max_draining: None,
         supervise: false,
     };
@@ -143,6 +146,7 @@ fn parse_args() -> Result<Options, String> {
             "--stagger-ms" => o.stagger = ms(args.next(), &a)?,
             "--no-ready" => o.no_ready = true,
             "--lame-duck-ms" => o.lame_duck = ms(args.next(), &a)?,
+            "--udp" => o.udp = Some(args.next().ok_or("--udp needs an address")?),
             "--max-draining" => {
                 let v = args.next().ok_or("--max-draining needs a value")?;
                 o.max_draining = Some(v.parse().map_err(|_| format!("not a number: {v}"))?);
@@ -401,6 +405,35 @@ fn status_command(mut args: impl Iterator<Item = String>) -> std::process::ExitC
     }
 }
 
+/// `--udp`: answers each datagram with `pid <pid>: <payload>` until this generation
+/// drains; from then on the datagrams queue on the same socket for the next one.
+async fn udp_echo(socket: tokio::net::UdpSocket, process: ceaseless::Process) {
+    if let Ok(local) = socket.local_addr() {
+        tracing::info!(pid = std::process::id(), addr = %local, "udp echo");
+    }
+    let draining = process.draining();
+    tokio::pin!(draining);
+    let mut buf = vec![0u8; 64 * 1024];
+    let prefix = format!("pid {}: ", std::process::id());
+    loop {
+        tokio::select! {
+            // A datagram read is always answered before the drain is looked at.
+            biased;
+            got = socket.recv_from(&mut buf) => match got {
+                Ok((n, from)) => {
+                    let mut answer = prefix.clone().into_bytes();
+                    answer.extend_from_slice(&buf[..n]);
+                    if let Err(e) = socket.send_to(&answer, from).await {
+                        tracing::debug!(error = %e, "udp echo: cannot answer");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "udp echo: receive failed"),
+            },
+            _ = &mut draining => break,
+        }
+    }
+}
+
 /// The status as a table, for a person at a terminal.
 #[cfg(feature = "control")]
 fn status_table(s: &ceaseless::Status) -> String {
@@ -639,6 +672,19 @@ async fn serve(opts: Options) -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
+    if let Some(addr) = &opts.udp {
+        // Taken before any server starts, so that it is claimed before readiness.
+        match process.udp_socket(addr) {
+            Ok(socket) => {
+                tokio::spawn(udp_echo(socket, process.clone()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the UDP socket");
+                eprintln!("hello: {e}");
+                return std::process::ExitCode::from(1);
+            }
+        }
+    }
     if let Some(w) = opts.warmup {
         // Filling caches, opening pools: no server accepts yet.
         tracing::info!(

@@ -26,6 +26,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A descriptor of the application's ([`Process::fd`](crate::Process::fd)) could
+    /// not be made or registered.
+    #[error("cannot open the descriptor {name:?}: {source}")]
+    Descriptor {
+        /// Its name.
+        name: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
     #[cfg(feature = "tls")]
     /// A certificate or key file could not be read.
     #[error("cannot read TLS file {}: {source}", path.display())]

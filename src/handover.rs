@@ -87,12 +87,16 @@ pub(crate) enum Name {
     Listener { addr: ListenAddr, managed: bool },
     /// The control socket at this path.
     Control(PathBuf),
+    /// A descriptor the application handed over under a name of its choosing (a UDP
+    /// socket, any socket or file): see `Process::fd`.
+    Fd(String),
 }
 
 const TCP: &str = "tcp:";
 const UNIX: &str = "unix:";
 const UNIX_MANAGED: &str = "unix-managed:";
 const CONTROL: &str = "control:";
+const FD: &str = "fd:";
 
 impl Name {
     /// The name as written into `CEASELESS_FDS`.
@@ -110,6 +114,7 @@ impl Name {
                 format!("{prefix}{}", escape(p))
             }
             Name::Control(p) => format!("{CONTROL}{}", escape(p)),
+            Name::Fd(n) => format!("{FD}{}", escape_bytes(n.as_bytes())),
         }
     }
 
@@ -146,7 +151,15 @@ impl Name {
         if let Some(p) = s.strip_prefix(CONTROL) {
             return Ok(Name::Control(path(p)?));
         }
-        Err("a name must look like tcp:ADDR, unix:PATH or control:PATH".into())
+        if let Some(n) = s.strip_prefix(FD) {
+            let n = String::from_utf8(unescape_bytes(n)?)
+                .map_err(|_| "a descriptor name that is not UTF-8".to_string())?;
+            if n.is_empty() {
+                return Err("an empty descriptor name".into());
+            }
+            return Ok(Name::Fd(n));
+        }
+        Err("a name must look like tcp:ADDR, unix:PATH, control:PATH or fd:NAME".into())
     }
 
     /// Is the kernel's description of the socket (`actual`) of the kind this name says?
@@ -154,6 +167,8 @@ impl Name {
         match self {
             Name::Listener { addr, .. } => addr.same_kind(actual),
             Name::Control(_) => matches!(actual, ListenAddr::Unix(_)),
+            // Not a listener: nothing to compare (see `inherit`).
+            Name::Fd(_) => false,
         }
     }
 }
@@ -848,6 +863,7 @@ mod tests {
             }),
             proptest::collection::vec(1u8..=255, 1..64)
                 .prop_map(|b| Name::Control(PathBuf::from(OsString::from_vec(b)))),
+            ".+".prop_map(Name::Fd),
         ]
     }
 

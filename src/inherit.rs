@@ -60,7 +60,7 @@ impl Entry {
         match &self.announced {
             Announced::Systemd(_) => true,
             Announced::Parent(Name::Listener { managed, .. }) => *managed,
-            Announced::Parent(Name::Control(_)) => false,
+            Announced::Parent(Name::Control(_) | Name::Fd(_)) => false,
         }
     }
 
@@ -90,6 +90,8 @@ pub(crate) enum ReadyChannel {
 pub(crate) struct Inherited {
     /// Sockets not claimed yet.
     pub(crate) entries: Vec<Entry>,
+    /// The application's named descriptors (`fd:` names) not claimed yet.
+    pub(crate) extras: Vec<(String, OwnedFd)>,
     pub(crate) ready: Option<ReadyChannel>,
     /// The previous generation's pid, when this process is a restart.
     pub(crate) parent: Option<u32>,
@@ -125,6 +127,15 @@ impl Inherited {
                 for (i, entry) in ours.entries.into_iter().enumerate() {
                     let fd = FIRST_FD + i as RawFd;
                     match entry {
+                        Ok(Name::Fd(name)) => match take_fd(fd) {
+                            // The application's: whatever it is, it is its to check.
+                            Ok(owned) => found.extras.push((name, owned)),
+                            Err(reason) => log(Error::InheritedFd {
+                                fd,
+                                name: Name::Fd(name).encode(),
+                                reason,
+                            }),
+                        },
                         Ok(name) => found.adopt(fd, Announced::Parent(name)),
                         Err(e) => {
                             // Not ours to keep: close it, if it was handed over at all.
@@ -205,7 +216,7 @@ impl Inherited {
             requested.same_kind(&e.actual)
                 && match &e.announced {
                     Announced::Parent(Name::Listener { addr, .. }) => addr == requested,
-                    Announced::Parent(Name::Control(_)) => false,
+                    Announced::Parent(Name::Control(_) | Name::Fd(_)) => false,
                     Announced::Systemd(n) => n.is_some() && n.as_deref() == fd_name,
                 }
         });
@@ -231,18 +242,29 @@ impl Inherited {
         Some(self.entries.swap_remove(i))
     }
 
-    /// Listeners still unclaimed (the control socket aside).
+    /// The application's descriptor handed over under `name`, if it was.
+    pub(crate) fn claim_fd(&mut self, name: &str) -> Option<OwnedFd> {
+        let i = self.extras.iter().position(|(n, _)| n == name)?;
+        Some(self.extras.swap_remove(i).1)
+    }
+
+    /// Listeners and the application's descriptors still unclaimed (the control socket
+    /// aside).
     pub(crate) fn unclaimed_listeners(&self) -> usize {
         self.entries
             .iter()
             .filter(|e| !matches!(e.announced, Announced::Parent(Name::Control(_))))
             .count()
+            + self.extras.len()
     }
 
     /// Closes everything nobody claimed (the generation declared ready).
     pub(crate) fn close_unclaimed(&mut self) {
         for e in self.entries.drain(..) {
             tracing::info!(name = %e.label(), addr = %e.actual, "closing an inherited listener no server claimed");
+        }
+        for (name, _) in self.extras.drain(..) {
+            tracing::info!(%name, "closing an inherited descriptor the application did not claim");
         }
     }
 }

@@ -464,6 +464,111 @@ impl Process {
         }
     }
 
+    /// A descriptor of the application's own, handed over under `name` across restarts:
+    /// the one the previous generation registered under that name, else the one
+    /// `create` makes. Either way it is registered for the next generation, which gets
+    /// it back by the same call (in every process model). Any socket or file works: a
+    /// bound UDP socket (see [`Process::udp_socket`]), a listener of another protocol,
+    /// a lock file. Under [`Readiness::Auto`] a generation is ready once every inherited
+    /// descriptor is claimed, these included; what nobody claimed is closed then.
+    ///
+    /// ```no_run
+    /// use std::os::fd::OwnedFd;
+    ///
+    /// # fn run(process: &ceaseless::Process) -> Result<(), ceaseless::Error> {
+    /// // A lock file the generations pass on, opened only by the first.
+    /// let lock: OwnedFd = process.fd("app.lock", || {
+    ///     std::fs::File::create("/run/app/app.lock").map(OwnedFd::from)
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn fd(
+        &self,
+        name: &str,
+        create: impl FnOnce() -> std::io::Result<OwnedFd>,
+    ) -> Result<OwnedFd, Error> {
+        if name.is_empty() {
+            return Err(Error::Setting {
+                name: "fd",
+                reason: "a descriptor needs a name".into(),
+            });
+        }
+        let mut core = self.lock();
+        if core.state.is_draining() {
+            return Err(Error::Draining);
+        }
+        if core
+            .registry
+            .iter()
+            .any(|r| matches!(&r.name, Name::Fd(n) if n == name))
+        {
+            return Err(Error::Setting {
+                name: "fd",
+                reason: format!("{name:?} is already registered"),
+            });
+        }
+        let fd = match core.inherited.claim_fd(name) {
+            Some(fd) => {
+                tracing::info!(%name, "took over an inherited descriptor");
+                fd
+            }
+            None => create().map_err(|source| Error::Descriptor {
+                name: name.into(),
+                source,
+            })?,
+        };
+        let dup = fd.try_clone().map_err(|source| Error::Descriptor {
+            name: name.into(),
+            source,
+        })?;
+        core.registry.push(Registered {
+            name: Name::Fd(name.into()),
+            fd: dup,
+        });
+        self.auto_ready(&mut core);
+        Ok(fd)
+    }
+
+    /// A UDP socket bound to `addr` (`"127.0.0.1:5353"`, `"[::]:514"`), kept across
+    /// restarts: [`Process::fd`] under the name `udp:<addr>`. Both generations hold it
+    /// while they overlap, and the kernel gives each datagram to whichever reads first,
+    /// so the old generation should stop reading once it drains
+    /// ([`Process::draining`]): the datagrams then queue for the new one.
+    ///
+    /// ```no_run
+    /// # async fn run(process: ceaseless::Process) -> Result<(), ceaseless::Error> {
+    /// let udp = process.udp_socket("127.0.0.1:5353")?;
+    /// let mut buf = [0u8; 1500];
+    /// let draining = process.draining();
+    /// tokio::pin!(draining);
+    /// loop {
+    ///     tokio::select! {
+    ///         biased;
+    ///         got = udp.recv_from(&mut buf) => if let Ok((n, from)) = got {
+    ///             let _ = udp.send_to(&buf[..n], from).await;
+    ///         },
+    ///         _ = &mut draining => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn udp_socket(&self, addr: &str) -> Result<tokio::net::UdpSocket, Error> {
+        let sa: std::net::SocketAddr = addr.parse().map_err(|_| Error::Address {
+            addr: addr.into(),
+            reason: "not an IP address and port".into(),
+        })?;
+        let fd = self.fd(&format!("udp:{sa}"), || {
+            std::net::UdpSocket::bind(sa).map(OwnedFd::from)
+        })?;
+        let bind_err = |source| Error::Bind {
+            addr: addr.into(),
+            source,
+        };
+        let socket = std::net::UdpSocket::from(fd);
+        socket.set_nonblocking(true).map_err(bind_err)?;
+        tokio::net::UdpSocket::from_std(socket).map_err(bind_err)
+    }
+
     /// The listening Unix socket at `path`, as [`Process::tcp_listener`] does for TCP.
     /// The socket file is removed at a final shutdown (unless the service manager
     /// created it).
