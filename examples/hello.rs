@@ -5,6 +5,7 @@
 //! curl localhost:4242/            # hello from pid 1234, version 0.1.0
 //! curl 'localhost:4242/slow?ms=2000'
 //! curl localhost:4242/async       # as /, after yielding once (pending on its first poll)
+//! curl localhost:4242/count       # count 17: GET / answered by every generation so far
 //! curl --data-binary @file localhost:4242/echo   # read 1234 bytes
 //! curl localhost:4242/peer        # tcp peer=127.0.0.1:50312 local=127.0.0.1:4242
 //! curl localhost:4242/healthz     # ok (503 during a shutdown's lame-duck period)
@@ -165,6 +166,9 @@ fn parse_args() -> Result<Options, String> {
 /// Whether `POST /admin/restart` is served (`--admin`).
 static ADMIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// `GET /` answered by every generation since the first: handed over as state.
+static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// `POST /admin/restart?wait_ms=N`: restarts from code with `ceaseless::restart()`,
 /// waiting at most N ms (default 60000) for the outcome. The restart goes on when the
 /// wait ends first; a later request then hears "already in progress" until it is over.
@@ -258,7 +262,14 @@ async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible
     let body = |s: String| Either::Left(Full::new(Bytes::from(s)));
     let answer = || format!("hello from pid {}, version {VERSION}\n", std::process::id());
     let res = match req.uri().path() {
-        "/" => Response::new(body(answer())),
+        "/" => {
+            COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Response::new(body(answer()))
+        }
+        "/count" => Response::new(body(format!(
+            "count {}\n",
+            COUNT.load(std::sync::atomic::Ordering::Relaxed)
+        ))),
         "/admin/shutdown" if ADMIN.load(std::sync::atomic::Ordering::Relaxed) => {
             // A graceful shutdown from code, as SIGTERM does (without its hooks).
             let (status, text) = if req.method() != http::Method::POST {
@@ -640,7 +651,13 @@ async fn serve(opts: Options) -> std::process::ExitCode {
     );
 
     // The process first: readiness is declared below, once every server listens.
-    let mut process = ceaseless::Process::builder().readiness(ceaseless::Readiness::Manual);
+    let mut process = ceaseless::Process::builder()
+        .readiness(ceaseless::Readiness::Manual)
+        // The count of `GET /`, to the next generation (`GET /count`).
+        .state(|| {
+            let n = COUNT.load(std::sync::atomic::Ordering::Relaxed);
+            Ok(format!("count {n}").into_bytes())
+        });
     if let Some(t) = opts.ready_timeout {
         process = process.ready_timeout(t);
     }
@@ -672,6 +689,29 @@ async fn serve(opts: Options) -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
+    if let Some(state) = process.inherited_state() {
+        // HELLO_REJECT_STATE: a build that cannot read its predecessor's state (the
+        // tests' broken deploy): it fails to start, and the restart rolls back.
+        let parsed = std::str::from_utf8(state)
+            .ok()
+            .and_then(|t| t.strip_prefix("count "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|_| std::env::var_os("HELLO_REJECT_STATE").is_none());
+        match parsed {
+            Some(n) => {
+                COUNT.store(n, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(pid = std::process::id(), count = n, "took over the count");
+            }
+            None => {
+                tracing::error!(
+                    pid = std::process::id(),
+                    "cannot read the state handed over"
+                );
+                eprintln!("hello: cannot read the state handed over");
+                return std::process::ExitCode::from(1);
+            }
+        }
+    }
     if let Some(addr) = &opts.udp {
         // Taken before any server starts, so that it is claimed before readiness.
         match process.udp_socket(addr) {

@@ -26,6 +26,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The state the previous generation handed over cannot be read (see
+    /// [`Process::inherited_state`](crate::Process::inherited_state)).
+    #[error("{reason}")]
+    State {
+        /// What went wrong.
+        reason: String,
+    },
     /// A descriptor of the application's ([`Process::fd`](crate::Process::fd)) could
     /// not be made or registered.
     #[error("cannot open the descriptor {name:?}: {source}")]
@@ -134,6 +141,10 @@ pub enum RestartError {
     /// Another restart is already under way.
     #[error("a restart is already in progress")]
     InProgress,
+    /// The application's state could not be handed over (see
+    /// [`ProcessBuilder::state`](crate::ProcessBuilder::state)); nothing was started.
+    #[error("cannot hand the state over: {0}")]
+    State(String),
     /// The process is draining (shutting down or already handed over).
     #[error("the process is shutting down")]
     ShuttingDown,

@@ -107,6 +107,7 @@ mod process;
 mod restart;
 mod serve;
 mod signals;
+pub mod state;
 pub mod status;
 mod supervise;
 mod tls;

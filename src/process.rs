@@ -62,6 +62,7 @@ pub struct ProcessBuilder {
     signals: Vec<Signal>,
     lame_duck: Option<Duration>,
     max_draining: usize,
+    state: Option<crate::state::Producer>,
 }
 
 impl std::fmt::Debug for ProcessBuilder {
@@ -88,6 +89,7 @@ impl Default for ProcessBuilder {
             hooks: Vec::new(),
             signals: Signal::ALL.to_vec(),
             lame_duck: None,
+            state: None,
             max_draining: crate::lineage::DEFAULT_MAX_DRAINING,
         }
     }
@@ -123,6 +125,43 @@ impl ProcessBuilder {
     /// restart is never a lame duck: the address stays served.
     pub fn lame_duck(mut self, period: Duration) -> Self {
         self.lame_duck = Some(period).filter(|d| !d.is_zero());
+        self
+    }
+
+    /// What this generation hands the next at a restart: `produce` is called at each
+    /// restart, before the new generation is started (on the blocking pool, within the
+    /// ready timeout), and the bytes it returns (at most
+    /// [`MAX_STATE`](crate::state::MAX_STATE)) are what the new generation's
+    /// [`Process::inherited_state`] returns. If it fails the restart fails, and nothing
+    /// was started. Requests served by the old generation after it was called are not
+    /// in it: take what can be recomputed, or what changes slowly (a warmed cache, a
+    /// counter, keys). See the `state` module docs.
+    ///
+    /// ```no_run
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// static SEEN: AtomicU64 = AtomicU64::new(0);
+    ///
+    /// # async fn run() -> Result<(), ceaseless::Error> {
+    /// let process = ceaseless::Process::builder()
+    ///     .state(|| Ok(SEEN.load(Ordering::Relaxed).to_le_bytes().to_vec()))
+    ///     .start()?;
+    /// if let Some(b) = process.inherited_state() {
+    ///     let seen = u64::from_le_bytes(b.try_into().map_err(|_| ceaseless::Error::State {
+    ///         reason: "not a count".into(),
+    ///     })?);
+    ///     SEEN.store(seen, Ordering::Relaxed);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn state(
+        mut self,
+        produce: impl Fn() -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.state = Some(Arc::new(produce));
         self
     }
 
@@ -205,6 +244,12 @@ impl ProcessBuilder {
             });
         }
         let mut inherited = Inherited::from_env(&ProcessEnv);
+        // The previous generation's state, if it sent any: read now, or the start fails
+        // (and so the restart that started this generation).
+        let inherited_state = match inherited.claim_fd(crate::state::NAME) {
+            Some(fd) => Some(crate::state::read(fd)?),
+            None => None,
+        };
         let first = inherited.parent.is_none();
         let generation = inherited.generation;
         let publisher = Publisher::new(State {
@@ -270,6 +315,8 @@ impl ProcessBuilder {
                 ready_timeout: self.ready_timeout,
                 stop_grace: self.stop_grace,
                 lame_duck: self.lame_duck,
+                state: self.state,
+                inherited_state,
                 control: OnceLock::new(),
                 exe: Exe::capture(),
                 generation,
@@ -360,6 +407,8 @@ struct Inner {
     ready_timeout: Duration,
     stop_grace: Duration,
     lame_duck: Option<Duration>,
+    state: Option<crate::state::Producer>,
+    inherited_state: Option<Vec<u8>>,
     control: OnceLock<Control>,
     exe: Exe,
     generation: u64,
@@ -487,10 +536,12 @@ impl Process {
         name: &str,
         create: impl FnOnce() -> std::io::Result<OwnedFd>,
     ) -> Result<OwnedFd, Error> {
-        if name.is_empty() {
+        if name.is_empty() || name.starts_with("ceaseless.") {
             return Err(Error::Setting {
                 name: "fd",
-                reason: "a descriptor needs a name".into(),
+                reason: format!(
+                    "{name:?}: a descriptor needs a name, not one of ceaseless's own (ceaseless.*)"
+                ),
             });
         }
         let mut core = self.lock();
@@ -527,6 +578,13 @@ impl Process {
         });
         self.auto_ready(&mut core);
         Ok(fd)
+    }
+
+    /// The state the previous generation handed over at the restart that started this
+    /// one ([`ProcessBuilder::state`]); `None` in a first generation, or when the
+    /// previous one sends none.
+    pub fn inherited_state(&self) -> Option<&[u8]> {
+        self.inner.inherited_state.as_deref()
     }
 
     /// A UDP socket bound to `addr` (`"127.0.0.1:5353"`, `"[::]:514"`), kept across
@@ -1071,13 +1129,17 @@ impl Process {
         settled: Box<dyn FnOnce() + Send>,
     ) -> Result<u32, RestartError> {
         let Claimed {
-            names,
-            fds,
+            mut names,
+            mut fds,
             abort,
             _running,
         } = claimed;
         let inner = &self.inner;
         let started = async {
+            if let Some(p) = &inner.state {
+                fds.push(crate::state::produce(p, inner.ready_timeout).await?);
+                names.push(Name::Fd(crate::state::NAME.into()));
+            }
             let carried = inner.book.child_env();
             let mut next = restart::spawn(
                 &inner.exe,

@@ -1,5 +1,6 @@
 //! Descriptors beyond the HTTP listeners, handed over across restarts: a UDP socket
-//! (`hello --udp`, `Process::udp_socket`, built on `Process::fd`).
+//! (`hello --udp`, `Process::udp_socket`, built on `Process::fd`), and the application's
+//! state (`ProcessBuilder::state`, hello's `GET /count`).
 
 mod common;
 
@@ -9,7 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::generations::{expect_gone, restart_ok};
+use common::generations::{
+    expect_gone, install, install_script, installed, newest, restart_fails, restart_ok,
+};
+use common::load::get_tcp;
 use common::{become_subreaper, example_bin, Proc};
 
 /// The inode of the UDP socket bound to 127.0.0.1:`port`, from /proc/net/udp.
@@ -128,4 +132,67 @@ fn a_udp_socket_is_kept_across_restarts_and_no_datagram_is_lost() {
     let last = *pids.last().unwrap();
     common::signal(last, libc::SIGTERM);
     expect_gone(&p, last, "the last generation");
+}
+
+fn count(addr: &str) -> u64 {
+    let r = get_tcp(addr, "/count");
+    assert_eq!(r.status, 200, "{r:?}");
+    r.body
+        .trim()
+        .strip_prefix("count ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a count: {:?}", r.body))
+}
+
+/// `GET /count` counts the `GET /` of every generation: the count is handed over as
+/// state at each of 5 restarts. A new build that cannot read the state fails to start,
+/// the restart rolls back and the old generation keeps counting; with the good build
+/// back, the next restart carries the count on.
+#[test]
+fn state_is_handed_over_and_a_generation_that_cannot_read_it_is_rolled_back() {
+    become_subreaper();
+    let (dir, app) = installed("state", "hello");
+    let p = Proc::spawn(&app, &["--addr", "127.0.0.1:0"]);
+    let addr = p.ready_addr(1);
+    let mut sent = 0;
+    let mut get = |n: u64| {
+        for _ in 0..n {
+            assert_eq!(get_tcp(&addr, "/").status, 200);
+        }
+        sent += n;
+        sent
+    };
+    for i in 1..=5 {
+        let expected = get(7);
+        let (old, _) = restart_ok(&p);
+        expect_gone(&p, old, &format!("restart {i}: the old generation"));
+        assert_eq!(count(&addr), expected, "after restart {i}");
+    }
+    assert_eq!(p.count("took over the count"), 5);
+
+    // A build that cannot read the state: its start fails, nothing changes.
+    let good = dir.join("good");
+    install(&app, &good);
+    install_script(
+        &app,
+        &format!(
+            "#!/bin/sh\nHELLO_REJECT_STATE=1 exec {} \"$@\"\n",
+            good.display()
+        ),
+    );
+    let before = newest(&p);
+    let line = restart_fails(&p);
+    assert!(line.contains("exited before it was ready"), "{line}");
+    assert_eq!(newest(&p), before, "the old generation serves on");
+    let expected = get(3);
+    assert_eq!(count(&addr), expected, "the old generation kept counting");
+
+    // The good build again: the count goes on.
+    install(&good, &app);
+    let expected = get(2);
+    let (old, new) = restart_ok(&p);
+    expect_gone(&p, old, "after the rollback");
+    assert_eq!(count(&addr), expected);
+    common::signal(new, libc::SIGTERM);
+    expect_gone(&p, new, "the last generation");
 }

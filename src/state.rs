@@ -1,0 +1,145 @@
+//! Application state from the old generation to the new, during a restart.
+//!
+//! The application gives the process owner a producer
+//! ([`ProcessBuilder::state`](crate::ProcessBuilder::state)): at each restart, before
+//! the new generation is started, the old one calls it (on the blocking pool, bounded
+//! by the ready timeout) and puts the bytes it returns, at most [`MAX_STATE`], in a
+//! sealed memory file (`memfd_create`, sealed against writes, so the new generation
+//! reads exactly what was written and cannot change it). The file travels with the
+//! listeners under the reserved name `fd:ceaseless.state`; the new generation reads it
+//! as it starts ([`Process::inherited_state`](crate::Process::inherited_state)).
+//!
+//! Failures roll the restart back: a producer that fails, panics, is too slow or
+//! returns too much fails the restart before anything is started; a new generation that
+//! cannot read the state fails to start ([`Error::State`]), or rejects what it read and
+//! exits, and the old one keeps serving. The bytes are the application's, versioned by
+//! the application: ceaseless neither parses nor checks them.
+
+use std::io::{Read, Seek, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, RestartError};
+
+/// The name the state's memory file travels under.
+pub(crate) const NAME: &str = "ceaseless.state";
+
+/// The largest state a generation hands over, in bytes.
+pub const MAX_STATE: usize = 64 << 20;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The application's state producer.
+pub(crate) type Producer = Arc<dyn Fn() -> Result<Vec<u8>, BoxError> + Send + Sync>;
+
+fn failed(reason: impl Into<String>) -> RestartError {
+    RestartError::State(reason.into())
+}
+
+/// Runs the producer and seals what it returns into a memory file.
+pub(crate) async fn produce(p: &Producer, timeout: Duration) -> Result<OwnedFd, RestartError> {
+    let p = p.clone();
+    let made = tokio::time::timeout(timeout, tokio::task::spawn_blocking(move || p())).await;
+    let bytes = match made {
+        Err(_) => {
+            return Err(failed(format!(
+                "the state producer took longer than {timeout:?}"
+            )))
+        }
+        Ok(Err(e)) => return Err(failed(format!("the state producer panicked: {e}"))),
+        Ok(Ok(Err(e))) => return Err(failed(format!("the state producer failed: {e}"))),
+        Ok(Ok(Ok(b))) => b,
+    };
+    if bytes.len() > MAX_STATE {
+        return Err(failed(format!(
+            "the state is {} bytes, more than the {MAX_STATE} allowed",
+            bytes.len()
+        )));
+    }
+    sealed(&bytes).map_err(|e| failed(format!("cannot hold the state in memory: {e}")))
+}
+
+/// A memory file holding `bytes`, sealed against any change.
+fn sealed(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    let name = c"ceaseless-state";
+    // SAFETY: a valid NUL-terminated name and flags; the result is checked.
+    let raw =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    file.rewind()?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on a descriptor we own, with a valid command and argument.
+    if unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::F_ADD_SEALS,
+            seals,
+        )
+    } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(file))
+}
+
+/// Reads the state handed over in `fd` (from its start: the file offset is shared with
+/// the previous generation).
+pub(crate) fn read(fd: OwnedFd) -> Result<Vec<u8>, Error> {
+    let err = |e: std::io::Error| Error::State {
+        reason: format!("cannot read the state the previous generation handed over: {e}"),
+    };
+    let mut file = std::fs::File::from(fd);
+    file.rewind().map_err(err)?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(MAX_STATE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if bytes.len() > MAX_STATE {
+        return Err(Error::State {
+            reason: format!("the state handed over is larger than {MAX_STATE} bytes"),
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn what_is_produced_is_read_back_and_cannot_be_changed() {
+        let p: Producer = Arc::new(|| Ok(b"count 42".to_vec()));
+        let fd = produce(&p, Duration::from_secs(5)).await.unwrap();
+        let copy = fd.try_clone().unwrap();
+        assert_eq!(read(fd).unwrap(), b"count 42");
+        let mut f = std::fs::File::from(copy);
+        assert!(f.write_all(b"x").is_err(), "the memory file is sealed");
+    }
+
+    #[tokio::test]
+    async fn a_failing_slow_or_oversized_producer_fails_the_restart() {
+        let failing: Producer = Arc::new(|| Err("no cache yet".into()));
+        let e = produce(&failing, Duration::from_secs(5)).await.unwrap_err();
+        assert!(e.to_string().contains("no cache yet"), "{e}");
+        let slow: Producer = Arc::new(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            Ok(Vec::new())
+        });
+        let e = produce(&slow, Duration::from_millis(50)).await.unwrap_err();
+        assert!(e.to_string().contains("longer than"), "{e}");
+        let big: Producer = Arc::new(|| Ok(vec![0; MAX_STATE + 1]));
+        let e = produce(&big, Duration::from_secs(5)).await.unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        let panics: Producer = Arc::new(|| panic!("boom"));
+        let e = produce(&panics, Duration::from_secs(5)).await.unwrap_err();
+        assert!(e.to_string().contains("panicked"), "{e}");
+    }
+}
