@@ -11,9 +11,10 @@
 //!  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1
 //!  -keyout key.pem -out cert.pem`.
 //! Other options: `--addr ADDR` (default 127.0.0.1:4243), `--hammer-ms N` (0: none),
-//! `--drain-spread-ms N`.
+//! `--drain-spread-ms N`, `--client-ca CA.pem` (ask every client for a certificate signed
+//! by that CA: the application's own rustls configuration, through `Server::tls_config`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::{extract::Request, routing::get, Router};
@@ -33,6 +34,35 @@ fn self_signed() -> std::io::Result<(PathBuf, PathBuf)> {
     Ok((cert, key))
 }
 
+/// A rustls configuration that asks every client for a certificate signed by the CA
+/// in `ca` (ring, as ceaseless's own configuration uses).
+fn mutual_tls(cert: &Path, key: &Path, ca: &Path) -> Result<rustls::ServerConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("{}: {e}", ca.display()))?;
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", cert.display()))
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -42,6 +72,7 @@ async fn main() -> std::process::ExitCode {
     let mut addr = "127.0.0.1:4243".to_string();
     let (mut cert, mut key, mut hammer) = (None, None, Some(ceaseless::DEFAULT_HAMMER_TIME));
     let mut spread = ceaseless::DEFAULT_DRAIN_SPREAD;
+    let mut client_ca: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_default();
@@ -66,6 +97,10 @@ async fn main() -> std::process::ExitCode {
             // 0: no hammer time.
             "--hammer-ms" => ms(&a).map(|n| hammer = (n > 0).then(|| Duration::from_millis(n))),
             "--drain-spread-ms" => ms(&a).map(|n| spread = Duration::from_millis(n)),
+            "--client-ca" => {
+                client_ca = Some(PathBuf::from(value()));
+                Ok(())
+            }
             other => Err(format!("unknown argument {other:?}")),
         };
         if let Err(e) = parsed {
@@ -96,8 +131,19 @@ async fn main() -> std::process::ExitCode {
             )
         }),
     );
-    let served = ceaseless::Server::new(addr, app)
-        .tls(cert, key)
+    let server = ceaseless::Server::new(addr, app);
+    let server = match &client_ca {
+        // The application's own rustls configuration: here, client certificates.
+        Some(ca) => match mutual_tls(&cert, &key, ca) {
+            Ok(config) => server.tls_config(std::sync::Arc::new(config)),
+            Err(e) => {
+                eprintln!("tls: {e}");
+                return std::process::ExitCode::from(1);
+            }
+        },
+        None => server.tls(cert, key),
+    };
+    let served = server
         .hammer_time(hammer)
         .drain_spread(spread)
         .listen_and_serve()

@@ -2,6 +2,7 @@
 //! the accept loop, and the drain with its hammer. The listener comes from the process
 //! owner ([`Process`]); the connections are `conn`'s.
 
+#[cfg(feature = "tls")]
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,7 +70,7 @@ pub struct Server<S> {
     drain_grace: Duration,
     drain_spread: Duration,
     before_begin: Option<BeforeBegin>,
-    tls: Option<(PathBuf, PathBuf)>,
+    tls: Option<crate::tls::Source>,
     fd_name: Option<String>,
     extensions: bool,
 }
@@ -212,7 +213,31 @@ where
     #[cfg(feature = "tls")]
     /// Serves HTTPS with the PEM certificate chain and private key in these files.
     pub fn tls(mut self, cert_pem: impl Into<PathBuf>, key_pem: impl Into<PathBuf>) -> Self {
-        self.tls = Some((cert_pem.into(), key_pem.into()));
+        self.tls = Some(crate::tls::Source::Files(cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    #[cfg(feature = "tls")]
+    /// Serves HTTPS with the application's own rustls configuration: client
+    /// authentication, a certificate resolver of its own (which can also swap
+    /// certificates without a restart), another crypto provider, session settings. If
+    /// it names no ALPN protocol, `h2` and `http/1.1` are offered, as with
+    /// [`Server::tls`]; the drain, the timeouts and the handshake's bounds are the same.
+    ///
+    /// ```no_run
+    /// # fn config() -> rustls::ServerConfig { unimplemented!() }
+    /// # async fn run() -> Result<(), ceaseless::Error> {
+    /// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello\n" }));
+    /// let config: rustls::ServerConfig = config(); // e.g. with a client certificate verifier
+    /// ceaseless::Server::new("127.0.0.1:4243", app)
+    ///     .tls_config(std::sync::Arc::new(config))
+    ///     .listen_and_serve()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tls_config(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(crate::tls::Source::Config(config));
         self
     }
 
@@ -244,7 +269,7 @@ where
         let process = Process::current_or_start()?;
         let addr = ListenAddr::parse(&self.addr)?;
         let tls = match &self.tls {
-            Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
+            Some(source) => Some(source.acceptor()?),
             None => None,
         };
         let listener = match process.open(&addr, self.fd_name.as_deref(), true) {

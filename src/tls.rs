@@ -36,6 +36,50 @@ pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<Acceptor, Error> {
     Ok(tokio_rustls::TlsAcceptor::from(server_config(cert, key)?))
 }
 
+/// Where a server's TLS configuration comes from.
+#[derive(Clone)]
+pub(crate) enum Source {
+    /// A certificate chain and key in PEM files.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    Files(std::path::PathBuf, std::path::PathBuf),
+    /// The application's own configuration.
+    #[cfg(feature = "tls")]
+    Config(Arc<rustls::ServerConfig>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Files(c, k) => f.debug_tuple("Files").field(c).field(k).finish(),
+            #[cfg(feature = "tls")]
+            Source::Config(_) => f.write_str("Config(..)"),
+        }
+    }
+}
+
+impl Source {
+    pub(crate) fn acceptor(&self) -> Result<Acceptor, Error> {
+        match self {
+            Source::Files(cert, key) => acceptor(cert, key),
+            #[cfg(feature = "tls")]
+            Source::Config(c) => Ok(tokio_rustls::TlsAcceptor::from(with_alpn(c))),
+        }
+    }
+}
+
+/// The application's configuration, offering `h2` and `http/1.1` by ALPN when it
+/// names no protocol itself (as the PEM-file configuration does); one that names its
+/// own is used as it is.
+#[cfg(feature = "tls")]
+fn with_alpn(c: &Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
+    if !c.alpn_protocols.is_empty() {
+        return c.clone();
+    }
+    let mut c = (**c).clone();
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
 #[cfg(not(feature = "tls"))]
 pub(crate) fn acceptor(cert: &Path, _key: &Path) -> Result<Acceptor, Error> {
     Err(Error::Setting {

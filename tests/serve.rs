@@ -1578,3 +1578,70 @@ fn the_drain_spreads_the_closes_of_busy_connections() {
     let status = expect_exit(&mut p, "after the spread drain");
     assert!(status.success(), "{status}; output:\n{}", p.output());
 }
+
+/// `Server::tls_config`: the application's own rustls configuration (here the tls
+/// example's `--client-ca`, which asks every client for a certificate): a client with a
+/// certificate signed by that CA is served over both protocols, one without is refused,
+/// and the drain works as with PEM files.
+#[test]
+#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
+fn an_application_rustls_config_is_served_with_client_certificates() {
+    let certs = make_certs("tls-mtls");
+    let dir = certs.cert.parent().unwrap().to_path_buf();
+    // A CA, and a client certificate it signed.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let ca_pem = dir.join("ca.pem");
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client_cert = rcgen::CertificateParams::new(vec!["client".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &issuer)
+        .unwrap();
+    let identity = format!("{}{}", client_cert.pem(), client_key.serialize_pem());
+
+    let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
+    let (mut p, addr) = start(
+        "tls",
+        &[
+            "--cert",
+            cert,
+            "--key",
+            key,
+            "--client-ca",
+            ca_pem.to_str().unwrap(),
+        ],
+    );
+    let root = || reqwest::Certificate::from_pem(certs.pem.as_bytes()).unwrap();
+    let with_identity = |http1_only: bool| {
+        let mut b = reqwest::Client::builder()
+            .add_root_certificate(root())
+            .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
+            .https_only(true);
+        if http1_only {
+            b = b.http1_only();
+        }
+        Client::with(b)
+    };
+    for http1_only in [true, false] {
+        let body = with_identity(http1_only).get_ok(&p, &https_url(addr)).body;
+        let want = if http1_only { "HTTP/1.1" } else { "HTTP/2.0" };
+        assert!(body.contains(want), "{body:?}");
+    }
+    // No client certificate: the handshake is refused.
+    let stranger = Client::with(
+        reqwest::Client::builder()
+            .add_root_certificate(root())
+            .https_only(true),
+    );
+    assert!(
+        stranger.try_get(&https_url(addr)).is_err(),
+        "served a client without a certificate"
+    );
+    p.signal(libc::SIGTERM);
+    let status = expect_exit(&mut p, "TERM after mutual TLS");
+    assert!(status.success(), "{status}; output:\n{}", p.output());
+}
