@@ -110,6 +110,8 @@ mod signals;
 pub mod state;
 pub mod status;
 mod supervise;
+#[cfg(feature = "tls")]
+mod tickets;
 mod tls;
 
 pub use addr::ListenAddr;

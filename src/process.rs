@@ -274,6 +274,33 @@ impl ProcessBuilder {
             hooks.add(sig, stage, hook);
         }
         let mut registry = Vec::new();
+        #[cfg(feature = "tls")]
+        let ticket_key = OnceLock::new();
+        #[cfg(feature = "tls")]
+        if let Some(fd) = inherited.claim_fd(crate::tickets::NAME) {
+            // The TLS session-ticket key of the generations before: kept, and passed on.
+            let key = fd
+                .try_clone()
+                .map_err(|e| e.to_string())
+                .and_then(|copy| crate::state::read(copy).map_err(|e| e.to_string()))
+                .and_then(|b| {
+                    <[u8; crate::tickets::KEY_LEN]>::try_from(b.as_slice())
+                        .map_err(|_| format!("{} bytes, not a key", b.len()))
+                });
+            match key {
+                Ok(k) => {
+                    let _ = ticket_key.set(k);
+                    registry.push(Registered {
+                        name: Name::Fd(crate::tickets::NAME.into()),
+                        fd,
+                    });
+                }
+                Err(reason) => tracing::error!(
+                    error = %Error::State { reason: format!("the TLS ticket key handed over: {reason}") },
+                    "drawing a new TLS ticket key: sessions of the previous generation will not resume"
+                ),
+            }
+        }
         let control_socket = match self.control_socket {
             Some(p) => {
                 let path = std::path::absolute(&p).map_err(|source| Error::Control {
@@ -317,6 +344,8 @@ impl ProcessBuilder {
                 lame_duck: self.lame_duck,
                 state: self.state,
                 inherited_state,
+                #[cfg(feature = "tls")]
+                ticket_key,
                 control: OnceLock::new(),
                 exe: Exe::capture(),
                 generation,
@@ -409,6 +438,9 @@ struct Inner {
     lame_duck: Option<Duration>,
     state: Option<crate::state::Producer>,
     inherited_state: Option<Vec<u8>>,
+    /// The TLS session-ticket key every generation shares (see `tickets`).
+    #[cfg(feature = "tls")]
+    ticket_key: OnceLock<[u8; crate::tickets::KEY_LEN]>,
     control: OnceLock<Control>,
     exe: Exe,
     generation: u64,
@@ -578,6 +610,27 @@ impl Process {
         });
         self.auto_ready(&mut core);
         Ok(fd)
+    }
+
+    /// The TLS session-ticket key of this service: the one the previous generation
+    /// handed over, else a new one, registered for the next (see `tickets`).
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_ticket_key(&self) -> Result<[u8; crate::tickets::KEY_LEN], Error> {
+        let mut core = self.lock();
+        if let Some(k) = self.inner.ticket_key.get() {
+            return Ok(*k);
+        }
+        let err = |reason: String| Error::State {
+            reason: format!("cannot make the TLS ticket key: {reason}"),
+        };
+        let key = crate::tickets::new_key().ok_or_else(|| err("no randomness".into()))?;
+        let fd = crate::state::sealed(&key).map_err(|e| err(e.to_string()))?;
+        core.registry.push(Registered {
+            name: Name::Fd(crate::tickets::NAME.into()),
+            fd,
+        });
+        let _ = self.inner.ticket_key.set(key);
+        Ok(key)
     }
 
     /// The state the previous generation handed over at the restart that started this

@@ -269,7 +269,7 @@ where
         let process = Process::current_or_start()?;
         let addr = ListenAddr::parse(&self.addr)?;
         let tls = match &self.tls {
-            Some(source) => Some(source.acceptor()?),
+            Some(source) => Some(source.acceptor(&process)?),
             None => None,
         };
         let listener = match process.open(&addr, self.fd_name.as_deref(), true) {

@@ -61,7 +61,7 @@ pub(crate) async fn produce(p: &Producer, timeout: Duration) -> Result<OwnedFd, 
 }
 
 /// A memory file holding `bytes`, sealed against any change.
-fn sealed(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+pub(crate) fn sealed(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     let name = c"ceaseless-state";
     // SAFETY: a valid NUL-terminated name and flags; the result is checked.
     let raw =

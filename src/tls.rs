@@ -30,12 +30,6 @@ pub(crate) type Acceptor = tokio_rustls::TlsAcceptor;
 #[derive(Clone)]
 pub(crate) enum Acceptor {}
 
-/// The acceptor for a certificate chain and key in PEM files.
-#[cfg(feature = "tls")]
-pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<Acceptor, Error> {
-    Ok(tokio_rustls::TlsAcceptor::from(server_config(cert, key)?))
-}
-
 /// Where a server's TLS configuration comes from.
 #[derive(Clone)]
 pub(crate) enum Source {
@@ -58,9 +52,24 @@ impl std::fmt::Debug for Source {
 }
 
 impl Source {
-    pub(crate) fn acceptor(&self) -> Result<Acceptor, Error> {
+    /// The acceptor; with PEM files, its tickets are sealed with the service's shared
+    /// key (`process`'s), so that sessions resume across restarts.
+    pub(crate) fn acceptor(&self, process: &crate::Process) -> Result<Acceptor, Error> {
         match self {
-            Source::Files(cert, key) => acceptor(cert, key),
+            #[cfg(feature = "tls")]
+            Source::Files(cert, key) => {
+                let mut config = server_config(cert, key)?;
+                let k = process.tls_ticket_key()?;
+                if let Some(t) = crate::tickets::Tickets::new(&k) {
+                    Arc::make_mut(&mut config).ticketer = Arc::new(t);
+                }
+                Ok(tokio_rustls::TlsAcceptor::from(config))
+            }
+            #[cfg(not(feature = "tls"))]
+            Source::Files(cert, key) => {
+                let _ = process;
+                acceptor(cert, key)
+            }
             #[cfg(feature = "tls")]
             Source::Config(c) => Ok(tokio_rustls::TlsAcceptor::from(with_alpn(c))),
         }

@@ -196,3 +196,106 @@ fn state_is_handed_over_and_a_generation_that_cannot_read_it_is_rolled_back() {
     common::signal(new, libc::SIGTERM);
     expect_gone(&p, new, "the last generation");
 }
+
+/// One HTTPS request over a fresh connection with `config` (whose session store keeps
+/// what the server sent), and how the handshake went.
+#[cfg(feature = "tls")]
+fn tls_get(
+    rt: &tokio::runtime::Runtime,
+    config: &Arc<rustls::ClientConfig>,
+    addr: &str,
+) -> rustls::HandshakeKind {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        // Read to the end: a TLS 1.3 server sends its tickets after the handshake.
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        tls.get_ref().1.handshake_kind().expect("handshake done")
+    })
+}
+
+/// A TLS client that saved its session resumes it after a restart, over TLS 1.3 and
+/// TLS 1.2: the generations share the session-ticket key, handed over with the sockets.
+#[test]
+#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
+fn tls_sessions_resume_across_restarts() {
+    #[cfg(feature = "tls")]
+    {
+        use rustls::HandshakeKind::{Full, Resumed};
+        use rustls_pki_types::pem::PemObject;
+        become_subreaper();
+        let dir = common::scratch_dir("tickets");
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let p = Proc::spawn(
+            &example_bin("tls"),
+            &[
+                "--addr",
+                "127.0.0.1:0",
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        );
+        let addr = p.ready_addr(1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = |v: &'static rustls::SupportedProtocolVersion| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(
+                    rustls_pki_types::CertificateDer::from_pem_slice(ck.cert.pem().as_bytes())
+                        .unwrap(),
+                )
+                .unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            Arc::new(
+                rustls::ClientConfig::builder_with_provider(provider)
+                    .with_protocol_versions(&[v])
+                    .unwrap()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            )
+        };
+        let clients = [
+            ("TLS 1.3", client(&rustls::version::TLS13)),
+            ("TLS 1.2", client(&rustls::version::TLS12)),
+        ];
+        for (v, c) in &clients {
+            assert_eq!(tls_get(&rt, c, &addr), Full, "{v}: the first handshake");
+        }
+        for i in 1..=2 {
+            let (old, _) = restart_ok(&p);
+            expect_gone(&p, old, &format!("restart {i}: the old generation"));
+            for (v, c) in &clients {
+                assert_eq!(
+                    tls_get(&rt, c, &addr),
+                    Resumed,
+                    "{v}: after restart {i}, the session saved before it"
+                );
+            }
+        }
+        let last = newest(&p);
+        common::signal(last, libc::SIGTERM);
+        expect_gone(&p, last, "the last generation");
+    }
+}
