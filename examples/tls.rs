@@ -12,7 +12,9 @@
 //!  -keyout key.pem -out cert.pem`.
 //! Other options: `--addr ADDR` (default 127.0.0.1:4243), `--hammer-ms N` (0: none),
 //! `--drain-spread-ms N`, `--client-ca CA.pem` (ask every client for a certificate signed
-//! by that CA: the application's own rustls configuration, through `Server::tls_config`).
+//! by that CA: the application's own rustls configuration, through `Server::tls_config`),
+//! `--control PATH` (a control socket: `tls reload-cert --control PATH` makes the server
+//! read its certificate and key files again, without a restart).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +34,28 @@ fn self_signed() -> std::io::Result<(PathBuf, PathBuf)> {
     std::fs::write(&cert, ck.cert.pem())?;
     std::fs::write(&key, ck.signing_key.serialize_pem())?;
     Ok((cert, key))
+}
+
+/// `tls reload-cert --control PATH`: the server reads its certificate and key files
+/// again; exit 0 once it serves them, 1 with the reason when it kept the old ones.
+fn reload_cert(mut args: impl Iterator<Item = String>) -> std::process::ExitCode {
+    let path = match (args.next().as_deref(), args.next()) {
+        (Some("--control"), Some(p)) => p,
+        _ => {
+            eprintln!("usage: tls reload-cert --control PATH");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match ceaseless::control::request_reload_tls(&path, Duration::from_secs(10)) {
+        Ok(n) => {
+            println!("reloaded {n} certificate(s)");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tls reload-cert: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
 }
 
 /// A rustls configuration that asks every client for a certificate signed by the CA
@@ -73,6 +97,10 @@ async fn main() -> std::process::ExitCode {
     let (mut cert, mut key, mut hammer) = (None, None, Some(ceaseless::DEFAULT_HAMMER_TIME));
     let mut spread = ceaseless::DEFAULT_DRAIN_SPREAD;
     let mut client_ca: Option<PathBuf> = None;
+    let mut control: Option<PathBuf> = None;
+    if std::env::args().nth(1).as_deref() == Some("reload-cert") {
+        return reload_cert(std::env::args().skip(2));
+    }
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_default();
@@ -99,6 +127,10 @@ async fn main() -> std::process::ExitCode {
             "--drain-spread-ms" => ms(&a).map(|n| spread = Duration::from_millis(n)),
             "--client-ca" => {
                 client_ca = Some(PathBuf::from(value()));
+                Ok(())
+            }
+            "--control" => {
+                control = Some(PathBuf::from(value()));
                 Ok(())
             }
             other => Err(format!("unknown argument {other:?}")),
@@ -131,6 +163,13 @@ async fn main() -> std::process::ExitCode {
             )
         }),
     );
+    if let Some(path) = control {
+        // A control socket: `tls reload-cert --control PATH` swaps the certificate.
+        if let Err(e) = ceaseless::Process::builder().control_socket(path).start() {
+            eprintln!("tls: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    }
     let server = ceaseless::Server::new(addr, app);
     let server = match &client_ca {
         // The application's own rustls configuration: here, client certificates.

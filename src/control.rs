@@ -16,6 +16,10 @@
 //! -> status
 //! <- {"pid":4187,...}      the process's [`Status`](crate::Status) as one line of JSON
 //!                          (its fields are documented there); [`request_status`] reads it
+//! -> reload-tls
+//! <- ok 1                  the TLS servers' certificate files were read again and are
+//!                          served to new handshakes ([`request_reload_tls`])
+//! <- error <reason>        nothing changed (a file missing, a key that does not match)
 //! -> anything else
 //! <- error unknown command "..."
 //! ```
@@ -115,6 +119,38 @@ pub fn request_status(
 ) -> Result<crate::Status, ControlError> {
     let answer = exchange(path.as_ref(), b"status\n", timeout, MAX_STATUS)?;
     parse_status(&answer)
+}
+
+/// Asks the process serving the control socket at `path` to read its TLS certificate
+/// and key files again ([`Process::reload_tls`](crate::Process::reload_tls)): how many
+/// servers were reloaded, or why nothing changed ([`ControlError::Refused`], e.g. a key
+/// that does not match its certificate).
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// match ceaseless::control::request_reload_tls("/run/hello/control.sock", Duration::from_secs(5)) {
+///     Ok(n) => println!("{n} certificates reloaded"),
+///     Err(e) => eprintln!("nothing changed: {e}"),
+/// }
+/// ```
+#[cfg(feature = "control")]
+pub fn request_reload_tls(
+    path: impl AsRef<Path>,
+    timeout: Duration,
+) -> Result<usize, ControlError> {
+    let answer = exchange(path.as_ref(), b"reload-tls\n", timeout, MAX_LINE)?;
+    let text = String::from_utf8_lossy(&answer);
+    let line = text.lines().next().unwrap_or("").trim_end();
+    if line.is_empty() {
+        return Err(ControlError::Closed);
+    }
+    if let Some(reason) = line.strip_prefix("error ") {
+        return Err(ControlError::Refused(reason.to_string()));
+    }
+    line.strip_prefix("ok ")
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| ControlError::Protocol(line.to_string()))
 }
 
 /// Sends `request`, reads one answer line (at most `max` bytes), within `timeout`.
@@ -275,11 +311,15 @@ pub(crate) type RestartFn =
 /// A snapshot of the process (the owner's [`Process::status`](crate::Process::status)).
 pub(crate) type StatusFn = Arc<dyn Fn() -> crate::Status + Send + Sync>;
 
+/// Reloads the TLS certificates: how many, or why nothing changed.
+pub(crate) type ReloadFn = Arc<dyn Fn() -> Result<usize, String> + Send + Sync>;
+
 /// What the control socket answers with.
 #[derive(Clone)]
-struct Handlers {
-    restart: RestartFn,
-    status: StatusFn,
+pub(crate) struct Handlers {
+    pub(crate) restart: RestartFn,
+    pub(crate) status: StatusFn,
+    pub(crate) reload_tls: ReloadFn,
 }
 
 /// A control socket being served.
@@ -294,12 +334,10 @@ impl Control {
     pub(crate) fn serve(
         listener: std::os::unix::net::UnixListener,
         state: watch::Receiver<State>,
-        restart: RestartFn,
-        status: StatusFn,
+        handlers: Handlers,
     ) -> Result<Control, io::Error> {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let tracker = TaskTracker::new();
-        let handlers = Handlers { restart, status };
         tracker.spawn(accept_loop(listener, state, handlers, tracker.clone()));
         Ok(Control { tracker })
     }
@@ -400,6 +438,13 @@ async fn handle(request: &[u8], handlers: &Handlers) -> String {
             }
         }
         "status" => status_line(&(handlers.status)()),
+        "reload-tls" => {
+            tracing::info!(pid, "TLS reload requested on the control socket");
+            match (handlers.reload_tls)() {
+                Ok(n) => format!("ok {n}\n"),
+                Err(e) => format!("error {}\n", one_line(&e)),
+            }
+        }
         other => {
             let shown: String = other.chars().take(64).collect();
             format!(

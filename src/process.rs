@@ -346,6 +346,8 @@ impl ProcessBuilder {
                 inherited_state,
                 #[cfg(feature = "tls")]
                 ticket_key,
+                #[cfg(feature = "tls")]
+                tls_certs: Mutex::default(),
                 control: OnceLock::new(),
                 exe: Exe::capture(),
                 generation,
@@ -362,7 +364,20 @@ impl ProcessBuilder {
             });
             let p = process.clone();
             let status: control::StatusFn = Arc::new(move || p.status());
-            let c = Control::serve(listener, process.watch().state, restart, status)
+            #[cfg(feature = "tls")]
+            let reload_tls: control::ReloadFn = {
+                let p = process.clone();
+                Arc::new(move || p.reload_tls().map_err(|e| e.to_string()))
+            };
+            #[cfg(not(feature = "tls"))]
+            let reload_tls: control::ReloadFn =
+                Arc::new(|| Err("built without the `tls` feature".into()));
+            let handlers = control::Handlers {
+                restart,
+                status,
+                reload_tls,
+            };
+            let c = Control::serve(listener, process.watch().state, handlers)
                 .map_err(|source| Error::Control { path, source })?;
             let _ = process.inner.control.set(c);
         }
@@ -441,6 +456,10 @@ struct Inner {
     /// The TLS session-ticket key every generation shares (see `tickets`).
     #[cfg(feature = "tls")]
     ticket_key: OnceLock<[u8; crate::tickets::KEY_LEN]>,
+    /// The certificates of this process's TLS servers that [`Process::reload_tls`]
+    /// swaps.
+    #[cfg(feature = "tls")]
+    tls_certs: Mutex<Vec<std::sync::Weak<crate::tls::Reloadable>>>,
     control: OnceLock<Control>,
     exe: Exe,
     generation: u64,
@@ -631,6 +650,48 @@ impl Process {
         });
         let _ = self.inner.ticket_key.set(key);
         Ok(key)
+    }
+
+    /// A TLS server's certificate, for [`Process::reload_tls`].
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_reloadable(&self, r: &Arc<crate::tls::Reloadable>) {
+        let mut certs = lock(&self.inner.tls_certs);
+        certs.retain(|w| w.strong_count() > 0);
+        certs.push(Arc::downgrade(r));
+    }
+
+    /// Reads the certificate and key files of every TLS server of this process again
+    /// (those given by [`Server::tls`](crate::Server::tls)) and serves the new pairs to
+    /// new handshakes, without a restart; connections already made keep theirs. Every
+    /// pair is read and checked (the key must match the certificate) before any is
+    /// swapped: on an error nothing changes. Returns how many servers were reloaded.
+    /// Also on the control socket (`reload-tls`).
+    ///
+    /// ```no_run
+    /// # fn run(process: &ceaseless::Process) {
+    /// match process.reload_tls() {
+    ///     Ok(n) => eprintln!("{n} certificates reloaded"),
+    ///     Err(e) => eprintln!("kept the old certificates: {e}"),
+    /// }
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn reload_tls(&self) -> Result<usize, Error> {
+        let certs: Vec<_> = lock(&self.inner.tls_certs)
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        let loaded = certs
+            .iter()
+            .map(|c| c.load())
+            .collect::<Result<Vec<_>, _>>()
+            .inspect_err(|e| tracing::error!(error = %e, "TLS reload refused; nothing changed"))?;
+        for (c, k) in certs.iter().zip(loaded) {
+            c.install(k);
+            let (cert, key) = c.files();
+            tracing::info!(cert = %cert.display(), key = %key.display(), "TLS certificate reloaded");
+        }
+        Ok(certs.len())
     }
 
     /// The state the previous generation handed over at the restart that started this

@@ -58,7 +58,8 @@ impl Source {
         match self {
             #[cfg(feature = "tls")]
             Source::Files(cert, key) => {
-                let mut config = server_config(cert, key)?;
+                let (mut config, reloadable) = server_config(cert, key)?;
+                process.tls_reloadable(&reloadable);
                 let k = process.tls_ticket_key()?;
                 if let Some(t) = crate::tickets::Tickets::new(&k) {
                     Arc::make_mut(&mut config).ticketer = Arc::new(t);
@@ -133,10 +134,67 @@ pub(crate) async fn serve<S, B>(
     }
 }
 
-/// Builds the server configuration. Every failure names the file at fault.
+/// A certificate and key from PEM files, swapped in place by a reload
+/// ([`Process::reload_tls`](crate::Process::reload_tls)): new handshakes get the new
+/// pair, connections already made keep theirs.
 #[cfg(feature = "tls")]
-fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
-    use rustls::ServerConfig;
+pub(crate) struct Reloadable {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+#[cfg(feature = "tls")]
+impl std::fmt::Debug for Reloadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloadable")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "tls")]
+impl rustls::server::ResolvesServerCert for Reloadable {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Reloadable {
+    /// Reads the files again: the new pair, checked (the key must match the
+    /// certificate), not installed yet.
+    pub(crate) fn load(&self) -> Result<Arc<rustls::sign::CertifiedKey>, Error> {
+        certified_key(&self.cert, &self.key)
+    }
+
+    pub(crate) fn install(&self, k: Arc<rustls::sign::CertifiedKey>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = k;
+    }
+
+    pub(crate) fn files(&self) -> (&Path, &Path) {
+        (&self.cert, &self.key)
+    }
+}
+
+#[cfg(feature = "tls")]
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificate chain and key in these files, checked against each other. Every
+/// failure names the file at fault.
+#[cfg(feature = "tls")]
+fn certified_key(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, Error> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -160,18 +218,36 @@ fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, E
     let key_pem = read(key)?;
     let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| pem_err(key, format!("no usable private key: {e}")))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config_err = |source| Error::TlsConfig {
+    rustls::sign::CertifiedKey::from_der(certs, key_der, &provider())
+        .map(Arc::new)
+        .map_err(|source| Error::TlsConfig {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            source,
+        })
+}
+
+/// Builds the server configuration for PEM files, with the pair behind a reloadable
+/// resolver.
+#[cfg(feature = "tls")]
+fn server_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<Reloadable>), Error> {
+    let reloadable = Arc::new(Reloadable {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
-        source,
-    };
-    let mut config = ServerConfig::builder_with_provider(provider)
+        current: std::sync::RwLock::new(certified_key(cert, key)?),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(config_err)?
+        .map_err(|source| Error::TlsConfig {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            source,
+        })?
         .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(config_err)?;
+        .with_cert_resolver(reloadable.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), reloadable))
 }

@@ -299,3 +299,108 @@ fn tls_sessions_resume_across_restarts() {
         expect_gone(&p, last, "the last generation");
     }
 }
+
+/// The DER of the certificate a fresh TLS connection to `addr` is served.
+#[cfg(feature = "tls")]
+fn served_cert(
+    rt: &tokio::runtime::Runtime,
+    config: &Arc<rustls::ClientConfig>,
+    addr: &str,
+) -> Vec<u8> {
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    })
+}
+
+/// `tls reload-cert --control PATH`: the server reads its certificate and key files
+/// again and serves the new certificate to new connections, with no restart and no
+/// failed request; a key that does not match its certificate is refused, with the
+/// reason, and the certificate in use stays.
+#[test]
+#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
+fn a_certificate_reload_swaps_it_without_a_restart_and_refuses_a_bad_key() {
+    #[cfg(feature = "tls")]
+    {
+        use rustls_pki_types::pem::PemObject;
+        let dir = common::scratch_dir("reload-cert");
+        let make = || rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (a, b) = (make(), make());
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let control = common::generations::socket_path(&dir, "ctl.sock");
+        std::fs::write(&cert, a.cert.pem()).unwrap();
+        std::fs::write(&key, a.signing_key.serialize_pem()).unwrap();
+        let p = Proc::spawn(
+            &example_bin("tls"),
+            &[
+                "--addr",
+                "127.0.0.1:0",
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "--control",
+                control.to_str().unwrap(),
+            ],
+        );
+        let addr = p.ready_addr(1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in [&a, &b] {
+            roots
+                .add(
+                    rustls_pki_types::CertificateDer::from_pem_slice(c.cert.pem().as_bytes())
+                        .unwrap(),
+                )
+                .unwrap();
+        }
+        let config = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        );
+        assert_eq!(served_cert(&rt, &config, &addr), a.cert.der().to_vec());
+        let reload = || {
+            std::process::Command::new(example_bin("tls"))
+                .args(["reload-cert", "--control"])
+                .arg(&control)
+                .output()
+                .unwrap()
+        };
+
+        // The new pair, by rename as a deploy writes it.
+        let write = |path: &std::path::Path, text: String| {
+            let tmp = path.with_extension("new");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        };
+        write(&key, b.signing_key.serialize_pem());
+        write(&cert, b.cert.pem());
+        let out = reload();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(served_cert(&rt, &config, &addr), b.cert.der().to_vec());
+        assert_eq!(p.generation_pids(), vec![p.pid], "no restart happened");
+
+        // A key that is not the certificate's: refused, and b stays.
+        write(&key, make().signing_key.serialize_pem());
+        let out = reload();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("key.pem"), "the reason names the file: {err}");
+        assert_eq!(served_cert(&rt, &config, &addr), b.cert.der().to_vec());
+        p.signal(libc::SIGTERM);
+        expect_gone(&p, p.pid, "after the reloads");
+    }
+}
