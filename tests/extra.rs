@@ -371,7 +371,68 @@ fn a_certificate_reload_swaps_it_without_a_restart_and_refuses_a_bad_key() {
             .with_root_certificates(roots)
             .with_no_client_auth(),
         );
-        assert_eq!(served_cert(&rt, &config, &addr), a.cert.der().to_vec());
+        // Without resumption to look at the certificate: a resumed session reports the
+        // certificate of the session it resumed.
+        let fresh = {
+            let mut c = (*config).clone();
+            c.resumption = rustls::client::Resumption::disabled();
+            Arc::new(c)
+        };
+        let config = &fresh;
+        assert_eq!(served_cert(&rt, config, &addr), a.cert.der().to_vec());
+        // Requests on fresh connections all along, none of which may fail.
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        // Until the load has served `more` requests beyond now.
+        let more = |n: u32| {
+            let target = served.load(Ordering::Acquire) + n;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while served.load(Ordering::Acquire) < target {
+                assert!(Instant::now() < deadline, "the load stalled");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        let load = {
+            let (config, addr, stop, served) =
+                (config.clone(), addr.clone(), stop.clone(), served.clone());
+            std::thread::spawn(move || {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(Ordering::Acquire) && ok < 100_000 {
+                    let got: Result<Vec<u8>, String> = rt.block_on(async {
+                        let tcp = tokio::net::TcpStream::connect(&addr)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                        let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+                            .connect(name, tcp)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        tls.write_all(
+                            b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                        let mut answer = Vec::new();
+                        let _ = tls.read_to_end(&mut answer).await;
+                        Ok(answer)
+                    });
+                    match got {
+                        Ok(a) if a.starts_with(b"HTTP/1.1 200") => {
+                            ok += 1;
+                            served.store(ok, Ordering::Release);
+                        }
+                        Ok(a) => failed.push(String::from_utf8_lossy(&a).into_owned()),
+                        Err(e) => failed.push(e),
+                    }
+                }
+                (ok, failed)
+            })
+        };
         let reload = || {
             std::process::Command::new(example_bin("tls"))
                 .args(["reload-cert", "--control"])
@@ -386,20 +447,34 @@ fn a_certificate_reload_swaps_it_without_a_restart_and_refuses_a_bad_key() {
             std::fs::write(&tmp, text).unwrap();
             std::fs::rename(&tmp, path).unwrap();
         };
+        more(20);
         write(&key, b.signing_key.serialize_pem());
         write(&cert, b.cert.pem());
         let out = reload();
+        more(20);
         assert!(out.status.success(), "{out:?}");
-        assert_eq!(served_cert(&rt, &config, &addr), b.cert.der().to_vec());
+        assert_eq!(served_cert(&rt, config, &addr), b.cert.der().to_vec());
         assert_eq!(p.generation_pids(), vec![p.pid], "no restart happened");
 
         // A key that is not the certificate's: refused, and b stays.
         write(&key, make().signing_key.serialize_pem());
         let out = reload();
+        more(20);
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("key.pem"), "the reason names the file: {err}");
-        assert_eq!(served_cert(&rt, &config, &addr), b.cert.der().to_vec());
+        assert_eq!(served_cert(&rt, config, &addr), b.cert.der().to_vec());
+        stop.store(true, Ordering::Release);
+        let (ok, failed) = load.join().unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} requests failed: {failed:?}",
+            failed.len()
+        );
+        assert!(ok > 0, "the load never ran");
+        println!(
+            "[reload] {ok} requests on fresh TLS connections through two reloads, none failed"
+        );
         p.signal(libc::SIGTERM);
         expect_gone(&p, p.pid, "after the reloads");
     }
