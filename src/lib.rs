@@ -93,6 +93,7 @@ mod control;
 mod drain;
 mod duration;
 mod error;
+mod fdpass;
 mod handover;
 mod health;
 mod inherit;
