@@ -16,6 +16,12 @@
 //! -> status
 //! <- {"pid":4187,...}      the process's [`Status`](crate::Status) as one line of JSON
 //!                          (its fields are documented there); [`request_status`] reads it
+//! -> takeover             (sent by a process started independently, with
+//!                          ProcessBuilder::takeover: the listeners go to it over this
+//!                          connection, which stays open for its readiness; see the
+//!                          `takeover` module)
+//! <- handover ...          the sockets attached, then ready/live/abort
+//! <- error <reason>        refused, nothing changed
 //! -> anything else
 //! <- error unknown command "..."
 //! ```
@@ -161,7 +167,7 @@ fn exchange(
 /// Connects without blocking past the deadline (a full accept queue makes `connect` on
 /// a Unix socket wait).
 #[cfg(feature = "control")]
-fn connect(
+pub(crate) fn connect(
     path: &Path,
     deadline: Instant,
     timeout: Duration,
@@ -275,11 +281,17 @@ pub(crate) type RestartFn =
 /// A snapshot of the process (the owner's [`Process::status`](crate::Process::status)).
 pub(crate) type StatusFn = Arc<dyn Fn() -> crate::Status + Send + Sync>;
 
+/// Hands the listeners to the process at the other end of the connection (see the
+/// `takeover` module); answers on the connection itself.
+pub(crate) type TakeoverFn =
+    Arc<dyn Fn(UnixStream) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// What the control socket answers with.
 #[derive(Clone)]
-struct Handlers {
-    restart: RestartFn,
-    status: StatusFn,
+pub(crate) struct Handlers {
+    pub(crate) restart: RestartFn,
+    pub(crate) status: StatusFn,
+    pub(crate) takeover: TakeoverFn,
 }
 
 /// A control socket being served.
@@ -294,12 +306,10 @@ impl Control {
     pub(crate) fn serve(
         listener: std::os::unix::net::UnixListener,
         state: watch::Receiver<State>,
-        restart: RestartFn,
-        status: StatusFn,
+        handlers: Handlers,
     ) -> Result<Control, io::Error> {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let tracker = TaskTracker::new();
-        let handlers = Handlers { restart, status };
         tracker.spawn(accept_loop(listener, state, handlers, tracker.clone()));
         Ok(Control { tracker })
     }
@@ -369,7 +379,13 @@ async fn answer(stream: UnixStream, handlers: Handlers) {
         let mut limited = (&mut reader).take(MAX_LINE);
         let read = limited.read_until(b'\n', &mut line);
         match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
-            Ok(Ok(n)) if n > 0 => handle(&line, &handlers).await,
+            Ok(Ok(n)) if n > 0 => {
+                if line.trim_ascii() == b"takeover" {
+                    // The connection becomes the newcomer's: the takeover answers on it.
+                    return (handlers.takeover)(reader.into_inner()).await;
+                }
+                handle(&line, &handlers).await
+            }
             Ok(Ok(_)) => return, // connected and hung up
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "control socket: cannot read the request");

@@ -110,12 +110,13 @@ mod serve;
 mod signals;
 pub mod status;
 mod supervise;
+mod takeover;
 mod tls;
 
 pub use addr::ListenAddr;
 pub use conn::ConnInfo;
 #[cfg(feature = "control")]
-pub use error::ControlError;
+pub use error::{ControlError, TakeoverError};
 pub use error::{Error, RestartError};
 pub use health::{health, Health};
 pub use lifecycle::{Drain, Served};

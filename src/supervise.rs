@@ -1124,8 +1124,7 @@ mod sys {
         sock: &UnixDatagram,
         buf: &mut [u8],
     ) -> io::Result<Option<(String, Vec<OwnedFd>)>> {
-        let got = match crate::fdpass::recv(sock.as_fd(), buf, MAX_REPORT_FDS, libc::MSG_DONTWAIT)
-        {
+        let got = match crate::fdpass::recv(sock.as_fd(), buf, MAX_REPORT_FDS, libc::MSG_DONTWAIT) {
             Ok(got) => got,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) => return Err(e),
