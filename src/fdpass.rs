@@ -130,6 +130,7 @@ pub(crate) fn recv(
 }
 
 /// The user id of the process at the other end of a connected Unix socket.
+#[cfg_attr(not(feature = "control"), allow(dead_code))]
 pub(crate) fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {

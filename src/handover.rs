@@ -641,9 +641,11 @@ impl Message {
 
 /// A takeover, on the control socket: the request an independently started process
 /// sends (`takeover\n`); the answer is an [`Offer`] or `error <reason>\n`.
+#[cfg_attr(not(feature = "control"), allow(dead_code))]
 pub(crate) const TAKEOVER_REQUEST: &str = "takeover\n";
 
 /// The longest offer line a newcomer reads.
+#[cfg_attr(not(feature = "control"), allow(dead_code))]
 pub(crate) const MAX_OFFER: usize = 256 * 1024;
 
 /// The answer to `takeover`: `handover <generation> <pid> <n> <name 1> … <name n>\n`,
@@ -677,6 +679,7 @@ impl Offer<Name> {
     }
 }
 
+#[cfg_attr(not(feature = "control"), allow(dead_code))]
 impl Offer<Result<Name, String>> {
     /// Reads an offer line; an `error <reason>` line or anything else is the `Err`.
     pub(crate) fn decode(line: &str) -> Result<Self, OfferError> {
@@ -708,6 +711,7 @@ impl Offer<Result<Name, String>> {
 
 /// Why an offer line is not one.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "control"), allow(dead_code))]
 pub(crate) enum OfferError {
     /// `error <reason>`: the running process refused.
     Refused(String),

@@ -171,6 +171,7 @@ impl Inherited {
     /// What a takeover received (see the `takeover` module): the running process
     /// (`parent`, generation `generation`) offered these sockets, and the connection is
     /// the readiness channel. Each is checked as an inherited one is.
+    #[cfg_attr(not(feature = "control"), allow(dead_code))]
     pub(crate) fn from_takeover(
         parent: u32,
         generation: u64,
