@@ -165,3 +165,38 @@ pub(crate) fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
         Ok(uid)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn descriptors_travel_with_the_bytes() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (x, y) = UnixStream::pair().unwrap();
+        let sent = send(a.as_fd(), b"offer\n", &[x.as_fd(), y.as_fd()], 0).unwrap();
+        assert_eq!(sent, 6);
+        let mut buf = [0u8; 64];
+        let got = recv(b.as_fd(), &mut buf, MAX_FDS, 0).unwrap();
+        assert_eq!(&buf[..got.len], b"offer\n");
+        assert_eq!(got.fds.len(), 2);
+        assert!(!got.truncated);
+        // They are the same sockets: what goes into x's copy comes out of y.
+        let x2 = UnixStream::from(got.fds[0].try_clone().unwrap());
+        use std::io::{Read, Write};
+        (&x2).write_all(b"!").unwrap();
+        let mut one = [0u8; 1];
+        (&y).read_exact(&mut one).unwrap();
+        assert_eq!(&one, b"!");
+        // Both ends are ours now, and the peer is this very user.
+        // SAFETY: geteuid has no failure mode.
+        assert_eq!(peer_uid(b.as_fd()).unwrap(), unsafe { libc::geteuid() });
+        // Too small a control buffer: the descriptors are cut, and it says so.
+        // (Three: room for one rounds up to room for two.)
+        send(a.as_fd(), b"x", &[x.as_fd(), y.as_fd(), a.as_fd()], 0).unwrap();
+        let got = recv(b.as_fd(), &mut buf, 1, 0).unwrap();
+        assert!(got.truncated && got.fds.len() < 3);
+    }
+}
