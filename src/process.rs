@@ -1111,9 +1111,11 @@ impl Process {
             abort,
             _running,
         } = claimed;
+        let plan = crate::lineage::plan(self.inner.max_draining);
         let offer = crate::handover::Offer {
             generation: self.inner.generation,
             pid: std::process::id(),
+            draining: plan.kept,
             names,
         };
         let started = match crate::takeover::offer(&stream, &offer, &fds).await {
@@ -1124,7 +1126,6 @@ impl Process {
                     new_pid = newcomer,
                     "handed the listeners to the new process; waiting for it to be ready"
                 );
-                let plan = crate::lineage::plan(self.inner.max_draining);
                 Ok(Successor::Newcomer(crate::takeover::Newcomer::new(
                     newcomer,
                     stream,
@@ -1272,6 +1273,7 @@ fn take_over(path: &Path, found: Inherited) -> Result<Inherited, Error> {
     let taken = crate::takeover::request(path, TAKEOVER_WAIT).map_err(fail)?;
     let mut found = found;
     found.close_unclaimed();
+    crate::lineage::tell(taken.draining);
     tracing::info!(
         pid = std::process::id(),
         from = taken.pid,

@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! -> takeover
-//! <- handover <generation> <pid> <n> <name>…   the n sockets attached (SCM_RIGHTS)
+//! <- handover <generation> <pid> <draining> <n> <name>…
+//!                                               the n sockets attached (SCM_RIGHTS)
 //! <- error <reason>                             refused: restarting, draining, not
 //!                                               ready yet, under the supervisor
 //! -> ready <pid>                                the newcomer declared ready
@@ -23,7 +24,10 @@
 //! refused meanwhile), and from the offer on, the connection is the newcomer's
 //! readiness channel, with the re-exec commit's messages: the newcomer uses what it
 //! received as what a restarted generation inherits (readiness, claiming, closing
-//! what nobody claimed work unchanged), as generation `<generation> + 1`.
+//! what nobody claimed work unchanged), as generation `<generation> + 1`, and is
+//! told of the generations still draining (`<draining>`, as `CEASELESS_DRAINING`, the
+//! old process among them once it commits) so that the bound on draining generations
+//! holds across the takeover.
 //!
 //! # Failure
 //! The old process never stops accepting before the commit: it only duplicated its
@@ -157,21 +161,17 @@ impl Newcomer {
             .write_all(Message::Abort.encode().as_bytes())
             .await;
         drop(self.channel);
-        match self.id.filter(crate::lineage::alive) {
-            Some(_) => {
-                if let Ok(p) = libc::pid_t::try_from(pid) {
-                    // SAFETY: kill(2) has no memory effects; the start time matched
-                    // just now, so the pid is still the newcomer's.
-                    unsafe {
-                        libc::kill(p, libc::SIGTERM);
-                    }
-                    tracing::info!(
-                        new_pid = pid,
-                        "told the failed new process to stop (SIGTERM)"
-                    );
-                }
+        match self.id.map(|id| crate::lineage::signal(&id, libc::SIGTERM)) {
+            Some(Ok(true)) => {
+                tracing::info!(
+                    new_pid = pid,
+                    "told the failed new process to stop (SIGTERM)"
+                )
             }
-            None => tracing::debug!(new_pid = pid, "the failed new process is gone"),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, new_pid = pid, "cannot stop the failed new process")
+            }
+            _ => tracing::debug!(new_pid = pid, "the failed new process is gone"),
         }
     }
 }
@@ -194,6 +194,8 @@ mod newcomer {
         /// The running process.
         pub(crate) pid: u32,
         pub(crate) generation: u64,
+        /// Older generations still draining, for the bound on draining.
+        pub(crate) draining: Vec<crate::handover::ProcId>,
         pub(crate) entries: Vec<(Result<Name, String>, OwnedFd)>,
         /// The connection, now the readiness channel.
         pub(crate) channel: OwnedFd,
@@ -278,6 +280,7 @@ mod newcomer {
         Ok(Taken {
             pid: offer.pid,
             generation: offer.generation,
+            draining: offer.draining,
             entries: offer.names.into_iter().zip(fds).collect(),
             channel: stream.into(),
         })

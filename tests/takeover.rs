@@ -38,13 +38,17 @@ fn hello_cli(verb: &str, control: &Path) -> Output {
         .expect("run hello")
 }
 
-/// The pid the control socket's `status` names.
-fn status_pid(control: &Path) -> u32 {
+/// The control socket's `status`, as JSON.
+fn status(control: &Path) -> serde_json::Value {
     let out = hello_cli("status", control);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "hello status failed: {text}");
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["pid"].as_u64().unwrap() as u32
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The pid the control socket's `status` names.
+fn status_pid(control: &Path) -> u32 {
+    status(control)["pid"].as_u64().unwrap() as u32
 }
 
 fn clients(addr: SocketAddr) -> Vec<Client> {
@@ -274,4 +278,72 @@ fn a_failed_takeover_changes_nothing() {
         old.wait_exit(LONG).is_some(),
         "the old process did not stop"
     );
+}
+
+/// The bound on draining generations holds across a takeover: the newcomer is told of
+/// the old process, still draining a long request, and its own restart hammers it.
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn the_draining_bound_follows_a_takeover() {
+    become_subreaper();
+    let dir = scratch_dir("takeover-bound");
+    let (old_app, new_app) = (hello_at(&dir, "old"), hello_at(&dir, "new"));
+    let control = socket_path(&dir, "control.sock");
+    let ctl = control.to_str().unwrap();
+    let bound = ["--max-draining", "1"];
+    let mut old = Proc::spawn(
+        &old_app,
+        &[&["--addr", "127.0.0.1:0", "--control", ctl][..], &bound].concat(),
+    );
+    let addr = old.ready_addr(1);
+    // A request the old process is busy with long after the takeover.
+    let mut slow = common::load::connect_tcp(&addr).unwrap();
+    slow.write_all(b"GET /slow?ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let deadline = std::time::Instant::now() + LONG;
+    while status(&control)["connections"]["active"].as_u64() != Some(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    let mut new = Proc::spawn(
+        &new_app,
+        &[&["--takeover", ctl, "--addr", &addr][..], &bound].concat(),
+    );
+    old.expect_line("restart succeeded", LONG);
+    new.expect_line("ready: every server accepts", LONG);
+    assert!(
+        alive(old.pid),
+        "the old process should still drain its request"
+    );
+
+    // The newcomer's own restart leaves two draining (the old process and itself):
+    // over the bound of one, so the old process is hammered.
+    let out = hello_cli("restart", &control);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let line = new.expect_line("hammering the oldest", LONG);
+    assert_eq!(
+        field(&line, "hammered"),
+        Some(old.pid.to_string()),
+        "{line}"
+    );
+    assert!(
+        old.wait_exit(LONG).is_some(),
+        "the hammered process still runs"
+    );
+    assert!(
+        new.wait_exit(LONG).is_some(),
+        "the newcomer did not hand over"
+    );
+    let third: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    signal(third, libc::SIGTERM);
+    assert!(wait_gone(third, LONG));
+    drop(slow);
 }
