@@ -29,7 +29,11 @@
 //! oldest beyond are hammered), `--supervise` (stable PID: this process becomes the
 //! supervisor, and the server runs in generations under it; `--pid-file` then names
 //! the supervisor), `--udp ADDR` (also a UDP echo on ADDR, answering
-//! `pid <pid>: <payload>`, on a socket kept across restarts).
+//! `pid <pid>: <payload>`, on a socket kept across restarts), `--takeover PATH` (start
+//! independently and take over from the server whose control socket is PATH: its
+//! listeners come over that socket, and it drains once this one is ready; PATH is then
+//! this one's control socket unless `--control` names another; exits 1 with the reason,
+//! binding nothing, if the takeover is refused).
 //!
 //! ```text
 //! cargo run --example hello -- --supervise   # the pid the shell waits for never changes
@@ -88,6 +92,7 @@ struct Options {
     udp: Option<String>,
     max_draining: Option<usize>,
     supervise: bool,
+    takeover: Option<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -111,6 +116,7 @@ fn parse_args() -> Result<Options, String> {
         udp: None,
         max_draining: None,
         supervise: false,
+        takeover: None,
     };
     let mut args = std::env::args().skip(1);
     let ms = |v: Option<String>, name: &str| -> Result<Option<Duration>, String> {
@@ -153,6 +159,7 @@ fn parse_args() -> Result<Options, String> {
                 o.max_draining = Some(v.parse().map_err(|_| format!("not a number: {v}"))?);
             }
             "--supervise" => o.supervise = true,
+            "--takeover" => o.takeover = Some(args.next().ok_or("--takeover needs a value")?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -678,6 +685,17 @@ async fn serve(opts: Options) -> std::process::ExitCode {
         #[cfg(not(feature = "control"))]
         {
             eprintln!("hello: --control {p}: built without the `control` feature");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    if let Some(p) = &opts.takeover {
+        #[cfg(feature = "control")]
+        {
+            process = process.takeover(p);
+        }
+        #[cfg(not(feature = "control"))]
+        {
+            eprintln!("hello: --takeover {p}: built without the `control` feature");
             return std::process::ExitCode::from(2);
         }
     }

@@ -20,6 +20,12 @@
 //! <- ok 1                  the TLS servers' certificate files were read again and are
 //!                          served to new handshakes ([`request_reload_tls`])
 //! <- error <reason>        nothing changed (a file missing, a key that does not match)
+//! -> takeover             (sent by a process started independently, with
+//!                          ProcessBuilder::takeover: the listeners go to it over this
+//!                          connection, which stays open for its readiness; see the
+//!                          `takeover` module)
+//! <- handover ...          the sockets attached, then ready/live/abort
+//! <- error <reason>        refused, nothing changed
 //! -> anything else
 //! <- error unknown command "..."
 //! ```
@@ -197,7 +203,7 @@ fn exchange(
 /// Connects without blocking past the deadline (a full accept queue makes `connect` on
 /// a Unix socket wait).
 #[cfg(feature = "control")]
-fn connect(
+pub(crate) fn connect(
     path: &Path,
     deadline: Instant,
     timeout: Duration,
@@ -313,6 +319,10 @@ pub(crate) type StatusFn = Arc<dyn Fn() -> crate::Status + Send + Sync>;
 
 /// Reloads the TLS certificates: how many, or why nothing changed.
 pub(crate) type ReloadFn = Arc<dyn Fn() -> Result<usize, String> + Send + Sync>;
+/// Hands the listeners to the process at the other end of the connection (see the
+/// `takeover` module); answers on the connection itself.
+pub(crate) type TakeoverFn =
+    Arc<dyn Fn(UnixStream) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// What the control socket answers with.
 #[derive(Clone)]
@@ -320,6 +330,7 @@ pub(crate) struct Handlers {
     pub(crate) restart: RestartFn,
     pub(crate) status: StatusFn,
     pub(crate) reload_tls: ReloadFn,
+    pub(crate) takeover: TakeoverFn,
 }
 
 /// A control socket being served.
@@ -407,7 +418,13 @@ async fn answer(stream: UnixStream, handlers: Handlers) {
         let mut limited = (&mut reader).take(MAX_LINE);
         let read = limited.read_until(b'\n', &mut line);
         match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
-            Ok(Ok(n)) if n > 0 => handle(&line, &handlers).await,
+            Ok(Ok(n)) if n > 0 => {
+                if line.trim_ascii() == b"takeover" {
+                    // The connection becomes the newcomer's: the takeover answers on it.
+                    return (handlers.takeover)(reader.into_inner()).await;
+                }
+                handle(&line, &handlers).await
+            }
             Ok(Ok(_)) => return, // connected and hung up
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "control socket: cannot read the request");

@@ -121,6 +121,18 @@ pub enum Error {
     /// (nothing was started).
     #[error("cannot become the supervisor: {0}")]
     Supervise(#[source] io::Error),
+    #[cfg(feature = "control")]
+    /// [`ProcessBuilder::takeover`](crate::ProcessBuilder::takeover) could not take the
+    /// listeners over from the process serving that control socket. Nothing was bound:
+    /// the running process still serves, unchanged.
+    #[error("cannot take over from {}: {source}", path.display())]
+    Takeover {
+        /// The running process's control socket.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: TakeoverError,
+    },
     /// An inherited file descriptor is not the listening socket it was announced as.
     /// Logged, never fatal: the server binds afresh instead.
     #[error("inherited fd {fd} ({name}) is unusable: {reason}")]
@@ -186,6 +198,27 @@ pub enum RestartError {
         /// Its pid.
         pid: u32,
     },
+    /// A takeover: the new process closed its connection (it exited, crashed, or gave
+    /// up) before it declared ready.
+    #[error("the new process (pid {pid}) left before it was ready")]
+    Left {
+        /// Its pid.
+        pid: u32,
+    },
+    /// A takeover: the new process did not declare ready in time; it was told to stop
+    /// (`abort`, then SIGTERM). It is not this process's child: it is neither waited
+    /// for nor killed.
+    #[error("the new process (pid {pid}) was not ready within {timeout:?}; told it to stop")]
+    TakeoverNotReady {
+        /// Its pid.
+        pid: u32,
+        /// The deadline it missed.
+        timeout: Duration,
+    },
+    /// A takeover was asked of a process that cannot hand over that way (under the
+    /// stable-PID supervisor, or with more sockets than one message carries).
+    #[error("a takeover is not possible here: {0}")]
+    TakeoverRefused(&'static str),
     /// Preparing the handover failed (pipes, descriptors).
     #[error("restart failed: {0}")]
     Io(#[from] io::Error),
@@ -197,7 +230,9 @@ impl RestartError {
         match self {
             RestartError::Exited { pid, .. }
             | RestartError::NotReady { pid, .. }
-            | RestartError::Aborted { pid } => Some(*pid),
+            | RestartError::Aborted { pid }
+            | RestartError::Left { pid }
+            | RestartError::TakeoverNotReady { pid, .. } => Some(*pid),
             _ => None,
         }
     }
@@ -239,6 +274,52 @@ pub enum ControlError {
     #[error("the control socket refused the request: {0}")]
     Refused(String),
     /// Sending the request or reading the answer failed.
+    #[error("control socket: {0}")]
+    Io(#[source] io::Error),
+}
+
+#[cfg(feature = "control")]
+/// Why a new process could not take over from a running one
+/// ([`ProcessBuilder::takeover`](crate::ProcessBuilder::takeover)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TakeoverError {
+    /// Nothing answers at that path (no such file, not a socket, nothing listening,
+    /// permission denied).
+    #[error("cannot connect to the control socket: {0}")]
+    Connect(#[source] io::Error),
+    /// The process answering runs as another user (and is not root).
+    #[error("the process answering runs as uid {uid}, neither this user nor root")]
+    NotAllowed {
+        /// Its user id.
+        uid: u32,
+    },
+    /// The running process refused (`error <reason>`): it is restarting, draining,
+    /// under a supervisor, not ready yet, or predates takeovers ("unknown command").
+    #[error("the running process refused: {0}")]
+    Refused(String),
+    /// The answer was not the protocol's: not a ceaseless control socket.
+    #[error("unexpected answer (not a ceaseless control socket?): {0:?}")]
+    Protocol(String),
+    /// The connection closed without an answer.
+    #[error("the control socket closed the connection without an answer")]
+    Closed,
+    /// No answer within the deadline.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The offer named another number of sockets than came with it.
+    #[error("the offer names {named} sockets but {attached} came with it")]
+    Descriptors {
+        /// How many the offer named.
+        named: usize,
+        /// How many were attached.
+        attached: usize,
+    },
+    /// This process runs under the stable-PID supervisor, which starts its
+    /// generations itself: a takeover is not supported there.
+    #[error("under the supervisor a takeover is not supported")]
+    Supervised,
+    /// Reading or writing the connection failed.
     #[error("control socket: {0}")]
     Io(#[source] io::Error),
 }

@@ -38,6 +38,12 @@
 //!   datagram: `live <pid> <start> <generation>` then one handover name a line, with the
 //!   named sockets attached (`SCM_RIGHTS`); `committed <pid> <new pid>`;
 //!   `failed <pid>`; `stopping <pid>`.
+//! - A takeover (see the `takeover` module) goes over the control socket instead of
+//!   the environment: the newcomer sends `takeover`, the running process answers
+//!   `handover <generation> <pid> <draining> <n> <name>…` (`<draining>` as in
+//!   `CEASELESS_DRAINING`, `-` for none; space-separated names, as above) with the
+//!   n sockets attached (`SCM_RIGHTS`), or `error <reason>`; from then on the connection
+//!   is the readiness channel of a socket: `ready <pid>`, then `live` or `abort`.
 //!
 //! Each entry is validated on its own: one bad name rejects that descriptor (which is
 //! closed), never the others; one bad line of the history drops that line alone (each
@@ -491,16 +497,24 @@ pub(crate) fn read_draining(env: &dyn Env) -> Result<Vec<ProcId>, Error> {
     let Some(v) = env.get(ENV_DRAINING) else {
         return Ok(Vec::new());
     };
+    decode_draining(&v).map_err(|(value, reason)| Error::Environment {
+        name: ENV_DRAINING,
+        value: value.unwrap_or(v.clone()),
+        reason,
+    })
+}
+
+/// Reads a [`draining_value`]; on error, what to show of it (if not all) and why.
+fn decode_draining(v: &str) -> Result<Vec<ProcId>, (Option<String>, String)> {
     if v.trim().is_empty() {
         return Ok(Vec::new());
     }
     let parts: Vec<&str> = v.trim().split(',').collect();
     if parts.len() > MAX_FDS {
-        return Err(Error::Environment {
-            name: ENV_DRAINING,
-            value: format!("{} entries", parts.len()),
-            reason: "too many generations".into(),
-        });
+        return Err((
+            Some(format!("{} entries", parts.len())),
+            "too many generations".into(),
+        ));
     }
     parts
         .into_iter()
@@ -511,11 +525,7 @@ pub(crate) fn read_draining(env: &dyn Env) -> Result<Vec<ProcId>, Error> {
                     start: start.parse().ok()?,
                 })
             });
-            parsed.ok_or_else(|| Error::Environment {
-                name: ENV_DRAINING,
-                value: v.clone(),
-                reason: format!("{p:?} is not <pid>@<start time>"),
-            })
+            parsed.ok_or_else(|| (None, format!("{p:?} is not <pid>@<start time>")))
         })
         .collect()
 }
@@ -647,6 +657,102 @@ impl Message {
                 .map(Message::Ready),
         }
     }
+}
+
+/// A takeover, on the control socket: the request an independently started process
+/// sends (`takeover\n`); the answer is an [`Offer`] or `error <reason>\n`.
+#[cfg_attr(not(feature = "control"), allow(dead_code))]
+pub(crate) const TAKEOVER_REQUEST: &str = "takeover\n";
+
+/// The longest offer line a newcomer reads.
+#[cfg_attr(not(feature = "control"), allow(dead_code))]
+pub(crate) const MAX_OFFER: usize = 256 * 1024;
+
+/// The answer to `takeover`:
+/// `handover <generation> <pid> <draining> <n> <name 1> … <name n>\n`, with the n named
+/// descriptors attached to it (`SCM_RIGHTS`), in that order. `generation` and `pid` are
+/// the offering process's; `draining` the generations that would still drain once it
+/// commits, as in `CEASELESS_DRAINING` (`-` for none), for the bound on draining. Names are the handover's (never a
+/// space in one: paths are escaped); each is read on its own, so one name of a kind
+/// this version does not know rejects that descriptor alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Offer<N> {
+    pub(crate) generation: u64,
+    pub(crate) pid: u32,
+    pub(crate) draining: Vec<ProcId>,
+    pub(crate) names: Vec<N>,
+}
+
+const OFFER: &str = "handover";
+
+impl Offer<Name> {
+    pub(crate) fn encode(&self) -> String {
+        let draining = match draining_value(&self.draining) {
+            d if d.is_empty() => "-".to_string(),
+            d => d,
+        };
+        let mut s = format!(
+            "{OFFER} {} {} {draining} {}",
+            self.generation,
+            self.pid,
+            self.names.len()
+        );
+        for n in &self.names {
+            s.push(' ');
+            s.push_str(&n.encode());
+        }
+        s.push('\n');
+        s
+    }
+}
+
+#[cfg_attr(not(feature = "control"), allow(dead_code))]
+impl Offer<Result<Name, String>> {
+    /// Reads an offer line; an `error <reason>` line or anything else is the `Err`.
+    pub(crate) fn decode(line: &str) -> Result<Self, OfferError> {
+        let line = line.trim_end_matches(['\n', '\r']);
+        if let Some(reason) = line.strip_prefix("error ") {
+            return Err(OfferError::Refused(reason.to_string()));
+        }
+        let shown = || OfferError::Garbage(cut(line, 200).to_string());
+        let mut words = line.split(' ');
+        if words.next() != Some(OFFER) {
+            return Err(shown());
+        }
+        let number = |w: Option<&str>| w.and_then(|w| w.parse::<u64>().ok());
+        let (generation, pid) = (number(words.next()), number(words.next()));
+        let draining = match words.next() {
+            Some("-") => Ok(Vec::new()),
+            Some(d) => decode_draining(d),
+            None => Err((None, String::new())),
+        };
+        let n = number(words.next());
+        let (Some(generation), Some(pid), Ok(draining), Some(n)) = (generation, pid, draining, n)
+        else {
+            return Err(shown());
+        };
+        let pid = u32::try_from(pid).map_err(|_| shown())?;
+        let names: Vec<Result<Name, String>> = words.map(Name::decode).collect();
+        if names.len() as u64 != n || generation == 0 || pid == 0 {
+            return Err(shown());
+        }
+        Ok(Offer {
+            generation,
+            pid,
+            draining,
+            names,
+        })
+    }
+}
+
+/// Why an offer line is not one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "control"), allow(dead_code))]
+pub(crate) enum OfferError {
+    /// `error <reason>`: the running process refused.
+    Refused(String),
+    /// Not a line of this protocol (shown, cut).
+    Garbage(String),
 }
 
 /// The most restarts a history carries (the oldest are dropped first).
@@ -884,6 +990,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn offers_refusals_and_garbage() {
+        assert_eq!(
+            Offer::decode("error a restart is already in progress\n"),
+            Err(OfferError::Refused(
+                "a restart is already in progress".into()
+            ))
+        );
+        for bad in [
+            "",
+            "HTTP/1.1 400 Bad Request\r\n",
+            "handover 1 2 - 3 tcp:1.2.3.4:5\n",
+            "handover 0 2 - 0\n",
+            "handover 1 x - 0\n",
+            "handover 1 2 0\n",
+            "handover 1 2 7@x 0\n",
+        ] {
+            assert!(
+                matches!(Offer::decode(bad), Err(OfferError::Garbage(_))),
+                "{bad:?}"
+            );
+        }
+        let o = Offer::decode("handover 3 41 7@99,8@100 2 tcp:127.0.0.1:80 quic:1\n").unwrap();
+        assert_eq!((o.generation, o.pid), (3, 41));
+        assert_eq!(
+            o.draining,
+            [ProcId { pid: 7, start: 99 }, ProcId { pid: 8, start: 100 }]
+        );
+        assert!(o.names[0].is_ok() && o.names[1].is_err());
+        assert_eq!(Message::decode(TAKEOVER_REQUEST), None);
+    }
+
     proptest! {
         /// Whatever numbers the sources have (in the target range, above it, out of
         /// order), file i ends up at 3 + i.
@@ -895,6 +1033,33 @@ mod tests {
             place_fds(&mut table, &sources, &mut scratch).unwrap();
             for i in 0..sources.len() {
                 prop_assert_eq!(table.0.get(&(FIRST_FD + i as RawFd)), Some(&(i as u32)));
+            }
+        }
+
+        #[test]
+        fn an_offer_round_trips(
+            names in proptest::collection::vec(name(), 0..12),
+            pid in 1u32..,
+            generation in 1u64..,
+            draining in proptest::collection::vec((1u32.., any::<u64>()), 0..5),
+        ) {
+            let draining: Vec<ProcId> =
+                draining.into_iter().map(|(pid, start)| ProcId { pid, start }).collect();
+            let o = Offer { generation, pid, draining, names };
+            let line = o.encode();
+            prop_assert_eq!(line.matches('\n').count(), 1, "{:?}", line);
+            let got = Offer::decode(&line).unwrap();
+            prop_assert_eq!((got.generation, got.pid), (generation, pid));
+            prop_assert_eq!(&got.draining, &o.draining);
+            let names: Vec<Name> = got.names.into_iter().map(Result::unwrap).collect();
+            prop_assert_eq!(names, o.names);
+        }
+
+        /// Garbage is never an offer with more names than it announces, and never panics.
+        #[test]
+        fn any_offer_text_is_survived(text in "(handover |error )?[0-9a-z :%.-]{0,80}\n?") {
+            if let Ok(o) = Offer::decode(&text) {
+                prop_assert!(o.pid > 0 && o.generation > 0);
             }
         }
 

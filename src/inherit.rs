@@ -179,9 +179,44 @@ impl Inherited {
         found
     }
 
+    /// What a takeover received (see the `takeover` module): the running process
+    /// (`parent`, generation `generation`) offered these sockets, and the connection is
+    /// the readiness channel. Each is checked as an inherited one is.
+    #[cfg_attr(not(feature = "control"), allow(dead_code))]
+    pub(crate) fn from_takeover(
+        parent: u32,
+        generation: u64,
+        entries: Vec<(Result<Name, String>, OwnedFd)>,
+        channel: OwnedFd,
+    ) -> Self {
+        use std::os::fd::AsRawFd;
+        let mut found = Inherited {
+            generation: generation.saturating_add(1),
+            parent: Some(parent),
+            ready: Some(ReadyChannel::Socket(channel)),
+            ..Inherited::default()
+        };
+        for (name, fd) in entries {
+            let raw = fd.as_raw_fd();
+            match name {
+                Ok(name) => found.adopt_taken(raw, Ok(fd), Announced::Parent(name)),
+                Err(reason) => log(Error::InheritedFd {
+                    fd: raw,
+                    name: "(takeover)".into(),
+                    reason,
+                }),
+            }
+        }
+        found
+    }
+
     fn adopt(&mut self, fd: RawFd, announced: Announced) {
+        self.adopt_taken(fd, take_fd(fd), announced)
+    }
+
+    fn adopt_taken(&mut self, fd: RawFd, taken: Result<OwnedFd, String>, announced: Announced) {
         let label = announced.label(|| format!("fd {fd}"));
-        let checked = take_fd(fd).and_then(|owned| {
+        let checked = taken.and_then(|owned| {
             let actual = describe_listener(owned.as_fd())?;
             match &announced {
                 Announced::Parent(n) if !n.fits(&actual) => {

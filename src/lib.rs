@@ -71,6 +71,14 @@
 //! one serves on. See the `handover`, `lifecycle`, `restart` and `conn` module docs in
 //! the source for the protocol, the state machine and the drain.
 //!
+//! ## Takeover by a new process
+//! With the `control` feature, a process started independently (by a deploy script, a
+//! service manager, another container) can take over from a running one:
+//! `ProcessBuilder::takeover` names its control socket, the listeners come over it
+//! (`SCM_RIGHTS`), and the old one drains once the newcomer is ready, as at a restart;
+//! if the newcomer fails or is never ready, nothing changes. Only the same user (or
+//! root) may. See the `takeover` module docs in the source.
+//!
 //! ## Stable PID
 //! [`supervise`] (or [`Supervisor::run`]) at the top of `main` keeps one pid for the
 //! life of the service: the first process becomes a small supervisor (subreaper, PID 1
@@ -93,6 +101,7 @@ mod control;
 mod drain;
 mod duration;
 mod error;
+mod fdpass;
 mod handover;
 mod health;
 mod inherit;
@@ -110,6 +119,7 @@ mod signals;
 pub mod state;
 pub mod status;
 mod supervise;
+mod takeover;
 #[cfg(feature = "tls")]
 mod tickets;
 mod tls;
@@ -117,7 +127,7 @@ mod tls;
 pub use addr::ListenAddr;
 pub use conn::ConnInfo;
 #[cfg(feature = "control")]
-pub use error::ControlError;
+pub use error::{ControlError, TakeoverError};
 pub use error::{Error, RestartError};
 pub use health::{health, Health};
 pub use lifecycle::{Drain, Served};

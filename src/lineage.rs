@@ -23,9 +23,17 @@ use crate::inherit::ProcessEnv;
 /// The default [`ProcessBuilder::max_draining`](crate::ProcessBuilder::max_draining).
 pub const DEFAULT_MAX_DRAINING: usize = 4;
 
+static TOLD: OnceLock<Vec<ProcId>> = OnceLock::new();
+
+/// A takeover: the older generations the running process named in its offer, before
+/// [`init`] (the environment names none: this process was not started by a restart).
+#[cfg_attr(not(feature = "control"), allow(dead_code))]
+pub(crate) fn tell(draining: Vec<ProcId>) {
+    let _ = TOLD.set(draining);
+}
+
 /// The older generations this one was told of at start, oldest first.
 fn told() -> &'static [ProcId] {
-    static TOLD: OnceLock<Vec<ProcId>> = OnceLock::new();
     TOLD.get_or_init(|| {
         handover::read_draining(&ProcessEnv).unwrap_or_else(|e| {
             tracing::error!(error = %e, "ignoring the list of draining generations");
@@ -61,6 +69,8 @@ pub(crate) fn alive(id: &ProcId) -> bool {
 pub(crate) struct Plan {
     /// `CEASELESS_DRAINING` for the next generation.
     pub(crate) env: String,
+    /// The same, as a list (a takeover's offer carries it).
+    pub(crate) kept: Vec<ProcId>,
     /// Hammered once the restart commits, oldest first.
     pub(crate) hammer: Vec<ProcId>,
 }
@@ -82,6 +92,7 @@ pub(crate) fn plan(max: usize) -> Plan {
     let (kept, hammer) = split(draining, max);
     Plan {
         env: handover::draining_value(&kept),
+        kept,
         hammer,
     }
 }

@@ -32,6 +32,9 @@ const FIRST_READY_WAIT: Duration = Duration::from_secs(1);
 /// How long a SIGTERM that lands while this generation waits for its parent's word on
 /// the handover waits for that word before the generation drains as not live.
 const CONFIRM_WAIT: Duration = Duration::from_secs(2);
+/// How long a takeover waits for the running process's offer.
+#[cfg(feature = "control")]
+const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// When a generation is ready: the moment the previous generation lets go, and the
 /// first generation's `READY=1`.
@@ -63,6 +66,7 @@ pub struct ProcessBuilder {
     lame_duck: Option<Duration>,
     max_draining: usize,
     state: Option<crate::state::Producer>,
+    takeover: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ProcessBuilder {
@@ -73,6 +77,7 @@ impl std::fmt::Debug for ProcessBuilder {
             .field("stop_grace", &self.stop_grace)
             .field("pid_file", &self.pid_file)
             .field("control_socket", &self.control_socket)
+            .field("takeover", &self.takeover)
             .field("signals", &self.signals)
             .finish_non_exhaustive()
     }
@@ -91,6 +96,7 @@ impl Default for ProcessBuilder {
             lame_duck: None,
             state: None,
             max_draining: crate::lineage::DEFAULT_MAX_DRAINING,
+            takeover: None,
         }
     }
 }
@@ -197,6 +203,34 @@ impl ProcessBuilder {
         self
     }
 
+    #[cfg(feature = "control")]
+    /// Starts by taking over from the process serving the control socket at `path`
+    /// (started independently, by anyone of the same user or root): it hands over its
+    /// listeners (and that control socket) through the socket, and drains once this
+    /// process declared ready, as at a restart; until then it serves on, and if this
+    /// one fails or never becomes ready, nothing changes there. The control socket
+    /// defaults to `path` (see [`ProcessBuilder::control_socket`]).
+    ///
+    /// [`start`](ProcessBuilder::start) fails with [`Error::Takeover`] if the running
+    /// process refuses or none answers: nothing is bound afresh. A process started by a
+    /// restart of this one inherits from it instead (the option is ignored there). Not
+    /// under the [`Supervisor`](crate::Supervisor). See the `takeover` module docs for
+    /// the protocol.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ceaseless::Error> {
+    /// // The new version, started by a deploy script next to the running one.
+    /// let process = ceaseless::Process::builder()
+    ///     .takeover("/run/app/control.sock")
+    ///     .start()?; // the listeners of the running process are ours now
+    /// let listener = process.tcp_listener("127.0.0.1:3000")?; // the same socket
+    /// # Ok(()) }
+    /// ```
+    pub fn takeover(mut self, path: impl Into<PathBuf>) -> Self {
+        self.takeover = Some(path.into());
+        self
+    }
+
     /// Runs `f` before ([`Stage::Pre`]) or after ([`Stage::Post`]) ceaseless handles
     /// `signal`. Hooks run in registration order.
     pub fn hook(
@@ -243,7 +277,19 @@ impl ProcessBuilder {
                 reason: "zero: the generation that hands over must drain".into(),
             });
         }
+        #[allow(unused_mut)]
         let mut inherited = Inherited::from_env(&ProcessEnv);
+        #[allow(unused_mut)]
+        let mut control_socket = self.control_socket;
+        #[cfg(feature = "control")]
+        if let Some(path) = self.takeover {
+            if inherited.parent.is_some() {
+                tracing::debug!(path = %path.display(), "started by a restart: inheriting, not taking over");
+            } else {
+                inherited = take_over(&path, inherited)?;
+            }
+            control_socket.get_or_insert(path);
+        }
         // The previous generation's state, if it sent any: read now, or the start fails
         // (and so the restart that started this generation).
         let inherited_state = match inherited.claim_fd(crate::state::NAME) {
@@ -301,7 +347,7 @@ impl ProcessBuilder {
                 ),
             }
         }
-        let control_socket = match self.control_socket {
+        let control_socket = match control_socket {
             Some(p) => {
                 let path = std::path::absolute(&p).map_err(|source| Error::Control {
                     path: p.clone(),
@@ -372,10 +418,16 @@ impl ProcessBuilder {
             #[cfg(not(feature = "tls"))]
             let reload_tls: control::ReloadFn =
                 Arc::new(|| Err("built without the `tls` feature".into()));
+            let p = process.clone();
+            let takeover: control::TakeoverFn = Arc::new(move |stream| {
+                let p = p.clone();
+                Box::pin(async move { p.serve_takeover(stream).await })
+            });
             let handlers = control::Handlers {
                 restart,
                 status,
                 reload_tls,
+                takeover,
             };
             let c = Control::serve(listener, process.watch().state, handlers)
                 .map_err(|source| Error::Control { path, source })?;
@@ -1249,13 +1301,18 @@ impl Process {
             _running,
         } = claimed;
         let inner = &self.inner;
-        let started = async {
-            if let Some(p) = &inner.state {
-                fds.push(crate::state::produce(p, inner.ready_timeout).await?);
+        // The application's state for the new generation, made before it starts.
+        let state = match &inner.state {
+            Some(p) => Some(crate::state::produce(p, inner.ready_timeout).await),
+            None => None,
+        };
+        let started = (|| {
+            if let Some(s) = state {
+                fds.push(s?);
                 names.push(Name::Fd(crate::state::NAME.into()));
             }
             let carried = inner.book.child_env();
-            let mut next = restart::spawn(
+            let next = restart::spawn(
                 &inner.exe,
                 &names,
                 &fds,
@@ -1265,7 +1322,121 @@ impl Process {
             )?;
             drop(fds);
             tracing::info!(pid = std::process::id(), new_pid = next.pid, path = %inner.exe.path.display(), "started the next generation; waiting for it to be ready");
-            if let Err(e) = next.wait_ready(inner.ready_timeout, abort.cancelled()).await {
+            Ok(Successor::Child(next))
+        })();
+        self.settle(started, abort, _running, settled).await
+    }
+
+    /// Answers `takeover` on the control socket: hands the listeners to the process at
+    /// the other end, waits for it to be ready, commits or calls it off (see the
+    /// `takeover` module).
+    async fn serve_takeover(&self, stream: tokio::net::UnixStream) {
+        use tokio::io::AsyncWriteExt;
+        let pid = std::process::id();
+        let newcomer = stream
+            .peer_cred()
+            .ok()
+            .and_then(|c| c.pid())
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(0);
+        tracing::info!(
+            pid,
+            new_pid = newcomer,
+            "takeover requested on the control socket"
+        );
+        let refused = if crate::supervise::link().is_some() {
+            Err(RestartError::TakeoverRefused(
+                "this process runs under the supervisor",
+            ))
+        } else if newcomer == 0 {
+            Err(RestartError::TakeoverRefused(
+                "the new process's pid is unknown",
+            ))
+        } else {
+            self.claim_restart().await
+        };
+        let claimed = match refused {
+            Ok(c) if c.fds.len() > crate::fdpass::MAX_FDS => {
+                let e = RestartError::TakeoverRefused("more sockets than one message carries");
+                let settle = self.settle(Err(e), c.abort, c._running, Box::new(|| {}));
+                let reply = match settle.await {
+                    Err(e) => format!("error {}\n", e.to_string().replace(['\n', '\r'], " ")),
+                    Ok(_) => unreachable!("a refused takeover cannot succeed"),
+                };
+                let mut stream = stream;
+                let _ = stream.write_all(reply.as_bytes()).await;
+                return;
+            }
+            Ok(c) => c,
+            Err(e) => {
+                log_outcome(Err(&e));
+                let mut stream = stream;
+                let reply = format!("error {}\n", e.to_string().replace(['\n', '\r'], " "));
+                let _ = stream.write_all(reply.as_bytes()).await;
+                return;
+            }
+        };
+        let p = self.clone();
+        // Runs to its end in a task of its own, as a restart does.
+        let _ = tokio::spawn(async move { p.run_takeover(claimed, stream, newcomer).await }).await;
+    }
+
+    async fn run_takeover(
+        &self,
+        claimed: Claimed,
+        stream: tokio::net::UnixStream,
+        newcomer: u32,
+    ) -> Result<u32, RestartError> {
+        let Claimed {
+            names,
+            fds,
+            abort,
+            _running,
+        } = claimed;
+        let plan = crate::lineage::plan(self.inner.max_draining);
+        let offer = crate::handover::Offer {
+            generation: self.inner.generation,
+            pid: std::process::id(),
+            draining: plan.kept,
+            names,
+        };
+        let started = match crate::takeover::offer(&stream, &offer, &fds).await {
+            Ok(()) => {
+                drop(fds);
+                tracing::info!(
+                    pid = std::process::id(),
+                    new_pid = newcomer,
+                    "handed the listeners to the new process; waiting for it to be ready"
+                );
+                Ok(Successor::Newcomer(crate::takeover::Newcomer::new(
+                    newcomer,
+                    stream,
+                    plan.hammer,
+                    self.inner.max_draining,
+                )))
+            }
+            Err(e) => Err(RestartError::Io(e)),
+        };
+        self.settle(started, abort, _running, Box::new(|| {})).await
+    }
+
+    /// A successor started (or failed to): waits for it to be ready, then commits the
+    /// handover or stops it, and records the outcome. The tail of a restart and of a
+    /// takeover alike.
+    async fn settle(
+        &self,
+        started: Result<Successor, RestartError>,
+        abort: CancellationToken,
+        running: tokio::sync::OwnedMutexGuard<()>,
+        settled: Box<dyn FnOnce() + Send>,
+    ) -> Result<u32, RestartError> {
+        let inner = &self.inner;
+        let started = async {
+            let mut next = started?;
+            if let Err(e) = next
+                .wait_ready(inner.ready_timeout, abort.cancelled())
+                .await
+            {
                 next.stop(inner.stop_grace).await;
                 return Err(e);
             }
@@ -1276,20 +1447,22 @@ impl Process {
                 go
             };
             if !committed {
-                let pid = next.pid;
+                let pid = next.pid();
                 next.stop(inner.stop_grace).await;
                 return Err(RestartError::Aborted { pid });
             }
-            Ok::<Next, RestartError>(next)
+            Ok::<Successor, RestartError>(next)
         }
         .await;
+        let _running = running;
         if started.is_err() {
-            // The failed child is stopped and reaped: nothing is left to wait for.
+            // The failed successor is stopped (and reaped, if it is our child): nothing
+            // is left to wait for.
             drop(_running);
         }
         match started {
             Ok(next) => {
-                let new_pid = next.pid;
+                let new_pid = next.pid();
                 // The PID file first, then the log and the hooks, then the drain (and
                 // MAINPID=): whoever learns of the new pid can read it in the file.
                 self.lock().emit(&Transition::Committed { new_pid });
@@ -1321,6 +1494,81 @@ impl Process {
             }
         }
     }
+}
+
+/// What takes over from this generation: a child it started (a restart), or a process
+/// started independently (a takeover).
+enum Successor {
+    Child(Next),
+    Newcomer(crate::takeover::Newcomer),
+}
+
+impl Successor {
+    fn pid(&self) -> u32 {
+        match self {
+            Successor::Child(n) => n.pid,
+            Successor::Newcomer(n) => n.pid,
+        }
+    }
+
+    async fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        abort: impl Future<Output = ()>,
+    ) -> Result<(), RestartError> {
+        match self {
+            Successor::Child(n) => n.wait_ready(timeout, abort).await,
+            Successor::Newcomer(n) => n.wait_ready(timeout, abort).await,
+        }
+    }
+
+    async fn stop(self, grace: Duration) {
+        match self {
+            Successor::Child(n) => n.stop(grace).await,
+            Successor::Newcomer(n) => n.stop().await,
+        }
+    }
+
+    async fn commit(self) {
+        match self {
+            Successor::Child(n) => n.commit().await,
+            Successor::Newcomer(n) => n.commit().await,
+        }
+    }
+}
+
+#[cfg(feature = "control")]
+/// Takes the listeners over from the process serving the control socket at `path`:
+/// they replace whatever this process found in its environment (socket activation).
+fn take_over(path: &Path, found: Inherited) -> Result<Inherited, Error> {
+    let fail = |source| {
+        let e = Error::Takeover {
+            path: path.to_path_buf(),
+            source,
+        };
+        tracing::error!(error = %e, "takeover failed; nothing was bound");
+        e
+    };
+    if crate::supervise::link().is_some() {
+        return Err(fail(crate::error::TakeoverError::Supervised));
+    }
+    let taken = crate::takeover::request(path, TAKEOVER_WAIT).map_err(fail)?;
+    let mut found = found;
+    found.close_unclaimed();
+    crate::lineage::tell(taken.draining);
+    tracing::info!(
+        pid = std::process::id(),
+        from = taken.pid,
+        generation = taken.generation,
+        sockets = taken.entries.len(),
+        "took the listeners over; ready soon"
+    );
+    Ok(Inherited::from_takeover(
+        taken.pid,
+        taken.generation,
+        taken.entries,
+        taken.channel,
+    ))
 }
 
 /// What a restart took from the registry.

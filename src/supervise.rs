@@ -74,7 +74,7 @@ use crate::lifecycle::Transition;
 pub const DEFAULT_SUPERVISOR_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most descriptors one report carries (the kernel's `SCM_MAX_FD`).
-const MAX_REPORT_FDS: usize = 253;
+const MAX_REPORT_FDS: usize = crate::fdpass::MAX_FDS;
 
 /// Makes this process a supervisor with the defaults; see [`Supervisor::run`].
 ///
@@ -400,48 +400,9 @@ pub(crate) fn observe<'a>(
 
 /// sendmsg(2) of one datagram with `fds` attached, without blocking.
 fn send_report(sock: RawFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let data_len = std::mem::size_of_val(raw.as_slice());
-    // SAFETY: CMSG_SPACE computes a size.
-    let space = if raw.is_empty() {
-        0
-    } else {
-        unsafe { libc::CMSG_SPACE(data_len as u32) as usize }
-    };
-    // u64s, so that the buffer is aligned for cmsghdr.
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: a zeroed msghdr is "no name, no control"; the fields set below point into
-    // buffers that outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if space > 0 {
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: the control buffer holds CMSG_SPACE(data_len) bytes, so the first
-        // header and its data fit.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
-            std::ptr::copy_nonoverlapping(
-                raw.as_ptr(),
-                libc::CMSG_DATA(c).cast::<RawFd>(),
-                raw.len(),
-            );
-        }
-    }
-    // SAFETY: msg points to valid buffers for the duration of the call.
-    let r = unsafe { libc::sendmsg(sock, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: the descriptor is the link's, open for the life of the process.
+    let sock = unsafe { BorrowedFd::borrow_raw(sock) };
+    crate::fdpass::send(sock, bytes, fds, libc::MSG_DONTWAIT).map(drop)
 }
 
 #[cfg(feature = "systemd")]
@@ -1163,60 +1124,17 @@ mod sys {
         sock: &UnixDatagram,
         buf: &mut [u8],
     ) -> io::Result<Option<(String, Vec<OwnedFd>)>> {
-        // SAFETY: CMSG_SPACE computes a size.
-        let space =
-            unsafe { libc::CMSG_SPACE((MAX_REPORT_FDS * std::mem::size_of::<RawFd>()) as u32) }
-                as usize;
-        let mut cbuf = vec![0u64; space.div_ceil(8)];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
+        let got = match crate::fdpass::recv(sock.as_fd(), buf, MAX_REPORT_FDS, libc::MSG_DONTWAIT) {
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
         };
-        // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: msg points to valid buffers for the duration of the call.
-        let n = unsafe {
-            libc::recvmsg(
-                sock.as_fd().as_raw_fd(),
-                &mut msg,
-                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(None)
-            } else {
-                Err(e)
-            };
-        }
-        let mut fds = Vec::new();
-        // SAFETY: the kernel filled the control buffer; CMSG_FIRSTHDR/NXTHDR walk it
-        // within msg_controllen, and each SCM_RIGHTS payload holds whole descriptors,
-        // now ours.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    let data = libc::CMSG_DATA(c).cast::<RawFd>();
-                    for i in 0..len / std::mem::size_of::<RawFd>() {
-                        fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
-        if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        if got.truncated {
             return Err(io::Error::other("a truncated report"));
         }
         Ok(Some((
-            String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
-            fds,
+            String::from_utf8_lossy(&buf[..got.len]).into_owned(),
+            got.fds,
         )))
     }
 

@@ -1,0 +1,349 @@
+//! A takeover by an independently started process, with real processes, sockets and
+//! clients: `hello --takeover PATH` from a binary installed at another path takes the
+//! listeners of a running `hello` over its control socket, under load, with zero failed
+//! requests, and the old process exits; then it restarts itself as usual. A newcomer
+//! that crashes, one that never becomes ready, one that arrives while a takeover is
+//! under way, and one pointed at something that is not a control socket change
+//! nothing: the old process serves on, alone.
+//!
+//! Nothing asserts on timing: every wait is bounded and waits for an event.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::generations::{install, socket_path, LONG};
+use common::load::{reqwest_client, shared_client, Client, Expect, Load};
+use common::{alive, become_subreaper, example_bin, field, scratch_dir, signal, wait_gone, Proc};
+
+/// `hello` installed at `<dir>/<sub>/app`.
+fn hello_at(dir: &Path, sub: &str) -> PathBuf {
+    let d = dir.join(sub);
+    std::fs::create_dir_all(&d).unwrap();
+    let app = d.join("app");
+    install(&example_bin("hello"), &app);
+    app
+}
+
+/// `hello <verb> --control PATH`.
+fn hello_cli(verb: &str, control: &Path) -> Output {
+    Command::new(example_bin("hello"))
+        .arg(verb)
+        .arg("--control")
+        .arg(control)
+        .output()
+        .expect("run hello")
+}
+
+/// The control socket's `status`, as JSON.
+fn status(control: &Path) -> serde_json::Value {
+    let out = hello_cli("status", control);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "hello status failed: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The pid the control socket's `status` names.
+fn status_pid(control: &Path) -> u32 {
+    status(control)["pid"].as_u64().unwrap() as u32
+}
+
+fn clients(addr: SocketAddr) -> Vec<Client> {
+    let mut c = shared_client(reqwest_client(false), &format!("http://{addr}/"), 6);
+    c.extend((0..4).map(|_| Client::Tcp(addr)));
+    c.extend((0..2).map(|_| Client::FreshTcp(addr)));
+    c
+}
+
+fn expect(pid: u32) -> Option<Expect> {
+    Some(Expect { pid, version: None })
+}
+
+/// The log line of `p` reporting the n-th restart failure, which names the reason.
+fn nth_failure(p: &Proc, n: usize) -> String {
+    p.wait_for_nth("restart failed", n, LONG)
+        .unwrap_or_else(|| panic!("no failure #{n}; output:\n{}", p.output()))
+}
+
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn takeover_from_another_path_under_load() {
+    become_subreaper();
+    let dir = scratch_dir("takeover");
+    let (old_app, new_app) = (hello_at(&dir, "old"), hello_at(&dir, "new"));
+    let control = socket_path(&dir, "control.sock");
+    let pid_file = dir.join("hello.pid");
+    let ctl = control.to_str().unwrap();
+    let mut old = Proc::spawn(
+        &old_app,
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--control",
+            ctl,
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+    );
+    let addr: SocketAddr = old.ready_addr(1).parse().unwrap();
+
+    let load = Load::start("takeover", || clients(addr));
+    load.expect(expect(old.pid));
+    load.wait_checked(200, "before the takeover");
+
+    // Started by "anyone": not a child of the old process, from another path, naming
+    // the same address and the old process's control socket.
+    load.expect(None);
+    let addr_s = addr.to_string();
+    let mut new = Proc::spawn(&new_app, &["--takeover", ctl, "--addr", &addr_s]);
+    let line = old
+        .wait_for_nth("restart succeeded", 1, LONG)
+        .unwrap_or_else(|| {
+            panic!(
+                "no takeover; old:\n{}\nnew:\n{}",
+                old.output(),
+                new.output()
+            )
+        });
+    assert_eq!(
+        field(&line, "new_pid").as_deref(),
+        Some(&*new.pid.to_string()),
+        "{line}"
+    );
+    new.expect_line("ready: every server accepts", LONG);
+    let status = old
+        .wait_exit(LONG)
+        .expect("the old process still runs after the takeover");
+    assert!(
+        status.success(),
+        "the old process exited with {status}:\n{}",
+        old.output()
+    );
+    assert!(!alive(old.pid));
+
+    load.expect(expect(new.pid));
+    load.wait_checked(300, "after the takeover");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        new.pid.to_string(),
+        "the PID file names the new process"
+    );
+    // The control socket came over too: the new process answers on it.
+    assert_eq!(status_pid(&control), new.pid);
+
+    // Started with --takeover, it still restarts as any generation does: its child
+    // inherits (the option in its arguments is not a second takeover).
+    load.expect(None);
+    let out = hello_cli("restart", &control);
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "the restart failed: {text}\n{}",
+        new.output()
+    );
+    let third: u32 = text.parse().expect("hello restart prints the new pid");
+    assert!(
+        new.wait_exit(LONG).is_some(),
+        "the taken-over process did not hand over"
+    );
+    load.expect(expect(third));
+    load.wait_checked(200, "after the restart of the new process");
+
+    let summary = load.stop();
+    summary.print("takeover");
+    summary.assert_clean("takeover");
+    assert_eq!(old.count("restart failed"), 0, "{}", old.output());
+    signal(third, libc::SIGTERM);
+    assert!(wait_gone(third, LONG), "the last generation did not stop");
+    assert!(!control.exists(), "the control socket file is left behind");
+}
+
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn a_failed_takeover_changes_nothing() {
+    become_subreaper();
+    let dir = scratch_dir("takeover-fails");
+    let (old_app, new_app) = (hello_at(&dir, "old"), hello_at(&dir, "new"));
+    let control = socket_path(&dir, "control.sock");
+    let ctl = control.to_str().unwrap();
+    let mut old = Proc::spawn(
+        &old_app,
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--control",
+            ctl,
+            "--ready-timeout-ms",
+            "5000",
+        ],
+    );
+    let addr: SocketAddr = old.ready_addr(1).parse().unwrap();
+    let addr_s = addr.to_string();
+    let load = Load::start("takeover-fails", || clients(addr));
+    load.expect(expect(old.pid));
+    load.wait_checked(100, "before the takeovers");
+
+    // 1. A newcomer that crashes once it holds the sockets (while warming up, before
+    // it accepts anything).
+    let mut crash = Proc::spawn(
+        &new_app,
+        &["--takeover", ctl, "--addr", &addr_s, "--warmup-ms", "60000"],
+    );
+    crash.expect_line("took the listeners over", LONG);
+    signal(crash.pid, libc::SIGKILL);
+    crash
+        .wait_exit(LONG)
+        .expect("the crashed newcomer is reaped");
+    let line = nth_failure(&old, 1);
+    assert!(line.contains("left before it was ready"), "{line}");
+    load.wait_checked(100, "after the crash");
+
+    // 2. A newcomer that serves but never declares ready: the old process gives up at
+    // its ready timeout and tells it to stop; it drains what it accepted.
+    load.expect(None);
+    let mut hang = Proc::spawn(
+        &new_app,
+        &["--takeover", ctl, "--addr", &addr_s, "--no-ready"],
+    );
+    hang.expect_line("took the listeners over", LONG);
+    // Meanwhile, a second newcomer is refused: one takeover (or restart) at a time.
+    let refused = Command::new(&new_app)
+        .args(["--takeover", ctl, "--addr", &addr_s])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("refused: a restart is already in progress"),
+        "{said}"
+    );
+    // (The refusal is logged as a failed restart too: the second failure.)
+    let line = nth_failure(&old, 3);
+    assert!(
+        line.contains("was not ready within 5s; told it to stop"),
+        "{line}"
+    );
+    hang.wait_exit(LONG)
+        .expect("the newcomer that never became ready is still running");
+    load.expect(expect(old.pid));
+    load.wait_checked(100, "after the hang");
+
+    // 3. Something that is not a control socket: the newcomer says so and exits,
+    // binding nothing.
+    let fake = socket_path(&dir, "fake.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&fake).unwrap();
+    let answering = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+    });
+    let out = Command::new(&new_app)
+        .args(["--takeover", fake.to_str().unwrap(), "--addr", &addr_s])
+        .output()
+        .unwrap();
+    answering.join().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("cannot take over from") && said.contains("unexpected answer"),
+        "{said}"
+    );
+    let file = dir.join("not-a-socket");
+    std::fs::write(&file, "").unwrap();
+    let out = Command::new(&new_app)
+        .args(["--takeover", file.to_str().unwrap(), "--addr", &addr_s])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("cannot connect to the control socket"),
+        "{said}"
+    );
+
+    load.wait_checked(100, "after the bad control sockets");
+    let summary = load.stop();
+    summary.print("takeover-fails");
+    summary.assert_clean("takeover-fails");
+    // The old process is the one live process, and still answers on its control socket.
+    assert!(alive(old.pid));
+    assert_eq!(status_pid(&control), old.pid);
+    assert_eq!(old.count("restart succeeded"), 0, "{}", old.output());
+    old.signal(libc::SIGTERM);
+    assert!(
+        old.wait_exit(LONG).is_some(),
+        "the old process did not stop"
+    );
+}
+
+/// The bound on draining generations holds across a takeover: the newcomer is told of
+/// the old process, still draining a long request, and its own restart hammers it.
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn the_draining_bound_follows_a_takeover() {
+    become_subreaper();
+    let dir = scratch_dir("takeover-bound");
+    let (old_app, new_app) = (hello_at(&dir, "old"), hello_at(&dir, "new"));
+    let control = socket_path(&dir, "control.sock");
+    let ctl = control.to_str().unwrap();
+    let bound = ["--max-draining", "1"];
+    let mut old = Proc::spawn(
+        &old_app,
+        &[&["--addr", "127.0.0.1:0", "--control", ctl][..], &bound].concat(),
+    );
+    let addr = old.ready_addr(1);
+    // A request the old process is busy with long after the takeover.
+    let mut slow = common::load::connect_tcp(&addr).unwrap();
+    slow.write_all(b"GET /slow?ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let deadline = std::time::Instant::now() + LONG;
+    while status(&control)["connections"]["active"].as_u64() != Some(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    let mut new = Proc::spawn(
+        &new_app,
+        &[&["--takeover", ctl, "--addr", &addr][..], &bound].concat(),
+    );
+    old.expect_line("restart succeeded", LONG);
+    new.expect_line("ready: every server accepts", LONG);
+    assert!(
+        alive(old.pid),
+        "the old process should still drain its request"
+    );
+
+    // The newcomer's own restart leaves two draining (the old process and itself):
+    // over the bound of one, so the old process is hammered.
+    let out = hello_cli("restart", &control);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let line = new.expect_line("hammering the oldest", LONG);
+    assert_eq!(
+        field(&line, "hammered"),
+        Some(old.pid.to_string()),
+        "{line}"
+    );
+    assert!(
+        old.wait_exit(LONG).is_some(),
+        "the hammered process still runs"
+    );
+    assert!(
+        new.wait_exit(LONG).is_some(),
+        "the newcomer did not hand over"
+    );
+    let third: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    signal(third, libc::SIGTERM);
+    assert!(wait_gone(third, LONG));
+    drop(slow);
+}
