@@ -228,6 +228,61 @@ fn tls_get(
     })
 }
 
+/// Writes `pair`'s certificate and key to `cert` and `key`.
+#[cfg(feature = "tls")]
+fn write_pair(
+    pair: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) {
+    std::fs::write(cert, pair.cert.pem()).unwrap();
+    std::fs::write(key, pair.signing_key.serialize_pem()).unwrap();
+}
+
+/// The tls example serving `cert` and `key` on a port of its choosing, once ready.
+#[cfg(feature = "tls")]
+fn start_tls(cert: &std::path::Path, key: &std::path::Path, extra: &[&str]) -> (Proc, String) {
+    let mut args = vec![
+        "--addr",
+        "127.0.0.1:0",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let p = Proc::spawn(&example_bin("tls"), &args);
+    let addr = p.ready_addr(1);
+    (p, addr)
+}
+
+/// A rustls client trusting `roots`, speaking `versions`.
+#[cfg(feature = "tls")]
+fn tls_client(
+    roots: &[&rcgen::CertifiedKey<rcgen::KeyPair>],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
+    use rustls_pki_types::pem::PemObject;
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(r.cert.pem().as_bytes());
+        store.add(der.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth()
+}
+
+#[cfg(feature = "tls")]
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A TLS client that saved its session resumes it after a restart, over TLS 1.3 and
 /// TLS 1.2: the generations share the session-ticket key, handed over with the sockets.
 #[test]
@@ -236,46 +291,15 @@ fn tls_sessions_resume_across_restarts() {
     #[cfg(feature = "tls")]
     {
         use rustls::HandshakeKind::{Full, Resumed};
-        use rustls_pki_types::pem::PemObject;
         become_subreaper();
         let dir = common::scratch_dir("tickets");
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&cert, ck.cert.pem()).unwrap();
-        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-        let p = Proc::spawn(
-            &example_bin("tls"),
-            &[
-                "--addr",
-                "127.0.0.1:0",
-                "--cert",
-                cert.to_str().unwrap(),
-                "--key",
-                key.to_str().unwrap(),
-            ],
-        );
-        let addr = p.ready_addr(1);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let client = |v: &'static rustls::SupportedProtocolVersion| {
-            let mut roots = rustls::RootCertStore::empty();
-            roots
-                .add(
-                    rustls_pki_types::CertificateDer::from_pem_slice(ck.cert.pem().as_bytes())
-                        .unwrap(),
-                )
-                .unwrap();
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            Arc::new(
-                rustls::ClientConfig::builder_with_provider(provider)
-                    .with_protocol_versions(&[v])
-                    .unwrap()
-                    .with_root_certificates(roots)
-                    .with_no_client_auth(),
-            )
-        };
+        write_pair(&ck, &cert, &key);
+        let (p, addr) = start_tls(&cert, &key, &[]);
+        let rt = current_thread();
+        let client =
+            |v: &'static rustls::SupportedProtocolVersion| Arc::new(tls_client(&[&ck], &[v]));
         let clients = [
             ("TLS 1.3", client(&rustls::version::TLS13)),
             ("TLS 1.2", client(&rustls::version::TLS12)),
@@ -327,50 +351,15 @@ fn served_cert(
 fn a_certificate_reload_swaps_it_without_a_restart_and_refuses_a_bad_key() {
     #[cfg(feature = "tls")]
     {
-        use rustls_pki_types::pem::PemObject;
         let dir = common::scratch_dir("reload-cert");
         let make = || rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let (a, b) = (make(), make());
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         let control = common::generations::socket_path(&dir, "ctl.sock");
-        std::fs::write(&cert, a.cert.pem()).unwrap();
-        std::fs::write(&key, a.signing_key.serialize_pem()).unwrap();
-        let p = Proc::spawn(
-            &example_bin("tls"),
-            &[
-                "--addr",
-                "127.0.0.1:0",
-                "--cert",
-                cert.to_str().unwrap(),
-                "--key",
-                key.to_str().unwrap(),
-                "--control",
-                control.to_str().unwrap(),
-            ],
-        );
-        let addr = p.ready_addr(1);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for c in [&a, &b] {
-            roots
-                .add(
-                    rustls_pki_types::CertificateDer::from_pem_slice(c.cert.pem().as_bytes())
-                        .unwrap(),
-                )
-                .unwrap();
-        }
-        let config = Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-        );
+        write_pair(&a, &cert, &key);
+        let (p, addr) = start_tls(&cert, &key, &["--control", control.to_str().unwrap()]);
+        let rt = current_thread();
+        let config = Arc::new(tls_client(&[&a, &b], rustls::DEFAULT_VERSIONS));
         // Without resumption to look at the certificate: a resumed session reports the
         // certificate of the session it resumed.
         let fresh = {
