@@ -250,7 +250,9 @@ static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandl
 fn metrics_response() -> Response<HelloBody> {
     #[cfg(feature = "metrics")]
     if let Some(handle) = METRICS.get() {
-        ceaseless::metrics::publish();
+        if let Some(p) = ceaseless::Process::current() {
+            p.publish_metrics();
+        }
         let mut r = Response::new(Either::Left(Full::new(Bytes::from(handle.render()))));
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,

@@ -61,7 +61,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::addr::ListenAddr;
 use crate::error::Error;
-use crate::status::{Outcome, Restart, RestartCounts};
+use crate::history::{Outcome, Restart, RestartCounts};
 
 /// Names of the handed-over descriptors, one per line, for fds 3, 4, ...
 pub(crate) const ENV_FDS: &str = "CEASELESS_FDS";

@@ -104,12 +104,15 @@ mod error;
 mod fdpass;
 mod handover;
 mod health;
+mod history;
 mod inherit;
 mod lifecycle;
 mod lineage;
 mod listen;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "metrics")]
+mod metrics_record;
 mod notify;
 mod pidfile;
 mod process;

@@ -29,72 +29,19 @@
 //! // With metrics-exporter-prometheus (no HTTP listener of its own):
 //! # fn f(handle: &metrics_exporter_prometheus::PrometheusHandle) -> String {
 //! // let handle = PrometheusBuilder::new().install_recorder()?; // first, in main
-//! ceaseless::metrics::publish();
+//! if let Some(p) = ceaseless::Process::current() {
+//!     p.publish_metrics();
+//! }
 //! handle.render() // the body of GET /metrics
 //! # }
 //! ```
 
-use std::sync::Once;
 use std::time::SystemTime;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{counter, gauge};
 
-use crate::process::Process;
+use crate::metrics_record::describe;
 use crate::status::{Phase, Status};
-
-static DESCRIBED: Once = Once::new();
-
-fn describe() {
-    DESCRIBED.call_once(|| {
-        describe_gauge!("ceaseless_generation", "This generation's number.");
-        describe_gauge!(
-            "ceaseless_live",
-            "1 while this generation owns its files and answers for the process."
-        );
-        describe_gauge!(
-            "ceaseless_phase",
-            "1 for the current phase of this generation."
-        );
-        describe_gauge!(
-            "ceaseless_start_time_seconds",
-            "When this process started, in seconds since the Unix epoch."
-        );
-        describe_gauge!(
-            "ceaseless_connections",
-            "Open connections of each listener, by state."
-        );
-        describe_counter!(
-            "ceaseless_requests_total",
-            "Requests this generation received."
-        );
-        describe_counter!(
-            "ceaseless_restarts_total",
-            "Restarts since the first generation, by outcome."
-        );
-        describe_histogram!(
-            "ceaseless_restart_duration_seconds",
-            metrics::Unit::Seconds,
-            "From the start of a restart to the new generation's readiness."
-        );
-        describe_histogram!(
-            "ceaseless_drain_duration_seconds",
-            metrics::Unit::Seconds,
-            "From the new generation's readiness to the old generation's exit."
-        );
-    });
-}
-
-/// Sets the gauges and counters from this process's [`Status`] (nothing if no
-/// [`Process`] was started). Cheap: one snapshot, a few metric updates.
-///
-/// ```no_run
-/// ceaseless::metrics::publish(); // then render the exporter's output
-/// ```
-pub fn publish() {
-    if let Some(p) = Process::current() {
-        publish_status(&p.status());
-    }
-}
 
 /// Sets the gauges and counters from `s`: for a snapshot taken anyway.
 pub fn publish_status(s: &Status) {
@@ -125,16 +72,4 @@ pub fn publish_status(s: &Status) {
     counter!("ceaseless_requests_total").absolute(s.requests);
     counter!("ceaseless_restarts_total", "outcome" => "ok").absolute(s.restarts_total.ok);
     counter!("ceaseless_restarts_total", "outcome" => "failed").absolute(s.restarts_total.failed);
-}
-
-/// The restart that started this generation: from its start to this one's readiness.
-pub(crate) fn restarted(ms: u64) {
-    describe();
-    histogram!("ceaseless_restart_duration_seconds").record(ms as f64 / 1000.0);
-}
-
-/// The previous generation exited, `ms` after this one's readiness.
-pub(crate) fn drained(ms: u64) {
-    describe();
-    histogram!("ceaseless_drain_duration_seconds").record(ms as f64 / 1000.0);
 }

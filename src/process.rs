@@ -746,6 +746,20 @@ impl Process {
         Ok(certs.len())
     }
 
+    /// Sets ceaseless's gauges and counters (see the `metrics` module) from a snapshot
+    /// of this process's [`status`](Process::status): call it just before rendering the
+    /// recorder's output. Cheap: one snapshot, a few metric updates.
+    ///
+    /// ```no_run
+    /// # fn f(process: &ceaseless::Process) {
+    /// process.publish_metrics(); // then render the exporter's output
+    /// # }
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        crate::metrics::publish_status(&self.status());
+    }
+
     /// The state the previous generation handed over at the restart that started this
     /// one ([`ProcessBuilder::state`]); `None` in a first generation, or when the
     /// previous one sends none.
@@ -1312,6 +1326,7 @@ impl Process {
                 names.push(Name::Fd(crate::state::NAME.into()));
             }
             let carried = inner.book.child_env();
+            let supervisor = crate::supervise::link().map(|l| (l.supervisor(), l.fd()));
             let next = restart::spawn(
                 &inner.exe,
                 &names,
@@ -1319,6 +1334,7 @@ impl Process {
                 inner.generation,
                 inner.max_draining,
                 carried,
+                supervisor,
             )?;
             drop(fds);
             tracing::info!(pid = std::process::id(), new_pid = next.pid, path = %inner.exe.path.display(), "started the next generation; waiting for it to be ready");

@@ -114,8 +114,8 @@ pub(crate) struct Next {
 /// Starts the next generation with `fds` (named by `names`) at 3, 4, …
 /// `generation` is this generation's number; at most `max_draining` generations may
 /// drain once it commits (see the `lineage` module). Under a supervisor, the report
-/// channel to it follows the readiness channel. `carried`: more variables for the
-/// child (the restart history).
+/// channel to it (`supervisor`: its pid and this process's end) follows the readiness
+/// channel. `carried`: more variables for the child (the restart history).
 pub(crate) fn spawn(
     exe: &Exe,
     names: &[Name],
@@ -123,15 +123,16 @@ pub(crate) fn spawn(
     generation: u64,
     max_draining: usize,
     carried: Vec<(&'static str, String)>,
+    supervisor: Option<(u32, RawFd)>,
 ) -> Result<Next, RestartError> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let (vars, ready_fd) = handover::child_env(names, std::process::id(), generation);
     let mut sources: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     sources.push(theirs.as_raw_fd());
     debug_assert_eq!(ready_fd, FIRST_FD + sources.len() as RawFd - 1);
-    let supervisor = crate::supervise::link().map(|l| {
-        sources.push(l.fd());
-        handover::supervisor_value(l.supervisor(), ready_fd + 1)
+    let supervisor = supervisor.map(|(pid, fd)| {
+        sources.push(fd);
+        handover::supervisor_value(pid, ready_fd + 1)
     });
     let plan = crate::lineage::plan(max_draining);
 
