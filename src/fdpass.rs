@@ -129,31 +129,38 @@ pub(crate) fn recv(
     })
 }
 
+/// The credentials (pid, uid, gid) of the process at the other end of a connected
+/// Unix socket; for a socket pair, of the process that created it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred)
+}
+
 /// The user id of the process at the other end of a connected Unix socket.
 #[cfg_attr(not(feature = "control"), allow(dead_code))]
 pub(crate) fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
-        let mut cred = libc::ucred {
-            pid: 0,
-            uid: 0,
-            gid: 0,
-        };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `cred`.
-        let r = unsafe {
-            libc::getsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERCRED,
-                (&mut cred as *mut libc::ucred).cast(),
-                &mut len,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(cred.uid)
+        peer_cred(sock).map(|c| c.uid)
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     {

@@ -283,25 +283,9 @@ fn is_channel(fd: RawFd, supervisor: Option<u32>) -> Result<(), String> {
             return Err("not a Unix socket".into());
         }
         if let Some(sup) = supervisor {
-            let mut cred = libc::ucred {
-                pid: 0,
-                uid: 0,
-                gid: 0,
-            };
-            let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-            // SAFETY: getsockopt writes at most `len` bytes into `cred`.
-            let r = unsafe {
-                libc::getsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_PEERCRED,
-                    (&mut cred as *mut libc::ucred).cast(),
-                    &mut len,
-                )
-            };
-            if r < 0 {
-                return Err(format!("no peer: {}", std::io::Error::last_os_error()));
-            }
+            // SAFETY: `fd` is an open socket (checked above) for the whole call.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let cred = crate::fdpass::peer_cred(borrowed).map_err(|e| format!("no peer: {e}"))?;
             // A socket pair carries the credentials of the process that created it.
             if u32::try_from(cred.pid).ok() != Some(sup) {
                 return Err(format!(
