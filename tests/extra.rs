@@ -11,22 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::generations::{
-    expect_gone, install, install_script, installed, newest, restart_fails, restart_ok,
+    expect_gone, install, install_script, installed, newest, restart_fails, restart_ok, udp_inode,
 };
 use common::load::get_tcp;
 use common::{become_subreaper, example_bin, Proc};
-
-/// The inode of the UDP socket bound to 127.0.0.1:`port`, from /proc/net/udp.
-fn udp_inode(port: u16) -> Option<u64> {
-    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
-    let local = format!("0100007F:{port:04X}");
-    table.lines().skip(1).find_map(|l| {
-        let cols: Vec<&str> = l.split_whitespace().collect();
-        (cols.get(1) == Some(&local.as_str()))
-            .then(|| cols.get(9)?.parse().ok())
-            .flatten()
-    })
-}
 
 /// A UDP client sends a numbered datagram every 5 ms through 5 restarts: every one is
 /// answered (by the generation holding the socket then), the answers come from every
@@ -197,6 +185,38 @@ fn state_is_handed_over_and_a_generation_that_cannot_read_it_is_rolled_back() {
     expect_gone(&p, new, "the last generation");
 }
 
+/// A TLS connection to `addr` as `localhost`, with `config`.
+#[cfg(feature = "tls")]
+async fn tls_connect(
+    config: &Arc<rustls::ClientConfig>,
+    addr: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))
+}
+
+/// `GET /` on `tls` (the connection closing after it), and the answer read to its end:
+/// a TLS 1.3 server sends its session tickets after the handshake, and they are read
+/// with it.
+#[cfg(feature = "tls")]
+async fn get_over(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    Ok(answer)
+}
+
 /// One HTTPS request over a fresh connection with `config` (whose session store keeps
 /// what the server sent), and how the handshake went.
 #[cfg(feature = "tls")]
@@ -205,20 +225,9 @@ fn tls_get(
     config: &Arc<rustls::ClientConfig>,
     addr: &str,
 ) -> rustls::HandshakeKind {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(config.clone())
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake");
-        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        // Read to the end: a TLS 1.3 server sends its tickets after the handshake.
-        let mut answer = Vec::new();
-        let _ = tls.read_to_end(&mut answer).await;
+        let mut tls = tls_connect(config, addr).await.unwrap();
+        let answer = get_over(&mut tls).await.unwrap();
         assert!(
             answer.starts_with(b"HTTP/1.1 200"),
             "{:?}",
@@ -332,12 +341,7 @@ fn served_cert(
     addr: &str,
 ) -> Vec<u8> {
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(config.clone())
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake");
+        let tls = tls_connect(config, addr).await.unwrap();
         tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
     })
 }
@@ -385,7 +389,6 @@ fn a_certificate_reload_swaps_it_without_a_restart_and_refuses_a_bad_key() {
             let (config, addr, stop, served) =
                 (config.clone(), addr.clone(), stop.clone(), served.clone());
             std::thread::spawn(move || {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -393,22 +396,7 @@ fn a_certificate_reload_swaps_it_without_a_restart_and_refuses_a_bad_key() {
                 let (mut ok, mut failed) = (0u32, Vec::new());
                 while !stop.load(Ordering::Acquire) && ok < 100_000 {
                     let got: Result<Vec<u8>, String> = rt.block_on(async {
-                        let tcp = tokio::net::TcpStream::connect(&addr)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-                        let mut tls = tokio_rustls::TlsConnector::from(config.clone())
-                            .connect(name, tcp)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        tls.write_all(
-                            b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-                        )
-                        .await
-                        .map_err(|e| e.to_string())?;
-                        let mut answer = Vec::new();
-                        let _ = tls.read_to_end(&mut answer).await;
-                        Ok(answer)
+                        get_over(&mut tls_connect(&config, &addr).await?).await
                     });
                     match got {
                         Ok(a) if a.starts_with(b"HTTP/1.1 200") => {

@@ -211,11 +211,22 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 /// The inode of the socket listening on 127.0.0.1:`port`, from /proc/net/tcp: the same
 /// inode before and after a restart proves the same socket was handed over.
 pub fn listen_inode(port: u16) -> Option<u64> {
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    // State 0A: listening.
+    socket_inode("/proc/net/tcp", port, Some("0A"))
+}
+
+/// The inode of the UDP socket bound to 127.0.0.1:`port`, from /proc/net/udp.
+pub fn udp_inode(port: u16) -> Option<u64> {
+    socket_inode("/proc/net/udp", port, None)
+}
+
+/// The inode of the socket of `table` bound to 127.0.0.1:`port`, in `state` if given.
+fn socket_inode(table: &str, port: u16, state: Option<&str>) -> Option<u64> {
+    let table = std::fs::read_to_string(table).ok()?;
     let local = format!("0100007F:{port:04X}");
     table.lines().skip(1).find_map(|l| {
         let cols: Vec<&str> = l.split_whitespace().collect();
-        (cols.get(1) == Some(&local.as_str()) && cols.get(3) == Some(&"0A"))
+        (cols.get(1) == Some(&local.as_str()) && state.is_none_or(|st| cols.get(3) == Some(&st)))
             .then(|| cols.get(9)?.parse().ok())
             .flatten()
     })
