@@ -10,7 +10,7 @@
 #   graceful       bare --graceful: + hyper's header read timeout and hyper-util's
 #                  GracefulShutdown, what an axum::serve user runs
 #   served         ceaseless::Server with its defaults
-#   served-noext   the same with .request_extensions(false)
+#   served-ext     the same with .request_extensions(true)
 # Each runs under callgrind; once it has answered one request its counters are zeroed
 # (start-up left out), h2load (bench/install-tools.sh) sends REQUESTS keep-alive
 # requests over CONNECTIONS connections (1: strict ping-pong, the most repeatable
@@ -43,10 +43,10 @@ declare -A cmd=(
   [bare]="$bin/bare"
   [graceful]="$bin/bare --graceful"
   [served]="$bin/served"
-  [served-noext]="$bin/served --no-extensions"
+  [served-ext]="$bin/served --extensions"
 )
 bare_per=""
-for name in ${ONLY:-bare graceful served served-noext}; do
+for name in ${ONLY:-bare graceful served served-ext}; do
   p=$(port)
   rm -f "$out/$name".cg*
   # shellcheck disable=SC2086 # the command's words

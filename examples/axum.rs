@@ -1,13 +1,17 @@
-//! An axum `Router` drops in: `ceaseless::listen_and_serve` instead of `axum::serve`.
+//! An axum `Router` drops in: `ceaseless::Server` instead of `axum::serve`.
 //!
 //! ```text
 //! cargo run --example axum          # serves 127.0.0.1:4245
 //! curl localhost:4245/users/7
 //! curl localhost:4245/ip            # 127.0.0.1:51324: the peer, from ConnectInfo
+//! curl localhost:4245/peer          # the same, from the ceaseless::ConnInfo extractor
+//! curl localhost:4245/drain         # serving: the ceaseless::Drain extractor
 //! ```
 //!
-//! ceaseless gives axum's `ConnectInfo<SocketAddr>` to every request over TCP (the
-//! `axum` feature), as `axum::serve` with `into_make_service_with_connect_info` would.
+//! With `request_extensions(true)` ceaseless gives axum's `ConnectInfo<SocketAddr>` to
+//! every request over TCP (the `axum` feature), as `axum::serve` with
+//! `into_make_service_with_connect_info` would. (`ceaseless::ConnInfo` is an extractor
+//! too, and costs nothing per request: `/peer`.)
 
 use std::net::SocketAddr;
 
@@ -33,7 +37,23 @@ async fn main() -> Result<(), ceaseless::Error> {
         .route(
             "/ip",
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { format!("{peer}\n") }),
+        )
+        .route(
+            "/peer",
+            get(|info: ceaseless::ConnInfo| async move { format!("{info}\n") }),
+        )
+        .route(
+            "/drain",
+            get(|drain: ceaseless::Drain| async move {
+                match drain.served() {
+                    None => "serving\n".to_string(),
+                    Some(why) => format!("draining: {why}\n"),
+                }
+            }),
         );
-    ceaseless::listen_and_serve(addr, app).await?;
+    ceaseless::Server::new(addr, app)
+        .request_extensions(true)
+        .listen_and_serve()
+        .await?;
     Ok(())
 }

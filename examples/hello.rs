@@ -321,8 +321,8 @@ async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible
             Response::new(body(answer()))
         }
         "/peer" => {
-            // Who is calling, as ceaseless says on every request.
-            let text = match req.extensions().get::<ceaseless::ConnInfo>() {
+            // Who is calling, as ceaseless tells every handler.
+            let text = match ceaseless::ConnInfo::current() {
                 Some(ceaseless::ConnInfo::Tcp { peer, local }) => {
                     format!("tcp peer={peer} local={local}\n")
                 }

@@ -1,13 +1,14 @@
 //! Long-lived connections across restarts: WebSockets and server-sent events on an axum
-//! `Router` served by ceaseless's [`Server`](ceaseless::Server), which hands every
-//! request a [`Drain`](ceaseless::Drain) to learn when its generation starts draining,
-//! and why.
+//! `Router` served by ceaseless's [`Server`](ceaseless::Server), whose handlers take a
+//! [`Drain`](ceaseless::Drain) (`Drain::current()`) to learn when their generation
+//! starts draining, and why. (With ceaseless's `axum` feature `Drain` and `ConnInfo` are
+//! also extractors; this example builds without it.)
 //!
 //! ```text
 //! cargo run --example realtime -- --addr 127.0.0.1:4247
 //! curl localhost:4247/                    # pid 1234
 //! curl -N localhost:4247/events           # id: 1, data: pid 1234 n 1, every 100 ms
-//! curl localhost:4247/ip                  # 127.0.0.1:51324: the peer, from ConnectInfo
+//! curl localhost:4247/ip                  # 127.0.0.1:51324: the peer, from ConnInfo
 //! kill -HUP 1234                          # the streams end cleanly, clients reconnect
 //! ```
 //!
@@ -23,7 +24,7 @@
 //!   <n>`), from 1 or, with `Last-Event-ID: k`, from k+1. When the drain begins the
 //!   stream ends after its last whole event; an `EventSource` reconnects with the last
 //!   id and the next generation carries on where this one stopped.
-//! - `GET /ip`: the peer address, as `axum::extract::ConnectInfo<SocketAddr>` gives it.
+//! - `GET /ip`: the peer address, from `ceaseless::ConnInfo::current()`.
 //! - `GET /`: `pid <pid>`.
 //!
 //! Options: `--addr ADDR` (default 127.0.0.1:4247), `--hammer-ms N`,
@@ -32,18 +33,15 @@
 //! connections).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Extension};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use ceaseless::{Drain, Served};
-use futures_util::Stream;
 
 /// How often `/events` sends an event.
 const EVENT_EVERY: Duration = Duration::from_millis(100);
@@ -96,8 +94,20 @@ fn drained(drain: &Drain) -> impl std::future::Future<Output = Served> + Send + 
     async move { drain.wait().await }
 }
 
-async fn ws(Extension(drain): Extension<Drain>, upgrade: WebSocketUpgrade) -> Response {
+async fn ws(upgrade: WebSocketUpgrade) -> Response {
+    // Taken now: the socket's own task is polled by the runtime, not by ceaseless.
+    let Some(drain) = Drain::current() else {
+        return not_served_by_ceaseless().into_response();
+    };
     upgrade.on_upgrade(move |socket| session(socket, drain))
+}
+
+/// What a handler answers when it finds no `Drain` (not served by ceaseless).
+fn not_served_by_ceaseless() -> (StatusCode, &'static str) {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "not served by ceaseless\n",
+    )
 }
 
 /// One WebSocket: echoes until the drain, then closes with the drain's reason.
@@ -152,10 +162,10 @@ async fn session(mut socket: WebSocket, drain: Drain) {
 }
 
 /// `/events`: an event every 100 ms from `Last-Event-ID` + 1, until the drain.
-async fn events(
-    Extension(drain): Extension<Drain>,
-    headers: HeaderMap,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+async fn events(headers: HeaderMap) -> Response {
+    let Some(drain) = Drain::current() else {
+        return not_served_by_ceaseless().into_response();
+    };
     let first = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -175,17 +185,20 @@ async fn events(
                     let event = Event::default()
                         .id(n.to_string())
                         .data(format!("pid {pid} n {n}"));
-                    Some((Ok(event), (n + 1, until_drained, ticks)))
+                    Some((Ok::<_, Infallible>(event), (n + 1, until_drained, ticks)))
                 }
             }
         }
     });
-    Sse::new(stream)
+    Sse::new(stream).into_response()
 }
 
 /// `/ip`: the peer address.
-async fn ip(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {
-    format!("{peer}\n")
+async fn ip() -> Response {
+    match ceaseless::ConnInfo::current() {
+        Some(info) => format!("{info}\n").into_response(),
+        None => not_served_by_ceaseless().into_response(),
+    }
 }
 
 #[tokio::main]

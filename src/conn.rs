@@ -59,11 +59,13 @@
 //! learns that the drain began from the [`Drain`] request extension, to send its close
 //! frame.
 //!
-//! # Request extensions
-//! Every request carries a [`Drain`] and a [`ConnInfo`] (the peer's address, or its
-//! credentials on a Unix socket); with the `axum` feature, TCP requests also carry
-//! axum's `ConnectInfo<SocketAddr>` (unless `Server::request_extensions(false)`: they
-//! are the largest cost ceaseless adds to a request, a map and three boxes).
+//! # What handlers learn of their connection
+//! While ceaseless polls a request's service call, its future or its response body, the
+//! connection's context is current on that thread: [`ConnInfo::current`] (the peer's
+//! address, or its credentials on a Unix socket) and [`Drain::current`] read it (see
+//! [`crate::context`] for why not request extensions). With
+//! `Server::request_extensions(true)` requests also carry both, and with the `axum`
+//! feature axum's `ConnectInfo<SocketAddr>`, in their extensions.
 
 use std::future::Future;
 use std::io;
@@ -84,6 +86,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::context::{self, ConnInfo, Ctx};
 use crate::drain::{
     ConnState, Registration, Tracker, EXPIRED_HANDLER, EXPIRED_READ, EXPIRED_STALL,
 };
@@ -157,6 +160,14 @@ impl Shared {
         }
     }
 
+    /// What the handlers of a connection from `info` learn of it.
+    pub(crate) fn context(&self, info: ConnInfo) -> Ctx {
+        Ctx {
+            info,
+            drain: self.drain.for_connection(),
+        }
+    }
+
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) fn drain_grace(&self) -> Duration {
         self.limits.drain_grace
@@ -194,46 +205,11 @@ impl Drop for InFlight {
     }
 }
 
-/// Who is at the other end of a connection: a request extension on every request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnInfo {
-    /// A TCP connection.
-    Tcp {
-        /// The client's address.
-        peer: std::net::SocketAddr,
-        /// The address it connected to.
-        local: std::net::SocketAddr,
-    },
-    /// A Unix socket connection, with the peer's credentials when the kernel gives them.
-    Unix {
-        /// The peer process's user id, group id and pid.
-        cred: Option<(u32, u32, Option<i32>)>,
-    },
-}
-
-impl std::fmt::Display for ConnInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnInfo::Tcp { peer, .. } => write!(f, "{peer}"),
-            ConnInfo::Unix {
-                cred: Some((uid, _, Some(pid))),
-            } => write!(f, "unix:uid={uid},pid={pid}"),
-            ConnInfo::Unix { .. } => f.write_str("unix"),
-        }
-    }
-}
-
-/// What one accepted connection brings along to [`serve`].
-pub(crate) struct Accepted {
-    pub(crate) reg: Registration,
-    pub(crate) info: ConnInfo,
-}
-
 /// Serves one accepted connection until it ends, is drained, or is upgraded (then the
 /// upgraded IO carries the connection's registration and the hammer on). (The hammer
 /// drops the connection's task, which closes the socket.) `h2` says ALPN already chose
 /// HTTP/2.
-pub(crate) async fn serve<I, S, B>(io: I, app: S, shared: Arc<Shared>, h2: bool, acc: Accepted)
+pub(crate) async fn serve<I, S, B>(io: I, app: S, shared: Arc<Shared>, h2: bool, reg: Registration)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -242,17 +218,15 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let state = acc.reg.state().clone();
-    let tracker = acc.reg.tracker().clone();
+    let state = reg.state().clone();
+    let tracker = reg.tracker().clone();
     state.touch(now_ms());
     state.h2.store(h2, Ordering::Relaxed);
-    let io = TokioIo::new(TimedIo::new(io, state.clone(), &shared, acc.reg));
+    let io = TokioIo::new(TimedIo::new(io, state.clone(), &shared, reg));
     let svc = Svc {
         app,
         state: state.clone(),
-        drain: shared.extensions.then(|| shared.drain.for_connection()),
         shared: shared.clone(),
-        info: acc.info,
     };
     let conn = shared.builder.serve_connection_with_upgrades(io, svc);
     ConnFuture {
@@ -585,10 +559,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ReadActivity<I> {
 struct Svc<S> {
     app: S,
     state: Arc<ConnState>,
-    /// The connection's copy of its server's drain, when requests carry it.
-    drain: Option<Drain>,
     shared: Arc<Shared>,
-    info: ConnInfo,
 }
 
 /// Approximate size of a request's head, as it was on the wire.
@@ -622,12 +593,12 @@ where
             st.proto_known.store(true, Ordering::Relaxed);
             tracing::Span::current().record("proto", tracing::field::debug(req.version()));
         }
-        if let Some(drain) = &self.drain {
+        if self.shared.extensions {
             let ext = req.extensions_mut();
-            ext.insert(drain.clone());
-            ext.insert(self.info);
+            ext.insert(st.ctx.drain.clone());
+            ext.insert(st.ctx.info);
             #[cfg(feature = "axum")]
-            if let ConnInfo::Tcp { peer, .. } = self.info {
+            if let ConnInfo::Tcp { peer, .. } = st.ctx.info {
                 ext.insert(axum::extract::ConnectInfo(peer));
             }
         }
@@ -685,6 +656,8 @@ where
             };
         }
         let mut app = self.app.clone();
+        // The service may look at its context when called (a router, a middleware).
+        let _ctx = context::enter(&st.ctx);
         // Most services are always ready: then the handler's future is made now, and
         // the request is not moved once more into a future that waits for readiness.
         // (A `Pending` here registered nothing that matters: the future polls again
@@ -797,7 +770,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let res = match this.handler.poll(cx) {
+        let polled = {
+            let _ctx = this.guard.as_ref().map(|g| context::enter(&g.0.ctx));
+            this.handler.poll(cx)
+        };
+        let res = match polled {
             Poll::Ready(Ok(res)) => res,
             Poll::Ready(Err(early)) => return Poll::Ready(Ok(early)),
             Poll::Pending => {
@@ -928,7 +905,11 @@ where
             this.guard.take();
             return Poll::Ready(None);
         };
-        match ready!(inner.poll_frame(cx)) {
+        let polled = {
+            let _ctx = this.guard.as_ref().map(|g| context::enter(&g.0.ctx));
+            inner.poll_frame(cx)
+        };
+        match ready!(polled) {
             None => {
                 this.guard.take();
                 Poll::Ready(None)

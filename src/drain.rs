@@ -23,6 +23,8 @@ use pin_project_lite::pin_project;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::context::Ctx;
+
 const SERVING: u8 = 0;
 const DRAINING: u8 = 1;
 const HAMMERED: u8 = 2;
@@ -35,8 +37,10 @@ pub(crate) const EXPIRED_STALL: u8 = 4;
 /// The state of one connection: written by the connection itself (its IO, its requests,
 /// its timer), read by its server only for a census, and the waker the server wakes.
 /// Deadlines are instants of the coarse clock ([`crate::duration::now_ms`]); 0 is none.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ConnState {
+    /// What its handlers learn of it (`ConnInfo::current`, `Drain::current`).
+    pub(crate) ctx: Ctx,
     /// Its place in its server's registry: also what spreads the drain's
     /// `Connection: close` over the connections.
     pub(crate) slot: usize,
@@ -83,6 +87,27 @@ struct Stream {
 }
 
 impl ConnState {
+    fn new(slot: usize, ctx: Ctx) -> Self {
+        ConnState {
+            ctx,
+            slot,
+            in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            last_activity: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
+            proto_known: AtomicBool::new(false),
+            read_deadline: AtomicU64::new(0),
+            handler_deadline: AtomicU64::new(0),
+            stall_deadline: AtomicU64::new(0),
+            expired: AtomicU8::new(0),
+            armed: AtomicU64::new(0),
+            streams_due: AtomicU64::new(0),
+            streams: Mutex::default(),
+            waker: Mutex::default(),
+        }
+    }
+
     pub(crate) fn touch(&self, now: u64) {
         self.last_activity.store(now, Ordering::Relaxed);
     }
@@ -222,8 +247,9 @@ impl Tracker {
     }
 
     /// Counts a new connection until the returned registration is dropped (with the
-    /// connection's IO, so an upgraded connection stays counted).
-    pub(crate) fn register(self: &Arc<Self>) -> Registration {
+    /// connection's IO, so an upgraded connection stays counted). `ctx`: what its
+    /// handlers learn of it.
+    pub(crate) fn register(self: &Arc<Self>, ctx: Ctx) -> Registration {
         let mut s = self.slots();
         let key = match s.free.pop() {
             Some(k) => k,
@@ -232,10 +258,7 @@ impl Tracker {
                 s.slots.len() - 1
             }
         };
-        let state = Arc::new(ConnState {
-            slot: key,
-            ..ConnState::default()
-        });
+        let state = Arc::new(ConnState::new(key, ctx));
         s.slots[key] = Some(state.clone());
         s.open += 1;
         drop(s);

@@ -94,6 +94,7 @@
 
 mod addr;
 mod conn;
+mod context;
 #[cfg(feature = "control")]
 pub mod control;
 #[cfg(not(feature = "control"))]
@@ -128,7 +129,7 @@ mod tickets;
 mod tls;
 
 pub use addr::ListenAddr;
-pub use conn::ConnInfo;
+pub use context::ConnInfo;
 #[cfg(feature = "control")]
 pub use error::{ControlError, TakeoverError};
 pub use error::{Error, RestartError};

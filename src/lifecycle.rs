@@ -144,17 +144,23 @@ pub(crate) fn draining_since() -> u64 {
     DRAINING.load(Ordering::Acquire)
 }
 
-/// That this generation began draining, and why: a request extension on every request
-/// ceaseless's [`Server`](crate::Server) serves, for handlers of long-lived connections
-/// (a WebSocket's close frame, the end of an event stream). Also from
-/// [`Process::drain`](crate::Process::drain).
+/// That this generation began draining, and why: [`Drain::current`] in a handler
+/// ceaseless's [`Server`](crate::Server) serves (an axum extractor with the `axum`
+/// feature, a request extension with `Server::request_extensions(true)`), for handlers
+/// of long-lived connections (a WebSocket's close frame, the end of an event stream).
+/// Also from [`Process::drain`](crate::Process::drain).
 ///
 /// ```no_run
 /// use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-/// use axum::{response::Response, Extension};
+/// use axum::http::StatusCode;
+/// use axum::response::{IntoResponse, Response};
 /// use ceaseless::{Drain, Served};
 ///
-/// async fn ws(upgrade: WebSocketUpgrade, Extension(drain): Extension<Drain>) -> Response {
+/// async fn ws(upgrade: WebSocketUpgrade) -> Response {
+///     // Taken here: the socket's task is not polled by ceaseless.
+///     let Some(drain) = Drain::current() else {
+///         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+///     };
 ///     upgrade.on_upgrade(move |mut socket: WebSocket| async move {
 ///         loop {
 ///             tokio::select! {

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use crate::addr::ListenAddr;
-use crate::conn::ConnInfo;
+use crate::context::ConnInfo;
 use crate::error::Error;
 
 /// Backlog of every socket we bind (the kernel caps it at `somaxconn`).

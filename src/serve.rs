@@ -14,8 +14,8 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use crate::addr::ListenAddr;
-use crate::conn::{self, Accepted, Limits, Shared, DEFAULT_DRAIN_GRACE};
-use crate::drain::{Tracker, Watched};
+use crate::conn::{self, Limits, Shared, DEFAULT_DRAIN_GRACE};
+use crate::drain::{Registration, Tracker, Watched};
 use crate::error::Error;
 use crate::lifecycle::Served;
 use crate::listen::Stream;
@@ -117,7 +117,7 @@ where
             before_begin: None,
             tls: None,
             fd_name: None,
-            extensions: true,
+            extensions: false,
         }
     }
 
@@ -181,11 +181,32 @@ where
         self
     }
 
-    /// Whether every request carries the request extensions (default: yes): the
-    /// [`Drain`](crate::Drain), the [`ConnInfo`](crate::ConnInfo) and, with the `axum`
-    /// feature, axum's `ConnectInfo<SocketAddr>` on TCP. `http::Extensions` allocates a
-    /// map and a box per value, which costs about a tenth of a small request's total
-    /// (see BENCHMARKS.md); a server whose handlers read none of them can turn them off.
+    /// Whether every request also carries its context in its extensions (default: no):
+    /// the [`Drain`](crate::Drain), the [`ConnInfo`](crate::ConnInfo) and, with the
+    /// `axum` feature, axum's `ConnectInfo<SocketAddr>` on TCP. Handlers find the first
+    /// two without them, at no cost, with [`Drain::current`](crate::Drain::current) and
+    /// [`ConnInfo::current`](crate::ConnInfo::current) (extractors with the `axum`
+    /// feature). Turn them on for code that reads extensions (axum's `ConnectInfo`, a
+    /// gRPC service's `Request::extensions`, a task that received the request):
+    /// `http::Extensions` allocates a map and a box per value, about 1,400 instructions
+    /// per request, a seventh of a small request's total (see BENCHMARKS.md).
+    ///
+    /// ```no_run
+    /// use axum::{extract::ConnectInfo, routing::get, Router};
+    /// use std::net::SocketAddr;
+    ///
+    /// # async fn run() -> Result<(), ceaseless::Error> {
+    /// let app = Router::new().route(
+    ///     "/ip",
+    ///     get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+    /// );
+    /// ceaseless::Server::new("127.0.0.1:8080", app)
+    ///     .request_extensions(true)
+    ///     .listen_and_serve()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn request_extensions(mut self, on: bool) -> Self {
         self.extensions = on;
         self
@@ -317,13 +338,12 @@ where
                 _ = state.changed() => {}
                 accepted = listener.accept() => match accepted {
                     Ok((stream, info)) => {
-                        let reg = tracker.register();
+                        let reg = tracker.register(shared.context(info));
                         let watched = reg.state().clone();
-                        let acc = Accepted { reg, info };
                         // Every log line of the connection names it, and its generation.
                         let span = tracing::info_span!("conn", peer = %info, generation, proto = tracing::field::Empty);
                         let task = Watched::new(
-                            handle(stream, self.app.clone(), shared.clone(), tls.clone(), handshake_timeout, acc),
+                            handle(stream, self.app.clone(), shared.clone(), tls.clone(), handshake_timeout, reg),
                             watched,
                             tracker.clone(),
                         );
@@ -392,7 +412,7 @@ async fn handle<S, B>(
     shared: Arc<Shared>,
     tls: Option<crate::tls::Acceptor>,
     handshake_timeout: Duration,
-    acc: Accepted,
+    reg: Registration,
 ) where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -401,9 +421,9 @@ async fn handle<S, B>(
     B::Error: Into<BoxError>,
 {
     match tls {
-        None => conn::serve(stream, app, shared, false, acc).await,
+        None => conn::serve(stream, app, shared, false, reg).await,
         Some(acceptor) => {
-            crate::tls::serve(stream, acceptor, app, shared, handshake_timeout, acc).await
+            crate::tls::serve(stream, acceptor, app, shared, handshake_timeout, reg).await
         }
     }
 }

@@ -15,7 +15,8 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 
-use crate::conn::{Accepted, Shared};
+use crate::conn::Shared;
+use crate::drain::Registration;
 use crate::error::Error;
 use crate::listen::Stream;
 
@@ -106,7 +107,7 @@ pub(crate) async fn serve<S, B>(
     app: S,
     shared: Arc<Shared>,
     handshake_timeout: Duration,
-    acc: Accepted,
+    reg: Registration,
 ) where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -119,17 +120,17 @@ pub(crate) async fn serve<S, B>(
         stream,
         &acceptor,
         &shared,
-        &acc.reg.tracker().clone(),
+        &reg.tracker().clone(),
         handshake_timeout,
     )
     .await
     {
         let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        crate::conn::serve(tls_stream, app, shared, h2, acc).await
+        crate::conn::serve(tls_stream, app, shared, h2, reg).await
     }
     #[cfg(not(feature = "tls"))]
     {
-        let _ = (stream, app, shared, handshake_timeout, acc);
+        let _ = (stream, app, shared, handshake_timeout, reg);
         match acceptor {}
     }
 }

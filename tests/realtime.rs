@@ -2,7 +2,7 @@
 //! `Router` on ceaseless's `Server`): WebSockets closed with the drain's reason and the
 //! close handshake completed, a WebSocket that never answers the close cut at hammer
 //! time, server-sent events resumed with `Last-Event-ID` without a gap or a repeat, and
-//! `ConnectInfo`'s peer address.
+//! the peer address from `ConnInfo` and from axum's `ConnectInfo`.
 //!
 //! As in lifecycle.rs: every test installs its binary in its own scratch directory and
 //! listens on 127.0.0.1 port 0, so the tests run in parallel. Every wait is bounded and
@@ -966,49 +966,59 @@ fn sse_resumes_with_last_event_id_through_restarts() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 4. ConnectInfo: the peer address
+// 4. ConnInfo and ConnectInfo: the peer address
 // ---------------------------------------------------------------------------------------
 
-/// `GET /ip` on a raw connection answers that connection's own address (its client
-/// port), and a second request on it the same.
+/// Each of `paths` on a raw connection answers that connection's own address (its
+/// client port), and a second request on it the same.
 #[cfg(feature = "axum")]
-fn assert_ip_is_the_peer(addr: &str, what: &str) {
+fn assert_ip_is_the_peer(addr: &str, what: &str, paths: &[&str]) {
     let mut s = connect_tcp(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     let local = s.local_addr().unwrap();
     for n in 1..=2 {
-        let r = exchange_blocking(&mut s, "/ip").unwrap_or_else(|e| panic!("GET /ip: {e}"));
-        assert_eq!(
-            (r.status, r.body),
-            (200, format!("{local}\n")),
-            "{what}: GET /ip #{n} on the connection from {local}"
-        );
+        for path in paths {
+            let r = exchange_blocking(&mut s, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            assert_eq!(
+                (r.status, r.body),
+                (200, format!("{local}\n")),
+                "{what}: GET {path} #{n} on the connection from {local}"
+            );
+        }
     }
 }
 
-/// `GET /ip` answers the client's exact address, before and after a restart, with
-/// ceaseless's `Server` (realtime) and with `listen_and_serve` (the axum example).
+/// `GET /ip` answers the client's exact address, before and after a restart: from the
+/// `ConnInfo` extractor without request extensions (realtime), from axum's
+/// `ConnectInfo` with them (the axum example, whose `/peer` is the `ConnInfo`
+/// extractor's answer).
 #[cfg(feature = "axum")]
-fn ip_is_the_peer_before_and_after_a_restart(example: &str) {
+fn ip_is_the_peer_before_and_after_a_restart(example: &str, paths: &[&str]) {
     become_subreaper();
     let (_dir, app) = installed(&format!("ip-{example}"), example);
     let p = Proc::spawn(&app, &["--addr", "127.0.0.1:0"]);
     let addr = p.serving_addr(1);
-    assert_ip_is_the_peer(&addr, "the first generation");
+    assert_ip_is_the_peer(&addr, "the first generation", paths);
+    if example == "axum" {
+        // The `Drain` extractor: nothing drains yet.
+        let mut s = connect_tcp(&addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        let r = exchange_blocking(&mut s, "/drain").unwrap_or_else(|e| panic!("GET /drain: {e}"));
+        assert_eq!((r.status, r.body.as_str()), (200, "serving\n"));
+    }
     let (old, new) = restart_ok(&p);
     expect_gone(&p, old, "the old generation");
-    assert_ip_is_the_peer(&addr, "the new generation");
+    assert_ip_is_the_peer(&addr, "the new generation", paths);
     signal(new, libc::SIGTERM);
     expect_exit_0(&p, new, "the new generation after SIGTERM");
 }
 
 #[cfg(feature = "axum")]
 #[test]
-fn ip_is_the_peer_address_with_server() {
-    ip_is_the_peer_before_and_after_a_restart("realtime");
+fn ip_is_the_peer_address_from_conn_info() {
+    ip_is_the_peer_before_and_after_a_restart("realtime", &["/ip"]);
 }
 
 #[cfg(feature = "axum")]
 #[test]
-fn ip_is_the_peer_address_with_listen_and_serve() {
-    ip_is_the_peer_before_and_after_a_restart("axum");
+fn ip_is_the_peer_address_from_connect_info_with_request_extensions() {
+    ip_is_the_peer_before_and_after_a_restart("axum", &["/ip", "/peer"]);
 }

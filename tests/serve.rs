@@ -1310,6 +1310,23 @@ fn requests_carry_the_peer_address_or_credentials() {
         format!("tcp peer={me} local={addr}\n")
     );
 
+    // Over HTTP/2 the handler runs in a stream task of its own: it learns the same.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (version, h2_text) = rt.block_on(async {
+        let res = common::load::reqwest_client(true)
+            .get(format!("http://{addr}/peer"))
+            .send()
+            .await
+            .expect("GET /peer over h2c");
+        (res.version(), res.text().await.expect("the body"))
+    });
+    assert_eq!(version, reqwest::Version::HTTP_2);
+    assert!(
+        h2_text.starts_with("tcp peer=127.0.0.1:")
+            && h2_text.ends_with(&format!(" local={addr}\n")),
+        "{h2_text:?}"
+    );
+
     let mut u = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     u.write_all(b"GET /peer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .unwrap();

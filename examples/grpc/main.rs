@@ -20,8 +20,8 @@
 //!   sent before the client read the GOAWAY can still reach this generation: its drain
 //!   has begun, so that call ends at once, with no tick and the same status.)
 //!
-//! The drain reaches the handler through the `ceaseless::Drain` request extension:
-//! tonic carries the HTTP request's extensions over into its own `Request`.
+//! The drain reaches the handler through `ceaseless::Drain::current()`: tonic polls the
+//! handler inside ceaseless's poll of the request.
 
 mod ticker;
 
@@ -49,10 +49,7 @@ impl Ticker for Service {
     }
 
     async fn ticks(&self, req: Request<TicksRequest>) -> Result<Response<Ticks>, Status> {
-        let drain = req
-            .extensions()
-            .get::<Drain>()
-            .cloned()
+        let drain = Drain::current()
             .ok_or_else(|| Status::internal("no ceaseless::Drain: not served by ceaseless"))?;
         let from = req.get_ref().from;
         let mut interval = tokio::time::interval(EVERY);

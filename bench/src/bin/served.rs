@@ -1,9 +1,11 @@
 //! The ceaseless side of the cost comparison: the shared handler (`../handler.rs`),
 //! the one `bare` serves, served by `ceaseless::Server` with its defaults (read, write
-//! and idle timeouts on, the drain, restarts on SIGHUP, the request extensions).
+//! and idle timeouts on, the drain, restarts on SIGHUP, the connection's context for
+//! `ConnInfo::current` and `Drain::current`). `--extensions`: also the request
+//! extensions (`Server::request_extensions(true)`).
 //!
 //! ```text
-//! served [--no-extensions] --addr 127.0.0.1:0   # logs `serving pid=P addr=A` on stderr
+//! served [--extensions] --addr 127.0.0.1:0   # logs `serving pid=P addr=A` on stderr
 //! ```
 
 #[path = "../handler.rs"]
@@ -13,11 +15,11 @@ mod handler;
 async fn main() -> std::process::ExitCode {
     handler::init_logging();
     let mut addr = "127.0.0.1:4242".to_string();
-    let mut extensions = true;
+    let mut extensions = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--no-extensions" => extensions = false,
+            "--extensions" => extensions = true,
             "--addr" => match args.next() {
                 Some(v) => addr = v,
                 None => return usage(),
@@ -37,6 +39,6 @@ async fn main() -> std::process::ExitCode {
 }
 
 fn usage() -> std::process::ExitCode {
-    eprintln!("served: usage: served [--no-extensions] [--addr ADDR]");
+    eprintln!("served: usage: served [--extensions] [--addr ADDR]");
     std::process::ExitCode::from(2)
 }

@@ -1,0 +1,184 @@
+//! What a handler learns of the connection its request came over: who is at the other
+//! end ([`ConnInfo`]) and when its server begins to drain ([`Drain`]).
+//!
+//! # Why a scoped context and not only request extensions
+//! `http::Extensions` allocates a map and a box per value on every request: for the
+//! `Drain`, the `ConnInfo` and axum's `ConnectInfo` that was about 1,400 instructions,
+//! a seventh of a small request's whole cost (see BENCHMARKS.md), paid whether or not a
+//! handler reads them. So by default nothing is inserted. Instead, while ceaseless polls
+//! a request's service call, its future and its response body, a thread-local pointer
+//! names the connection's context (set and restored around each poll: a few
+//! instructions), and [`ConnInfo::current`] and [`Drain::current`] read it. With the
+//! `axum` feature both are also extractors. `Server::request_extensions(true)` adds them
+//! (and axum's `ConnectInfo<SocketAddr>`) to the request's extensions as well, for code
+//! that reads extensions or runs outside those polls.
+//!
+//! A task the handler spawns (an upgraded WebSocket's, say) is polled by the runtime,
+//! not by ceaseless: the handler takes what it needs before spawning it.
+//!
+//! `tokio::task_local!` would scope a value to one future, but it has to own the value
+//! (a clone per request) and wraps the future in another: a `Cell` holding a pointer
+//! costs neither.
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+
+use crate::lifecycle::Drain;
+
+/// Who is at the other end of a connection: [`ConnInfo::current`] in a handler (an
+/// extractor with the `axum` feature; a request extension with
+/// `Server::request_extensions(true)`).
+///
+/// ```
+/// # async fn handler(_req: http::Request<hyper::body::Incoming>) -> String {
+/// match ceaseless::ConnInfo::current() {
+///     Some(ceaseless::ConnInfo::Tcp { peer, .. }) => format!("hello, {peer}\n"),
+///     Some(ceaseless::ConnInfo::Unix { .. }) => "hello, neighbour\n".into(),
+///     None => "not served by ceaseless\n".into(),
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnInfo {
+    /// A TCP connection.
+    Tcp {
+        /// The client's address.
+        peer: std::net::SocketAddr,
+        /// The address it connected to.
+        local: std::net::SocketAddr,
+    },
+    /// A Unix socket connection, with the peer's credentials when the kernel gives them.
+    Unix {
+        /// The peer process's user id, group id and pid.
+        cred: Option<(u32, u32, Option<i32>)>,
+    },
+}
+
+impl std::fmt::Display for ConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnInfo::Tcp { peer, .. } => write!(f, "{peer}"),
+            ConnInfo::Unix {
+                cred: Some((uid, _, Some(pid))),
+            } => write!(f, "unix:uid={uid},pid={pid}"),
+            ConnInfo::Unix { .. } => f.write_str("unix"),
+        }
+    }
+}
+
+/// One connection's context, as its handlers see it.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) info: ConnInfo,
+    /// The connection's own copy of its server's drain.
+    pub(crate) drain: Drain,
+}
+
+thread_local! {
+    /// The context of the request being polled on this thread (null: none).
+    static CURRENT: Cell<*const Ctx> = const { Cell::new(std::ptr::null()) };
+}
+
+/// `ctx` is the current context until this is dropped (then the previous one is again).
+pub(crate) struct Entered<'a> {
+    prev: *const Ctx,
+    // Borrows the context for as long as it is current; and, holding a raw pointer,
+    // is neither `Send` nor `Sync`: it is dropped on the thread that made it.
+    _ctx: PhantomData<&'a Ctx>,
+}
+
+/// Makes `ctx` the current context for the guard's lifetime.
+#[inline]
+pub(crate) fn enter(ctx: &Ctx) -> Entered<'_> {
+    Entered {
+        prev: CURRENT.with(|c| c.replace(ctx)),
+        _ctx: PhantomData,
+    }
+}
+
+impl Drop for Entered<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.prev));
+    }
+}
+
+fn with_current<R>(f: impl FnOnce(&Ctx) -> R) -> Option<R> {
+    let p = CURRENT.with(Cell::get);
+    // SAFETY: the pointer is non-null only while an `Entered` made from a live `&Ctx`
+    // exists on this thread (the guards are scoped, so they drop in reverse order and
+    // each restores what its predecessor set); the borrow it came from outlives the
+    // guard, so the context is alive and not mutably borrowed (it has no mutable
+    // access at all).
+    unsafe { p.as_ref() }.map(f)
+}
+
+impl ConnInfo {
+    /// The connection of the request being handled: `Some` inside a handler served by
+    /// ceaseless (its service call, its future and its response body), `None` elsewhere
+    /// (a task the handler spawned, say: take it before spawning).
+    pub fn current() -> Option<ConnInfo> {
+        with_current(|c| c.info)
+    }
+}
+
+impl Drain {
+    /// The drain of the request being handled (see [`ConnInfo::current`] for where it
+    /// is `Some`). A WebSocket handler takes it before spawning the socket's task:
+    ///
+    /// ```
+    /// # async fn handler(_req: http::Request<hyper::body::Incoming>) {
+    /// if let Some(drain) = ceaseless::Drain::current() {
+    ///     tokio::spawn(async move {
+    ///         let why = drain.wait().await;
+    ///         // send a close frame: 1012 for a restart, 1001 for a shutdown
+    ///         # let _ = why;
+    ///     });
+    /// }
+    /// # }
+    /// ```
+    pub fn current() -> Option<Drain> {
+        with_current(|c| c.drain.clone())
+    }
+}
+
+#[cfg(feature = "axum")]
+mod extract {
+    use axum::extract::FromRequestParts;
+    use http::request::Parts;
+    use http::StatusCode;
+
+    use super::{ConnInfo, Drain};
+
+    /// What an extractor answers outside a ceaseless server.
+    const MISSING: (StatusCode, &str) = (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "ceaseless: this request was not served by ceaseless\n",
+    );
+
+    impl<S: Send + Sync> FromRequestParts<S> for ConnInfo {
+        type Rejection = (StatusCode, &'static str);
+
+        async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+            parts
+                .extensions
+                .get::<ConnInfo>()
+                .copied()
+                .or_else(ConnInfo::current)
+                .ok_or(MISSING)
+        }
+    }
+
+    impl<S: Send + Sync> FromRequestParts<S> for Drain {
+        type Rejection = (StatusCode, &'static str);
+
+        async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+            parts
+                .extensions
+                .get::<Drain>()
+                .cloned()
+                .or_else(Drain::current)
+                .ok_or(MISSING)
+        }
+    }
+}
