@@ -28,7 +28,8 @@ It builds what it drives first (cargo build --release: the hello and tls example
 ceaseless, and this package's `bare` baseline), unless --no-build is given; then it
 runs, on 127.0.0.1 only:
   1. start-up: spawning hello (and bare) fresh until it answers, several times;
-  2. steady state: bare and ceaseless (hello) alternately under the same client load
+  2. steady state: bare and ceaseless (`served`: bare's handler on ceaseless::Server,
+     its defaults) alternately under the same client load
      (the built-in hyper client, and wrk / h2load when installed: bench/install-tools.sh);
   3. restarts under keep-alive load: N SIGHUPs each over HTTP/1.1, h2c, TLS+HTTP/1.1 and
      TLS+h2 (hello; the tls example for TLS);
@@ -171,6 +172,8 @@ struct Bins {
     hello: PathBuf,
     tls: PathBuf,
     bare: PathBuf,
+    /// The steady state's ceaseless side: `bare`'s handler on `ceaseless::Server`.
+    served: PathBuf,
 }
 
 fn build_and_locate(build: bool) -> Result<Bins, String> {
@@ -198,6 +201,8 @@ fn build_and_locate(build: bool) -> Result<Bins, String> {
                 "ceaseless-bench",
                 "--bin",
                 "bare",
+                "--bin",
+                "served",
             ][..],
         ] {
             eprintln!("bench: cargo {}", args.join(" "));
@@ -225,8 +230,9 @@ fn build_and_locate(build: bool) -> Result<Bins, String> {
         hello: dir.join("examples").join("hello"),
         tls: dir.join("examples").join("tls"),
         bare: dir.join("bare"),
+        served: dir.join("served"),
     };
-    for b in [&bins.hello, &bins.tls, &bins.bare] {
+    for b in [&bins.hello, &bins.tls, &bins.bare, &bins.served] {
         if !b.exists() {
             return Err(format!(
                 "{} is missing: build it (or drop --no-build)",
@@ -625,7 +631,8 @@ fn run_steady(
 ) -> SteadyResults {
     let mut res = SteadyResults::default();
     let mut servers = Vec::new();
-    for (name, bin) in [("bare", &bins.bare), ("ceaseless", &bins.hello)] {
+    // The same handler on both sides (bench/src/handler.rs): hello's `GET /` does more.
+    for (name, bin) in [("bare", &bins.bare), ("ceaseless", &bins.served)] {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         match start_server(bin, &["--addr".into(), addr.to_string()], addr, None, cpus) {
             Ok((s, _, _)) => servers.push((name, addr, s)),

@@ -382,7 +382,7 @@ impl Results {
         let idle_rss = self.idle_rss_kib("ceaseless");
         if idle_rss > 0 {
             c.push(Check {
-                name: "idle RSS, ceaseless (hello)".into(),
+                name: "idle RSS, ceaseless (served pinned, hello unpinned)".into(),
                 bar: format!("<= {}", mib(TARGET_IDLE_RSS_KIB)),
                 measured: mib(idle_rss),
                 met: Some(idle_rss <= TARGET_IDLE_RSS_KIB),
