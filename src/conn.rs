@@ -200,8 +200,7 @@ struct InFlight(Arc<ConnState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.touch(now_ms());
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.request_done(now_ms());
     }
 }
 
@@ -295,6 +294,7 @@ where
         let shared = &**this.shared;
         loop {
             let draining = this.tracker.draining();
+            let drained_before = *this.drain_seen;
             if draining && !*this.drain_seen {
                 *this.drain_seen = true;
                 // The grace counts from the drain's start: a connection idle in a
@@ -311,23 +311,39 @@ where
                 this.conn.as_mut().graceful_shutdown();
                 *this.shut = true;
             }
+            let shut_before = *this.shut;
             if let Poll::Ready(res) = this.conn.as_mut().poll(cx) {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return Poll::Ready(());
             }
-            let idle = match (*this.shut, draining) {
-                (true, _) => None,
-                (false, true) => Some(shared.grace_ms),
-                (false, false) => shared.idle_ms,
-            };
-            let due = next_due(state, idle);
             let elapsed = this
                 .sleep
                 .as_ref()
                 .as_pin_ref()
                 .is_some_and(|s| s.is_elapsed());
+            let waker_changed = !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            // The fast path: the timer has not fired, no deadline was set before the
+            // one it is armed for (`ConnState::due_at`), nothing changed here: the timer
+            // stands as it is.
+            if !elapsed
+                && !waker_changed
+                && *this.armed != 0
+                && !state.rearm.load(Ordering::Acquire)
+                && drained_before == *this.drain_seen
+                && shut_before == *this.shut
+            {
+                return Poll::Pending;
+            }
+            state.rearm.swap(false, Ordering::AcqRel);
+            let idle = match (*this.shut, draining) {
+                (true, _) => None,
+                (false, true) => Some(shared.grace_ms),
+                (false, false) => shared.idle_ms,
+            };
+            state.idle_limit.store(idle.unwrap_or(0), Ordering::Relaxed);
+            let due = next_due(state, idle);
             if due == 0 {
                 // Nothing to time. A timer still armed fires once, finds nothing due
                 // and is left alone; once it has, nothing is armed.
@@ -350,7 +366,6 @@ where
                 }
             }
             let rearm = elapsed || *this.armed == 0 || due < *this.armed;
-            let waker_changed = !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
             if rearm {
                 let at = instant_at(due);
                 match this.sleep.as_mut().as_pin_mut() {
@@ -796,6 +811,7 @@ where
                     if !*this.armed {
                         *this.armed = true;
                         st.handler_deadline.store(*this.deadline, Ordering::Relaxed);
+                        st.due_at(*this.deadline);
                     }
                     return Poll::Pending;
                 }
@@ -997,8 +1013,9 @@ impl<I> TimedIo<I> {
         if let Some(wt) = self.write_ms {
             if st.stall_deadline.load(Ordering::Relaxed) == 0 {
                 // Seen by the connection's timer once this poll returns.
-                st.stall_deadline
-                    .store(now_ms().saturating_add(wt), Ordering::Relaxed);
+                let at = now_ms().saturating_add(wt);
+                st.stall_deadline.store(at, Ordering::Relaxed);
+                st.due_at(at);
             }
         }
         Poll::Pending
@@ -1040,8 +1057,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for TimedIo<I> {
                     && st.read_deadline.load(Ordering::Relaxed) == 0
                 {
                     // The first bytes of a request: its read deadline starts.
-                    st.read_deadline
-                        .store(now.saturating_add(rt), Ordering::Relaxed);
+                    let at = now.saturating_add(rt);
+                    st.read_deadline.store(at, Ordering::Relaxed);
+                    st.due_at(at);
                 }
             }
         }

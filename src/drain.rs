@@ -64,6 +64,13 @@ pub(crate) struct ConnState {
     pub(crate) expired: AtomicU8,
     /// The instant the connection's timer is armed for (0: none).
     pub(crate) armed: AtomicU64,
+    /// A deadline may now be due before `armed` (or something is due with nothing
+    /// armed): the connection's future recomputes its next deadline on its next poll.
+    /// Without it, a poll whose timer has not fired skips that computation.
+    pub(crate) rearm: AtomicBool,
+    /// The idle limit the connection's timer applies now, in ms (0: none): what a
+    /// request that ends makes due.
+    pub(crate) idle_limit: AtomicU64,
     /// HTTP/2: the nearest deadline of a pending handler in `streams` (0: none).
     pub(crate) streams_due: AtomicU64,
     streams: Mutex<Streams>,
@@ -102,16 +109,42 @@ impl ConnState {
             stall_deadline: AtomicU64::new(0),
             expired: AtomicU8::new(0),
             armed: AtomicU64::new(0),
+            rearm: AtomicBool::new(false),
+            idle_limit: AtomicU64::new(0),
             streams_due: AtomicU64::new(0),
             streams: Mutex::default(),
             waker: Mutex::default(),
         }
     }
 
+    #[inline]
     pub(crate) fn touch(&self, now: u64) {
         self.last_activity.store(now, Ordering::Relaxed);
     }
 
+    /// A deadline at `at` was set: flags the connection's future if its timer is armed
+    /// for later, or not at all.
+    #[inline]
+    pub(crate) fn due_at(&self, at: u64) {
+        let armed = self.armed.load(Ordering::Acquire);
+        if armed == 0 || at < armed {
+            self.rearm.store(true, Ordering::Release);
+        }
+    }
+
+    /// The request in flight ended at `now`: the idle limit counts from now.
+    #[inline]
+    pub(crate) fn request_done(&self, now: u64) {
+        self.touch(now);
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let idle = self.idle_limit.load(Ordering::Relaxed);
+            if idle != 0 {
+                self.due_at(now.saturating_add(idle));
+            }
+        }
+    }
+
+    #[inline]
     pub(crate) fn expired(&self, bit: u8) -> bool {
         self.expired.load(Ordering::Relaxed) & bit != 0
     }
@@ -152,6 +185,7 @@ impl ConnState {
         let armed = self.armed.load(Ordering::Acquire);
         if armed == 0 || at < armed {
             // The connection's timer is armed for later (or not at all): re-arm it.
+            self.rearm.store(true, Ordering::Release);
             if let Some(w) = self.waker().as_ref() {
                 w.wake_by_ref();
             }
@@ -269,10 +303,12 @@ impl Tracker {
         }
     }
 
+    #[inline]
     pub(crate) fn draining(&self) -> bool {
         self.level.load(Ordering::Acquire) >= DRAINING
     }
 
+    #[inline]
     pub(crate) fn hammered(&self) -> bool {
         self.level.load(Ordering::Acquire) >= HAMMERED
     }
