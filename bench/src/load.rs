@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -118,13 +118,22 @@ impl Target {
 #[derive(Default)]
 pub struct Control {
     stop: AtomicBool,
-    window: AtomicBool,
+    /// 0: steady; [`STARTING`] or [`HANDING_OVER`]: a restart window.
+    window: AtomicU8,
 }
 
+/// The restart window from the SIGHUP until the new generation's first answer: the new
+/// generation is starting (on the same CPU as the loaded old one, when pinned).
+pub const STARTING: u8 = 1;
+/// The restart window from the new generation's first answer until the old one exits:
+/// the old one drains, its clients reconnect.
+pub const HANDING_OVER: u8 = 2;
+
 impl Control {
-    /// Requests that start from now on are counted in the restart window.
-    pub fn set_window(&self, on: bool) {
-        self.window.store(on, Ordering::Relaxed);
+    /// Requests that start from now on are counted in the restart window's `phase`
+    /// (0: none).
+    pub fn set_window(&self, phase: u8) {
+        self.window.store(phase, Ordering::Relaxed);
     }
 
     fn stopped(&self) -> bool {
@@ -138,6 +147,8 @@ pub struct Stats {
     pub steady: Histogram<u64>,
     /// Latency (µs) of successful requests that started inside a restart window.
     pub window: Histogram<u64>,
+    /// The part of `window` that started while the new generation was starting.
+    pub window_starting: Histogram<u64>,
     pub ok: u64,
     pub ok_window: u64,
     pub failed: u64,
@@ -163,6 +174,7 @@ impl Stats {
         Stats {
             steady: h(),
             window: h(),
+            window_starting: h(),
             ok: 0,
             ok_window: 0,
             failed: 0,
@@ -178,6 +190,9 @@ impl Stats {
     pub fn merge(&mut self, o: Stats) {
         self.steady.add(&o.steady).expect("same bounds");
         self.window.add(&o.window).expect("same bounds");
+        self.window_starting
+            .add(&o.window_starting)
+            .expect("same bounds");
         self.ok += o.ok;
         self.ok_window += o.ok_window;
         self.failed += o.failed;
@@ -200,7 +215,7 @@ impl Stats {
         h
     }
 
-    fn ok(&mut self, started: Instant, window: bool) {
+    fn ok(&mut self, started: Instant, window: u8) {
         let latency = started.elapsed();
         let us = latency.as_micros().max(1) as u64;
         let at = started.saturating_duration_since(epoch()).as_millis();
@@ -208,18 +223,21 @@ impl Stats {
             u32::try_from(at).unwrap_or(u32::MAX),
             us.min(u64::from(u32::MAX)) as u32,
         ));
-        if window {
+        if window != 0 {
             self.ok_window += 1;
             self.window.saturating_record(us);
+            if window == STARTING {
+                self.window_starting.saturating_record(us);
+            }
         } else {
             self.steady.saturating_record(us);
         }
         self.ok += 1;
     }
 
-    fn fail(&mut self, kind: String, window: bool) {
+    fn fail(&mut self, kind: String, window: u8) {
         self.failed += 1;
-        if window {
+        if window != 0 {
             self.failed_window += 1;
         }
         count(&mut self.failures, kind, 1);
@@ -281,7 +299,7 @@ impl Load {
             for t in self.tasks {
                 match t.await {
                     Ok(s) => total.merge(s),
-                    Err(e) => total.fail(format!("load task failed: {e}"), false),
+                    Err(e) => total.fail(format!("load task failed: {e}"), 0),
                 }
             }
         });
@@ -481,7 +499,7 @@ async fn h2_conn(target: Arc<Target>, ctl: Arc<Control>, streams: usize) -> Stat
         while let Some(r) = loops.join_next().await {
             match r {
                 Ok(s) => st.merge(s),
-                Err(e) => st.fail(format!("stream task failed: {e}"), false),
+                Err(e) => st.fail(format!("stream task failed: {e}"), 0),
             }
         }
         driver.abort();

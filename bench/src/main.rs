@@ -895,7 +895,7 @@ fn restart_once(
     let t0 = Instant::now();
     let wall0 = procs::wall_us(SystemTime::now());
     let wall = |t: Instant| wall0 + t.saturating_duration_since(t0).as_micros() as i64;
-    ctl.set_window(true);
+    ctl.set_window(load::STARTING);
     procs::kill(old, libc::SIGHUP);
     let serving = probe::wait_serving(
         addr,
@@ -904,8 +904,9 @@ fn restart_once(
         Duration::from_micros(500),
         Duration::from_secs(20),
     );
+    ctl.set_window(load::HANDING_OVER);
     let exited = exit_watch.join().ok().flatten();
-    ctl.set_window(false);
+    ctl.set_window(0);
     for _ in 0..200 {
         if procs::reap(old) {
             break;

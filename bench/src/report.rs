@@ -521,6 +521,28 @@ impl Results {
             );
         }
         for r in &self.restarts {
+            let st = &r.stats;
+            let mut handing_over = st.window.clone();
+            if handing_over.subtract(&st.window_starting).is_ok() && !st.window.is_empty() {
+                let p99 = |h: &hdrhistogram::Histogram<u64>| {
+                    if h.is_empty() {
+                        "-".to_string()
+                    } else {
+                        h.value_at_quantile(0.99).to_string()
+                    }
+                };
+                let _ = writeln!(
+                    o,
+                    "  {} window p99: {} µs while the new generation starts ({} requests), {} µs while the old one hands over ({} requests)",
+                    r.proto.name(),
+                    p99(&st.window_starting),
+                    st.window_starting.len(),
+                    p99(&handing_over),
+                    handing_over.len(),
+                );
+            }
+        }
+        for r in &self.restarts {
             for (k, v) in &r.stats.failures {
                 let _ = writeln!(o, "  {} failure: {k} × {v}", r.proto.name());
             }
@@ -808,6 +830,7 @@ impl Results {
                     "probes": { "requests": r.probe_requests, "failed": r.probe_failures },
                     "latency_steady": hist(&st.steady),
                     "latency_window": hist(&st.window),
+                    "latency_window_starting": hist(&st.window_starting),
                     "sighup_to_serving_ms": dist(&|s| s.sighup_to_serving_ms),
                     "sighup_to_serving_log_ms": dist(&|s| s.sighup_to_serving_log_ms),
                     "sighup_to_ready_ms": dist(&|s| s.sighup_to_ready_ms),
