@@ -4,10 +4,10 @@
 //! no-op.
 //!
 //! Nothing is recorded per request or per connection. The gauges and counters are set
-//! from a [`Status`] snapshot when [`publish`] is called — call it where
+//! from a [`Status`] snapshot when [`Process::publish_metrics`](crate::Process::publish_metrics) is called — call it where
 //! the metrics are read, just before rendering them (an exporter's scrape handler), or
 //! on a timer; the two histograms are recorded once per restart, when their event
-//! happens. Install the recorder before starting the [`Process`], so
+//! happens. Install the recorder before starting the [`Process`](crate::Process), so
 //! that the new generation's restart histograms are not lost.
 //!
 //! | name | kind | labels | what |
