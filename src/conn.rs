@@ -160,6 +160,11 @@ impl Shared {
         }
     }
 
+    /// Over how long the drain spreads the `Connection: close` of busy connections.
+    pub(crate) fn spread_ms(&self) -> u64 {
+        self.spread_ms
+    }
+
     /// What the handlers of a connection from `info` learn of it.
     pub(crate) fn context(&self, info: ConnInfo) -> Ctx {
         Ctx {
@@ -667,7 +672,6 @@ where
                 armed: false,
                 h1,
                 read_bound,
-                spread_ms: 0,
             };
         }
         let mut app = self.app.clone();
@@ -692,7 +696,6 @@ where
             armed: false,
             h1,
             read_bound,
-            spread_ms: shared.spread_ms,
         }
     }
 }
@@ -754,7 +757,6 @@ pin_project! {
         h1: bool,
         // The deadline is the read timeout's (an HTTP/2 request body still coming).
         read_bound: bool,
-        spread_ms: u64,
     }
 }
 
@@ -763,17 +765,24 @@ pin_project! {
 /// not come: its turn is a fixed offset within the spread after the drain began, so
 /// that the clients of a busy server do not all reconnect (and, over TLS, handshake)
 /// in the same millisecond.
-fn close_now(st: &ConnState, spread_ms: u64) -> bool {
+fn close_now(st: &ConnState) -> bool {
     let since = crate::lifecycle::draining_since();
     if since == 0 {
         return false;
     }
+    st.close_turn == 0 || now_ms() >= since.saturating_add(st.close_turn)
+}
+
+/// A connection's turn within a drain spread of `spread_ms` (see [`close_now`]), from
+/// its place in its server's registry. (Kept in the connection's state rather than in
+/// every request's future: a stream task of hyper's holds that future, and a few bytes
+/// more can move the task into a slower class of allocation, see BENCHMARKS.md.)
+pub(crate) fn close_turn(slot: usize, spread_ms: u64) -> u64 {
     if spread_ms == 0 {
-        return true;
+        return 0;
     }
     // Consecutive slots land far apart in the spread (a multiplicative hash).
-    let turn = (st.slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) % spread_ms;
-    now_ms() >= since.saturating_add(turn)
+    (slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) % spread_ms
 }
 
 impl<S, B> Future for SvcFuture<S, B>
@@ -841,7 +850,7 @@ where
             // answered during the drain stays one (`Connection: upgrade`): the
             // application closes it when it learns of the drain.
             guard.0.upgraded.store(true, Ordering::Release);
-        } else if *this.h1 && close_now(&guard.0, *this.spread_ms) {
+        } else if *this.h1 && close_now(&guard.0) {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -41,9 +41,9 @@ pub(crate) const EXPIRED_STALL: u8 = 4;
 pub(crate) struct ConnState {
     /// What its handlers learn of it (`ConnInfo::current`, `Drain::current`).
     pub(crate) ctx: Ctx,
-    /// Its place in its server's registry: also what spreads the drain's
-    /// `Connection: close` over the connections.
-    pub(crate) slot: usize,
+    /// During a drain its HTTP/1 responses carry `Connection: close` from this many ms
+    /// after the drain began (`Server::drain_spread`; 0: at once).
+    pub(crate) close_turn: u64,
     pub(crate) in_flight: AtomicU32,
     /// Requests received. Written only by the connection's own task (hyper calls the
     /// service there, over HTTP/2 too), so a load and a store, no shared write.
@@ -94,10 +94,10 @@ struct Stream {
 }
 
 impl ConnState {
-    fn new(slot: usize, ctx: Ctx) -> Self {
+    fn new(ctx: Ctx, close_turn: u64) -> Self {
         ConnState {
             ctx,
-            slot,
+            close_turn,
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             last_activity: AtomicU64::new(0),
@@ -282,8 +282,12 @@ impl Tracker {
 
     /// Counts a new connection until the returned registration is dropped (with the
     /// connection's IO, so an upgraded connection stays counted). `ctx`: what its
-    /// handlers learn of it.
-    pub(crate) fn register(self: &Arc<Self>, ctx: Ctx) -> Registration {
+    /// handlers learn of it; `turn`: its turn in a drain spread, from its slot.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        ctx: Ctx,
+        turn: impl FnOnce(usize) -> u64,
+    ) -> Registration {
         let mut s = self.slots();
         let key = match s.free.pop() {
             Some(k) => k,
@@ -292,7 +296,7 @@ impl Tracker {
                 s.slots.len() - 1
             }
         };
-        let state = Arc::new(ConnState::new(key, ctx));
+        let state = Arc::new(ConnState::new(ctx, turn(key)));
         s.slots[key] = Some(state.clone());
         s.open += 1;
         drop(s);
