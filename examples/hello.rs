@@ -16,7 +16,7 @@
 //! Options: `--addr ADDR` (repeatable: one server each; `unix:/path` for a Unix socket),
 //! `--hammer-ms N` (0: no hammer time), `--read-timeout-ms N`, `--write-timeout-ms N`,
 //! `--max-header-bytes N`, `--ready-timeout-ms N`, `--drain-grace-ms N`, `--drain-spread-ms N`,
-//! `--pid-file PATH`, `--admin` (serve `POST /admin/restart?wait_ms=N` and `POST /admin/shutdown`:
+//! `--pid-file PATH`, `--no-metrics` (see `GET /metrics` below), `--admin` (serve `POST /admin/restart?wait_ms=N` and `POST /admin/shutdown`:
 //! a restart and a shutdown from code), `--warmup-ms N` (warm up for N ms before any
 //! server starts: until the generation declares ready, the previous one alone serves),
 //! `--stagger-ms N` (start each `--addr` N ms after the previous one), `--lame-duck-ms N`
@@ -53,6 +53,10 @@
 //! `GET /metrics` (with the `metrics` feature) renders ceaseless's metrics in the
 //! Prometheus text format, through `metrics-exporter-prometheus` without its own
 //! listener: the handler refreshes the gauges from a snapshot, then renders.
+//! `--no-metrics` installs no recorder (`GET /metrics` answers 404): that exporter's
+//! clock (`quanta`) calibrates itself in a busy loop when the recorder is built, 0.5 ms
+//! to 200 ms of CPU at every start, which a new generation spends on the core the old
+//! one is serving from (see BENCHMARKS.md).
 //! The version marker comes from `HELLO_VERSION` at build time (the crate version if
 //! unset), so two builds can be told apart.
 
@@ -93,6 +97,8 @@ struct Options {
     max_draining: Option<usize>,
     supervise: bool,
     takeover: Option<String>,
+    /// No Prometheus recorder (`--no-metrics`).
+    no_metrics: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -117,6 +123,7 @@ fn parse_args() -> Result<Options, String> {
         max_draining: None,
         supervise: false,
         takeover: None,
+        no_metrics: false,
     };
     let mut args = std::env::args().skip(1);
     let ms = |v: Option<String>, name: &str| -> Result<Option<Duration>, String> {
@@ -149,6 +156,7 @@ fn parse_args() -> Result<Options, String> {
             }
             "--pid-file" => o.pid_file = Some(args.next().ok_or("--pid-file needs a value")?),
             "--admin" => o.admin = true,
+            "--no-metrics" => o.no_metrics = true,
             "--warmup-ms" => o.warmup = ms(args.next(), &a)?,
             "--stagger-ms" => o.stagger = ms(args.next(), &a)?,
             "--no-ready" => o.no_ready = true,
@@ -260,9 +268,12 @@ fn metrics_response() -> Response<HelloBody> {
         );
         return r;
     }
-    let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(
-        b"built without the `metrics` feature\n",
-    ))));
+    let text: &'static [u8] = if cfg!(feature = "metrics") {
+        b"no metrics recorder (--no-metrics, or it could not be installed)\n"
+    } else {
+        b"built without the `metrics` feature\n"
+    };
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(text))));
     *r.status_mut() = StatusCode::NOT_FOUND;
     r
 }
@@ -633,11 +644,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(opts: Options) -> std::process::ExitCode {
-    ADMIN.store(opts.admin, std::sync::atomic::Ordering::Relaxed);
-    // The recorder before the process owner, so that a new generation's restart
-    // histograms (recorded as it becomes live) are kept.
-    #[cfg(feature = "metrics")]
+/// The Prometheus recorder, for `GET /metrics`.
+#[cfg(feature = "metrics")]
+fn install_metrics() {
     match metrics_exporter_prometheus::PrometheusBuilder::new()
         // Histograms with buckets (rather than summaries): they add up across a fleet.
         .set_buckets_for_metric(
@@ -652,6 +661,16 @@ async fn serve(opts: Options) -> std::process::ExitCode {
             let _ = METRICS.set(handle);
         }
         Err(e) => tracing::warn!(error = %e, "no metrics: cannot install the recorder"),
+    }
+}
+
+async fn serve(opts: Options) -> std::process::ExitCode {
+    ADMIN.store(opts.admin, std::sync::atomic::Ordering::Relaxed);
+    // The recorder before the process owner, so that a new generation's restart
+    // histograms (recorded as it becomes live) are kept.
+    #[cfg(feature = "metrics")]
+    if !opts.no_metrics {
+        install_metrics();
     }
     tracing::info!(
         pid = std::process::id(),

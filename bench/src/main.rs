@@ -55,6 +55,9 @@ OPTIONS
   --plots DIR         also draw each restart run's latency over time, the SIGHUPs
                       marked, into DIR/latency-<protocol>.svg
   --quick             a smoke run: 3 restarts, 1 round of 1 s, 3 start-ups
+  --hello-metrics     let hello install its Prometheus recorder (by default the bench
+                      runs it with --no-metrics: the recorder's clock calibrates itself
+                      in a busy loop at every start, an application cost, not ceaseless's)
   -h, --help          this text
 "
 }
@@ -76,6 +79,7 @@ pub struct Config {
     pub plots: Option<PathBuf>,
     pub drain_spread_ms: Option<u64>,
     pub quick: bool,
+    pub hello_metrics: bool,
 }
 
 fn parse_args() -> Result<Config, String> {
@@ -94,6 +98,7 @@ fn parse_args() -> Result<Config, String> {
         plots: None,
         drain_spread_ms: None,
         quick: false,
+        hello_metrics: false,
     };
     let mut clients: Option<Vec<String>> = None;
     let mut explicit = std::collections::HashSet::new();
@@ -131,6 +136,7 @@ fn parse_args() -> Result<Config, String> {
             "--plots" => c.plots = Some(PathBuf::from(value()?)),
             "--drain-spread-ms" => c.drain_spread_ms = Some(num(value()?)?),
             "--quick" => c.quick = true,
+            "--hello-metrics" => c.hello_metrics = true,
             "-h" | "--help" => {
                 print!("{}", usage());
                 std::process::exit(0);
@@ -165,6 +171,15 @@ fn parse_args() -> Result<Config, String> {
             .collect(),
     };
     Ok(c)
+}
+
+/// What hello is started with besides its address (see `--hello-metrics`).
+fn hello_args(cfg: &Config) -> Vec<String> {
+    if cfg.hello_metrics {
+        Vec::new()
+    } else {
+        vec!["--no-metrics".into()]
+    }
 }
 
 /// Paths of the binaries the bench drives.
@@ -364,7 +379,7 @@ fn main() -> std::process::ExitCode {
     let started = Instant::now();
     let startup = run_startup(&cfg, &bins, &cpus, &scratch);
     let mut steady = run_steady(&cfg, &bins, &cpus, &rt, &scratch);
-    steady.idle_unpinned = run_idle_unpinned(&bins);
+    steady.idle_unpinned = run_idle_unpinned(&cfg, &bins);
     let mut restarts = Vec::new();
     for &proto in &cfg.protocols {
         match run_restarts(&cfg, &bins, &cpus, &rt, &scratch, proto) {
@@ -464,6 +479,9 @@ fn run_startup(cfg: &Config, bins: &Bins, cpus: &Cpus, scratch: &Scratch) -> Vec
             if is_tls {
                 args.extend(cert_args.iter().cloned());
             }
+            if name == "ceaseless" {
+                args.extend(hello_args(cfg));
+            }
             let probe_tls = is_tls.then_some(&tls);
             match start_server(bin, &args, addr, probe_tls, cpus) {
                 Ok((s, took, logged)) => {
@@ -483,7 +501,7 @@ fn run_startup(cfg: &Config, bins: &Bins, cpus: &Cpus, scratch: &Scratch) -> Vec
 
 /// Idle resources of hello and bare started without pinning: one tokio worker per
 /// core, as in a real deployment (pinned to one CPU, tokio starts one worker).
-fn run_idle_unpinned(bins: &Bins) -> Vec<IdleResources> {
+fn run_idle_unpinned(cfg: &Config, bins: &Bins) -> Vec<IdleResources> {
     let unpinned = Cpus {
         server: None,
         client: None,
@@ -492,13 +510,11 @@ fn run_idle_unpinned(bins: &Bins) -> Vec<IdleResources> {
     let mut out = Vec::new();
     for (name, bin) in [("bare", &bins.bare), ("ceaseless", &bins.hello)] {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        match start_server(
-            bin,
-            &["--addr".into(), addr.to_string()],
-            addr,
-            None,
-            &unpinned,
-        ) {
+        let mut args = vec!["--addr".to_string(), addr.to_string()];
+        if name == "ceaseless" {
+            args.extend(hello_args(cfg));
+        }
+        match start_server(bin, &args, addr, None, &unpinned) {
             Ok((s, _, _)) => {
                 std::thread::sleep(Duration::from_millis(300));
                 out.push(IdleResources {
@@ -778,12 +794,9 @@ fn run_restarts(
             Some(load::client_config(&scratch.cert_der, &[b"http/1.1"])),
         )
     } else {
-        (
-            &bins.hello,
-            vec!["--addr".to_string(), addr.to_string()],
-            None,
-            None,
-        )
+        let mut args = vec!["--addr".to_string(), addr.to_string()];
+        args.extend(hello_args(cfg));
+        (&bins.hello, args, None, None)
     };
     let mut args = args;
     if let Some(ms) = cfg.drain_spread_ms {

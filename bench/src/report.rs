@@ -862,7 +862,7 @@ impl Results {
                 "restarts": cfg.restarts, "duration_s": cfg.duration.as_secs(), "rounds": cfg.rounds,
                 "connections": cfg.connections, "gap_ms": cfg.gap.as_millis() as u64,
                 "protocols": cfg.protocols.iter().map(|p| p.name()).collect::<Vec<_>>(),
-                "clients": cfg.clients, "pin": cfg.pin, "quick": cfg.quick,
+                "clients": cfg.clients, "pin": cfg.pin, "quick": cfg.quick, "hello_metrics": cfg.hello_metrics,
             },
             "startup_ms": self.startup.iter().map(|s| json!({
                 "server": s.name, "median": num(median(&s.ms)), "max": num(max(&s.ms)),
