@@ -56,8 +56,8 @@
 //! (or SIGUSR2 during a drain) closes it — its reads and writes fail from then on. The
 //! HTTP read, write and idle timeouts stop applying to it; what applies instead is the
 //! application's own protocol (WebSocket pings, say) and the hammer. The application
-//! learns that the drain began from the [`Drain`] request extension, to send its close
-//! frame.
+//! learns that the drain began from its [`Drain`] ([`Drain::current`], taken before it
+//! spawns the socket's task), to send its close frame.
 //!
 //! # What handlers learn of their connection
 //! While ceaseless polls a request's service call, its future or its response body, the
@@ -628,7 +628,9 @@ where
         st.requests.store(n + 1, Ordering::Relaxed);
         let guard = InFlight(st.clone());
         let h1 = req.version() < Version::HTTP_2;
-        let end = req.body().is_end_stream();
+        // A body hyper already knows to be empty says so through its size hint, without
+        // the lock an HTTP/2 stream's `is_end_stream` takes.
+        let end = req.body().size_hint().exact() == Some(0) || req.body().is_end_stream();
         // The request's bytes arrived at the last read (HTTP/1), or just now (HTTP/2,
         // whose connection reads ahead): no clock read here.
         let now = if h1 {
