@@ -87,19 +87,6 @@ fn exit_status(p: &mut Proc, pid: u32) -> ExitStatus {
     }
 }
 
-/// Waits until `cond` holds; panics with `what` and the output after LONG.
-fn wait_until(p: &Proc, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LONG;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {LONG:?}; output:\n{}",
-            p.output()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Unary calls through three restarts
 // ---------------------------------------------------------------------------------------
@@ -240,19 +227,18 @@ fn unary_calls_never_fail_through_three_restarts() {
     };
     let calls = || seen.iter().map(|s| s.lock().unwrap().calls).sum::<u64>();
     let first = p.pid;
-    wait_until(&p, "every client answered by the first generation", || {
+    p.wait_until("every client answered by the first generation", || {
         answered_by(first)
     });
     let mut generations = vec![first];
     for round in 1..=3 {
         // Some load on this generation first, so that the SIGHUP lands among calls.
         let before = calls();
-        wait_until(&p, "200 more calls answered", || calls() >= before + 200);
+        p.wait_until("200 more calls answered", || calls() >= before + 200);
         let (old, new) = restart_ok(&p);
         assert_eq!(old, *generations.last().unwrap());
         generations.push(new);
-        wait_until(
-            &p,
+        p.wait_until(
             &format!("restart {round}: every client answered by the new generation {new}"),
             || answered_by(new),
         );
@@ -451,12 +437,10 @@ fn a_stream_ends_unavailable_on_the_drain_and_resumes_on_the_new_generation() {
         f.ticks.iter().filter(|t| t.pid == pid).count()
     };
     let first = p.pid;
-    wait_until(&p, "3 ticks from the first generation", || {
-        ticks_of(first) >= 3
-    });
+    p.wait_until("3 ticks from the first generation", || ticks_of(first) >= 3);
     let (old, new) = restart_ok(&p);
     assert_eq!(old, first);
-    wait_until(&p, "3 ticks from the new generation", || ticks_of(new) >= 3);
+    p.wait_until("3 ticks from the new generation", || ticks_of(new) >= 3);
     let status = exit_status(&mut p, old);
     assert_eq!(
         status.code(),

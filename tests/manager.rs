@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -193,14 +193,6 @@ fn answered_by(addr: &str) -> u32 {
 
 fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LONG;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// The pid of the `n`-th "restart succeeded" line (1-based), checking who logged it.
@@ -624,7 +616,7 @@ fn pid_file_names_the_live_generation_across_restarts_and_goes_at_stop() {
         ],
     );
     let addr = p.serving_addr(1);
-    wait_until("the PID file to name the first generation", || {
+    p.wait_until("the PID file to name the first generation", || {
         read_pid(&pid_file) == Some(p.pid)
     });
 

@@ -61,19 +61,6 @@ fn stamped(s: String) -> String {
     format!("{h:02}:{m:02}:{sec:02}.{ms:03}Z {s}")
 }
 
-/// Waits until `f` holds, at most [`LONG`]; panics with `what` and `state()` otherwise.
-fn wait_until(what: &str, mut f: impl FnMut() -> bool, state: impl Fn() -> String) {
-    let deadline = Instant::now() + LONG;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {LONG:?}; {}",
-            state()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The exit status of generation `pid` (our child, or re-parented to us), which must be
 /// 0.
 fn expect_exit_0(p: &Proc, pid: u32, what: &str) {
@@ -404,8 +391,9 @@ impl WsClients {
     /// Waits until every client's current connection has `n` answers from `pid`;
     /// panics at once on a client's problem.
     fn wait_answered_by(&self, pid: u32, n: u64, what: &str) {
-        wait_until(
+        common::wait_until(
             &format!("{what}: every client answered {n} times by pid {pid}"),
+            LONG,
             || {
                 let problems = self.problems();
                 assert!(
@@ -895,16 +883,18 @@ fn sse_resumes_with_last_event_id_through_restarts() {
             .count()
     };
     let mut gens = vec![p.pid];
-    wait_until(
+    common::wait_until(
         "events from the first generation",
+        LONG,
         || events_from(p.pid) >= EVENTS_PER_GENERATION,
         state,
     );
     for i in 1..=3 {
         let (old, new) = restart_ok(&p);
         expect_gone(&p, old, &format!("restart {i}: the old generation"));
-        wait_until(
+        common::wait_until(
             &format!("restart {i}: events from the new generation {new}"),
+            LONG,
             || events_from(new) >= EVENTS_PER_GENERATION,
             state,
         );

@@ -14,7 +14,7 @@ use std::mem::ManuallyDrop;
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::generations::{
     children_of, expect_gone, install, install_script, installed, listen_inode, newest, pid_field,
@@ -99,19 +99,6 @@ fn read_some(s: &mut StdTcpStream, buf: &mut [u8]) -> io::Result<usize> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             r => return r,
         }
-    }
-}
-
-/// Waits (bounded) until `cond` holds.
-fn eventually(what: &str, p: &Proc, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LONG;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {LONG:?}; output:\n{}",
-            p.output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -387,9 +374,7 @@ fn supervisor_as_pid_1_of_a_pid_namespace() {
     ns.expect_line("supervisor: started a generation pid=1 ", LONG);
     // The supervisor's pid out here: unshare's only child.
     let unshare = ns.pid;
-    eventually("the namespace's init", &ns, || {
-        children_of(unshare).len() == 1
-    });
+    ns.wait_until("the namespace's init", || children_of(unshare).len() == 1);
     let init = children_of(unshare)[0].0;
     ns.init = Some(init);
 
@@ -414,7 +399,7 @@ fn supervisor_as_pid_1_of_a_pid_namespace() {
     }
     // Every old generation was an orphan re-parented to PID 1, and is reaped: no zombie
     // is left, and only the current generation remains.
-    eventually("old generations reaped by PID 1", &ns, || {
+    ns.wait_until("old generations reaped by PID 1", || {
         let kids = children_of(init);
         kids.len() == 1 && kids.iter().all(|(_, state)| state != "Z")
     });
@@ -544,11 +529,9 @@ fn bounded_draining(tag: &str, supervise: bool) {
         };
         assert_eq!(old, held[i - 1].pid);
         let olds: Vec<u32> = held.iter().map(|h| h.pid).collect();
-        eventually(
-            &format!("at most {MAX} draining after restart {i}"),
-            &p,
-            || olds.iter().filter(|pid| alive(**pid)).count() <= MAX,
-        );
+        p.wait_until(&format!("at most {MAX} draining after restart {i}"), || {
+            olds.iter().filter(|pid| alive(**pid)).count() <= MAX
+        });
     }
     // The three oldest were hammered, each by the generation whose restart exceeded the
     // bound, and their connections closed; the two newest old ones drain on.
@@ -817,11 +800,11 @@ fn tstp_stops_the_generation_and_the_supervisor_and_cont_resumes_them() {
     let gen = newest(&p);
     wait_sup_live(&p, p.pid, gen);
     signal(p.pid, libc::SIGTSTP);
-    eventually("both stopped", &p, || {
+    p.wait_until("both stopped", || {
         proc_state(p.pid) == "T" && proc_state(gen) == "T"
     });
     signal(p.pid, libc::SIGCONT);
-    eventually("both running again", &p, || {
+    p.wait_until("both running again", || {
         proc_state(p.pid) != "T" && proc_state(gen) != "T"
     });
     let r = get_tcp(&addr, "/");

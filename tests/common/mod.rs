@@ -29,6 +29,25 @@ pub fn example_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Polls `cond` every 10 ms until it holds; panics with `what` and `state()` once
+/// `within` has passed.
+pub fn wait_until(
+    what: &str,
+    within: Duration,
+    mut cond: impl FnMut() -> bool,
+    state: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; {}",
+            state()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Collected output lines of a process (stdout and stderr, interleaved as read).
 #[derive(Default)]
 struct Lines {
@@ -88,6 +107,14 @@ impl Proc {
             out,
             name: cmd_name(cmd),
         }
+    }
+
+    /// Waits until `cond` holds, at most [`generations::LONG`]; panics with `what` and
+    /// this process's output otherwise.
+    pub fn wait_until(&self, what: &str, cond: impl FnMut() -> bool) {
+        wait_until(what, generations::LONG, cond, || {
+            format!("output:\n{}", self.output())
+        });
     }
 
     /// Everything printed so far.
