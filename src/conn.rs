@@ -775,18 +775,6 @@ fn close_now(st: &ConnState) -> bool {
     st.close_turn == 0 || now_ms() >= since.saturating_add(st.close_turn)
 }
 
-/// A connection's turn within a drain spread of `spread_ms` (see [`close_now`]), from
-/// its place in its server's registry. (Kept in the connection's state rather than in
-/// every request's future: a stream task of hyper's holds that future, and a few bytes
-/// more can move the task into a slower class of allocation, see BENCHMARKS.md.)
-pub(crate) fn close_turn(slot: usize, spread_ms: u64) -> u64 {
-    if spread_ms == 0 {
-        return 0;
-    }
-    // Consecutive slots land far apart in the spread (a multiplicative hash).
-    (slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) % spread_ms
-}
-
 impl<S, B> Future for SvcFuture<S, B>
 where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>>,

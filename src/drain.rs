@@ -234,6 +234,18 @@ impl ConnState {
     }
 }
 
+/// A connection's turn within a drain spread of `spread_ms` (see `conn::close_now`), from
+/// its place in its server's registry. (Kept in the connection's state rather than in
+/// every request's future: a stream task of hyper's holds that future, and a few bytes
+/// more can move the task into a slower class of allocation, see BENCHMARKS.md.)
+fn close_turn(slot: usize, spread_ms: u64) -> u64 {
+    if spread_ms == 0 {
+        return 0;
+    }
+    // Consecutive slots land far apart in the spread (a multiplicative hash).
+    (slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) % spread_ms
+}
+
 /// Connections of one server by state, as [`Tracker::census`] counts them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Census {
@@ -282,12 +294,8 @@ impl Tracker {
 
     /// Counts a new connection until the returned registration is dropped (with the
     /// connection's IO, so an upgraded connection stays counted). `ctx`: what its
-    /// handlers learn of it; `turn`: its turn in a drain spread, from its slot.
-    pub(crate) fn register(
-        self: &Arc<Self>,
-        ctx: Ctx,
-        turn: impl FnOnce(usize) -> u64,
-    ) -> Registration {
+    /// handlers learn of it; `spread_ms`: the server's drain spread.
+    pub(crate) fn register(self: &Arc<Self>, ctx: Ctx, spread_ms: u64) -> Registration {
         let mut s = self.slots();
         let key = match s.free.pop() {
             Some(k) => k,
@@ -296,7 +304,7 @@ impl Tracker {
                 s.slots.len() - 1
             }
         };
-        let state = Arc::new(ConnState::new(ctx, turn(key)));
+        let state = Arc::new(ConnState::new(ctx, close_turn(key, spread_ms)));
         s.slots[key] = Some(state.clone());
         s.open += 1;
         drop(s);

@@ -338,7 +338,7 @@ where
                 _ = state.changed() => {}
                 accepted = listener.accept() => match accepted {
                     Ok((stream, info)) => {
-                        let reg = tracker.register(shared.context(info), |slot| conn::close_turn(slot, shared.spread_ms()));
+                        let reg = tracker.register(shared.context(info), shared.spread_ms());
                         let watched = reg.state().clone();
                         // Every log line of the connection names it, and its generation.
                         let span = tracing::info_span!("conn", peer = %info, generation, proto = tracing::field::Empty);
