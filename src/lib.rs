@@ -120,6 +120,8 @@ mod process;
 mod restart;
 mod serve;
 mod signals;
+#[cfg(target_os = "linux")]
+mod spawn;
 pub mod state;
 pub mod status;
 mod supervise;

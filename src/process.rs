@@ -1337,7 +1337,7 @@ impl Process {
                 supervisor,
             )?;
             drop(fds);
-            tracing::info!(pid = std::process::id(), new_pid = next.pid, path = %inner.exe.path.display(), "started the next generation; waiting for it to be ready");
+            tracing::info!(pid = std::process::id(), new_pid = next.pid, path = %inner.exe.path.display(), spawn_us = next.spawn_us, forked = next.forked, "started the next generation; waiting for it to be ready");
             Ok(Successor::Child(next))
         })();
         self.settle(started, abort, _running, settled).await

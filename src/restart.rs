@@ -103,8 +103,12 @@ fn is_executable(p: &Path) -> bool {
 
 /// A started next generation, not committed to yet.
 pub(crate) struct Next {
-    child: tokio::process::Child,
+    child: Proc,
     pub(crate) pid: u32,
+    /// How long starting it held this thread, in µs (a fork grows with this process).
+    pub(crate) spawn_us: u64,
+    /// Started with a fork (no `CLONE_PIDFD` on this kernel, or `CEASELESS_FORK`).
+    pub(crate) forked: bool,
     channel: tokio::io::BufReader<tokio::net::UnixStream>,
     /// Old generations to hammer once committed (the draining bound), and the bound.
     hammer: Vec<crate::handover::ProcId>,
@@ -135,44 +139,31 @@ pub(crate) fn spawn(
         handover::supervisor_value(pid, ready_fd + 1)
     });
     let plan = crate::lineage::plan(max_draining);
-
-    let mut cmd = tokio::process::Command::new(&exe.path);
-    cmd.args(&exe.args)
-        .current_dir(&exe.cwd)
-        .stdin(Stdio::null())
-        .kill_on_drop(false);
-    for v in handover::CHILD_ENV_REMOVED {
-        cmd.env_remove(v);
-    }
-    for (k, v) in vars.into_iter().chain(carried) {
-        cmd.env(k, v);
-    }
-    cmd.env(handover::ENV_DRAINING, &plan.env);
+    let mut set: Vec<(OsString, OsString)> = vars
+        .into_iter()
+        .chain(carried)
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+    set.push((handover::ENV_DRAINING.into(), plan.env.clone().into()));
+    let mut removed: Vec<OsString> = handover::CHILD_ENV_REMOVED.iter().map(Into::into).collect();
     match supervisor {
-        Some(v) => cmd.env(handover::ENV_SUPERVISOR, v),
-        None => cmd.env_remove(handover::ENV_SUPERVISOR),
-    };
-    let mut scratch: Vec<RawFd> = vec![-1; sources.len()];
-    // SAFETY: the closure runs in the child between fork and exec. It only calls
-    // fcntl, dup2 and sigaction (async-signal-safe) on descriptors that are open in the
-    // child, and writes into vectors allocated before the fork; it neither allocates
-    // nor locks.
-    unsafe {
-        cmd.pre_exec(move || {
-            ignore_sighup()?;
-            handover::place_fds(&mut Kernel, &sources, &mut scratch)
-        });
+        Some(v) => set.push((handover::ENV_SUPERVISOR.into(), v.into())),
+        None => removed.push(handover::ENV_SUPERVISOR.into()),
     }
-    let spawned = cmd.spawn();
+    let began = std::time::Instant::now();
+    let spawned = start(exe, &set, &removed, &sources);
+    let spawn_us = began.elapsed().as_micros() as u64;
     drop(theirs); // only the child holds its end now
     let child = spawned.map_err(|source| RestartError::Spawn {
         path: exe.path.clone(),
         source,
     })?;
-    let pid = child.id().unwrap_or(0);
+    let pid = child.pid();
     ours.set_nonblocking(true)?;
     let channel = tokio::io::BufReader::new(tokio::net::UnixStream::from_std(ours)?);
     Ok(Next {
+        spawn_us,
+        forked: matches!(child, Proc::Forked(_)),
         child,
         pid,
         channel,
@@ -249,25 +240,140 @@ impl Next {
         if self.child.try_wait().ok().flatten().is_some() {
             return;
         }
-        if let Ok(p) = libc::pid_t::try_from(pid) {
-            // SAFETY: kill(2) has no memory effects; the child is not reaped yet, so
-            // the pid is still ours.
-            unsafe {
-                libc::kill(p, libc::SIGTERM);
-            }
-        }
+        self.child.signal(libc::SIGTERM);
         match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(_) => tracing::info!(new_pid = pid, "the failed generation stopped"),
             Err(_) => {
                 tracing::warn!(new_pid = pid, grace = ?grace, "the failed generation did not stop in time; killing it");
-                let _ = self.child.start_kill();
+                self.child.signal(libc::SIGKILL);
                 let _ = self.child.wait().await;
             }
         }
     }
 }
 
-/// In the child, between fork and exec: SIGHUP is ignored until the new generation
+/// Set (to anything but `0`), the next generation is started with a fork even where
+/// the kernel could do without (the `spawn` module): for a sandbox that refuses
+/// `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)`, and to compare the two.
+pub(crate) const FORK_ENV: &str = "CEASELESS_FORK";
+
+/// Starts the next generation: without forking where the kernel allows (the `spawn`
+/// module), else with a fork and an async-signal-safe `pre_exec`.
+fn start(
+    exe: &Exe,
+    set: &[(OsString, OsString)],
+    removed: &[OsString],
+    sources: &[RawFd],
+) -> io::Result<Proc> {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os(FORK_ENV).is_none_or(|v| v.is_empty() || v == "0") {
+        use std::os::unix::ffi::OsStrExt;
+        let env: Vec<Vec<u8>> = std::env::vars_os()
+            .filter(|(k, _)| !removed.contains(k) && !set.iter().any(|(s, _)| s == k))
+            .chain(set.iter().cloned())
+            .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
+            .collect();
+        let spec = crate::spawn::Spec {
+            path: exe.path.as_os_str(),
+            args: &exe.args,
+            cwd: exe.cwd.as_os_str(),
+            env,
+            fds: sources,
+        };
+        if let Some(child) = crate::spawn::spawn(&spec)? {
+            return Ok(Proc::Cloned(child));
+        }
+        tracing::debug!("no CLONE_PIDFD on this kernel: forking the next generation");
+    }
+    fork(exe, set, removed, sources).map(Proc::Forked)
+}
+
+/// The next generation through `std`'s fork and exec.
+fn fork(
+    exe: &Exe,
+    set: &[(OsString, OsString)],
+    removed: &[OsString],
+    sources: &[RawFd],
+) -> io::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(&exe.path);
+    cmd.args(&exe.args)
+        .current_dir(&exe.cwd)
+        .stdin(Stdio::null())
+        .kill_on_drop(false);
+    for v in removed {
+        cmd.env_remove(v);
+    }
+    for (k, v) in set {
+        cmd.env(k, v);
+    }
+    let sources = sources.to_vec();
+    let mut scratch: Vec<RawFd> = vec![-1; sources.len()];
+    // SAFETY: the closure runs in the child between fork and exec. It only calls
+    // fcntl, dup2 and sigaction (async-signal-safe) on descriptors that are open in the
+    // child, and writes into vectors allocated before the fork; it neither allocates
+    // nor locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            ignore_sighup()?;
+            handover::place_fds(&mut Kernel, &sources, &mut scratch)
+        });
+    }
+    cmd.spawn()
+}
+
+/// A started next generation, as the way it was started gives it.
+enum Proc {
+    #[cfg(target_os = "linux")]
+    Cloned(crate::spawn::Child),
+    Forked(tokio::process::Child),
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        match self {
+            #[cfg(target_os = "linux")]
+            Proc::Cloned(c) => c.pid,
+            Proc::Forked(c) => c.id().unwrap_or(0),
+        }
+    }
+
+    async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Proc::Cloned(c) => c.wait().await,
+            Proc::Forked(c) => c.wait().await,
+        }
+    }
+
+    fn try_wait(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Proc::Cloned(c) => c.try_wait(),
+            Proc::Forked(c) => c.try_wait(),
+        }
+    }
+
+    /// Sends `sig` unless it was reaped (then its pid may be another process's).
+    fn signal(&mut self, sig: libc::c_int) {
+        match self {
+            #[cfg(target_os = "linux")]
+            Proc::Cloned(c) => {
+                let _ = c.signal(sig);
+            }
+            Proc::Forked(c) => {
+                if let Some(p) = c.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
+                    // SAFETY: kill(2) has no memory effects; `id()` is `None` once the
+                    // child is reaped, so the pid is still ours.
+                    unsafe {
+                        libc::kill(p, sig);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// In the child, between fork (or clone) and exec: SIGHUP is ignored until the new generation
 /// installs its own handler. Without this, a SIGHUP sent while it starts up (meant for
 /// the newest generation, say by a deploy script that restarts twice) would kill it by
 /// the default action and waste the restart. (The disposition survives exec; the

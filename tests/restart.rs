@@ -1342,3 +1342,46 @@ fn restart_from_code_outlives_a_caller_that_stops_waiting() {
     signal(gen2, libc::SIGTERM);
     expect_gone(&p, gen2, "the second generation after SIGTERM");
 }
+
+// ---------------------------------------------------------------------------------------
+// The two ways a next generation is started
+// ---------------------------------------------------------------------------------------
+
+/// The next generation starts without a fork where the kernel allows (clone with the
+/// parent's memory shared, the `spawn` module), and with one when `CEASELESS_FORK` asks
+/// for it; either way it gets the listener, answers, and holds no more descriptors
+/// than the generation before (nothing of the spawn leaks into it).
+#[test]
+fn next_generation_started_by_clone_and_by_fork() {
+    become_subreaper();
+    for (fork, logged) in [(None, "forked=false"), (Some("1"), "forked=true")] {
+        let mut cmd = Command::new(example_bin("hello"));
+        cmd.args(["--addr", "127.0.0.1:0"]);
+        match fork {
+            Some(v) => cmd.env("CEASELESS_FORK", v),
+            None => cmd.env_remove("CEASELESS_FORK"),
+        };
+        let p = Proc::spawn_with(&mut cmd);
+        let addr = p.serving_addr(1);
+        let gen1 = newest(&p);
+        assert_eq!(body_pid(&get_tcp(&addr, "/").body), Some(gen1));
+        let fds_before = settled_fd_count(gen1);
+        let (old, new) = restart_ok(&p);
+        assert_eq!(old, gen1);
+        let started = p
+            .wait_for_nth("started the next generation", 1, LONG)
+            .expect("logged");
+        assert!(started.contains(logged), "{fork:?}: {started}");
+        assert!(started.contains(&format!("new_pid={new}")), "{started}");
+        expect_gone(&p, old, "the old generation");
+        assert_eq!(body_pid(&get_tcp(&addr, "/").body), Some(new));
+        assert_eq!(
+            settled_fd_count(new),
+            fds_before,
+            "{fork:?}: descriptors of the new generation:\n{}",
+            fd_listing(new)
+        );
+        signal(new, libc::SIGTERM);
+        expect_gone(&p, new, "the new generation after SIGTERM");
+    }
+}
