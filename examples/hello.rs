@@ -16,7 +16,9 @@
 //! Options: `--addr ADDR` (repeatable: one server each; `unix:/path` for a Unix socket),
 //! `--hammer-ms N` (0: no hammer time), `--read-timeout-ms N`, `--write-timeout-ms N`,
 //! `--max-header-bytes N`, `--ready-timeout-ms N`, `--drain-grace-ms N`, `--drain-spread-ms N`,
-//! `--pid-file PATH`, `--no-metrics` (see `GET /metrics` below), `--admin` (serve `POST /admin/restart?wait_ms=N` and `POST /admin/shutdown`:
+//! `--pid-file PATH`, `--no-metrics` (see `GET /metrics` below), `--ballast-mb N` (hold N MiB
+//! of heap, every page resident, as an application with caches does: what a restart
+//! costs a large process), `--admin` (serve `POST /admin/restart?wait_ms=N` and `POST /admin/shutdown`:
 //! a restart and a shutdown from code), `--warmup-ms N` (warm up for N ms before any
 //! server starts: until the generation declares ready, the previous one alone serves),
 //! `--stagger-ms N` (start each `--addr` N ms after the previous one), `--lame-duck-ms N`
@@ -99,6 +101,8 @@ struct Options {
     takeover: Option<String>,
     /// No Prometheus recorder (`--no-metrics`).
     no_metrics: bool,
+    /// MiB of heap to hold, every page touched (`--ballast-mb`).
+    ballast_mb: usize,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -124,6 +128,7 @@ fn parse_args() -> Result<Options, String> {
         supervise: false,
         takeover: None,
         no_metrics: false,
+        ballast_mb: 0,
     };
     let mut args = std::env::args().skip(1);
     let ms = |v: Option<String>, name: &str| -> Result<Option<Duration>, String> {
@@ -157,6 +162,10 @@ fn parse_args() -> Result<Options, String> {
             "--pid-file" => o.pid_file = Some(args.next().ok_or("--pid-file needs a value")?),
             "--admin" => o.admin = true,
             "--no-metrics" => o.no_metrics = true,
+            "--ballast-mb" => {
+                let v = args.next().ok_or("--ballast-mb needs a value")?;
+                o.ballast_mb = v.parse().map_err(|_| format!("not a number: {v}"))?;
+            }
             "--warmup-ms" => o.warmup = ms(args.next(), &a)?,
             "--stagger-ms" => o.stagger = ms(args.next(), &a)?,
             "--no-ready" => o.no_ready = true,
@@ -616,6 +625,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if opts.ballast_mb > 0 {
+        // Held for the process's life, every page written so that it is resident.
+        let mut ballast = vec![0u8; opts.ballast_mb << 20];
+        for page in ballast.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        std::mem::forget(ballast);
+    }
     if opts.supervise {
         // Before any runtime starts: the first process supervises from here on (and
         // never returns); a generation under it returns at once.

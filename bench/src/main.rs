@@ -55,6 +55,9 @@ OPTIONS
   --plots DIR         also draw each restart run's latency over time, the SIGHUPs
                       marked, into DIR/latency-<protocol>.svg
   --quick             a smoke run: 3 restarts, 1 round of 1 s, 3 start-ups
+  --ballast-mb N      hello holds N MiB of resident heap in the restart runs (h1, h2c),
+                      as a large application does: what starting the next generation
+                      costs the old one grows with it if the start forks
   --hello-metrics     let hello install its Prometheus recorder (by default the bench
                       runs it with --no-metrics: the recorder's clock calibrates itself
                       in a busy loop at every start, an application cost, not ceaseless's)
@@ -80,6 +83,7 @@ pub struct Config {
     pub drain_spread_ms: Option<u64>,
     pub quick: bool,
     pub hello_metrics: bool,
+    pub ballast_mb: Option<u64>,
 }
 
 fn parse_args() -> Result<Config, String> {
@@ -99,6 +103,7 @@ fn parse_args() -> Result<Config, String> {
         drain_spread_ms: None,
         quick: false,
         hello_metrics: false,
+        ballast_mb: None,
     };
     let mut clients: Option<Vec<String>> = None;
     let mut explicit = std::collections::HashSet::new();
@@ -137,6 +142,7 @@ fn parse_args() -> Result<Config, String> {
             "--drain-spread-ms" => c.drain_spread_ms = Some(num(value()?)?),
             "--quick" => c.quick = true,
             "--hello-metrics" => c.hello_metrics = true,
+            "--ballast-mb" => c.ballast_mb = Some(num(value()?)?),
             "-h" | "--help" => {
                 print!("{}", usage());
                 std::process::exit(0);
@@ -796,6 +802,9 @@ fn run_restarts(
     } else {
         let mut args = vec!["--addr".to_string(), addr.to_string()];
         args.extend(hello_args(cfg));
+        if let Some(mb) = cfg.ballast_mb {
+            args.extend(["--ballast-mb".to_string(), mb.to_string()]);
+        }
         (&bins.hello, args, None, None)
     };
     let mut args = args;
@@ -941,6 +950,16 @@ fn restart_once(
         }
     }
     let log = &server.log;
+    let started = log.wait_for(mark, Duration::from_secs(2), |l| {
+        l.text.contains("started the next generation") && l.pid("pid") == Some(old)
+    });
+    s.spawn_us = started
+        .as_ref()
+        .and_then(|l| l.field("spawn_us")?.parse().ok());
+    s.spawn_forked = started
+        .as_ref()
+        .and_then(|l| l.field("forked"))
+        .map(|f| f == "true");
     let ready = log.wait_for(mark, Duration::from_secs(2), |l| {
         l.text.contains("restart succeeded") && l.pid("pid") == Some(old)
     });

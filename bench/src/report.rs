@@ -176,6 +176,10 @@ pub struct RestartSample {
     pub sighup_to_serving_ms: Option<f64>,
     /// SIGHUP sent → the new generation's `serving` log line.
     pub sighup_to_serving_log_ms: Option<f64>,
+    /// How long starting the next generation held the old one's thread (its log).
+    pub spawn_us: Option<f64>,
+    /// The next generation was started with a fork (the log's `forked=`).
+    pub spawn_forked: Option<bool>,
     /// SIGHUP sent → the old generation's `restart succeeded` (readiness received).
     pub sighup_to_ready_ms: Option<f64>,
     /// SIGHUP sent → the old generation's exit (pidfd).
@@ -610,6 +614,33 @@ impl Results {
                 phases.join("; ")
             );
         }
+        let mut spawns = Vec::new();
+        for r in &self.restarts {
+            let us = r.values(|s| s.spawn_us);
+            if us.is_empty() {
+                continue;
+            }
+            let forked = r
+                .samples
+                .iter()
+                .filter(|s| s.spawn_forked == Some(true))
+                .count();
+            spawns.push(format!(
+                "{} median {} µs, max {} µs ({} of {} forked)",
+                r.proto.name(),
+                f0(median(&us)),
+                f0(max(&us)),
+                forked,
+                us.len(),
+            ));
+        }
+        if !spawns.is_empty() {
+            let _ = writeln!(
+                o,
+                "  starting the next generation held the old one's thread: {}",
+                spawns.join("; ")
+            );
+        }
 
         let _ = writeln!(
             o,
@@ -833,6 +864,8 @@ impl Results {
                     "latency_window_starting": hist(&st.window_starting),
                     "sighup_to_serving_ms": dist(&|s| s.sighup_to_serving_ms),
                     "sighup_to_serving_log_ms": dist(&|s| s.sighup_to_serving_log_ms),
+                    "spawn_us": dist(&|s| s.spawn_us),
+                    "spawn_forked": r.samples.iter().filter(|s| s.spawn_forked == Some(true)).count(),
                     "sighup_to_ready_ms": dist(&|s| s.sighup_to_ready_ms),
                     "sighup_to_old_exit_ms": dist(&|s| s.sighup_to_exit_ms),
                     "ready_to_old_exit_ms": dist(&|s| s.ready_to_exit_ms),
