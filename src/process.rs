@@ -1320,7 +1320,7 @@ impl Process {
             Some(p) => Some(crate::state::produce(p, inner.ready_timeout).await),
             None => None,
         };
-        let started = (|| {
+        let started: Result<Successor, RestartError> = async {
             if let Some(s) = state {
                 fds.push(s?);
                 names.push(Name::Fd(crate::state::NAME.into()));
@@ -1330,16 +1330,17 @@ impl Process {
             let next = restart::spawn(
                 &inner.exe,
                 &names,
-                &fds,
+                fds,
                 inner.generation,
                 inner.max_draining,
                 carried,
                 supervisor,
-            )?;
-            drop(fds);
+            )
+            .await?;
             tracing::info!(pid = std::process::id(), new_pid = next.pid, path = %inner.exe.path.display(), spawn_us = next.spawn_us, forked = next.forked, "started the next generation; waiting for it to be ready");
             Ok(Successor::Child(next))
-        })();
+        }
+        .await;
         self.settle(started, abort, _running, settled).await
     }
 

@@ -105,7 +105,8 @@ fn is_executable(p: &Path) -> bool {
 pub(crate) struct Next {
     child: Proc,
     pub(crate) pid: u32,
-    /// How long starting it held this thread, in µs (a fork grows with this process).
+    /// How long starting it took its (blocking) thread, in µs (a fork grows with this
+    /// process).
     pub(crate) spawn_us: u64,
     /// Started with a fork (no `CLONE_PIDFD` on this kernel, or `CEASELESS_FORK`).
     pub(crate) forked: bool,
@@ -120,10 +121,10 @@ pub(crate) struct Next {
 /// drain once it commits (see the `lineage` module). Under a supervisor, the report
 /// channel to it (`supervisor`: its pid and this process's end) follows the readiness
 /// channel. `carried`: more variables for the child (the restart history).
-pub(crate) fn spawn(
+pub(crate) async fn spawn(
     exe: &Exe,
     names: &[Name],
-    fds: &[OwnedFd],
+    fds: Vec<OwnedFd>,
     generation: u64,
     max_draining: usize,
     carried: Vec<(&'static str, String)>,
@@ -150,10 +151,21 @@ pub(crate) fn spawn(
         Some(v) => set.push((handover::ENV_SUPERVISOR.into(), v.into())),
         None => removed.push(handover::ENV_SUPERVISOR.into()),
     }
-    let began = std::time::Instant::now();
-    let spawned = start(exe, &set, &removed, &sources);
-    let spawn_us = began.elapsed().as_micros() as u64;
-    drop(theirs); // only the child holds its end now
+    // On a blocking thread: the runtime's worker goes on serving while the child is
+    // started (which suspends the starting thread until the child executed). The
+    // descriptors go along, open until then whatever happens to this future.
+    let job_exe = exe.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let began = std::time::Instant::now();
+        let spawned = start(&job_exe, &set, &removed, &sources);
+        let spawn_us = began.elapsed().as_micros() as u64;
+        drop((fds, theirs)); // only the child holds them now
+        (spawned, spawn_us)
+    });
+    let (spawned, spawn_us) = match job.await {
+        Ok(done) => done,
+        Err(e) => (Err(io::Error::other(e)), 0),
+    };
     let child = spawned.map_err(|source| RestartError::Spawn {
         path: exe.path.clone(),
         source,

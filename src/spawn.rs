@@ -25,6 +25,9 @@
 //! dispositions are reset. An error of the child is left in shared memory for the
 //! parent, which reaps the child and reports it.
 //!
+//! The restart calls [`spawn`] on a blocking thread of the runtime, so that even that
+//! short suspension is not a worker's.
+//!
 //! The child comes with a pidfd (`CLONE_PIDFD`): it is waited for through the runtime
 //! (the pidfd is readable once it exited) and reaped with `waitid(P_PIDFD)`, so no pid
 //! can be confused with a later process. On a kernel without `CLONE_PIDFD` (before 5.2)

@@ -176,7 +176,7 @@ pub struct RestartSample {
     pub sighup_to_serving_ms: Option<f64>,
     /// SIGHUP sent → the new generation's `serving` log line.
     pub sighup_to_serving_log_ms: Option<f64>,
-    /// How long starting the next generation held the old one's thread (its log).
+    /// How long starting the next generation took the old one's starting thread (its log).
     pub spawn_us: Option<f64>,
     /// The next generation was started with a fork (the log's `forked=`).
     pub spawn_forked: Option<bool>,
@@ -637,7 +637,7 @@ impl Results {
         if !spawns.is_empty() {
             let _ = writeln!(
                 o,
-                "  starting the next generation held the old one's thread: {}",
+                "  starting the next generation took the old one's starting thread (a blocking one): {}",
                 spawns.join("; ")
             );
         }
