@@ -102,6 +102,7 @@ mod control;
 mod drain;
 mod duration;
 mod error;
+mod exec;
 mod fdpass;
 mod handover;
 mod health;

@@ -43,8 +43,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use tokio::io::unix::AsyncFd;
 
+use crate::exec::Kernel;
 use crate::handover;
-use crate::restart::Kernel;
 
 /// The child's stack: its few calls need far less.
 const STACK: usize = 64 << 10;
@@ -206,7 +206,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 libc::sigaction(sig, &dfl, std::ptr::null_mut());
             }
         }
-        if crate::restart::ignore_sighup().is_err() {
+        if crate::exec::ignore_sighup().is_err() {
             fail(a);
         }
         let mut none: libc::sigset_t = std::mem::zeroed();

@@ -917,13 +917,13 @@ mod sys {
                     if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) < 0 {
                         return Err(io::Error::last_os_error());
                     }
-                    crate::restart::ignore_sighup()?;
+                    crate::exec::ignore_sighup()?;
                     // Its own process group: the terminal's signals reach the supervisor
                     // alone, which forwards them once.
                     if libc::setpgid(0, 0) < 0 {
                         return Err(io::Error::last_os_error());
                     }
-                    handover::place_fds(&mut crate::restart::Kernel, &sources, &mut scratch)
+                    handover::place_fds(&mut crate::exec::Kernel, &sources, &mut scratch)
                 });
             }
             let child = cmd.spawn();
