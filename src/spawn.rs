@@ -239,8 +239,12 @@ struct Stack {
 
 impl Stack {
     fn new() -> io::Result<Self> {
-        let page = 4096;
-        let len = STACK + page;
+        // SAFETY: sysconf only reads a system setting.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .ok()
+            .filter(|p| p.is_power_of_two())
+            .unwrap_or(4096);
+        let len = STACK.next_multiple_of(page) + page;
         // SAFETY: an anonymous private mapping, then its lowest page made inaccessible.
         unsafe {
             let base = libc::mmap(
@@ -261,7 +265,8 @@ impl Stack {
 
     /// The top of the stack (it grows down), 16-byte aligned.
     fn top(&self) -> *mut libc::c_void {
-        // SAFETY: one past the end of the mapping, whose length is a multiple of 16.
+        // SAFETY: one past the end of the mapping, whose length is a multiple of the
+        // page size (so of 16).
         unsafe { self.base.cast::<u8>().add(self.len).cast() }
     }
 }
