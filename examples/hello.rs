@@ -164,7 +164,11 @@ fn parse_args() -> Result<Options, String> {
             "--no-metrics" => o.no_metrics = true,
             "--ballast-mb" => {
                 let v = args.next().ok_or("--ballast-mb needs a value")?;
-                o.ballast_mb = v.parse().map_err(|_| format!("not a number: {v}"))?;
+                o.ballast_mb = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|mb| mb.checked_mul(1 << 20).is_some())
+                    .ok_or_else(|| format!("--ballast-mb needs a number of MiB, not {v:?}"))?;
             }
             "--warmup-ms" => o.warmup = ms(args.next(), &a)?,
             "--stagger-ms" => o.stagger = ms(args.next(), &a)?,
@@ -627,9 +631,13 @@ fn main() -> std::process::ExitCode {
     };
     if opts.ballast_mb > 0 {
         // Held for the process's life, every page written so that it is resident.
-        let mut ballast = vec![0u8; opts.ballast_mb << 20];
-        for page in ballast.chunks_mut(4096) {
-            page[0] = 1;
+        let mut ballast: Vec<u8> = Vec::new();
+        if ballast.try_reserve_exact(opts.ballast_mb << 20).is_err() {
+            eprintln!("hello: cannot allocate {} MiB of ballast", opts.ballast_mb);
+            return std::process::ExitCode::from(1);
+        }
+        for page in ballast.spare_capacity_mut().chunks_mut(4096) {
+            page[0].write(1);
         }
         std::mem::forget(ballast);
     }

@@ -1385,3 +1385,49 @@ fn next_generation_started_by_clone_and_by_fork() {
         expect_gone(&p, new, "the new generation after SIGTERM");
     }
 }
+
+/// `hello --ballast-mb N` holds N MiB resident (the bench's large process), and a
+/// value that is no number of MiB, or too large to allocate, is refused with the reason.
+#[test]
+fn hello_ballast_is_resident_and_bad_values_are_refused() {
+    let p = Proc::spawn_with(Command::new(example_bin("hello")).args([
+        "--addr",
+        "127.0.0.1:0",
+        "--no-metrics",
+        "--ballast-mb",
+        "64",
+    ]));
+    let addr = p.serving_addr(1);
+    assert_eq!(get_tcp(&addr, "/").status, 200);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    assert!(
+        rss_kib >= 64 << 10,
+        "VmRSS {rss_kib} KiB with 64 MiB of ballast"
+    );
+    for (value, code, says) in [
+        ("lots", 2, "--ballast-mb needs a number of MiB"),
+        (
+            "18446744073709551615",
+            2,
+            "--ballast-mb needs a number of MiB",
+        ),
+        (
+            "17592186044415",
+            1,
+            "cannot allocate 17592186044415 MiB of ballast",
+        ),
+    ] {
+        let out = Command::new(example_bin("hello"))
+            .args(["--addr", "127.0.0.1:0", "--ballast-mb", value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{value}: {stderr}");
+        assert!(stderr.contains(says), "{value}: {stderr}");
+    }
+}
