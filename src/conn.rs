@@ -1,5 +1,5 @@
-//! Serving one connection: HTTP/1.1 and HTTP/2 through hyper-util's auto builder, the
-//! timeouts, and the lame-duck drain.
+//! Serving one connection: HTTP/1.1 and HTTP/2 through hyper ([`crate::http`] tells
+//! which), the timeouts, and the lame-duck drain.
 //!
 //! # The drain, and why not `graceful_shutdown()` at once
 //! On an HTTP/1 connection that sits between two requests, hyper's graceful shutdown
@@ -79,8 +79,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioTimer;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
@@ -91,6 +90,7 @@ use crate::drain::{
     ConnState, Registration, Tracker, EXPIRED_HANDLER, EXPIRED_READ, EXPIRED_STALL,
 };
 use crate::duration::{instant_at, millis, now_ms};
+use crate::http::{Builders, Http, Proto, Sniffed};
 use crate::lifecycle::Drain;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -114,7 +114,7 @@ pub(crate) struct Limits {
 
 /// What every connection of one server shares (read only).
 pub(crate) struct Shared {
-    pub(crate) builder: auto::Builder<SpanExecutor>,
+    builders: Arc<Builders>,
     limits: Limits,
     drain: Drain,
     extensions: bool,
@@ -132,9 +132,8 @@ impl Shared {
     /// accepting. `extensions`: whether requests carry the [`Drain`], the [`ConnInfo`]
     /// (and axum's `ConnectInfo`).
     pub(crate) fn new(limits: Limits, drain: Drain, extensions: bool) -> Self {
-        let mut builder = auto::Builder::new(SpanExecutor);
-        builder
-            .http1()
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1
             // The read deadline of `TimedIo` covers the headers; see the module docs.
             .header_read_timeout(None)
             // hyper answers 431 itself for a head that does not fit its read buffer
@@ -142,12 +141,11 @@ impl Shared {
             // is never smaller than 8 KiB: below that the head is measured
             // (`measure_heads`).
             .max_buf_size(limits.max_header_bytes.max(MIN_BUF));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
+        let mut h2 = hyper::server::conn::http2::Builder::new(crate::http::SpanExecutor);
+        h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         Shared {
-            builder,
+            builders: Arc::new(Builders { h1, h2 }),
             read_ms: limits.read_timeout.map(millis),
             write_ms: limits.write_timeout.map(millis),
             idle_ms: limits.idle_timeout.map(millis),
@@ -179,27 +177,6 @@ impl Shared {
     }
 }
 
-/// Runs hyper's tasks (HTTP/2 streams) inside the span of their connection, so that
-/// what a handler logs is tied to its connection.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct SpanExecutor;
-
-impl<F> hyper::rt::Executor<F> for SpanExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        // The connection's span is an INFO span of `ceaseless::serve`: when that is
-        // filtered out there is none to enter.
-        if tracing::enabled!(target: "ceaseless::serve", tracing::Level::INFO) {
-            tokio::spawn(tracing::Instrument::in_current_span(fut));
-        } else {
-            tokio::spawn(fut);
-        }
-    }
-}
-
 /// Counts a request in flight until its response body is finished or dropped.
 struct InFlight(Arc<ConnState>);
 
@@ -211,10 +188,15 @@ impl Drop for InFlight {
 
 /// Serves one accepted connection until it ends, is drained, or is upgraded (then the
 /// upgraded IO carries the connection's registration and the hammer on). (The hammer
-/// drops the connection's task, which closes the socket.) `h2` says ALPN already chose
-/// HTTP/2.
-pub(crate) async fn serve<I, S, B>(io: I, app: S, shared: Arc<Shared>, h2: bool, reg: Registration)
-where
+/// drops the connection's task, which closes the socket.) `proto`: what ALPN chose,
+/// if anything.
+pub(crate) async fn serve<I, S, B>(
+    io: I,
+    app: S,
+    shared: Arc<Shared>,
+    proto: Proto,
+    reg: Registration,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -225,14 +207,14 @@ where
     let state = reg.state().clone();
     let tracker = reg.tracker().clone();
     state.touch(now_ms());
-    state.h2.store(h2, Ordering::Relaxed);
-    let io = TokioIo::new(TimedIo::new(io, state.clone(), &shared, reg));
+    state.h2.store(proto == Proto::H2, Ordering::Relaxed);
+    let io = TimedIo::new(io, state.clone(), &shared, reg);
     let svc = Svc {
         app,
         state: state.clone(),
         shared: shared.clone(),
     };
-    let conn = shared.builder.serve_connection_with_upgrades(io, svc);
+    let conn = Http::new(io, svc, &shared.builders, proto);
     ConnFuture {
         conn,
         state,
@@ -271,18 +253,17 @@ trait Connection: Future {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl<I, S, E, B> Connection for auto::UpgradeableConnection<'_, I, S, E>
+impl<I, S, B> Connection for Http<I, S>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
-    S::Future: 'static,
+    I: Sniffed + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
     S::Error: Into<BoxError>,
     B: Body + 'static,
     B::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    E: auto::HttpServerConnExec<S::Future, B>,
+    crate::http::SpanExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
-        auto::UpgradeableConnection::graceful_shutdown(self)
+        Http::graceful_shutdown(self)
     }
 }
 
@@ -953,7 +934,11 @@ struct TimedIo<I> {
     state: Arc<ConnState>,
     read_ms: Option<u64>,
     write_ms: Option<u64>,
-    first_read: bool,
+    /// The bytes read to tell the protocol (`crate::http`), which hyper reads first:
+    /// `replay[replay_at..replay_len]` are still to be read.
+    replay: [u8; 24],
+    replay_at: u8,
+    replay_len: u8,
     /// Created once the connection is upgraded: until then the hammer drops the whole
     /// connection task instead, which costs nothing per operation.
     hammered: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
@@ -967,7 +952,9 @@ impl<I> TimedIo<I> {
             state,
             read_ms: shared.read_ms,
             write_ms: shared.write_ms,
-            first_read: true,
+            replay: [0; 24],
+            replay_at: 0,
+            replay_len: 0,
             hammered: None,
             reg,
         }
@@ -975,6 +962,16 @@ impl<I> TimedIo<I> {
 
     fn upgraded(&self) -> bool {
         self.state.upgraded.load(Ordering::Acquire)
+    }
+
+    /// Hands out what is left of the bytes read to tell the protocol.
+    #[cold]
+    fn replay(&mut self, buf: &mut ReadBuf<'_>) {
+        let left = &self.replay[usize::from(self.replay_at)..usize::from(self.replay_len)];
+        let n = left.len().min(buf.remaining());
+        buf.put_slice(&left[..n]);
+        // n ≤ 24: the buffer's length.
+        self.replay_at += n as u8;
     }
 
     /// Upgraded: has the hammer fallen? (Registers the waker when it has not.)
@@ -1021,6 +1018,22 @@ impl<I> TimedIo<I> {
     }
 }
 
+impl<I: AsyncRead + AsyncWrite + Unpin> Sniffed for TimedIo<I> {
+    fn sniffed(&mut self, first: &[u8], h2: bool) {
+        let n = first.len().min(self.replay.len());
+        self.replay[..n].copy_from_slice(&first[..n]);
+        self.replay_at = 0;
+        // n ≤ 24: the buffer's length.
+        self.replay_len = n as u8;
+        if h2 {
+            self.state.h2.store(true, Ordering::Relaxed);
+            // The preface was read as if it began an HTTP/1 request; HTTP/2 requests'
+            // read deadlines are their streams' (`Svc::call`).
+            self.state.read_deadline.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for TimedIo<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -1028,6 +1041,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for TimedIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.replay_at < this.replay_len {
+            // Received (and accounted for) already.
+            this.replay(buf);
+            return Poll::Ready(Ok(()));
+        }
         if this.hammered.is_some() || this.upgraded() {
             if let Poll::Ready(e) = this.poll_hammer(cx) {
                 return Poll::Ready(Err(e));
@@ -1040,14 +1058,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for TimedIo<I> {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let got = &buf.filled()[before..];
-        if !got.is_empty() {
-            if this.first_read {
-                this.first_read = false;
-                if got.starts_with(b"PRI ") {
-                    st.h2.store(true, Ordering::Relaxed);
-                }
-            }
+        if buf.filled().len() > before {
             let now = now_ms();
             st.touch(now);
             if let Some(rt) = this.read_ms {

@@ -107,6 +107,7 @@ mod fdpass;
 mod handover;
 mod health;
 mod history;
+mod http;
 mod inherit;
 mod lifecycle;
 mod lineage;

@@ -421,7 +421,7 @@ async fn handle<S, B>(
     B::Error: Into<BoxError>,
 {
     match tls {
-        None => conn::serve(stream, app, shared, false, reg).await,
+        None => conn::serve(stream, app, shared, crate::http::Proto::Sniff, reg).await,
         Some(acceptor) => {
             crate::tls::serve(stream, acceptor, app, shared, handshake_timeout, reg).await
         }

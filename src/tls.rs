@@ -125,8 +125,12 @@ pub(crate) async fn serve<S, B>(
     )
     .await
     {
-        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        crate::conn::serve(tls_stream, app, shared, h2, reg).await
+        let proto = match tls_stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => crate::http::Proto::H2,
+            Some(b"http/1.1") => crate::http::Proto::H1,
+            _ => crate::http::Proto::Sniff,
+        };
+        crate::conn::serve(tls_stream, app, shared, proto, reg).await
     }
     #[cfg(not(feature = "tls"))]
     {

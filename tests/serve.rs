@@ -1475,6 +1475,73 @@ fn h2c_prior_knowledge_is_served() {
     assert_eq!(h1.version, reqwest::Version::HTTP_11, "{h1:?}");
 }
 
+#[test]
+fn the_protocol_is_told_from_first_bytes_that_arrive_in_pieces() {
+    let (p, addr) = start("hello", &[]);
+    // HTTP/2 with prior knowledge, its preface split across two writes.
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut h2 = H2 {
+        s: raw(addr, &preface[..9]),
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let mut rest = preface[9..].to_vec();
+    rest.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+    rest.extend(h2_frame(
+        H2_HEADERS,
+        0x4 | H2_END_STREAM,
+        1,
+        &h2_request_block(0x82, "/"),
+    ));
+    h2.s.write_all(&rest).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let (mut body, mut ended, mut kinds) = (Vec::new(), false, Vec::new());
+    while !ended {
+        let Some(f) = h2
+            .next(deadline)
+            .unwrap_or_else(|e| panic!("{e}; frames {kinds:?}; output:\n{}", p.output()))
+        else {
+            panic!(
+                "closed before the answer; frames {kinds:?}; output:\n{}",
+                p.output()
+            );
+        };
+        kinds.push(f.kind);
+        if f.stream == 1 && matches!(f.kind, H2_HEADERS | H2_DATA) {
+            if f.kind == H2_DATA {
+                body.extend_from_slice(&f.payload);
+            }
+            ended = f.flags & H2_END_STREAM != 0;
+        }
+    }
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.starts_with(&format!("hello from pid {}", p.pid)),
+        "{body:?}"
+    );
+
+    // HTTP/1.1 whose first bytes match the preface's ("P"), then differ, in pieces.
+    let mut s = raw(addr, b"P");
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b"OS").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b"T / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (got, end, _) = read_to_close(&mut s, WAIT);
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 "), "{got:?} ({end:?})");
+    assert!(end.closed(), "{got:?} ({end:?})");
+
+    // A whole HTTP/1.0 request shorter than the preface.
+    let mut s = raw(addr, b"GET / HTTP/1.0\r\n\r\n");
+    let (got, end, _) = read_to_close(&mut s, WAIT);
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.0 200"), "{got:?} ({end:?})");
+    assert!(
+        got.contains(&format!("hello from pid {}", p.pid)),
+        "{got:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Several servers in one process
 
