@@ -90,7 +90,7 @@ use crate::drain::{
     ConnState, Registration, Tracker, EXPIRED_HANDLER, EXPIRED_READ, EXPIRED_STALL,
 };
 use crate::duration::{instant_at, millis, now_ms};
-use crate::http::{Builders, Http, Proto, Sniffed};
+use crate::http::{Builders, Connection, Http, Proto, Sniffed};
 use crate::lifecycle::Drain;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -245,25 +245,6 @@ pin_project! {
         waker: Option<Waker>,
         drain_seen: bool,
         shut: bool,
-    }
-}
-
-/// The parts of hyper's connection that [`ConnFuture`] drives.
-trait Connection: Future {
-    fn graceful_shutdown(self: Pin<&mut Self>);
-}
-
-impl<I, S, B> Connection for Http<I, S>
-where
-    I: Sniffed + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    B: Body + 'static,
-    B::Error: Into<BoxError>,
-    crate::http::SpanExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        Http::graceful_shutdown(self)
     }
 }
 

@@ -144,18 +144,6 @@ where
             conn: builders.h2.serve_connection(TokioIo::new(io), svc),
         }
     }
-
-    /// hyper's graceful shutdown: HTTP/2's GOAWAY, or HTTP/1's close once the request
-    /// in flight (if any) is answered. A connection whose protocol is not known yet
-    /// (it has sent at most part of its first request's start) is closed.
-    pub(crate) fn graceful_shutdown(mut self: Pin<&mut Self>) {
-        match self.as_mut().project() {
-            HttpProj::H1 { conn } => conn.graceful_shutdown(),
-            HttpProj::H2 { conn } => conn.graceful_shutdown(),
-            HttpProj::Sniff { .. } => self.set(Http::Closed),
-            HttpProj::Closed => {}
-        }
-    }
 }
 
 impl<I, S, B> Future for Http<I, S>
@@ -195,6 +183,35 @@ where
                 }
             };
             self.set(next);
+        }
+    }
+}
+
+/// The parts of a connection that its future in `conn` drives: hyper's connection,
+/// and its graceful shutdown.
+pub(crate) trait Connection: Future {
+    /// Begins a graceful shutdown; the connection is polled on until it ends.
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Connection for Http<I, S>
+where
+    I: Sniffed + Send + 'static,
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    SpanExecutor: Http2ServerConnExec<S::Future, B>,
+{
+    /// hyper's graceful shutdown: HTTP/2's GOAWAY, or HTTP/1's close once the request
+    /// in flight (if any) is answered. A connection whose protocol is not known yet
+    /// (it has sent at most part of its first request's start) is closed.
+    fn graceful_shutdown(mut self: Pin<&mut Self>) {
+        match self.as_mut().project() {
+            HttpProj::H1 { conn } => conn.graceful_shutdown(),
+            HttpProj::H2 { conn } => conn.graceful_shutdown(),
+            HttpProj::Sniff { .. } => self.set(Http::Closed),
+            HttpProj::Closed => {}
         }
     }
 }
@@ -249,20 +266,11 @@ mod tests {
     fn sniff(pieces: Vec<&'static [u8]>) -> (bool, Vec<u8>) {
         let mut io = Pieces(pieces);
         let (mut buf, mut filled) = ([0; 24], 0);
-        let waker = futures_noop_waker();
-        let mut cx = Context::from_waker(&waker);
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         match poll_sniff(&mut io, &mut buf, &mut filled, &mut cx) {
             Poll::Ready(Ok(h2)) => (h2, buf[..filled].to_vec()),
             other => panic!("{other:?}"),
         }
-    }
-
-    fn futures_noop_waker() -> std::task::Waker {
-        struct Noop;
-        impl std::task::Wake for Noop {
-            fn wake(self: Arc<Self>) {}
-        }
-        std::task::Waker::from(Arc::new(Noop))
     }
 
     #[test]
