@@ -7,6 +7,7 @@ mod plot;
 mod probe;
 mod procs;
 mod report;
+mod sched;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,7 +34,10 @@ runs, on 127.0.0.1 only:
      (the built-in hyper client, and wrk / h2load when installed: bench/install-tools.sh);
   3. restarts under keep-alive load: N SIGHUPs each over HTTP/1.1, h2c, TLS+HTTP/1.1 and
      TLS+h2 (hello; the tls example for TLS);
-  4. resources: RSS idle and under load, open fds of the first and last generation.
+  4. resources: RSS idle and under load, open fds of the first and last generation;
+  5. the scheduler: how long a thread that never sleeps waits for the servers' core
+     beside one busy thread (2 s, 0.5 s with --quick), the floor under a restart
+     window's latency when generations share a core.
 It prints a table and a one-line summary, and stops by itself.
 
 OPTIONS
@@ -393,12 +397,25 @@ fn main() -> std::process::ExitCode {
             Err(e) => eprintln!("bench: {}: {e}", proto.name()),
         }
     }
+    // Last, on an idle machine: the scheduler's floor under the restart window.
+    let sched = procs::allowed_cpus().first().map(|&cpu| {
+        let probe_cpu = cpus.server.unwrap_or(cpu);
+        sched::probe(
+            probe_cpu,
+            if cfg.quick {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(2)
+            },
+        )
+    });
     let results = Results {
         config: cfg.clone(),
         machine,
         startup,
         steady,
         restarts,
+        sched,
         wall: started.elapsed(),
     };
     print!("{}", results.table());

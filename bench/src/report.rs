@@ -20,6 +20,10 @@ pub struct Machine {
     pub nproc: usize,
     pub cpu_model: String,
     pub kernel: String,
+    /// The kernel's scheduler tick (`CONFIG_HZ`), when its configuration is readable:
+    /// a task that never sleeps, sharing a core with a starting process, waits up to a
+    /// tick for its turn (see BENCHMARKS.md on the restart window).
+    pub tick_hz: Option<u32>,
     pub cpus: Cpus,
     /// The commit of the code measured (`+dirty` if the work tree differs).
     pub commit: String,
@@ -52,14 +56,33 @@ impl Machine {
         if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()) {
             commit.push_str("+dirty");
         }
+        let tick_hz = tick_hz(&kernel);
         Machine {
             commit,
             nproc,
             cpu_model,
             kernel,
+            tick_hz,
             cpus: *cpus,
         }
     }
+}
+
+/// `CONFIG_HZ` of the running kernel: from `/proc/config.gz` (through `zcat`) or
+/// `/boot/config-<release>`; `None` when neither can be read.
+fn tick_hz(release: &str) -> Option<u32> {
+    let config = std::process::Command::new("zcat")
+        .arg("/proc/config.gz")
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .or_else(|| std::fs::read_to_string(format!("/boot/config-{release}")).ok())?;
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 pub struct StartupResult {
@@ -235,6 +258,8 @@ pub struct Results {
     pub startup: Vec<StartupResult>,
     pub steady: SteadyResults,
     pub restarts: Vec<RestartRun>,
+    /// How long a thread that never sleeps waits for its core beside one busy thread.
+    pub sched: Option<crate::sched::Probe>,
     pub wall: Duration,
 }
 
@@ -415,11 +440,12 @@ impl Results {
         let _ = writeln!(o);
         let _ = writeln!(
             o,
-            "commit {}; machine: {} CPUs, {}, Linux {}; servers on CPU {}, load generators on CPU {}",
+            "commit {}; machine: {} CPUs, {}, Linux {} (scheduler tick {}); servers on CPU {}, load generators on CPU {}",
             m.commit,
             m.nproc,
             m.cpu_model,
             m.kernel,
+            m.tick_hz.map_or("unknown".into(), |hz| format!("{hz} Hz")),
             m.cpus.server.map_or("any".into(), |c| c.to_string()),
             m.cpus.client.map_or("any".into(), |c| format!(
                 "{c} ({} threads)",
@@ -639,6 +665,17 @@ impl Results {
                 o,
                 "  starting the next generation took the old one's starting thread (a blocking one): {}",
                 spawns.join("; ")
+            );
+        }
+        if let Some(p) = &self.sched {
+            let _ = writeln!(
+                o,
+                "  the scheduler, CPU {} (tick {}): a thread that never sleeps, alone on it: {}; beside one busy thread: {}. \
+                 The second is what the old generation's requests wait whenever a busy process shares its core (bench/src/sched.rs)",
+                p.cpu,
+                self.machine.tick_hz.map_or("unknown".into(), |hz| format!("{hz} Hz")),
+                p.alone,
+                p.shared,
             );
         }
 
@@ -887,10 +924,17 @@ impl Results {
         json!({
             "machine": {
                 "nproc": self.machine.nproc, "cpu": self.machine.cpu_model,
-                "kernel": self.machine.kernel, "server_cpu": self.machine.cpus.server,
+                "kernel": self.machine.kernel, "tick_hz": self.machine.tick_hz, "server_cpu": self.machine.cpus.server,
                 "commit": self.machine.commit,
                 "client_cpu": self.machine.cpus.client,
             },
+            "sched_probe": self.sched.map(|p| {
+                let g = |g: crate::sched::Gaps| json!({
+                    "pauses": g.count, "median_us": g.median_us, "p99_us": g.p99_us,
+                    "max_us": g.max_us, "off_cpu": g.off_cpu,
+                });
+                json!({"cpu": p.cpu, "alone": g(p.alone), "beside_busy_thread": g(p.shared)})
+            }),
             "config": {
                 "restarts": cfg.restarts, "duration_s": cfg.duration.as_secs(), "rounds": cfg.rounds,
                 "connections": cfg.connections, "gap_ms": cfg.gap.as_millis() as u64,
