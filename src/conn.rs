@@ -20,18 +20,20 @@
 //!   handshake timeout or the hammer.
 //!
 //! # One future, one timer
-//! Each connection is one task: [`Watched`](crate::drain::Watched) (woken by its server
-//! only when the drain begins or the hammer falls) around [`ConnFuture`] (hyper's
-//! connection, and the connection's one timer). Its deadlines (the request's read
-//! deadline, the handler's, a stalled write's, the idle or drain-grace limit) are
-//! atomics in the connection's state, kept on a coarse clock; the timer sleeps until the
-//! nearest and is never reset when a deadline moves later: when it fires early it is
-//! re-armed for what is due then. A deadline that passed sets a bit that the IO (or the
-//! handler's future) turns into an error when it is next polled. So a request served
-//! over keep-alive costs no timer operation at all, whether its handler is ready on its
-//! first poll or not. (HTTP/2 streams run as tasks of their own: a stream whose handler
-//! is pending puts its deadline in its connection's list, which the same timer serves
-//! and which wakes the stream's task when it passes.)
+//! Each connection is one task, and a plaintext one is one future, [`ConnFuture`]:
+//! hyper's connection, the connection's one timer, and its waker registered with its
+//! server, which wakes it only when the drain begins or the hammer falls (a TLS
+//! connection's task also has [`Watched`](crate::drain::Watched) around it, for its
+//! handshake). Its deadlines (the request's read deadline, the handler's, a stalled
+//! write's, the idle or drain-grace limit) are atomics in the connection's state, kept
+//! on a coarse clock; the timer sleeps until the nearest and is never reset when a
+//! deadline moves later: when it fires early it is re-armed for what is due then. A
+//! deadline that passed sets a bit that the IO (or the handler's future) turns into an
+//! error when it is next polled. So a request served over keep-alive costs no timer
+//! operation at all, whether its handler is ready on its first poll or not. (HTTP/2
+//! streams run as tasks of their own: a stream whose handler is pending puts its
+//! deadline in its connection's list, which the same timer serves and which wakes the
+//! stream's task when it passes.)
 //!
 //! # Timeouts, in Go's sense
 //! - read timeout: from the first byte of a request until its body is read, headers
@@ -190,13 +192,14 @@ impl Drop for InFlight {
 /// upgraded IO carries the connection's registration and the hammer on). (The hammer
 /// drops the connection's task, which closes the socket.) `proto`: what ALPN chose,
 /// if anything.
-pub(crate) async fn serve<I, S, B>(
+pub(crate) fn serve<I, S, B>(
     io: I,
     app: S,
     shared: Arc<Shared>,
     proto: Proto,
     reg: Registration,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -223,10 +226,10 @@ pub(crate) async fn serve<I, S, B>(
         sleep: None,
         armed: 0,
         waker: None,
+        registered: None,
         drain_seen: false,
         shut: false,
     }
-    .await
 }
 
 pin_project! {
@@ -243,6 +246,8 @@ pin_project! {
         armed: u64,
         // The waker `sleep` was last polled with.
         waker: Option<Waker>,
+        // The waker the server wakes when the drain begins or the hammer falls.
+        registered: Option<Waker>,
         drain_seen: bool,
         shut: bool,
     }
@@ -259,6 +264,11 @@ where
         let mut this = self.project();
         let state = &**this.state;
         let shared = &**this.shared;
+        state.register(this.registered, cx.waker());
+        if this.tracker.hammered() {
+            // Dropping the connection closes it.
+            return Poll::Ready(());
+        }
         loop {
             let draining = this.tracker.draining();
             let drained_before = *this.drain_seen;

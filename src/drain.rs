@@ -3,7 +3,8 @@
 //!
 //! Each accepted connection registers here once ([`Tracker::register`]): one lock of
 //! the server's registry per connection, none per request. Its task's waker is stored
-//! in its own slot, replaced only when the task's waker changes ([`Watched`]), so a
+//! in its own slot, replaced only when the task's waker changes ([`ConnState::register`], called by the
+//! connection's future, or by [`Watched`] around a TLS handshake), so a
 //! connection waits for the drain and the hammer without polling anything: when the
 //! server begins its drain or hammers, it sets one flag word and wakes every registered
 //! task once. A connection reads that word (one relaxed load) when it is polled anyway.
@@ -147,6 +148,23 @@ impl ConnState {
     #[inline]
     pub(crate) fn expired(&self, bit: u8) -> bool {
         self.expired.load(Ordering::Relaxed) & bit != 0
+    }
+
+    /// Makes `waker` the one the server wakes when the drain begins or the hammer falls,
+    /// unless `seen` (the caller's copy of the waker registered last) already wakes the
+    /// same task. Called before the drain's level is read: a drain or hammer that
+    /// begins after the read wakes this waker.
+    #[inline]
+    pub(crate) fn register(&self, seen: &mut Option<Waker>, waker: &Waker) {
+        if !seen.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.register_new(seen, waker);
+        }
+    }
+
+    #[cold]
+    fn register_new(&self, seen: &mut Option<Waker>, waker: &Waker) {
+        *self.waker() = Some(waker.clone());
+        *seen = Some(waker.clone());
     }
 
     fn waker(&self) -> MutexGuard<'_, Option<Waker>> {
@@ -430,8 +448,9 @@ impl Drop for Registration {
 }
 
 pin_project! {
-    /// A connection's task: its waker registered with the server (again only when it
-    /// changes), and dropped (closing the socket) once the hammer falls.
+    /// A TLS connection's task: its waker registered with the server (again only when
+    /// it changes), and dropped (closing the socket) once the hammer falls, from the
+    /// handshake on. (A connection's own future does the same: `conn::serve`.)
     pub(crate) struct Watched<F> {
         #[pin]
         fut: F,
@@ -443,7 +462,7 @@ pin_project! {
 
 impl<F> Watched<F> {
     /// `state` and `tracker`: those of the connection's registration.
-    pub(crate) fn new(fut: F, state: Arc<ConnState>, tracker: Arc<Tracker>) -> Self {
+    pub(crate) fn new(state: Arc<ConnState>, tracker: Arc<Tracker>, fut: F) -> Self {
         Watched {
             fut,
             state,
@@ -458,12 +477,7 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
-        if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            // Registered before the level is read: a drain or hammer that begins after
-            // the read wakes this waker.
-            *this.state.waker() = Some(cx.waker().clone());
-            *this.waker = Some(cx.waker().clone());
-        }
+        this.state.register(this.waker, cx.waker());
         if this.tracker.hammered() {
             return Poll::Ready(());
         }

@@ -15,10 +15,9 @@ use tokio::sync::watch;
 
 use crate::addr::ListenAddr;
 use crate::conn::{self, Limits, Shared, DEFAULT_DRAIN_GRACE};
-use crate::drain::{Registration, Tracker, Watched};
+use crate::drain::{Tracker, Watched};
 use crate::error::Error;
 use crate::lifecycle::Served;
-use crate::listen::Stream;
 use crate::process::Process;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -314,7 +313,6 @@ where
             drain_grace: self.drain_grace,
             drain_spread: self.drain_spread,
         };
-        let handshake_timeout = self.read_timeout.unwrap_or(Duration::from_secs(10));
         let watch = process.watch();
         // Requests learn of the drain once this server stopped accepting: a client told
         // to reconnect then reaches the next generation, never this one again.
@@ -339,19 +337,19 @@ where
                 accepted = listener.accept() => match accepted {
                     Ok((stream, info)) => {
                         let reg = tracker.register(shared.context(info), shared.spread_ms());
-                        let watched = reg.state().clone();
                         // Every log line of the connection names it, and its generation.
                         let span = tracing::info_span!("conn", peer = %info, generation, proto = tracing::field::Empty);
-                        let task = Watched::new(
-                            handle(stream, self.app.clone(), shared.clone(), tls.clone(), handshake_timeout, reg),
-                            watched,
-                            tracker.clone(),
-                        );
-                        if span.is_disabled() {
-                            // Logging below INFO: no span to enter on every poll.
-                            tokio::spawn(task);
-                        } else {
-                            tokio::spawn(tracing::Instrument::instrument(task, span));
+                        match &tls {
+                            // The connection's one future: it answers the drain and the
+                            // hammer itself.
+                            None => spawn_in(span, conn::serve(stream, self.app.clone(), shared.clone(), crate::http::Proto::Sniff, reg)),
+                            // The handshake comes first, woken by the drain as well, and
+                            // bounded by the read timeout (10 s without one).
+                            Some(acceptor) => spawn_in(span, Watched::new(
+                                reg.state().clone(),
+                                tracker.clone(),
+                                crate::tls::serve(stream, acceptor.clone(), self.app.clone(), shared.clone(), self.read_timeout.unwrap_or(Duration::from_secs(10)), reg),
+                            )),
                         }
                     }
                     Err(e) => accept_error(e).await,
@@ -404,27 +402,16 @@ async fn accept_error(e: std::io::Error) {
     }
 }
 
-/// One connection: the TLS handshake if any (bounded in time, and cut short by the
-/// drain), then HTTP.
-async fn handle<S, B>(
-    stream: Stream,
-    app: S,
-    shared: Arc<Shared>,
-    tls: Option<crate::tls::Acceptor>,
-    handshake_timeout: Duration,
-    reg: Registration,
-) where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+/// Spawns a connection's task, inside its span unless that is disabled (logging below
+/// INFO: then there is no span to enter on every poll).
+fn spawn_in<F>(span: tracing::Span, task: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
 {
-    match tls {
-        None => conn::serve(stream, app, shared, crate::http::Proto::Sniff, reg).await,
-        Some(acceptor) => {
-            crate::tls::serve(stream, acceptor, app, shared, handshake_timeout, reg).await
-        }
+    if span.is_disabled() {
+        tokio::spawn(task);
+    } else {
+        tokio::spawn(tracing::Instrument::instrument(task, span));
     }
 }
 
