@@ -189,9 +189,9 @@ impl Drop for InFlight {
 }
 
 /// Serves one accepted connection until it ends, is drained, or is upgraded (then the
-/// upgraded IO carries the connection's registration and the hammer on). (The hammer
-/// drops the connection's task, which closes the socket.) `proto`: what ALPN chose,
-/// if anything.
+/// upgraded IO carries the connection's registration and the hammer on). (When the
+/// hammer falls the future ends, and dropping it closes the socket.) `proto`: what ALPN
+/// chose, if anything.
 pub(crate) fn serve<I, S, B>(
     io: I,
     app: S,

@@ -3,13 +3,14 @@
 //!
 //! Each accepted connection registers here once ([`Tracker::register`]): one lock of
 //! the server's registry per connection, none per request. Its task's waker is stored
-//! in its own slot, replaced only when the task's waker changes ([`ConnState::register`], called by the
-//! connection's future, or by [`Watched`] around a TLS handshake), so a
-//! connection waits for the drain and the hammer without polling anything: when the
-//! server begins its drain or hammers, it sets one flag word and wakes every registered
-//! task once. A connection reads that word (one relaxed load) when it is polled anyway.
-//! This replaced a `watch` receiver and a cancellation future polled around every
-//! connection on every wake, which cost a mutex per pending poll.
+//! in its own slot, replaced only when the task's waker changes
+//! ([`ConnState::register`], called by the connection's future, and by [`Watched`]
+//! around a TLS handshake), so a connection waits for the drain and the hammer without
+//! polling anything: when the server begins its drain or hammers, it sets one flag word
+//! and wakes every registered task once. A connection reads that word (one relaxed
+//! load) when it is polled anyway. This replaced a `watch` receiver and a cancellation
+//! future polled around every connection on every wake, which cost a mutex per pending
+//! poll.
 //!
 //! The registry also answers how many connections are open and in which state
 //! ([`Tracker::census`]), from the connections' own counters, read only when asked.
