@@ -398,10 +398,9 @@ fn main() -> std::process::ExitCode {
         }
     }
     // Last, on an idle machine: the scheduler's floor under the restart window.
-    let sched = procs::allowed_cpus().first().map(|&cpu| {
-        let probe_cpu = cpus.server.unwrap_or(cpu);
+    let sched = cpus.server.or(allowed.first().copied()).map(|cpu| {
         sched::probe(
-            probe_cpu,
+            cpu,
             if cfg.quick {
                 Duration::from_millis(500)
             } else {

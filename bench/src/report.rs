@@ -66,6 +66,12 @@ impl Machine {
             cpus: *cpus,
         }
     }
+
+    /// The scheduler tick, for the report.
+    fn tick(&self) -> String {
+        self.tick_hz
+            .map_or("unknown".into(), |hz| format!("{hz} Hz"))
+    }
 }
 
 /// `CONFIG_HZ` of the running kernel: from `/proc/config.gz` (through `zcat`) or
@@ -284,7 +290,7 @@ pub fn quantile(v: &[f64], q: f64) -> f64 {
     s[rank - 1]
 }
 
-fn max(v: &[f64]) -> f64 {
+pub fn max(v: &[f64]) -> f64 {
     quantile(v, 1.0)
 }
 
@@ -445,7 +451,7 @@ impl Results {
             m.nproc,
             m.cpu_model,
             m.kernel,
-            m.tick_hz.map_or("unknown".into(), |hz| format!("{hz} Hz")),
+            m.tick(),
             m.cpus.server.map_or("any".into(), |c| c.to_string()),
             m.cpus.client.map_or("any".into(), |c| format!(
                 "{c} ({} threads)",
@@ -673,7 +679,7 @@ impl Results {
                 "  the scheduler, CPU {} (tick {}): a thread that never sleeps, alone on it: {}; beside one busy thread: {}. \
                  The second is what the old generation's requests wait whenever a busy process shares its core (bench/src/sched.rs)",
                 p.cpu,
-                self.machine.tick_hz.map_or("unknown".into(), |hz| format!("{hz} Hz")),
+                self.machine.tick(),
                 p.alone,
                 p.shared,
             );

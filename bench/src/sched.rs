@@ -68,9 +68,9 @@ fn spin(cpu: usize, time: Duration, busy_neighbour: bool) -> Gaps {
             }
             last = now;
         }
-        (gaps, time.as_secs_f64() * 1e6)
+        gaps
     });
-    let (gaps, total_us) = measured.join().expect("the measuring thread");
+    let gaps = measured.join().expect("the measuring thread");
     stop.store(true, Ordering::Relaxed);
     if let Some(t) = neighbour {
         let _ = t.join();
@@ -79,19 +79,20 @@ fn spin(cpu: usize, time: Duration, busy_neighbour: bool) -> Gaps {
         count: gaps.len(),
         median_us: crate::report::median(&gaps),
         p99_us: crate::report::quantile(&gaps, 0.99),
-        max_us: gaps.iter().copied().fold(0.0, f64::max),
-        off_cpu: gaps.iter().sum::<f64>() / total_us,
+        max_us: crate::report::max(&gaps),
+        off_cpu: gaps.iter().sum::<f64>() / (time.as_secs_f64() * 1e6),
     }
 }
 
 impl std::fmt::Display for Gaps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let min = MIN_GAP.as_micros();
         if self.count == 0 {
-            return write!(f, "no pause of 20 µs or more");
+            return write!(f, "no pause of {min} µs or more");
         }
         write!(
             f,
-            "{} pauses of 20 µs or more, median {:.0} µs, p99 {:.0} µs, max {:.0} µs ({:.0} % of the time off the core)",
+            "{} pauses of {min} µs or more, median {:.0} µs, p99 {:.0} µs, max {:.0} µs ({:.0} % of the time off the core)",
             self.count,
             self.median_us,
             self.p99_us,
