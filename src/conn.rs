@@ -19,6 +19,17 @@
 //!   same grace: a client that stalls its handshake must not hold the drain up until the
 //!   handshake timeout or the hammer.
 //!
+//! # The lingering close
+//! When hyper closes a connection it shuts the write side (after HTTP/2's last GOAWAY,
+//! or an HTTP/1 response with `Connection: close`), and the socket is closed when the
+//! connection's future is dropped. A socket closed with bytes still unread makes the
+//! kernel send a reset, and a reset can discard what the client had not read yet: the
+//! GOAWAY that tells it its newest streams were never processed (so it would resend
+//! them), leaving it only the end of the stream, and an error for calls that are safe
+//! to send again. So after the shutdown the connection reads and discards until the
+//! client closes its side, or for at most the drain grace, before it lets go (as
+//! nginx's `lingering_close` does; neither hyper nor h2 does it).
+//!
 //! # One future, one timer
 //! Each connection is one task, and a plaintext one is one future, [`ConnFuture`]:
 //! hyper's connection, the connection's one timer, and its waker registered with its
@@ -933,6 +944,8 @@ struct TimedIo<I> {
     /// Created once the connection is upgraded: until then the hammer drops the whole
     /// connection task instead, which costs nothing per operation.
     hammered: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// How long a lingering close waits for the client's EOF: the drain grace.
+    linger_ms: u64,
     reg: Registration,
 }
 
@@ -947,6 +960,7 @@ impl<I> TimedIo<I> {
             replay_at: 0,
             replay_len: 0,
             hammered: None,
+            linger_ms: shared.grace_ms,
             reg,
         }
     }
@@ -1068,7 +1082,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for TimedIo<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -1122,6 +1136,41 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+        if this.upgraded() {
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_linger(cx).map(Ok)
+    }
+}
+
+impl<I: AsyncRead + Unpin> TimedIo<I> {
+    /// The lingering close (see the module docs): once the write side is shut, reads and
+    /// discards what the client still sends until it closes its side, the read fails,
+    /// or the drain grace passes (on the connection's timer, as the stall deadline).
+    #[cold]
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let st = &self.state;
+        if st.expired(EXPIRED_STALL) {
+            return Poll::Ready(());
+        }
+        let mut scratch = [0u8; 512];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                // The client's EOF, or an error: nothing more can be lost.
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => break,
+            }
+        }
+        if st.stall_deadline.load(Ordering::Relaxed) == 0 {
+            // Seen by the connection's timer once this poll returns.
+            let at = now_ms().saturating_add(self.linger_ms);
+            st.stall_deadline.store(at, Ordering::Relaxed);
+            st.due_at(at);
+        }
+        Poll::Pending
     }
 }

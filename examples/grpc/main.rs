@@ -45,6 +45,7 @@ impl Ticker for Service {
 
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         let message = format!("pid {}: hello {}", std::process::id(), req.get_ref().name);
+        tracing::debug!(name = %req.get_ref().name, "hello");
         Ok(Response::new(HelloReply { message }))
     }
 
