@@ -420,6 +420,36 @@ fn huge_timeouts_mean_never() {
     assert!(!out.contains("panicked"), "a panic:\n{out}");
 }
 
+/// The lingering close: after a response with `Connection: close` the server shuts its
+/// write side and then reads and discards what the client still sends, for the drain
+/// grace, instead of closing its socket at once, which would answer those bytes with a
+/// reset (and a reset can erase what the client has not read yet). So writes after the
+/// server's EOF keep succeeding; without it the second one fails, the first having
+/// drawn a reset from a socket that is gone.
+#[test]
+fn bytes_sent_after_the_servers_close_are_read_not_reset() {
+    let (p, addr) = start("hello", &["--drain-grace-ms", "30000"]);
+    let mut s = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let (bytes, end, _) = read_to_close(&mut s, WAIT);
+    assert!(
+        matches!(end, End::Eof),
+        "the server did not close after Connection: close: {end:?}; output:\n{}",
+        p.output()
+    );
+    let res = parse_response(&bytes)
+        .unwrap_or_else(|| panic!("no whole response: {:?}", String::from_utf8_lossy(&bytes)));
+    assert_eq!(res.status, 200);
+    for i in 0..3 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap_or_else(|e| panic!("write {i} after the server's EOF failed: {e}"));
+        // Over loopback a reset would be back long before this.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn sigterm_finishes_the_request_in_flight_with_connection_close_then_exits_0() {
     let (mut p, addr) = start("hello", &[]);
