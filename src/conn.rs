@@ -27,7 +27,8 @@
 //! GOAWAY that tells it its newest streams were never processed (so it would resend
 //! them), leaving it only the end of the stream, and an error for calls that are safe
 //! to send again. So after the shutdown the connection reads and discards until the
-//! client closes its side, or for at most the drain grace, before it lets go (as
+//! client closes its side, or for at most the drain grace (two seconds at most), before
+//! it lets go (as
 //! nginx's `lingering_close` does; neither hyper nor h2 does it).
 //!
 //! # One future, one timer
@@ -110,6 +111,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long a connection may stay idle during a drain before it is closed.
 pub(crate) const DEFAULT_DRAIN_GRACE: Duration = Duration::from_millis(250);
+
+/// The longest a lingering close waits for the client's EOF, whatever the drain grace: a
+/// client that neither sends nor closes must not hold a drain up for longer.
+const MAX_LINGER: Duration = Duration::from_secs(2);
 
 /// The smallest read buffer hyper accepts.
 const MIN_BUF: usize = 8192;
@@ -944,7 +949,8 @@ struct TimedIo<I> {
     /// Created once the connection is upgraded: until then the hammer drops the whole
     /// connection task instead, which costs nothing per operation.
     hammered: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    /// How long a lingering close waits for the client's EOF: the drain grace.
+    /// How long a lingering close waits for the client's EOF: the drain grace, at most
+    /// [`MAX_LINGER`].
     linger_ms: u64,
     reg: Registration,
 }
@@ -960,7 +966,7 @@ impl<I> TimedIo<I> {
             replay_at: 0,
             replay_len: 0,
             hammered: None,
-            linger_ms: shared.grace_ms,
+            linger_ms: shared.grace_ms.min(millis(MAX_LINGER)),
             reg,
         }
     }
@@ -1148,7 +1154,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
 impl<I: AsyncRead + Unpin> TimedIo<I> {
     /// The lingering close (see the module docs): once the write side is shut, reads and
     /// discards what the client still sends until it closes its side, the read fails,
-    /// or the drain grace passes (on the connection's timer, as the stall deadline).
+    /// or the linger time passes (on the connection's timer, as the stall deadline).
     #[cold]
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let st = &self.state;
