@@ -27,9 +27,8 @@
 //! GOAWAY that tells it its newest streams were never processed (so it would resend
 //! them), leaving it only the end of the stream, and an error for calls that are safe
 //! to send again. So after the shutdown the connection reads and discards until the
-//! client closes its side, or for at most the drain grace (two seconds at most), before
-//! it lets go (as
-//! nginx's `lingering_close` does; neither hyper nor h2 does it).
+//! client closes its side, or for the drain grace (two seconds at most), before it
+//! lets go, as nginx's `lingering_close` does (neither hyper nor h2 does it).
 //!
 //! # One future, one timer
 //! Each connection is one task, and a plaintext one is one future, [`ConnFuture`]:
@@ -1018,14 +1017,20 @@ impl<I> TimedIo<I> {
             return Poll::Ready(timed_out("write timeout: the client stopped reading"));
         }
         if let Some(wt) = self.write_ms {
-            if st.stall_deadline.load(Ordering::Relaxed) == 0 {
-                // Seen by the connection's timer once this poll returns.
-                let at = now_ms().saturating_add(wt);
-                st.stall_deadline.store(at, Ordering::Relaxed);
-                st.due_at(at);
-            }
+            self.arm_stall(wt);
         }
         Poll::Pending
+    }
+
+    /// Sets the stall deadline `ms` from now, unless one is set already (seen by the
+    /// connection's timer once this poll returns).
+    fn arm_stall(&self, ms: u64) {
+        let st = &self.state;
+        if st.stall_deadline.load(Ordering::Relaxed) == 0 {
+            let at = now_ms().saturating_add(ms);
+            st.stall_deadline.store(at, Ordering::Relaxed);
+            st.due_at(at);
+        }
     }
 }
 
@@ -1157,8 +1162,7 @@ impl<I: AsyncRead + Unpin> TimedIo<I> {
     /// or the linger time passes (on the connection's timer, as the stall deadline).
     #[cold]
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let st = &self.state;
-        if st.expired(EXPIRED_STALL) {
+        if self.state.expired(EXPIRED_STALL) {
             return Poll::Ready(());
         }
         let mut scratch = [0u8; 512];
@@ -1171,12 +1175,7 @@ impl<I: AsyncRead + Unpin> TimedIo<I> {
                 Poll::Pending => break,
             }
         }
-        if st.stall_deadline.load(Ordering::Relaxed) == 0 {
-            // Seen by the connection's timer once this poll returns.
-            let at = now_ms().saturating_add(self.linger_ms);
-            st.stall_deadline.store(at, Ordering::Relaxed);
-            st.due_at(at);
-        }
+        self.arm_stall(self.linger_ms);
         Poll::Pending
     }
 }
