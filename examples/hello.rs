@@ -25,6 +25,8 @@
 //! (at SIGTERM, answer `GET /healthz` with 503 for N ms while serving everything else,
 //! then drain), `--no-ready`
 //! (serve, but never declare ready: a broken deploy that accepts connections),
+//! `--early-ready` (declare ready right after spawning the servers, before they took
+//! their sockets: the order many applications use, which the handover makes safe),
 //! `--fd-name NAME` (the previous `--addr` takes the socket-activated socket of that
 //! name, systemd's `FileDescriptorName=`), `--control PATH` (a control socket, for
 //! `hello restart`), `--max-draining N` (at most N generations draining at once; the
@@ -94,6 +96,8 @@ struct Options {
     warmup: Option<Duration>,
     stagger: Option<Duration>,
     no_ready: bool,
+    /// `ready()` right after spawning the servers (`--early-ready`).
+    early_ready: bool,
     lame_duck: Option<Duration>,
     udp: Option<String>,
     max_draining: Option<usize>,
@@ -122,6 +126,7 @@ fn parse_args() -> Result<Options, String> {
         warmup: None,
         stagger: None,
         no_ready: false,
+        early_ready: false,
         lame_duck: None,
         udp: None,
         max_draining: None,
@@ -173,6 +178,7 @@ fn parse_args() -> Result<Options, String> {
             "--warmup-ms" => o.warmup = ms(args.next(), &a)?,
             "--stagger-ms" => o.stagger = ms(args.next(), &a)?,
             "--no-ready" => o.no_ready = true,
+            "--early-ready" => o.early_ready = true,
             "--lame-duck-ms" => o.lame_duck = ms(args.next(), &a)?,
             "--udp" => o.udp = Some(args.next().ok_or("--udp needs an address")?),
             "--max-draining" => {
@@ -809,7 +815,8 @@ async fn serve(opts: Options) -> std::process::ExitCode {
                 tokio::time::sleep(d).await;
             }
         }
-        let (p, listening, no_ready) = (process.clone(), listening.clone(), opts.no_ready);
+        let (p, listening) = (process.clone(), listening.clone());
+        let no_ready = opts.no_ready || opts.early_ready;
         let mut s = ceaseless::Server::new(addr.clone(), app)
             .hammer_time(opts.hammer)
             .read_timeout(opts.read_timeout)
@@ -839,6 +846,10 @@ async fn serve(opts: Options) -> std::process::ExitCode {
             tracing::warn!(fd_name = %n, "built without the `systemd` feature: --fd-name ignored");
         }
         servers.push(tokio::spawn(s.listen_and_serve()));
+    }
+    if opts.early_ready {
+        // The spawned servers have not run yet: none took its socket.
+        process.ready();
     }
     let mut code = 0;
     let mut ended = None;

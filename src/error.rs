@@ -176,16 +176,18 @@ pub enum RestartError {
         #[source]
         source: io::Error,
     },
-    /// The new generation exited before reporting that it was ready.
-    #[error("the new generation (pid {pid}) exited before it was ready: {status}")]
+    /// The new generation exited before it said that it holds every listener (before or
+    /// after it declared ready: the old generation never stopped accepting).
+    #[error("the new generation (pid {pid}) exited before it took over: {status}")]
     Exited {
         /// Its pid.
         pid: u32,
         /// How it ended.
         status: ExitStatus,
     },
-    /// The new generation did not report readiness in time; it was killed.
-    #[error("the new generation (pid {pid}) was not ready within {timeout:?}; killed it")]
+    /// The new generation was not ready, holding every listener, in time; it was
+    /// stopped (killed if it did not stop).
+    #[error("the new generation (pid {pid}) did not take over within {timeout:?}; stopped it")]
     NotReady {
         /// Its pid.
         pid: u32,
@@ -198,17 +200,17 @@ pub enum RestartError {
         /// Its pid.
         pid: u32,
     },
-    /// A takeover: the new process closed its connection (it exited, crashed, or gave
-    /// up) before it declared ready.
-    #[error("the new process (pid {pid}) left before it was ready")]
+    /// The new process closed its channel (it exited, crashed, or gave up) before it
+    /// said that it holds every listener.
+    #[error("the new process (pid {pid}) left before it took over")]
     Left {
         /// Its pid.
         pid: u32,
     },
-    /// A takeover: the new process did not declare ready in time; it was told to stop
-    /// (`abort`, then SIGTERM). It is not this process's child: it is neither waited
-    /// for nor killed.
-    #[error("the new process (pid {pid}) was not ready within {timeout:?}; told it to stop")]
+    /// A takeover: the new process was not ready, holding every listener, in time; it
+    /// was told to stop (`abort`, then SIGTERM). It is not this process's child: it is
+    /// neither waited for nor killed.
+    #[error("the new process (pid {pid}) did not take over within {timeout:?}; told it to stop")]
     TakeoverNotReady {
         /// Its pid.
         pid: u32,

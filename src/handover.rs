@@ -15,11 +15,16 @@
 //!   is its parent (`getppid()`), so a grandchild never takes descriptors meant for
 //!   another process.
 //! - `CEASELESS_READY_FD` is the child's end of the readiness channel, after the
-//!   listeners. The child writes `ready <pid>\n` once it declared ready. If the channel
-//!   is a socket, the parent answers `live\n` (it committed: the child owns the sockets
-//!   and their files from now on, the parent drains) or `abort\n` (the parent keeps
-//!   them; the child drains and exits). A pipe carries no answer: the child is live as
-//!   soon as it reported.
+//!   listeners. If the channel is a socket, it carries the commit's exchange (the
+//!   `commit` module states it and the invariant it keeps): the child writes
+//!   `ready <pid>\n` once it declared ready; the parent, still accepting, answers
+//!   `go\n`; the child answers `holding\n` once its servers claimed every listener it
+//!   keeps; only then does the parent stop accepting and answer `live\n` (committed:
+//!   the child owns the sockets and their files from now on, the parent drains). At
+//!   any step before `live` the parent may answer `abort\n` instead (it keeps them; the
+//!   child drains and exits). A pipe carries no answer (the supervisor starts a
+//!   generation so): the child writes `ready <pid>\n` once it holds every listener,
+//!   and is live at once.
 //!
 //! - `CEASELESS_RESTART_BEGAN` is when the restart that started the child began, as
 //!   `<ns on CLOCK_MONOTONIC> <ms since the Unix epoch>` (the monotonic clock is the
@@ -43,7 +48,8 @@
 //!   `handover <generation> <pid> <draining> <n> <name>…` (`<draining>` as in
 //!   `CEASELESS_DRAINING`, `-` for none; space-separated names, as above) with the
 //!   n sockets attached (`SCM_RIGHTS`), or `error <reason>`; from then on the connection
-//!   is the readiness channel of a socket: `ready <pid>`, then `live` or `abort`.
+//!   is the readiness channel of a socket, with the same exchange: `ready <pid>`,
+//!   `go`, `holding`, then `live` (or `abort` at any step before it).
 //!
 //! Each entry is validated on its own: one bad name rejects that descriptor (which is
 //! closed), never the others; one bad line of the history drops that line alone (each
@@ -626,12 +632,16 @@ impl Report {
     }
 }
 
-/// A message on the readiness channel.
+/// A message on the readiness channel: the commit's exchange (see the `commit` module).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Message {
     /// Child to parent: declared ready.
     Ready(u32),
-    /// Parent to child: committed, the child is live.
+    /// Parent to child: still accepting; hold every listener and say so.
+    Go,
+    /// Child to parent: every listener it keeps is claimed by a server that accepts.
+    Holding,
+    /// Parent to child: committed (it stopped accepting and drains); the child is live.
     Live,
     /// Parent to child: the restart is off; drain and exit.
     Abort,
@@ -641,6 +651,8 @@ impl Message {
     pub(crate) fn encode(&self) -> String {
         match self {
             Message::Ready(pid) => format!("ready {pid}\n"),
+            Message::Go => "go\n".into(),
+            Message::Holding => "holding\n".into(),
             Message::Live => "live\n".into(),
             Message::Abort => "abort\n".into(),
         }
@@ -649,6 +661,8 @@ impl Message {
     pub(crate) fn decode(line: &str) -> Option<Message> {
         let line = line.trim_end_matches(['\n', '\r']);
         match line {
+            "go" => Some(Message::Go),
+            "holding" => Some(Message::Holding),
             "live" => Some(Message::Live),
             "abort" => Some(Message::Abort),
             _ => line
@@ -1236,7 +1250,13 @@ mod tests {
 
     #[test]
     fn messages() {
-        for m in [Message::Ready(42), Message::Live, Message::Abort] {
+        for m in [
+            Message::Ready(42),
+            Message::Go,
+            Message::Holding,
+            Message::Live,
+            Message::Abort,
+        ] {
             assert_eq!(Message::decode(&m.encode()), Some(m));
         }
         assert_eq!(Message::decode("ready x\n"), None);

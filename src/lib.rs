@@ -93,6 +93,7 @@
 #![warn(rust_2018_idioms)]
 
 mod addr;
+mod commit;
 mod conn;
 mod context;
 #[cfg(feature = "control")]
@@ -126,6 +127,7 @@ mod signals;
 mod spawn;
 pub mod state;
 pub mod status;
+mod successor;
 mod supervise;
 mod takeover;
 #[cfg(feature = "tls")]

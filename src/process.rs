@@ -13,14 +13,17 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::addr::ListenAddr;
+use crate::commit::{Do, Heard, New, CLAIM_GRACE};
 use crate::control::{self, Control};
 use crate::error::{Error, RestartError};
+use crate::handover::Message;
 use crate::handover::Name;
 use crate::inherit::{Inherited, ProcessEnv, ReadyChannel};
 use crate::lifecycle::{Observer, Phase, Publisher, Served, State, Transition, Watch};
 use crate::listen::Listener;
-use crate::restart::{self, Exe, Next};
+use crate::restart::{self, Exe};
 use crate::signals::{self, Actions, Hook, Hooks, Signal, Stage};
+use crate::successor::Successor;
 
 /// Default [`ProcessBuilder::ready_timeout`]: 30 s.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -400,6 +403,7 @@ impl ProcessBuilder {
                 book,
                 max_draining: self.max_draining,
                 restart_running: Arc::default(),
+                claims: tokio::sync::watch::Sender::new(()),
             }),
         };
         if let Some((path, listener)) = control_socket {
@@ -521,6 +525,9 @@ struct Inner {
     /// told it is live. [`Process::finish`] waits for it, so that a process that drains
     /// fast never exits with a new generation half-started behind it.
     restart_running: Arc<tokio::sync::Mutex<()>>,
+    /// Told each time an inherited descriptor is claimed (the commit waits for every
+    /// inherited listener to be claimed before it says it holds them).
+    claims: tokio::sync::watch::Sender<()>,
 }
 
 /// A descriptor to hand over, under its name.
@@ -984,6 +991,7 @@ impl Process {
             fd,
         });
         core.listeners_taken += 1;
+        self.inner.claims.send_replace(());
         if server {
             // It checks readiness itself, once it said it serves.
             core.servers_running += 1;
@@ -1023,13 +1031,12 @@ impl Process {
         if core.state.phase != Phase::Starting {
             return;
         }
-        core.inherited.close_unclaimed();
+        // Nothing inherited is closed here: a server that asks for an inherited address
+        // after readiness still gets it (see the `commit` module's early readiness).
         let parent = core.inherited.parent;
-        let pid = std::process::id();
         // Logged before the state changes, so in the log this line precedes any restart
         // of this generation.
-        tracing::info!(pid, previous = ?parent, "ready: every server accepts");
-        let report = crate::handover::Message::Ready(pid).encode();
+        tracing::info!(pid = std::process::id(), previous = ?parent, "declared ready");
         match core.inherited.ready.take() {
             None => {
                 core.state = State {
@@ -1039,75 +1046,199 @@ impl Process {
                 core.emit(&Transition::Ready {
                     first: parent.is_none(),
                 });
+                self.close_unclaimed_later(core);
             }
-            Some(ReadyChannel::Pipe(fd)) => {
-                if let Err(e) = write_all(&fd, report.as_bytes()) {
-                    tracing::error!(error = %e, "cannot report readiness to the previous generation");
-                }
+            Some(channel) => {
+                core.state.phase = Phase::Confirming;
                 core.emit(&Transition::Ready { first: false });
-                core.become_live();
+                let p = self.clone();
+                tokio::spawn(async move { p.confirm(channel).await });
             }
-            Some(ReadyChannel::Socket(fd)) => match write_all(&fd, report.as_bytes()) {
-                Ok(()) => {
-                    core.state.phase = Phase::Confirming;
-                    core.emit(&Transition::Ready { first: false });
-                    let p = self.clone();
-                    tokio::spawn(async move { p.await_confirmation(fd).await });
-                }
-                Err(e) => {
-                    // The parent is gone: nobody else serves, so this one is live.
-                    tracing::warn!(error = %e, "cannot report readiness; the previous generation is gone, taking over");
-                    core.emit(&Transition::Ready { first: false });
-                    core.become_live();
-                }
-            },
         }
         self.inner.publisher.publish(core.state);
     }
 
-    /// Waits for the previous generation's word on the handover.
-    async fn await_confirmation(&self, fd: OwnedFd) {
-        use tokio::io::AsyncBufReadExt;
+    fn unclaimed(&self) -> usize {
+        self.lock().inherited.unclaimed_listeners()
+    }
+
+    /// Waits until every inherited listener is claimed, or until `deadline`; whether
+    /// they all were.
+    async fn claimed_by(&self, deadline: Option<tokio::time::Instant>) -> bool {
+        let mut claims = self.inner.claims.subscribe();
+        loop {
+            if self.unclaimed() == 0 {
+                return true;
+            }
+            tokio::select! {
+                changed = claims.changed() => if changed.is_err() { return false },
+                _ = crate::duration::sleep_until(deadline) => return self.unclaimed() == 0,
+            }
+        }
+    }
+
+    /// What is inherited and still unclaimed is closed once the servers claimed the
+    /// rest, or the claim grace ended: a live generation that owes nobody an answer.
+    fn close_unclaimed_later(&self, core: &Core) {
+        if core.inherited.unclaimed_listeners() == 0 {
+            return;
+        }
+        let p = self.clone();
+        tokio::spawn(async move {
+            p.claimed_by(crate::duration::deadline(CLAIM_GRACE)).await;
+            p.lock().inherited.close_unclaimed();
+        });
+    }
+
+    /// A generation started by a restart or a takeover, once ready: the commit's
+    /// exchange with the previous generation (the `commit` module), to its end.
+    async fn confirm(&self, channel: ReadyChannel) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let report = Message::Ready(std::process::id()).encode();
+        let fd = match channel {
+            ReadyChannel::Pipe(fd) => {
+                // No answer comes on a pipe: report once holding, and be live.
+                if !self
+                    .claimed_by(crate::duration::deadline(CLAIM_GRACE))
+                    .await
+                {
+                    self.lock().inherited.close_unclaimed();
+                }
+                if let Err(e) = write_all(&fd, report.as_bytes()) {
+                    tracing::error!(error = %e, "cannot report readiness to the previous generation");
+                }
+                return self.went_live();
+            }
+            ReadyChannel::Socket(fd) => fd,
+        };
         let std = std::os::unix::net::UnixStream::from(fd);
-        let word = match std
+        let stream = match std
             .set_nonblocking(true)
             .and_then(|()| tokio::net::UnixStream::from_std(std))
         {
-            Ok(s) => {
-                let mut line = String::new();
-                match tokio::io::BufReader::new(s).read_line(&mut line).await {
-                    Ok(n) if n > 0 => crate::handover::Message::decode(&line),
-                    _ => None,
-                }
-            }
+            Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the previous generation's answer");
-                None
+                tracing::warn!(error = %e, "cannot use the channel to the previous generation; taking over");
+                return self.went_live();
             }
         };
+        let (reader, mut writer) = stream.into_split();
+        let mut reader = tokio::io::BufReader::new(reader);
+        let mut claims = self.inner.claims.subscribe();
+        let mut new = New::Starting {
+            claimed: self.unclaimed() == 0,
+        }
+        .step(Heard::Ready)
+        .0;
+        let mut heard = match writer.write_all(report.as_bytes()).await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot report readiness; the previous generation is gone, taking over");
+                Some(Heard::Closed)
+            }
+        };
+        let mut grace: Option<tokio::time::Instant> = None;
+        let mut line = String::new();
+        loop {
+            let h = match heard.take() {
+                Some(h) => h,
+                None => {
+                    line.clear();
+                    let claiming = matches!(new, New::Reported { claimed: false } | New::Claiming);
+                    tokio::select! {
+                        read = reader.read_line(&mut line) => match read {
+                            Ok(n) if n > 0 => match Message::decode(&line) {
+                                Some(m) => Heard::Word(m),
+                                None => {
+                                    tracing::warn!(line = %line.trim_end(), "unexpected message from the previous generation");
+                                    continue;
+                                }
+                            },
+                            _ => Heard::Closed,
+                        },
+                        changed = claims.changed(), if claiming => {
+                            if changed.is_err() || self.unclaimed() > 0 {
+                                continue;
+                            }
+                            Heard::AllClaimed
+                        }
+                        _ = tokio::time::sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)), if grace.is_some() => Heard::GraceOver,
+                    }
+                }
+            };
+            let (next, act) = new.step(h);
+            new = next;
+            match act {
+                Do::Wait | Do::Report => {
+                    if new == New::Claiming && grace.is_none() {
+                        // Claims may have landed between the last look and `go`.
+                        if self.unclaimed() == 0 {
+                            heard = Some(Heard::AllClaimed);
+                        } else {
+                            grace = Some(tokio::time::Instant::now() + CLAIM_GRACE);
+                        }
+                    }
+                }
+                Do::Acknowledge { close_unclaimed } => {
+                    grace = None;
+                    if close_unclaimed {
+                        self.lock().inherited.close_unclaimed();
+                    }
+                    match writer.write_all(Message::Holding.encode().as_bytes()).await {
+                        Ok(()) => {
+                            tracing::debug!("holding every listener; told the previous generation")
+                        }
+                        Err(_) => heard = Some(Heard::Closed),
+                    }
+                }
+                Do::BecomeLive => {
+                    return self.went_live();
+                }
+                Do::Drain => {
+                    let mut core = self.lock();
+                    if core.state.phase == Phase::Confirming {
+                        tracing::info!(
+                            pid = std::process::id(),
+                            "the previous generation called the restart off"
+                        );
+                        self.abandon(&mut core);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The previous generation committed (or is gone): this one is live. A shutdown
+    /// asked for meanwhile begins now, with its lame duck.
+    fn went_live(&self) {
         let mut core = self.lock();
         if core.state.phase != Phase::Confirming {
             return; // a deferred shutdown gave up waiting
         }
-        match word {
-            Some(crate::handover::Message::Abort) => {
-                tracing::info!(
-                    pid = std::process::id(),
-                    "the previous generation called the restart off; draining"
-                );
-                self.enter_drain(&mut core, Served::Shutdown);
-            }
-            other => {
-                if other.is_none() {
-                    tracing::warn!("the previous generation left without a word; taking over");
-                }
-                core.become_live();
-                self.inner.publisher.publish(core.state);
-                if core.shutdown_deferred {
-                    self.enter_drain(&mut core, Served::Shutdown);
-                }
-            }
+        core.become_live();
+        self.inner.publisher.publish(core.state);
+        self.close_unclaimed_later(&core);
+        if std::mem::take(&mut core.shutdown_deferred) {
+            self.begin_shutdown(&mut core);
         }
+    }
+
+    /// A generation that will never be live stops: at once if it has no connection to
+    /// finish (it never accepted, or what it accepted is done), whatever the
+    /// application awaits (a warm-up, say); else it drains what it accepted.
+    fn abandon(&self, core: &mut Core) {
+        if !core.state.live
+            && core.inherited.parent.is_some()
+            && self.inner.book.open_connections() == Some(0)
+        {
+            tracing::info!(
+                pid = std::process::id(),
+                "never went live and has no connection to finish; exiting now"
+            );
+            std::process::exit(0);
+        }
+        self.enter_drain(core, Served::Shutdown);
     }
 
     fn begin_shutdown(&self, core: &mut Core) -> bool {
@@ -1124,46 +1255,64 @@ impl Process {
                             tracing::warn!(
                                 "no word from the previous generation; draining as not live"
                             );
-                            p.enter_drain(&mut core, Served::Shutdown);
+                            p.abandon(&mut core);
                         }
                     });
                 }
                 true
             }
+            // A generation a restart or a takeover started, not ready yet: the previous
+            // one serves, and this one will never be live.
+            Phase::Starting if !core.state.live => {
+                self.abandon(core);
+                true
+            }
             Phase::Restarting if core.committing => false,
             Phase::Restarting => {
+                // The restart is called off (its successor is stopped by the restart's
+                // task); this generation never stopped accepting, and shuts down as it
+                // would have without the restart: lame duck first.
                 if let Some(a) = core.abort.take() {
                     a.cancel();
                 }
-                self.enter_drain(core, Served::Shutdown);
+                self.lame_duck_or_drain(core);
                 true
             }
-            Phase::Serving if self.inner.lame_duck.is_some() => {
-                let period = self.inner.lame_duck.unwrap_or_default();
-                core.state.phase = Phase::LameDuck;
-                self.inner.publisher.publish(core.state);
-                // Logged once the health check says 503, so that the line means it does.
-                tracing::info!(
-                    pid = std::process::id(),
-                    ms = crate::duration::millis(period),
-                    "lame duck: the health check says 503 while everything is still served"
-                );
-                let p = self.clone();
-                tokio::spawn(async move {
-                    crate::duration::sleep_until(crate::duration::deadline(period)).await;
-                    let mut core = p.lock();
-                    if core.state.phase == Phase::LameDuck {
-                        p.enter_drain(&mut core, Served::Shutdown);
-                    }
-                });
+            Phase::Serving => {
+                self.lame_duck_or_drain(core);
                 true
             }
             // A second request during the lame-duck period: drain now.
-            Phase::LameDuck | Phase::Starting | Phase::Serving => {
+            Phase::LameDuck | Phase::Starting => {
                 self.enter_drain(core, Served::Shutdown);
                 true
             }
         }
+    }
+
+    /// A shutdown of the live generation: the lame-duck period if there is one, then
+    /// the drain.
+    fn lame_duck_or_drain(&self, core: &mut Core) {
+        let Some(period) = self.inner.lame_duck else {
+            self.enter_drain(core, Served::Shutdown);
+            return;
+        };
+        core.state.phase = Phase::LameDuck;
+        self.inner.publisher.publish(core.state);
+        // Logged once the health check says 503, so that the line means it does.
+        tracing::info!(
+            pid = std::process::id(),
+            ms = crate::duration::millis(period),
+            "lame duck: the health check says 503 while everything is still served"
+        );
+        let p = self.clone();
+        tokio::spawn(async move {
+            crate::duration::sleep_until(crate::duration::deadline(period)).await;
+            let mut core = p.lock();
+            if core.state.phase == Phase::LameDuck {
+                p.enter_drain(&mut core, Served::Shutdown);
+            }
+        });
     }
 
     fn enter_drain(&self, core: &mut Core, why: Served) {
@@ -1237,14 +1386,19 @@ impl Process {
             })
     }
 
-    /// Takes the single restart slot, or says why a restart cannot start now.
+    /// Takes the single restart slot, or says why a restart cannot start now. A slot
+    /// still held by a failed restart whose generation is being stopped is waited for:
+    /// the restart asked for meanwhile starts as soon as it is free.
     async fn claim_restart(&self) -> Result<Claimed, RestartError> {
         let deadline = tokio::time::Instant::now() + FIRST_READY_WAIT;
         loop {
             {
                 let mut core = self.lock();
                 match core.state.phase {
-                    Phase::Serving => return self.begin_restart(&mut core),
+                    Phase::Serving if self.inner.restart_running.try_lock().is_ok() => {
+                        return self.begin_restart(&mut core)
+                    }
+                    Phase::Serving => {}
                     Phase::Draining(_) | Phase::LameDuck => return Err(RestartError::ShuttingDown),
                     Phase::Restarting | Phase::Confirming => return Err(RestartError::InProgress),
                     // A new generation not ready yet: the restart that started it is
@@ -1265,7 +1419,20 @@ impl Process {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            if self.inner.restart_running.try_lock().is_ok() {
+                // A first generation starting: look again in a moment.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            // A failed generation is still being stopped: wait for the slot (its stop
+            // is bounded by the stop grace), then look again.
+            let wait = self.inner.stop_grace + Duration::from_secs(5);
+            if tokio::time::timeout(wait, self.inner.restart_running.lock())
+                .await
+                .is_err()
+            {
+                return Err(RestartError::InProgress);
+            }
         }
     }
 
@@ -1337,8 +1504,8 @@ impl Process {
                 supervisor,
             )
             .await?;
-            tracing::info!(pid = std::process::id(), new_pid = next.pid, path = %inner.exe.path.display(), spawn_us = next.spawn_us, forked = next.forked, "started the next generation; waiting for it to be ready");
-            Ok(Successor::Child(next))
+            tracing::info!(pid = std::process::id(), new_pid = next.successor.pid, path = %inner.exe.path.display(), spawn_us = next.spawn_us, forked = next.forked, "started the next generation; waiting for it to be ready");
+            Ok(next.successor)
         }
         .await;
         self.settle(started, abort, _running, settled).await
@@ -1373,7 +1540,10 @@ impl Process {
             self.claim_restart().await
         };
         let claimed = match refused {
-            Ok(c) if c.fds.len() > crate::fdpass::MAX_FDS => {
+            Ok(c)
+                if c.fds.len() + usize::from(self.inner.state.is_some())
+                    > crate::fdpass::MAX_FDS =>
+            {
                 let e = RestartError::TakeoverRefused("more sockets than one message carries");
                 let settle = self.settle(Err(e), c.abort, c._running, Box::new(|| {}));
                 let reply = match settle.await {
@@ -1410,36 +1580,37 @@ impl Process {
             abort,
             _running,
         } = claimed;
-        let plan = crate::lineage::plan(self.inner.max_draining);
-        let offer = crate::handover::Offer {
-            generation: self.inner.generation,
-            pid: std::process::id(),
-            draining: plan.kept,
-            names,
-        };
-        let started = match crate::takeover::offer(&stream, &offer, &fds).await {
-            Ok(()) => {
-                drop(fds);
-                tracing::info!(
-                    pid = std::process::id(),
-                    new_pid = newcomer,
-                    "handed the listeners to the new process; waiting for it to be ready"
-                );
-                Ok(Successor::Newcomer(crate::takeover::Newcomer::new(
-                    newcomer,
-                    stream,
-                    plan.hammer,
-                    self.inner.max_draining,
-                )))
-            }
-            Err(e) => Err(RestartError::Io(e)),
-        };
+        let started = async {
+            let plan = crate::lineage::plan(self.inner.max_draining);
+            let offer = crate::handover::Offer {
+                generation: self.inner.generation,
+                pid: std::process::id(),
+                draining: plan.kept,
+                names,
+            };
+            crate::takeover::offer(&stream, &offer, &fds)
+                .await
+                .map_err(RestartError::Io)?;
+            drop(fds);
+            tracing::info!(
+                pid = std::process::id(),
+                new_pid = newcomer,
+                "handed the listeners to the new process; waiting for it to be ready"
+            );
+            Ok(crate::takeover::newcomer(
+                newcomer,
+                stream,
+                plan.hammer,
+                self.inner.max_draining,
+            ))
+        }
+        .await;
         self.settle(started, abort, _running, Box::new(|| {})).await
     }
 
-    /// A successor started (or failed to): waits for it to be ready, then commits the
-    /// handover or stops it, and records the outcome. The tail of a restart and of a
-    /// takeover alike.
+    /// A successor started (or failed to): runs the commit's exchange with it (the
+    /// `commit` module), then commits the handover or stops it, and records the
+    /// outcome. The tail of a restart and of a takeover alike.
     async fn settle(
         &self,
         started: Result<Successor, RestartError>,
@@ -1447,110 +1618,73 @@ impl Process {
         running: tokio::sync::OwnedMutexGuard<()>,
         settled: Box<dyn FnOnce() + Send>,
     ) -> Result<u32, RestartError> {
-        let inner = &self.inner;
-        let started = async {
-            let mut next = started?;
-            if let Err(e) = next
-                .wait_ready(inner.ready_timeout, abort.cancelled())
-                .await
-            {
-                next.stop(inner.stop_grace).await;
-                return Err(e);
-            }
-            let committed = {
-                let mut core = self.lock();
-                let go = core.state.phase == Phase::Restarting && !abort.is_cancelled();
-                core.committing = go;
-                go
-            };
-            if !committed {
-                let pid = next.pid();
-                next.stop(inner.stop_grace).await;
-                return Err(RestartError::Aborted { pid });
-            }
-            Ok::<Successor, RestartError>(next)
+        let mut next = match started {
+            Ok(n) => n,
+            Err(e) => return self.restart_failed(None, e, running, settled).await,
+        };
+        let still_on = || {
+            let core = self.lock();
+            core.state.phase == Phase::Restarting && !abort.is_cancelled()
+        };
+        let held = next
+            .until_holding(self.inner.ready_timeout, &abort, still_on)
+            .await;
+        // The commit point: under the lock, so that a shutdown lands before it (and
+        // calls the restart off) or after it (and finds this generation draining).
+        let decided = held.and_then(|()| {
+            let mut core = self.lock();
+            let on = core.state.phase == Phase::Restarting && !abort.is_cancelled();
+            next.decide(on)?;
+            core.committing = true;
+            Ok(())
+        });
+        if let Err(e) = decided {
+            return self.restart_failed(Some(next), e, running, settled).await;
         }
-        .await;
-        let _running = running;
-        if started.is_err() {
-            // The failed successor is stopped (and reaped, if it is our child): nothing
-            // is left to wait for.
-            drop(_running);
+        let new_pid = next.pid;
+        // The PID file first, then the log and the hooks, then the drain (and
+        // MAINPID=): whoever learns of the new pid can read it in the file.
+        self.lock().emit(&Transition::Committed { new_pid });
+        log_outcome(Ok(new_pid));
+        settled();
+        {
+            let mut core = self.lock();
+            core.committing = false;
+            core.abort = None;
+            self.enter_drain(&mut core, Served::HandedOver { pid: new_pid });
         }
-        match started {
-            Ok(next) => {
-                let new_pid = next.pid();
-                // The PID file first, then the log and the hooks, then the drain (and
-                // MAINPID=): whoever learns of the new pid can read it in the file.
-                self.lock().emit(&Transition::Committed { new_pid });
-                log_outcome(Ok(new_pid));
-                settled();
-                {
-                    let mut core = self.lock();
-                    core.committing = false;
-                    core.abort = None;
-                    self.enter_drain(&mut core, Served::HandedOver { pid: new_pid });
-                }
-                next.commit().await;
-                Ok(new_pid)
-            }
-            Err(e) => {
-                {
-                    let mut core = self.lock();
-                    core.abort = None;
-                    if core.state.phase == Phase::Restarting {
-                        core.state.phase = Phase::Serving;
-                        core.emit(&Transition::RestartFailed(&e));
-                        self.inner.publisher.publish(core.state);
-                    }
-                }
-                // Logged once recorded: a reader of the line finds it in the status.
-                log_outcome(Err(&e));
-                settled();
-                Err(e)
-            }
-        }
-    }
-}
-
-/// What takes over from this generation: a child it started (a restart), or a process
-/// started independently (a takeover).
-enum Successor {
-    Child(Next),
-    Newcomer(crate::takeover::Newcomer),
-}
-
-impl Successor {
-    fn pid(&self) -> u32 {
-        match self {
-            Successor::Child(n) => n.pid,
-            Successor::Newcomer(n) => n.pid,
-        }
+        next.commit().await;
+        drop(running);
+        Ok(new_pid)
     }
 
-    async fn wait_ready(
-        &mut self,
-        timeout: Duration,
-        abort: impl Future<Output = ()>,
-    ) -> Result<(), RestartError> {
-        match self {
-            Successor::Child(n) => n.wait_ready(timeout, abort).await,
-            Successor::Newcomer(n) => n.wait_ready(timeout, abort).await,
+    /// A restart failed: this generation, which never stopped accepting, serves on. The
+    /// failure is recorded first (a restart asked for from now on waits for the slot),
+    /// then the successor is stopped and reaped, then the outcome logged.
+    async fn restart_failed(
+        &self,
+        next: Option<Successor>,
+        e: RestartError,
+        running: tokio::sync::OwnedMutexGuard<()>,
+        settled: Box<dyn FnOnce() + Send>,
+    ) -> Result<u32, RestartError> {
+        {
+            let mut core = self.lock();
+            core.abort = None;
+            if core.state.phase == Phase::Restarting {
+                core.state.phase = Phase::Serving;
+                core.emit(&Transition::RestartFailed(&e));
+                self.inner.publisher.publish(core.state);
+            }
         }
-    }
-
-    async fn stop(self, grace: Duration) {
-        match self {
-            Successor::Child(n) => n.stop(grace).await,
-            Successor::Newcomer(n) => n.stop().await,
+        if let Some(next) = next {
+            next.stop(self.inner.stop_grace).await;
         }
-    }
-
-    async fn commit(self) {
-        match self {
-            Successor::Child(n) => n.commit().await,
-            Successor::Newcomer(n) => n.commit().await,
-        }
+        drop(running);
+        // Logged once recorded: a reader of the line finds it in the status.
+        log_outcome(Err(&e));
+        settled();
+        Err(e)
     }
 }
 

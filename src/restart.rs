@@ -2,10 +2,11 @@
 //! waiting for its readiness, then committing the handover or stopping it.
 //!
 //! The wire format is the [`handover`](crate::handover) module's. The readiness channel
-//! is a socket pair: the child reports `ready <pid>`, and the owner answers `live` once
-//! it committed, or `abort`. A child that fails (exits, cannot be executed, is not ready
-//! in time, or the restart is called off) is stopped as a shutdown would stop it —
-//! `abort`, SIGTERM, a grace to answer what it accepted, then SIGKILL — and reaped.
+//! is a socket pair that carries the commit's exchange (the `commit` module); the
+//! child is driven through it as every successor is (the `successor` module). A child
+//! that fails (exits, cannot be executed, is not ready and holding in time, or the
+//! restart is called off) is stopped as a shutdown would stop it — `abort`, SIGTERM, a
+//! grace to answer what it accepted, then SIGKILL — and reaped.
 
 use std::ffi::OsString;
 use std::io;
@@ -13,12 +14,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
-use std::time::Duration;
-
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::error::RestartError;
-use crate::handover::{self, Message, Name, FIRST_FD};
+use crate::handover::{self, Name, FIRST_FD};
+use crate::successor::{Successor, Who};
 
 /// The directory the process started in, recorded before `main` runs so that a `chdir`
 /// by the application cannot change what the relative `argv[0]` means.
@@ -102,18 +101,13 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// A started next generation, not committed to yet.
-pub(crate) struct Next {
-    child: Proc,
-    pub(crate) pid: u32,
+pub(crate) struct Spawned {
+    pub(crate) successor: Successor,
     /// How long starting it took its (blocking) thread, in µs (a fork grows with this
     /// process).
     pub(crate) spawn_us: u64,
     /// Started with a fork (no `CLONE_PIDFD` on this kernel, or `CEASELESS_FORK`).
     pub(crate) forked: bool,
-    channel: tokio::io::BufReader<tokio::net::UnixStream>,
-    /// Old generations to hammer once committed (the draining bound), and the bound.
-    hammer: Vec<crate::handover::ProcId>,
-    max_draining: usize,
 }
 
 /// Starts the next generation with `fds` (named by `names`) at 3, 4, …
@@ -129,7 +123,7 @@ pub(crate) async fn spawn(
     max_draining: usize,
     carried: Vec<(&'static str, String)>,
     supervisor: Option<(u32, RawFd)>,
-) -> Result<Next, RestartError> {
+) -> Result<Spawned, RestartError> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let (vars, ready_fd) = handover::child_env(names, std::process::id(), generation);
     let mut sources: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
@@ -172,96 +166,12 @@ pub(crate) async fn spawn(
     })?;
     let pid = child.pid();
     ours.set_nonblocking(true)?;
-    let channel = tokio::io::BufReader::new(tokio::net::UnixStream::from_std(ours)?);
-    Ok(Next {
+    let channel = tokio::net::UnixStream::from_std(ours)?;
+    Ok(Spawned {
         spawn_us,
         forked: matches!(child, Proc::Forked(_)),
-        child,
-        pid,
-        channel,
-        hammer: plan.hammer,
-        max_draining,
+        successor: Successor::new(pid, Who::Child(child), channel, plan.hammer, max_draining),
     })
-}
-
-impl Next {
-    /// Waits until the child reports ready; its failure otherwise. `abort` completes
-    /// when the restart is called off.
-    pub(crate) async fn wait_ready(
-        &mut self,
-        timeout: Duration,
-        abort: impl std::future::Future<Output = ()>,
-    ) -> Result<(), RestartError> {
-        let pid = self.pid;
-        let deadline = crate::duration::deadline(timeout);
-        tokio::pin!(abort);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            tokio::select! {
-                read = self.channel.read_line(&mut line) => match read {
-                    Ok(n) if n > 0 => match Message::decode(&line) {
-                        Some(Message::Ready(_)) => return Ok(()),
-                        _ => tracing::warn!(line = %line.trim_end(), "unexpected message on the readiness channel"),
-                    },
-                    // The child closed its end without reporting: it exited or crashed.
-                    _ => {
-                        return match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
-                            Ok(Ok(status)) => Err(RestartError::Exited { pid, status }),
-                            _ => Err(RestartError::NotReady { pid, timeout }),
-                        };
-                    }
-                },
-                status = self.child.wait() => return match status {
-                    Ok(status) => Err(RestartError::Exited { pid, status }),
-                    Err(e) => Err(RestartError::Io(e)),
-                },
-                _ = crate::duration::sleep_until(deadline) => return Err(RestartError::NotReady { pid, timeout }),
-                _ = &mut abort => return Err(RestartError::Aborted { pid }),
-            }
-        }
-    }
-
-    /// The handover is committed: tells the child it is live, and reaps it whenever it
-    /// exits (this generation may outlive it while it drains).
-    pub(crate) async fn commit(mut self) {
-        if let Err(e) = self
-            .channel
-            .get_mut()
-            .write_all(Message::Live.encode().as_bytes())
-            .await
-        {
-            tracing::warn!(error = %e, new_pid = self.pid, "cannot tell the new generation it is live");
-        }
-        crate::lineage::hammer(&self.hammer, self.max_draining);
-        let mut child = self.child;
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
-    }
-
-    /// Calls the restart off: `abort`, SIGTERM so that it drains what it accepted, and
-    /// SIGKILL if it is still there after `grace`. Returns once it is reaped.
-    pub(crate) async fn stop(mut self, grace: Duration) {
-        let pid = self.pid;
-        let _ = self
-            .channel
-            .get_mut()
-            .write_all(Message::Abort.encode().as_bytes())
-            .await;
-        if self.child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        self.child.signal(libc::SIGTERM);
-        match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(_) => tracing::info!(new_pid = pid, "the failed generation stopped"),
-            Err(_) => {
-                tracing::warn!(new_pid = pid, grace = ?grace, "the failed generation did not stop in time; killing it");
-                self.child.signal(libc::SIGKILL);
-                let _ = self.child.wait().await;
-            }
-        }
-    }
 }
 
 /// Set (to anything but `0`), the next generation is started with a fork even where
@@ -334,14 +244,14 @@ fn fork(
 }
 
 /// A started next generation, as the way it was started gives it.
-enum Proc {
+pub(crate) enum Proc {
     #[cfg(target_os = "linux")]
     Cloned(crate::spawn::Child),
     Forked(tokio::process::Child),
 }
 
 impl Proc {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         match self {
             #[cfg(target_os = "linux")]
             Proc::Cloned(c) => c.pid,
@@ -349,7 +259,7 @@ impl Proc {
         }
     }
 
-    async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+    pub(crate) async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
         match self {
             #[cfg(target_os = "linux")]
             Proc::Cloned(c) => c.wait().await,
@@ -357,7 +267,7 @@ impl Proc {
         }
     }
 
-    fn try_wait(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+    pub(crate) fn try_wait(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
         match self {
             #[cfg(target_os = "linux")]
             Proc::Cloned(c) => c.try_wait(),
@@ -366,7 +276,7 @@ impl Proc {
     }
 
     /// Sends `sig` unless it was reaped (then its pid may be another process's).
-    fn signal(&mut self, sig: libc::c_int) {
+    pub(crate) fn signal(&mut self, sig: libc::c_int) {
         match self {
             #[cfg(target_os = "linux")]
             Proc::Cloned(c) => {

@@ -331,6 +331,16 @@ impl Book {
         }
     }
 
+    /// Connections open on this generation's listeners now; `None` when a listener is
+    /// served by something that does not count them (a server other than ceaseless's).
+    pub(crate) fn open_connections(&self) -> Option<usize> {
+        lock(&self.inner)
+            .listeners
+            .iter()
+            .map(|e| e.tracker.as_ref().map(|t| t.open()))
+            .sum()
+    }
+
     /// The variables that carry the history to the child of the restart under way.
     pub(crate) fn child_env(&self) -> Vec<(&'static str, String)> {
         let p = lock(&self.inner);
@@ -586,7 +596,7 @@ mod tests {
             (f.outcome, f.pid, f.generation),
             (Outcome::Failed, Some(9999), me)
         );
-        assert!(f.reason.as_deref().unwrap().contains("not ready"));
+        assert!(f.reason.as_deref().unwrap().contains("did not take over"));
         assert_eq!(s.restarts_total.failed, 3);
 
         // And all of it goes to the next child.

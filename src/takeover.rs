@@ -15,7 +15,10 @@
 //! <- error <reason>                             refused: restarting, draining, not
 //!                                               ready yet, under the supervisor
 //! -> ready <pid>                                the newcomer declared ready
-//! <- live | abort                               committed (the old one drains) or not
+//! <- go                                         the old one still accepts
+//! -> holding                                    it accepts on every listener
+//! <- live | abort                               committed (the old one drains) or not;
+//!                                               abort may come at any step before
 //! ```
 //!
 //! The names are the handover's (the `handover` module), the control socket among
@@ -30,9 +33,10 @@
 //! holds across the takeover.
 //!
 //! # Failure
-//! The old process never stops accepting before the commit: it only duplicated its
-//! descriptors. If the newcomer closes the connection (it exited, crashed, gave up)
-//! or is not ready within the old process's ready timeout, or a shutdown calls the
+//! The old process never stops accepting before the commit, which comes only after the
+//! newcomer's `holding` (the `commit` module): it only duplicated its descriptors. If
+//! the newcomer closes the connection (it exited, crashed, gave up) or is not ready
+//! and holding within the old process's ready timeout, or a shutdown calls the
 //! handover off, the old one answers `abort` (when it still can), sends the newcomer
 //! SIGTERM (checked against the start time it had when it connected, so a reused pid
 //! is never signalled) as it would stop a failed child, logs why, and serves on. The
@@ -48,12 +52,11 @@
 #![cfg_attr(not(feature = "control"), allow(dead_code))]
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, Interest};
+use tokio::io::Interest;
 
-use crate::error::RestartError;
-use crate::handover::{Message, Name, Offer, ProcId};
+use crate::handover::{Name, Offer, ProcId};
+use crate::successor::{Successor, Who};
 
 /// Sends the offer, with its descriptors, on the control connection.
 pub(crate) async fn offer(
@@ -80,100 +83,17 @@ pub(crate) async fn offer(
     Ok(())
 }
 
-/// A process that took the listeners over and is not committed to yet.
-pub(crate) struct Newcomer {
-    pub(crate) pid: u32,
-    /// The newcomer as it was when it connected, to signal it safely.
-    id: Option<ProcId>,
-    channel: tokio::io::BufReader<tokio::net::UnixStream>,
+/// The newcomer at the other end of `stream`, once it received the offer: a successor
+/// like a restart's child, signalled (never waited for) through the start time it had
+/// when it connected.
+pub(crate) fn newcomer(
+    pid: u32,
+    stream: tokio::net::UnixStream,
     hammer: Vec<ProcId>,
     max_draining: usize,
-}
-
-impl Newcomer {
-    pub(crate) fn new(
-        pid: u32,
-        stream: tokio::net::UnixStream,
-        hammer: Vec<ProcId>,
-        max_draining: usize,
-    ) -> Newcomer {
-        Newcomer {
-            pid,
-            id: crate::lineage::proc_id(pid),
-            channel: tokio::io::BufReader::new(stream),
-            hammer,
-            max_draining,
-        }
-    }
-
-    /// Waits until the newcomer reports ready; its failure otherwise.
-    pub(crate) async fn wait_ready(
-        &mut self,
-        timeout: Duration,
-        abort: impl std::future::Future<Output = ()>,
-    ) -> Result<(), RestartError> {
-        let pid = self.pid;
-        let deadline = crate::duration::deadline(timeout);
-        tokio::pin!(abort);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            tokio::select! {
-                read = self.channel.read_line(&mut line) => match read {
-                    Ok(n) if n > 0 => match Message::decode(&line) {
-                        Some(Message::Ready(said)) => {
-                            if said != pid {
-                                tracing::warn!(new_pid = pid, said, "the new process reports ready under another pid");
-                            }
-                            return Ok(());
-                        }
-                        _ => tracing::warn!(line = %line.trim_end(), "unexpected message from the new process"),
-                    },
-                    _ => return Err(RestartError::Left { pid }),
-                },
-                _ = crate::duration::sleep_until(deadline) => return Err(RestartError::TakeoverNotReady { pid, timeout }),
-                _ = &mut abort => return Err(RestartError::Aborted { pid }),
-            }
-        }
-    }
-
-    /// Committed: tells the newcomer it is live.
-    pub(crate) async fn commit(mut self) {
-        if let Err(e) = self
-            .channel
-            .get_mut()
-            .write_all(Message::Live.encode().as_bytes())
-            .await
-        {
-            tracing::warn!(error = %e, new_pid = self.pid, "cannot tell the new process it is live");
-        }
-        let _ = self.channel.get_mut().shutdown().await;
-        crate::lineage::hammer(&self.hammer, self.max_draining);
-    }
-
-    /// Calls the takeover off: `abort`, and SIGTERM so that it drains what it accepted.
-    /// Not our child: not waited for, never killed.
-    pub(crate) async fn stop(mut self) {
-        let pid = self.pid;
-        let _ = self
-            .channel
-            .get_mut()
-            .write_all(Message::Abort.encode().as_bytes())
-            .await;
-        drop(self.channel);
-        match self.id.map(|id| crate::lineage::signal(&id, libc::SIGTERM)) {
-            Some(Ok(true)) => {
-                tracing::info!(
-                    new_pid = pid,
-                    "told the failed new process to stop (SIGTERM)"
-                )
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, new_pid = pid, "cannot stop the failed new process")
-            }
-            _ => tracing::debug!(new_pid = pid, "the failed new process is gone"),
-        }
-    }
+) -> Successor {
+    let id = crate::lineage::proc_id(pid);
+    Successor::new(pid, Who::Newcomer(id), stream, hammer, max_draining)
 }
 
 #[cfg(feature = "control")]

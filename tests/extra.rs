@@ -170,7 +170,7 @@ fn state_is_handed_over_and_a_generation_that_cannot_read_it_is_rolled_back() {
     );
     let before = newest(&p);
     let line = restart_fails(&p);
-    assert!(line.contains("exited before it was ready"), "{line}");
+    assert!(line.contains("exited before it took over"), "{line}");
     assert_eq!(newest(&p), before, "the old generation serves on");
     let expected = get(3);
     assert_eq!(count(&addr), expected, "the old generation kept counting");

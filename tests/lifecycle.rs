@@ -49,7 +49,7 @@ fn only(pid: u32) -> Option<Expect> {
 
 /// Waits until generation `pid` reported ready.
 fn wait_ready(p: &Proc, pid: u32) -> String {
-    wait_line_of(p, "ready: every server accepts", pid)
+    wait_line_of(p, "declared ready", pid)
 }
 
 /// The addresses generation `pid` logged "serving" on.
@@ -340,7 +340,7 @@ fn warmup_keeps_the_old_generation_answering() {
 
     let started = logged_at(&p, "hello starting", new);
     let serving = logged_at(&p, "serving pid=", new);
-    let ready = logged_at(&p, "ready: every server accepts", new);
+    let ready = logged_at(&p, "declared ready", new);
     let arrivals = arrivals.lock().unwrap();
     let by_old_in_warmup = arrivals
         .iter()
@@ -709,7 +709,7 @@ fn sigterm_to_the_new_generation_before_it_is_ready() {
         expect_gone(p, new, &what);
         expect_reaped(p, new, &what);
         assert!(
-            lines_of(p, "ready: every server accepts", new).is_empty(),
+            lines_of(p, "declared ready", new).is_empty(),
             "{what}: the new generation was ready after all; the premise fails; output:\n{}",
             p.output()
         );
@@ -888,7 +888,7 @@ fn never_ready_generation_is_stopped_without_losing_requests() {
     load.expect(anyone());
     let line = restart_fails(&p);
     assert!(
-        line.contains("not ready within"),
+        line.contains("did not take over within"),
         "the failure should name the ready timeout: {line}"
     );
     let never = *started_by(&p, gen1)

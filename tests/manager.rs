@@ -729,7 +729,7 @@ fn restart_command_answers_with_the_new_pid_or_the_reason() {
     deploy_broken(&dir, &bin, "exits", "#!/bin/sh\nexit 3\n", 0o755);
     let reason = refused(&restart_command(&control));
     assert!(
-        reason.contains("exited before it was ready") && reason.contains("exit status: 3"),
+        reason.contains("exited before it took over") && reason.contains("exit status: 3"),
         "{reason}"
     );
     assert_eq!(answered_by(&addr), p2);
@@ -741,7 +741,7 @@ fn restart_command_answers_with_the_new_pid_or_the_reason() {
 
     deploy_broken(&dir, &bin, "hangs", "#!/bin/sh\nexec sleep 60\n", 0o755);
     let reason = refused(&restart_command(&control));
-    assert!(reason.contains("not ready within"), "{reason}");
+    assert!(reason.contains("did not take over within"), "{reason}");
     assert_eq!(answered_by(&addr), p2);
     assert!(alive(p2));
 

@@ -268,12 +268,12 @@ fn broken_deploys_roll_back() {
         (
             "a binary that exits at once",
             |app| install_script(app, "#!/bin/sh\nexit 3\n"),
-            &["exited before it was ready", "exit status: 3"],
+            &["exited before it took over", "exit status: 3"],
         ),
         (
             "a binary that never becomes ready",
             |app| install_script(app, "#!/bin/sh\nexec sleep 600\n"),
-            &["was not ready within 2.5s", "killed it"],
+            &["did not take over within 2.5s", "stopped it"],
         ),
         (
             "a missing binary",
@@ -447,9 +447,9 @@ fn sighup_storm() {
     // A generation restarts only once it reported ready itself: the restart it came
     // from is over before the next one begins, so at most one is in flight at a time.
     for &(i, pid, new_pid) in &started {
-        let ready_before = lines[..i].iter().any(|l| {
-            l.contains("ready: every server accepts") && field(l, "pid") == Some(pid.to_string())
-        });
+        let ready_before = lines[..i]
+            .iter()
+            .any(|l| l.contains("declared ready") && field(l, "pid") == Some(pid.to_string()));
         assert!(
             ready_before,
             "pid {pid} started generation {new_pid} before it was ready itself (line {i}); \
@@ -1011,7 +1011,7 @@ fn no_restart_before_ready() {
         drop((claimed, unclaimed, ready_w));
         assert_eq!(p.serving_addr(1), format!("127.0.0.1:{port}"));
         signal(p.pid, libc::SIGHUP);
-        let ready_line = p.expect_line("ready: every server accepts", LONG);
+        let ready_line = p.expect_line("declared ready", LONG);
         assert_eq!(
             read_pipe(ready_r).as_deref(),
             Some(format!("ready {}\n", p.pid).as_str()),

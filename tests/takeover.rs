@@ -113,7 +113,7 @@ fn takeover_from_another_path_under_load() {
         Some(&*new.pid.to_string()),
         "{line}"
     );
-    new.expect_line("ready: every server accepts", LONG);
+    new.expect_line("declared ready", LONG);
     let status = old
         .wait_exit(LONG)
         .expect("the old process still runs after the takeover");
@@ -198,7 +198,7 @@ fn a_failed_takeover_changes_nothing() {
         .wait_exit(LONG)
         .expect("the crashed newcomer is reaped");
     let line = nth_failure(&old, 1);
-    assert!(line.contains("left before it was ready"), "{line}");
+    assert!(line.contains("left before it took over"), "{line}");
     load.wait_checked(100, "after the crash");
 
     // 2. A newcomer that serves but never declares ready: the old process gives up at
@@ -223,7 +223,7 @@ fn a_failed_takeover_changes_nothing() {
     // (The refusal is logged as a failed restart too: the second failure.)
     let line = nth_failure(&old, 3);
     assert!(
-        line.contains("was not ready within 5s; told it to stop"),
+        line.contains("did not take over within 5s; told it to stop"),
         "{line}"
     );
     hang.wait_exit(LONG)
@@ -314,7 +314,7 @@ fn the_draining_bound_follows_a_takeover() {
         &[&["--takeover", ctl, "--addr", &addr][..], &bound].concat(),
     );
     old.expect_line("restart succeeded", LONG);
-    new.expect_line("ready: every server accepts", LONG);
+    new.expect_line("declared ready", LONG);
     assert!(
         alive(old.pid),
         "the old process should still drain its request"

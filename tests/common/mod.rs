@@ -183,7 +183,7 @@ impl Proc {
     /// ready (hello declares it just after its last "serving" line).
     pub fn ready_addr(&self, n: usize) -> String {
         let addr = self.serving_addr(n);
-        self.wait_for_nth("ready: every server accepts", 1, Duration::from_secs(20))
+        self.wait_for_nth("declared ready", 1, Duration::from_secs(20))
             .unwrap_or_else(|| panic!("never ready; output:\n{}", self.output()));
         addr
     }

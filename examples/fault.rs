@@ -1,0 +1,214 @@
+//! A successor that fails on cue, for the tests of the handover (and for trying
+//! ceaseless's failure handling by hand): installed where the binary of a running
+//! server is, it is what the server's next restart executes. It starts the real binary
+//! (`FAULT_EXEC`) with the same arguments, descriptors and environment, sits on the
+//! readiness channel between the two generations, passing every message on, and at one
+//! step of the commit's exchange makes the new generation fail.
+//!
+//! ```text
+//! FAULT_EXEC=/path/to/hello   the real new generation
+//! FAULT_AT=start              right after it started (before `ready`)
+//!          ready              once its `ready` was passed on
+//!          go                 once the old generation's `go` was passed on
+//!          holding            when it says `holding`, before that is passed on
+//!          acked              once its `holding` was passed on
+//! FAULT_DO=kill               SIGKILL it; this process dies of SIGKILL too
+//!          exit               SIGKILL it; this process exits with status 3
+//!          hang               SIGSTOP it and pass nothing on any more (a quiet
+//!                             generation); SIGTERM to this process kills it
+//! ```
+//!
+//! The old generation sees this process as its child; the real one is this process's,
+//! with `CEASELESS_PARENT_PID` naming this process so that it honours the handover.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::ExitCode;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum At {
+    Start,
+    Ready,
+    Go,
+    Holding,
+    Acked,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Action {
+    Kill,
+    Exit,
+    Hang,
+}
+
+fn parse() -> Result<(String, At, Action, i32), String> {
+    let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
+    let at = match var("FAULT_AT")?.as_str() {
+        "start" => At::Start,
+        "ready" => At::Ready,
+        "go" => At::Go,
+        "holding" => At::Holding,
+        "acked" => At::Acked,
+        other => return Err(format!("FAULT_AT: unknown step {other:?}")),
+    };
+    let action = match var("FAULT_DO")?.as_str() {
+        "kill" => Action::Kill,
+        "exit" => Action::Exit,
+        "hang" => Action::Hang,
+        other => return Err(format!("FAULT_DO: unknown action {other:?}")),
+    };
+    let ready_fd = var("CEASELESS_READY_FD")?
+        .parse()
+        .map_err(|_| "CEASELESS_READY_FD is not a number".to_string())?;
+    Ok((var("FAULT_EXEC")?, at, action, ready_fd))
+}
+
+fn pid_of(child: &tokio::process::Child) -> Option<rustix::process::Pid> {
+    child
+        .id()
+        .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+}
+
+/// Makes the new generation fail as `action` says; returns this process's exit code
+/// (`None`: it goes on, quiet).
+async fn fail(child: &mut tokio::process::Child, at: At, action: Action) -> Option<ExitCode> {
+    eprintln!("fault: {action:?} at {at:?}");
+    match action {
+        Action::Hang => {
+            if let Some(pid) = pid_of(child) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::STOP);
+            }
+            None
+        }
+        Action::Kill | Action::Exit => {
+            let _ = child.kill().await;
+            if action == Action::Kill {
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::KILL,
+                );
+            }
+            Some(ExitCode::from(3))
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let (exec, at, action, ready_fd) = match parse() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("fault: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: the old generation handed this descriptor over under this number (its
+    // end of the readiness channel); nothing else in this process owns it.
+    let mut slot = unsafe { OwnedFd::from_raw_fd(ready_fd) };
+    // The old generation's channel moves to a descriptor of ours (closed at exec); the
+    // real new generation gets a channel to us at the same number.
+    let moved = (|| -> std::io::Result<_> {
+        let up = rustix::io::fcntl_dupfd_cloexec(&slot, 0)?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        rustix::io::dup2(&theirs, &mut slot)?;
+        Ok((up, ours))
+    })();
+    let (upstream, ours) = match moved {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("fault: cannot set up the channel: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut cmd = tokio::process::Command::new(&exec);
+    cmd.arg0(&exec)
+        .args(std::env::args_os().skip(1))
+        .env("CEASELESS_PARENT_PID", std::process::id().to_string());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fault: cannot start {exec}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    drop(slot);
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    if at == At::Start {
+        if let Some(code) = fail(&mut child, at, action).await {
+            return code;
+        }
+    }
+    let into_tokio = |fd: OwnedFd| {
+        let s = std::os::unix::net::UnixStream::from(fd);
+        s.set_nonblocking(true)?;
+        tokio::net::UnixStream::from_std(s)
+    };
+    let (Ok(upstream), Ok(ours)) = (into_tokio(upstream), into_tokio(ours.into())) else {
+        eprintln!("fault: cannot use the channels");
+        return ExitCode::from(2);
+    };
+    let (up_r, mut up_w) = upstream.into_split();
+    let (down_r, mut down_w) = ours.into_split();
+    let (mut up_r, mut down_r) = (BufReader::new(up_r), BufReader::new(down_r));
+    let (mut from_old, mut from_new) = (String::new(), String::new());
+    let mut quiet = at == At::Start;
+    loop {
+        tokio::select! {
+            read = down_r.read_line(&mut from_new), if !quiet => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    quiet = true; // its end closed: it exits, which `wait` below sees
+                    continue;
+                }
+                let word = from_new.trim_end().to_string();
+                if at == At::Holding && word == "holding" {
+                    match fail(&mut child, at, action).await {
+                        Some(code) => return code,
+                        None => quiet = true,
+                    }
+                } else {
+                    let _ = up_w.write_all(from_new.as_bytes()).await;
+                    let due = (at == At::Ready && word.starts_with("ready "))
+                        || (at == At::Acked && word == "holding");
+                    if due {
+                        match fail(&mut child, at, action).await {
+                            Some(code) => return code,
+                            None => quiet = true,
+                        }
+                    }
+                }
+                from_new.clear();
+            }
+            read = up_r.read_line(&mut from_old), if !quiet => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    drop(down_w.shutdown().await);
+                    quiet = true;
+                    continue;
+                }
+                let _ = down_w.write_all(from_old.as_bytes()).await;
+                if at == At::Go && from_old.trim_end() == "go" {
+                    match fail(&mut child, at, action).await {
+                        Some(code) => return code,
+                        None => quiet = true,
+                    }
+                }
+                from_old.clear();
+            }
+            status = child.wait() => {
+                let code = status.ok().and_then(|s| s.code()).unwrap_or(1);
+                return ExitCode::from(u8::try_from(code).unwrap_or(1));
+            }
+            _ = term.recv() => {
+                // Stopped by the old generation: a quiet child cannot answer SIGTERM.
+                if action == Action::Hang {
+                    let _ = child.kill().await;
+                } else if let Some(pid) = pid_of(&child) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                    let _ = child.wait().await;
+                }
+                return ExitCode::from(143);
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The process that takes over from this generation, as the old generation sees it: a
+//! child a restart started, or a newcomer that asked for a takeover on the control
+//! socket. One type for both, one exchange (the [`commit`](crate::commit) module's
+//! state machine, driven here), one way to commit to it and one to stop it; only how
+//! its exit is seen and how it is signalled differ.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::commit::{Act, Failure, Old, Seen};
+use crate::error::RestartError;
+use crate::handover::{Message, ProcId};
+
+/// How the successor is known to this process.
+pub(crate) enum Who {
+    /// Our child: waited for, reaped, killed if it does not stop.
+    Child(crate::restart::Proc),
+    /// An independently started process (a takeover): signalled through its pid and the
+    /// start time it had when it connected, never waited for nor killed.
+    Newcomer(Option<ProcId>),
+}
+
+/// A successor not committed to yet.
+pub(crate) struct Successor {
+    pub(crate) pid: u32,
+    who: Who,
+    channel: tokio::io::BufReader<tokio::net::UnixStream>,
+    state: Old,
+    /// How the child ended, once it did.
+    status: Option<std::process::ExitStatus>,
+    /// Old generations to hammer once committed (the draining bound), and the bound.
+    hammer: Vec<ProcId>,
+    max_draining: usize,
+}
+
+impl Successor {
+    pub(crate) fn new(
+        pid: u32,
+        who: Who,
+        channel: tokio::net::UnixStream,
+        hammer: Vec<ProcId>,
+        max_draining: usize,
+    ) -> Successor {
+        Successor {
+            pid,
+            who,
+            channel: tokio::io::BufReader::new(channel),
+            state: Old::AwaitReady,
+            status: None,
+            hammer,
+            max_draining,
+        }
+    }
+
+    /// The next thing that happens to the successor.
+    async fn next(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+        abort: &CancellationToken,
+    ) -> Seen {
+        let Successor {
+            pid,
+            who,
+            channel,
+            status,
+            ..
+        } = self;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let exited = async {
+                match who {
+                    Who::Child(c) if status.is_none() => c.wait().await.ok(),
+                    // A newcomer's exit shows as its end of the connection closing.
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = channel.read_line(&mut line) => return match read {
+                    Ok(n) if n > 0 => match Message::decode(&line) {
+                        Some(m) => Seen::Word(m),
+                        None => {
+                            tracing::warn!(new_pid = *pid, line = %line.trim_end(), "unexpected message from the new generation");
+                            continue;
+                        }
+                    },
+                    _ => Seen::Closed,
+                },
+                got = exited => {
+                    *status = got;
+                    return Seen::Exited;
+                }
+                _ = crate::duration::sleep_until(deadline) => return Seen::TimedOut,
+                _ = abort.cancelled() => return Seen::CalledOff,
+            }
+        }
+    }
+
+    async fn send(&mut self, m: &Message) -> std::io::Result<()> {
+        self.channel
+            .get_mut()
+            .write_all(m.encode().as_bytes())
+            .await
+    }
+
+    /// Runs the exchange until the successor says it holds every listener, within
+    /// `timeout`; its failure otherwise. `still_on`: whether the restart is still on.
+    /// The commit itself is the caller's: [`Successor::decide`], under its lock.
+    pub(crate) async fn until_holding(
+        &mut self,
+        timeout: Duration,
+        abort: &CancellationToken,
+        still_on: impl Fn() -> bool,
+    ) -> Result<(), RestartError> {
+        let deadline = crate::duration::deadline(timeout);
+        loop {
+            let seen = self.next(deadline, abort).await;
+            if self.state == Old::AwaitHolding && seen == Seen::Word(Message::Holding) {
+                return Ok(());
+            }
+            let (next, act) = self.state.step(seen, still_on());
+            self.state = next;
+            match act {
+                Act::Wait => {}
+                Act::Send(m) => {
+                    if self.send(&m).await.is_err() {
+                        // Its end is closed: it is gone.
+                        let (next, _) = self.state.step(Seen::Closed, true);
+                        self.state = next;
+                        return Err(self.failure(Failure::Closed, timeout).await);
+                    }
+                    tracing::debug!(
+                        new_pid = self.pid,
+                        "the new generation is ready; told it to hold every listener"
+                    );
+                }
+                Act::Fail(f) => return Err(self.failure(f, timeout).await),
+                Act::Commit => unreachable!("a commit is decided by `decide`"),
+            }
+        }
+    }
+
+    /// The commit's decision, once the successor holds every listener: `still_on`, read
+    /// under the owner's lock, says whether the restart was called off meanwhile.
+    pub(crate) fn decide(&mut self, still_on: bool) -> Result<(), RestartError> {
+        let (next, act) = self.state.step(Seen::Word(Message::Holding), still_on);
+        self.state = next;
+        match act {
+            Act::Commit => Ok(()),
+            _ => Err(RestartError::Aborted { pid: self.pid }),
+        }
+    }
+
+    /// The error for a failed exchange.
+    async fn failure(&mut self, f: Failure, timeout: Duration) -> RestartError {
+        let pid = self.pid;
+        match (f, &mut self.who) {
+            (Failure::CalledOff, _) => RestartError::Aborted { pid },
+            (Failure::TimedOut, Who::Child(_)) => RestartError::NotReady { pid, timeout },
+            (Failure::TimedOut, Who::Newcomer(_)) => {
+                RestartError::TakeoverNotReady { pid, timeout }
+            }
+            (Failure::Closed | Failure::Exited, Who::Child(c)) => {
+                let status = match self.status {
+                    Some(s) => Some(s),
+                    // Its end closed: it exited or is about to.
+                    None => tokio::time::timeout(Duration::from_secs(5), c.wait())
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                };
+                self.status = status;
+                match status {
+                    Some(status) => RestartError::Exited { pid, status },
+                    None => RestartError::Left { pid },
+                }
+            }
+            (Failure::Closed | Failure::Exited, Who::Newcomer(_)) => RestartError::Left { pid },
+        }
+    }
+
+    /// Committed: tells the successor it is live; reaps a child whenever it exits
+    /// (this generation may outlive it while it drains); hammers the generations
+    /// beyond the draining bound.
+    pub(crate) async fn commit(mut self) {
+        if let Err(e) = self.send(&Message::Live).await {
+            tracing::warn!(error = %e, new_pid = self.pid, "cannot tell the new generation it is live");
+        }
+        let _ = self.channel.get_mut().shutdown().await;
+        crate::lineage::hammer(&self.hammer, self.max_draining);
+        if let Who::Child(mut child) = self.who {
+            if self.status.is_none() {
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+            }
+        }
+    }
+
+    /// Calls the handover off: `abort`, and SIGTERM so that it drains what it accepted
+    /// (a generation that never went live and has nothing to finish exits at once). A
+    /// child is waited for, and killed if it is still there after `grace`; a newcomer
+    /// is not ours to wait for or kill. Returns once a child is reaped.
+    pub(crate) async fn stop(mut self, grace: Duration) {
+        let pid = self.pid;
+        let _ = self.send(&Message::Abort).await;
+        match self.who {
+            Who::Child(mut child) => {
+                if self.status.is_some() || child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                child.signal(libc::SIGTERM);
+                match tokio::time::timeout(grace, child.wait()).await {
+                    Ok(_) => tracing::info!(new_pid = pid, "the failed generation stopped"),
+                    Err(_) => {
+                        tracing::warn!(new_pid = pid, grace = ?grace, "the failed generation did not stop in time; killing it");
+                        child.signal(libc::SIGKILL);
+                        let _ = child.wait().await;
+                    }
+                }
+            }
+            Who::Newcomer(id) => {
+                drop(self.channel);
+                match id.map(|id| crate::lineage::signal(&id, libc::SIGTERM)) {
+                    Some(Ok(true)) => tracing::info!(
+                        new_pid = pid,
+                        "told the failed new process to stop (SIGTERM)"
+                    ),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, new_pid = pid, "cannot stop the failed new process")
+                    }
+                    _ => tracing::debug!(new_pid = pid, "the failed new process is gone"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The handover's invariant, with real processes, signals and clients: from the first
+//! generation's readiness until a shutdown is asked for, at least one process accepts
+//! on every listener. A new generation that dies (SIGKILL, exit) or hangs at any step of
+//! the commit's exchange — before `ready`, after it, after `go`, at its `holding` —
+//! leaves the old generation accepting, under load: no connection is ever refused, the
+//! only requests that fail are those in flight on the process that was killed (at most
+//! one per client), the restart is reported as failed with its reason, and the next
+//! restart succeeds. An application that declares ready before its servers took their
+//! sockets restarts ten times under fresh connections without one failure.
+//!
+//! The faults come from `examples/fault.rs`, installed where the binary is, so that the
+//! restart executes it: it starts the real `hello` and sits on the readiness channel.
+//!
+//! Nothing asserts on timing: every wait is bounded and waits for an event.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::generations::{install, installed, socket_path, LONG};
+use common::load::{body_pid, get_tcp, Client, Load, Summary};
+use common::{become_subreaper, example_bin, wait_until, Proc};
+
+/// `hello <verb> --control PATH`.
+fn hello_cli(verb: &str, control: &Path) -> Output {
+    Command::new(example_bin("hello"))
+        .arg(verb)
+        .arg("--control")
+        .arg(control)
+        .output()
+        .expect("run hello")
+}
+
+/// The control socket's `status`, as JSON (`None` while nothing answers).
+fn status(control: &Path) -> Option<serde_json::Value> {
+    let out = hello_cli("status", control);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// Waits until the generation `pid` answers the control socket as the serving one.
+fn wait_serving(control: &Path, pid: u32) {
+    wait_until(
+        "the generation serves",
+        LONG,
+        || {
+            status(control)
+                .is_some_and(|s| s["pid"] == pid && s["phase"] == "serving" && s["live"] == true)
+        },
+        || format!("status: {:?}", status(control)),
+    );
+}
+
+/// `hello restart` on the control socket: the new pid, or why the restart failed.
+fn restart(control: &Path) -> Result<u32, String> {
+    let out = hello_cli("restart", control);
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() {
+        text.parse().map_err(|_| format!("not a pid: {text:?}"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Keep-alive and fresh-connection clients.
+fn clients(addr: SocketAddr) -> Vec<Client> {
+    vec![
+        Client::Tcp(addr),
+        Client::FreshTcp(addr),
+        Client::FreshTcp(addr),
+    ]
+}
+
+/// Waits until the load answered `n` more requests.
+fn wait_answered(load: &Load, n: u64, what: &str) {
+    let answered = || {
+        load.shared
+            .tally
+            .ok
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let target = answered() + n;
+    wait_until(what, LONG, || answered() >= target, || "load".into());
+}
+
+fn served_by(addr: SocketAddr) -> Option<u32> {
+    body_pid(&get_tcp(&addr.to_string(), "/").body)
+}
+
+/// The invariant, as the clients saw it: no connection was ever refused (something
+/// always accepted), and at most `in_flight` requests failed (those a killed process had
+/// accepted: one per client at the most).
+fn assert_someone_accepted(s: &Summary, tag: &str, in_flight: u64) {
+    s.print(tag);
+    assert_eq!(
+        s.refused,
+        0,
+        "[{tag}] {} connections refused: nothing accepted for a moment; first problems:\n  {}",
+        s.refused,
+        s.notes.join("\n  ")
+    );
+    assert!(
+        s.failed <= in_flight,
+        "[{tag}] {} failed requests (at most {in_flight} may have been in flight on the \
+         killed process); first problems:\n  {}",
+        s.failed,
+        s.notes.join("\n  ")
+    );
+    assert!(s.ok > 0, "[{tag}] nothing was answered");
+}
+
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn early_readiness_through_ten_restarts_loses_nothing() {
+    become_subreaper();
+    let (dir, app) = installed("early-ready", "hello");
+    let control = socket_path(&dir, "c.sock");
+    let p = Proc::spawn(
+        &app,
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--early-ready",
+            "--control",
+            control.to_str().unwrap(),
+        ],
+    );
+    let addr: SocketAddr = p.ready_addr(1).parse().unwrap();
+    wait_serving(&control, p.pid);
+    let load = Load::start("early ready", || clients(addr));
+    wait_answered(&load, 100, "load before the restarts");
+    let mut pid = p.pid;
+    for i in 1..=10 {
+        let new = restart(&control)
+            .unwrap_or_else(|e| panic!("restart {i} failed: {e}; output:\n{}", p.output()));
+        assert_ne!(new, pid);
+        wait_serving(&control, new);
+        assert_eq!(served_by(addr), Some(new), "restart {i}");
+        wait_answered(&load, 50, "load between restarts");
+        pid = new;
+    }
+    let s = load.stop();
+    s.assert_clean("early ready");
+    assert_eq!(s.refused, 0);
+    assert_eq!(served_by(addr), Some(pid), "a process listens at the end");
+}
+
+/// One fault: a restart into `examples/fault.rs` failing at `at` as `action` says. The
+/// old generation must report the failure, serve on through it and restart fine after.
+fn fault(at: &str, action: &str) {
+    become_subreaper();
+    let tag = format!("fault-{at}-{action}");
+    let (dir, app) = installed(&tag, "hello");
+    let control = socket_path(&dir, "c.sock");
+    let hello = example_bin("hello");
+    let mut cmd = Command::new(&app);
+    cmd.args(["--addr", "127.0.0.1:0", "--control"])
+        .arg(&control)
+        .args(["--ready-timeout-ms", "3000"])
+        .env("FAULT_EXEC", &hello)
+        .env("FAULT_AT", at)
+        .env("FAULT_DO", action);
+    let p = Proc::spawn_with(&mut cmd);
+    let addr: SocketAddr = p.ready_addr(1).parse().unwrap();
+    wait_serving(&control, p.pid);
+    let load = Load::start(&tag, || clients(addr));
+    wait_answered(&load, 100, "load before the fault");
+
+    // The next restart executes the fault.
+    install(&example_bin("fault"), &app);
+    let e = match restart(&control) {
+        Ok(pid) => panic!(
+            "[{tag}] the restart to pid {pid} succeeded; output:\n{}",
+            p.output()
+        ),
+        Err(e) => e,
+    };
+    assert!(
+        !e.is_empty(),
+        "[{tag}] a failure without a reason; output:\n{}",
+        p.output()
+    );
+    // The old generation serves on, recorded the failure, and is the live one.
+    let s = status(&control).expect("status after the failed restart");
+    assert_eq!(s["pid"], p.pid, "[{tag}] {s}");
+    assert_eq!(s["live"], true, "[{tag}] {s}");
+    let recent = s["restarts"].as_array().expect("recent restarts");
+    let last = recent.last().expect("a restart recorded");
+    assert_eq!(last["outcome"], "failed", "[{tag}] {s}");
+    assert!(
+        last["reason"].is_string(),
+        "[{tag}] no reason recorded: {s}"
+    );
+    assert_eq!(served_by(addr), Some(p.pid), "[{tag}]");
+    wait_answered(&load, 100, "load after the fault");
+
+    // The slot is free again: the real binary restarts.
+    install(&hello, &app);
+    let new = restart(&control)
+        .unwrap_or_else(|e| panic!("[{tag}] the next restart failed: {e}\n{}", p.output()));
+    wait_serving(&control, new);
+    assert_eq!(served_by(addr), Some(new), "[{tag}]");
+    wait_answered(&load, 100, "load after the next restart");
+    let s = load.stop();
+    assert_someone_accepted(&s, &tag, clients(addr).len() as u64);
+    println!("[{tag}] the failed restart said: {e}");
+}
+
+const STEPS: [&str; 4] = ["start", "ready", "go", "holding"];
+
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn successor_killed_at_each_step_leaves_the_old_one_accepting() {
+    for at in STEPS {
+        fault(at, "kill");
+    }
+}
+
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn successor_exiting_at_each_step_leaves_the_old_one_accepting() {
+    for at in STEPS {
+        fault(at, "exit");
+    }
+}
+
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn successor_hanging_at_each_step_leaves_the_old_one_accepting() {
+    for at in STEPS {
+        fault(at, "hang");
+    }
+}
