@@ -81,6 +81,35 @@ pub(crate) const ENV_GENERATION: &str = "CEASELESS_GENERATION";
 pub(crate) const ENV_RESTARTS: &str = "CEASELESS_RESTARTS";
 /// When the restart that started the child began (see [`Began`]).
 pub(crate) const ENV_RESTART_BEGAN: &str = "CEASELESS_RESTART_BEGAN";
+/// The variables of a handover honoured only by the process they were meant for (see
+/// [`meant_for`]). The two that name the process that set them
+/// (`CEASELESS_PARENT_PID`, `CEASELESS_SUPERVISOR`) are what decides it, so they are
+/// read by every process (a malformed one is reported); `CEASELESS_FORK`, a setting of
+/// the process itself, is not a handover variable.
+pub(crate) const HANDOVER_VARS: [&str; 6] = [
+    ENV_FDS,
+    ENV_READY_FD,
+    ENV_GENERATION,
+    ENV_RESTARTS,
+    ENV_RESTART_BEGAN,
+    ENV_DRAINING,
+];
+
+/// Whether the handover variables in `env` were meant for the process whose parent is
+/// `ppid`: the process that set them names itself, in `CEASELESS_PARENT_PID` (a restart,
+/// or the supervisor handing sockets over) or in `CEASELESS_SUPERVISOR` (the supervisor
+/// starting a generation it has no socket for). Variables left in the environment of
+/// anything else — a shell, a wrapper, a container image, a subprocess of a generation —
+/// are ignored, every one of them, by this one check.
+pub(crate) fn meant_for(env: &dyn Env, ppid: u32) -> bool {
+    let names_parent = |name: &str| {
+        env.get(name)
+            .and_then(|v| v.trim().split(':').next()?.parse::<u32>().ok())
+            == Some(ppid)
+    };
+    names_parent(ENV_PARENT_PID) || names_parent(ENV_SUPERVISOR)
+}
+
 /// systemd's socket activation variables (sd_listen_fds(3)).
 pub(crate) const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const ENV_LISTEN_PID: &str = "LISTEN_PID";
@@ -1246,6 +1275,21 @@ mod tests {
         assert!(got.names_ignored.is_some());
         let e = env(&[(ENV_LISTEN_FDS, "many"), (ENV_LISTEN_PID, "5")]);
         assert!(read_systemd(&e, 5).is_err());
+    }
+
+    #[test]
+    fn handover_variables_are_meant_for_the_child_of_whoever_set_them() {
+        let e = env(&[(ENV_PARENT_PID, "41"), (ENV_DRAINING, "7@9")]);
+        assert!(meant_for(&e, 41));
+        assert!(!meant_for(&e, 42), "a grandchild, or a re-parented process");
+        let e = env(&[(ENV_SUPERVISOR, "5:7")]);
+        assert!(meant_for(&e, 5));
+        assert!(!meant_for(&e, 6));
+        assert!(
+            !meant_for(&env(&[(ENV_DRAINING, "7@9")]), 1),
+            "no one named"
+        );
+        assert!(!meant_for(&env(&[(ENV_PARENT_PID, "x")]), 0));
     }
 
     #[test]

@@ -99,12 +99,27 @@ pub(crate) struct Inherited {
     pub(crate) generation: u64,
 }
 
-/// The process environment, read-only.
+/// The process environment, read-only, as the process may take it: the handover
+/// variables only when they were meant for this process ([`handover::meant_for`]).
 pub(crate) struct ProcessEnv;
+
+/// The process environment as it is.
+struct Raw;
+
+impl Env for Raw {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
 
 impl Env for ProcessEnv {
     fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
+        if handover::HANDOVER_VARS.contains(&name)
+            && !handover::meant_for(&Raw, std::os::unix::process::parent_id())
+        {
+            return None;
+        }
+        Raw.get(name)
     }
 }
 

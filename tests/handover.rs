@@ -235,3 +235,52 @@ fn successor_hanging_at_each_step_leaves_the_old_one_accepting() {
         fault(at, "hang");
     }
 }
+
+/// The start time of `pid` (field 22 of /proc/<pid>/stat), as the handover names a
+/// draining generation.
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    after.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+/// Handover variables left in the environment of a process nobody handed anything to
+/// (a shell, a wrapper, an image) are ignored, every one of them: a stale
+/// `CEASELESS_DRAINING` naming a live process never gets it signalled when the bound on
+/// draining generations is applied, and a stale history or generation number is not
+/// taken as this process's.
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn stale_handover_variables_are_ignored_by_a_first_generation() {
+    become_subreaper();
+    let (dir, app) = installed("stale-vars", "hello");
+    let control = socket_path(&dir, "c.sock");
+    // A bystander: SIGUSR2 (the hammer) would end it.
+    let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
+    let by = bystander.id();
+    let mut cmd = Command::new(&app);
+    cmd.args(["--addr", "127.0.0.1:0", "--max-draining", "1", "--control"])
+        .arg(&control)
+        .env("CEASELESS_DRAINING", format!("{by}@{}", start_time(by)))
+        .env("CEASELESS_RESTARTS", "totals 7 7")
+        .env("CEASELESS_GENERATION", "9");
+    let p = Proc::spawn_with(&mut cmd);
+    let addr: SocketAddr = p.ready_addr(1).parse().unwrap();
+    wait_serving(&control, p.pid);
+    let s = status(&control).unwrap();
+    assert_eq!(s["generation"], 1, "{s}");
+    assert_eq!(s["restarts_total"]["ok"], 0, "{s}");
+    assert_eq!(s["restarts_total"]["failed"], 0, "{s}");
+    // A restart applies the bound: with the stale list honoured, the bystander would
+    // be "the oldest beyond it" and get SIGUSR2.
+    let new = restart(&control).unwrap_or_else(|e| panic!("{e}; output:\n{}", p.output()));
+    wait_serving(&control, new);
+    assert_eq!(served_by(addr), Some(new));
+    assert!(
+        !p.output().contains(&format!("pid={by}")) && bystander.try_wait().unwrap().is_none(),
+        "the bystander {by} was signalled; output:\n{}",
+        p.output()
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}

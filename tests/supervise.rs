@@ -741,9 +741,11 @@ fn the_control_socket_restarts_under_the_supervisor() {
 #[test]
 fn bad_supervisor_and_draining_variables_and_settings_are_refused() {
     let (dir, app) = installed("sup-bad", "hello");
-    // Malformed values: logged, and the server serves as a first generation.
+    // Malformed values, in a handover meant for this process (its parent, this test,
+    // names itself): logged, and the server serves.
     let mut cmd = Command::new(&app);
     cmd.args(["--addr", "127.0.0.1:0"])
+        .env("CEASELESS_PARENT_PID", std::process::id().to_string())
         .env("CEASELESS_SUPERVISOR", "nobody:here")
         .env("CEASELESS_DRAINING", "1@x,2");
     let p = Proc::spawn_with(&mut cmd);
