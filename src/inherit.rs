@@ -214,6 +214,9 @@ impl Inherited {
         for (name, fd) in entries {
             let raw = fd.as_raw_fd();
             match name {
+                // The application's (a UDP socket, the state, the TLS ticket key), as a
+                // restart hands them over.
+                Ok(Name::Fd(name)) => found.extras.push((name, fd)),
                 Ok(name) => found.adopt_taken(raw, Ok(fd), Announced::Parent(name)),
                 Err(reason) => log(Error::InheritedFd {
                     fd: raw,

@@ -1575,12 +1575,17 @@ impl Process {
         newcomer: u32,
     ) -> Result<u32, RestartError> {
         let Claimed {
-            names,
-            fds,
+            mut names,
+            mut fds,
             abort,
             _running,
         } = claimed;
         let started = async {
+            // The application's state, as a restart hands it over.
+            if let Some(p) = &self.inner.state {
+                fds.push(crate::state::produce(p, self.inner.ready_timeout).await?);
+                names.push(Name::Fd(crate::state::NAME.into()));
+            }
             let plan = crate::lineage::plan(self.inner.max_draining);
             let offer = crate::handover::Offer {
                 generation: self.inner.generation,

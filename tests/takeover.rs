@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::generations::{install, socket_path, LONG};
-use common::load::{reqwest_client, shared_client, Client, Expect, Load};
+use common::load::{body_pid, get_tcp, reqwest_client, shared_client, Client, Expect, Load};
 use common::{alive, become_subreaper, example_bin, field, scratch_dir, signal, wait_gone, Proc};
 
 /// `hello` installed at `<dir>/<sub>/app`.
@@ -346,4 +346,74 @@ fn the_draining_bound_follows_a_takeover() {
     signal(third, libc::SIGTERM);
     assert!(wait_gone(third, LONG));
     drop(slow);
+}
+
+/// A takeover hands over what a restart does: the application's named descriptors (a
+/// UDP socket) and its state (hello's count of `GET /`) come over the control socket
+/// too, so a process with a UDP socket can be taken over, and the count goes on.
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn takeover_hands_over_the_udp_socket_and_the_state() {
+    use common::generations::udp_inode;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    become_subreaper();
+    let dir = scratch_dir("takeover-udp");
+    let (old_app, new_app) = (hello_at(&dir, "old"), hello_at(&dir, "new"));
+    let control = socket_path(&dir, "control.sock");
+    let ctl = control.to_str().unwrap();
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let udp = format!("127.0.0.1:{port}");
+    let mut old = Proc::spawn(
+        &old_app,
+        &["--addr", "127.0.0.1:0", "--udp", &udp, "--control", ctl],
+    );
+    let addr = old.ready_addr(1);
+    let inode = udp_inode(port).expect("the UDP socket is bound");
+    for _ in 0..3 {
+        assert_eq!(get_tcp(&addr, "/").status, 200);
+    }
+
+    let new = Proc::spawn(
+        &new_app,
+        &["--takeover", ctl, "--addr", &addr, "--udp", &udp],
+    );
+    new.expect_line("declared ready", LONG);
+    let status = old
+        .wait_exit(LONG)
+        .unwrap_or_else(|| panic!("the old process still runs; new:\n{}", new.output()));
+    assert!(status.success(), "old:\n{}", old.output());
+
+    // The same UDP socket, answered by the newcomer.
+    assert_eq!(udp_inode(port), Some(inode), "another UDP socket");
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.connect(&udp).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.send(b"after the takeover").unwrap();
+    let mut buf = [0u8; 256];
+    let n = client.recv(&mut buf).expect("a UDP answer");
+    assert_eq!(
+        String::from_utf8_lossy(&buf[..n]),
+        format!("pid {}: after the takeover", new.pid)
+    );
+    // The state came over: the count goes on from the old process's.
+    let count = get_tcp(&addr, "/count").body;
+    let n: u64 = count
+        .trim()
+        .strip_prefix("count ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{count:?}"));
+    assert!(
+        n >= 3,
+        "the count started again: {count:?}; new:\n{}",
+        new.output()
+    );
+    assert_eq!(body_pid(&get_tcp(&addr, "/").body), Some(new.pid));
 }
