@@ -61,8 +61,10 @@
 //!   Ctrl-Z reach the supervisor alone, which forwards them once.
 //! - The supervisor is the process a service manager tracks: it writes the PID file
 //!   (its own pid, once generation 1 is live; removed at the end) and sends systemd's
-//!   `READY=1`, `RELOADING=1`, `STOPPING=1`; generations neither write the PID file nor
-//!   talk to `NOTIFY_SOCKET` (they do not see it).
+//!   `READY=1`, `RELOADING=1`, `STOPPING=1`, and at a shutdown `EXTEND_TIMEOUT_USEC=`
+//!   every 5 s from 5 s on while generations drain (a generation without a supervisor
+//!   sends the same); generations neither write the PID file nor talk to
+//!   `NOTIFY_SOCKET` (they do not see it).
 //! - It stays small: one thread, no async runtime, a blocking `poll` over a signalfd, the
 //!   report channel and a pidfd of the current generation.
 //!
@@ -124,9 +126,10 @@ pub fn supervise() -> Result<(), Error> {
 /// gone; SIGUSR1, SIGUSR2 and SIGTSTP are forwarded too (after SIGTSTP the supervisor
 /// stops as well, except as PID 1). As PID 1 of a container it reaps every orphan. The
 /// supervisor writes the PID file ([`Supervisor::pid_file`]) and talks to systemd
-/// (`READY=1`, `RELOADING=1`, `STOPPING=1`; never `MAINPID=`); the generations do
-/// neither. Generations run in a process group of their own, so a terminal's Ctrl-C and
-/// Ctrl-Z reach the supervisor alone. Linux only.
+/// (`READY=1`, `RELOADING=1`, `STOPPING=1`, `EXTEND_TIMEOUT_USEC=` during a long final
+/// drain; never `MAINPID=`); the generations do neither. Generations run in a process
+/// group of their own, so a terminal's Ctrl-C and Ctrl-Z reach the supervisor alone.
+/// Linux only.
 #[derive(Debug, Clone)]
 pub struct Supervisor {
     pid_file: Option<PathBuf>,
@@ -426,6 +429,7 @@ mod sys {
     use super::{notify, Supervisor, MAX_REPORT_FDS};
     use crate::handover::{self, Name, ProcId, Report, FIRST_FD};
     use crate::lineage::{self, pidfd, pidfd_signal, proc_id};
+    use crate::notify::EXTEND_EVERY;
     use crate::restart::Exe;
 
     const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -513,6 +517,8 @@ mod sys {
         failures: u32,
         stopping: bool,
         reloading: bool,
+        /// While stopping: when to ask the service manager for more time next.
+        extend_at: Option<Instant>,
         ever_live: bool,
         /// How the current generation ended, when the supervisor reaped it.
         final_status: Option<i32>,
@@ -580,6 +586,7 @@ mod sys {
             failures: 0,
             stopping: false,
             reloading: false,
+            extend_at: None,
             ever_live: false,
             final_status: None,
             no_children: false,
@@ -626,6 +633,7 @@ mod sys {
             let deadline = [
                 self.next_start,
                 self.current.as_ref().and_then(|g| g.deadline),
+                self.extend_at,
             ]
             .into_iter()
             .flatten()
@@ -687,6 +695,12 @@ mod sys {
                 }
             }
             self.check_deadline(now);
+            if self.extend_at.is_some_and(|t| t <= now) {
+                // The generations drain (within their hammer time): the service manager's
+                // stop timeout must not kill them first, nor us.
+                self.extend_at = Some(now + EXTEND_EVERY);
+                notify(&crate::notify::extend_timeout());
+            }
             if self.stopping && self.no_children {
                 self.exit();
             }
@@ -798,6 +812,7 @@ mod sys {
             // closed its own.
             self.listeners.clear();
             self.activated.clear();
+            self.extend_at = Some(Instant::now() + EXTEND_EVERY);
             tracing::info!(
                 pid = self.me,
                 why,

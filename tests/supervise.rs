@@ -709,6 +709,52 @@ fn the_supervisor_is_the_main_process_for_the_service_manager() {
     );
 }
 
+/// A drain that outlasts the service manager's patience: the supervisor, the process it
+/// tracks, asks for more time as a generation without a supervisor would.
+#[cfg_attr(not(feature = "systemd"), ignore = "needs the `systemd` feature")]
+#[test]
+fn the_supervisor_asks_for_more_time_while_its_generation_drains() {
+    let (dir, app) = installed("sup-extend", "hello");
+    let sock = common::generations::socket_path(&dir, "notify.sock");
+    let notes = Notifications::bind(&sock);
+    let mut cmd = Command::new(&app);
+    cmd.args([
+        "--supervise",
+        "--addr",
+        "127.0.0.1:0",
+        "--hammer-ms",
+        "60000",
+    ])
+    .env("NOTIFY_SOCKET", &sock);
+    let mut p = Proc::spawn_with(&mut cmd);
+    notes.until("READY=1", p.pid);
+    let addr = p.serving_addr(1);
+    // A stream that would outlast any stop timeout, in flight when the stop begins.
+    let (stream, _) = stream_in_flight(&addr, 100_000, 100);
+    signal(p.pid, libc::SIGTERM);
+    notes.until("STOPPING=1", p.pid);
+    let extend = notes.until("EXTEND_TIMEOUT_USEC=", p.pid);
+    assert!(
+        extend.lines().any(|l| l == "EXTEND_TIMEOUT_USEC=10000000"),
+        "{extend:?}"
+    );
+    assert!(
+        alive(p.pid),
+        "the supervisor exited while its generation drained"
+    );
+    // The client goes: the drain ends, and so does the supervisor.
+    drop(stream);
+    let status = p
+        .wait_exit(LONG)
+        .unwrap_or_else(|| panic!("the supervisor did not exit; output:\n{}", p.output()));
+    assert!(status.success(), "{status:?}; output:\n{}", p.output());
+    // Whatever else was sent came from the supervisor too.
+    notes.0.set_nonblocking(true).unwrap();
+    while let Ok((from, text)) = common::notify::recv_with_pid(&notes.0) {
+        assert_eq!(from, p.pid, "{text:?} came from another process");
+    }
+}
+
 #[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
 #[test]
 fn the_control_socket_restarts_under_the_supervisor() {
