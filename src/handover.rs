@@ -43,6 +43,11 @@
 //!   datagram: `live <pid> <start> <generation>` then one handover name a line, with the
 //!   named sockets attached (`SCM_RIGHTS`); `committed <pid> <new pid>`;
 //!   `failed <pid>`; `stopping <pid>`.
+//! - `CEASELESS_ACTIVATED` is set by a socket-activated supervisor alone, when it hands
+//!   systemd's sockets to a generation it starts: their socket unit's names, in the
+//!   order of `CEASELESS_FDS`, written as in `LISTEN_FDNAMES`. The generation takes
+//!   those sockets as activated ones (matched by those names, their files the service
+//!   manager's), and is the first generation. A restart never passes it on.
 //! - A takeover (see the `takeover` module) goes over the control socket instead of
 //!   the environment: the newcomer sends `takeover`, the running process answers
 //!   `handover <generation> <pid> <draining> <n> <name>…` (`<draining>` as in
@@ -86,13 +91,14 @@ pub(crate) const ENV_RESTART_BEGAN: &str = "CEASELESS_RESTART_BEGAN";
 /// (`CEASELESS_PARENT_PID`, `CEASELESS_SUPERVISOR`) are what decides it, so they are
 /// read by every process (a malformed one is reported); `CEASELESS_FORK`, a setting of
 /// the process itself, is not a handover variable.
-pub(crate) const HANDOVER_VARS: [&str; 6] = [
+pub(crate) const HANDOVER_VARS: [&str; 7] = [
     ENV_FDS,
     ENV_READY_FD,
     ENV_GENERATION,
     ENV_RESTARTS,
     ENV_RESTART_BEGAN,
     ENV_DRAINING,
+    ENV_ACTIVATED,
 ];
 
 /// Whether the handover variables in `env` were meant for the process whose parent is
@@ -370,9 +376,18 @@ pub(crate) fn child_env(
     )
 }
 
-/// The variables a child must not see: systemd's, which name another pid's descriptors.
-pub(crate) const CHILD_ENV_REMOVED: [&str; 3] =
-    [ENV_LISTEN_FDS, ENV_LISTEN_PID, ENV_LISTEN_FDNAMES];
+/// The socket unit's names of the descriptors a socket-activated supervisor hands to a
+/// generation it starts (see [`activated_value`]).
+pub(crate) const ENV_ACTIVATED: &str = "CEASELESS_ACTIVATED";
+
+/// The variables a child must not see: systemd's, which name another pid's descriptors,
+/// and the supervisor's relay of them, meant for the generation it starts alone.
+pub(crate) const CHILD_ENV_REMOVED: [&str; 4] = [
+    ENV_LISTEN_FDS,
+    ENV_LISTEN_PID,
+    ENV_LISTEN_FDNAMES,
+    ENV_ACTIVATED,
+];
 
 /// What systemd's socket activation hands over.
 #[cfg_attr(not(feature = "systemd"), allow(dead_code))]
@@ -410,7 +425,17 @@ pub(crate) fn read_systemd(env: &dyn Env, pid: u32) -> Result<Option<Activated>,
             value: count.clone(),
             reason: "not a descriptor count".into(),
         })?;
-    let mut names: Vec<Option<String>> = match env.get(ENV_LISTEN_FDNAMES) {
+    Ok(Some(fd_names(
+        ENV_LISTEN_FDNAMES,
+        env.get(ENV_LISTEN_FDNAMES),
+        n,
+    )))
+}
+
+/// The names of `n` activated descriptors from `var` (`LISTEN_FDNAMES`'s format: one
+/// name per descriptor, separated by colons; empty or `unknown` for an unnamed one).
+fn fd_names(var: &'static str, value: Option<String>, n: usize) -> Activated {
+    let mut names: Vec<Option<String>> = match &value {
         Some(v) => v
             .split(':')
             .map(|s| (!s.is_empty() && s != "unknown").then(|| s.to_string()))
@@ -421,8 +446,8 @@ pub(crate) fn read_systemd(env: &dyn Env, pid: u32) -> Result<Option<Activated>,
     if !names.is_empty() && names.len() != n {
         // Names that do not match the count name nothing reliably: match by address.
         names_ignored = Some(Error::Environment {
-            name: ENV_LISTEN_FDNAMES,
-            value: env.get(ENV_LISTEN_FDNAMES).unwrap_or_default(),
+            name: var,
+            value: value.unwrap_or_default(),
             reason: format!(
                 "{} names for {n} descriptors; matching by address",
                 names.len()
@@ -431,10 +456,30 @@ pub(crate) fn read_systemd(env: &dyn Env, pid: u32) -> Result<Option<Activated>,
         names.clear();
     }
     names.resize(n, None);
-    Ok(Some(Activated {
+    Activated {
         names,
         names_ignored,
-    }))
+    }
+}
+
+/// `CEASELESS_ACTIVATED`'s value: the socket unit's names of the descriptors a
+/// socket-activated supervisor hands over (in their order), as `LISTEN_FDNAMES` writes
+/// them (`unknown` for an unnamed one). Its presence says that the handover relays
+/// systemd's sockets, so that the generation takes them as activated ones: by name,
+/// and with their files belonging to the service manager.
+pub(crate) fn activated_value(names: &[Option<String>]) -> String {
+    let names: Vec<&str> = names
+        .iter()
+        .map(|n| n.as_deref().unwrap_or("unknown"))
+        .collect();
+    names.join(":")
+}
+
+/// Reads `CEASELESS_ACTIVATED` for a handover of `n` descriptors: `None` when the
+/// handover relays no socket activation.
+pub(crate) fn read_activated(env: &dyn Env, n: usize) -> Option<Activated> {
+    let value = env.get(ENV_ACTIVATED)?;
+    Some(fd_names(ENV_ACTIVATED, Some(value), n))
 }
 
 /// The descriptor operations [`place_fds`] needs: the kernel's in the child, a model
@@ -1182,6 +1227,7 @@ mod tests {
             let _ = read_ours(&e, 7);
             let e = env(&[(ENV_LISTEN_PID, "7"), (ENV_LISTEN_FDS, &s), (ENV_LISTEN_FDNAMES, &s)]);
             let _ = read_systemd(&e, 7);
+            let _ = read_activated(&env(&[(ENV_ACTIVATED, &s)]), 3);
             let _ = Report::decode(&s);
             let _ = stat_start_time(&s);
             let e = env(&[(ENV_SUPERVISOR, &s), (ENV_DRAINING, &s)]);
@@ -1290,6 +1336,25 @@ mod tests {
             "no one named"
         );
         assert!(!meant_for(&env(&[(ENV_PARENT_PID, "x")]), 0));
+    }
+
+    #[test]
+    fn a_relayed_activation_keeps_its_names() {
+        assert!(read_activated(&env(&[]), 2).is_none());
+        for names in [
+            vec![Some("web".to_string()), None],
+            vec![None],
+            vec![Some("a".into()), Some("b".into()), Some("c".into())],
+        ] {
+            let v = activated_value(&names);
+            let got = read_activated(&env(&[(ENV_ACTIVATED, &v)]), names.len()).unwrap();
+            assert_eq!(got.names, names, "{v:?}");
+            assert!(got.names_ignored.is_none());
+        }
+        // Names that do not match the count: ignored (matched by address), and said.
+        let got = read_activated(&env(&[(ENV_ACTIVATED, "web:api")]), 3).unwrap();
+        assert_eq!(got.names, vec![None, None, None]);
+        assert!(got.names_ignored.is_some());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Taking the descriptors a process was handed at start-up: by the previous generation
-//! of itself, or by systemd's socket activation. (What the variables mean is the
-//! [`handover`](crate::handover) module's; this one touches the descriptors.)
+//! of itself, or by systemd's socket activation (directly, or relayed by a
+//! socket-activated supervisor: see the `supervise` module). (What the variables mean is
+//! the [`handover`](crate::handover) module's; this one touches the descriptors.)
 //!
 //! The environment is read once and never changed (no `set_var`/`remove_var`: other
 //! threads may be reading it). Stale variables are harmless: each set is guarded by a
@@ -139,6 +140,11 @@ impl Inherited {
             Ok(Some(ours)) => {
                 found.parent = Some(ours.parent);
                 found.generation = ours.generation;
+                let relayed = relayed_activation(env, &ours);
+                if relayed.is_some() {
+                    // The supervisor's first start: a handover, but no restart.
+                    found.generation = 1;
+                }
                 for (i, entry) in ours.entries.into_iter().enumerate() {
                     let fd = FIRST_FD + i as RawFd;
                     match entry {
@@ -151,7 +157,15 @@ impl Inherited {
                                 reason,
                             }),
                         },
-                        Ok(name) => found.adopt(fd, Announced::Parent(name)),
+                        Ok(name) => {
+                            let announced = match &relayed {
+                                Some(names) if matches!(name, Name::Listener { .. }) => {
+                                    Announced::Systemd(names.get(i).cloned().flatten())
+                                }
+                                _ => Announced::Parent(name),
+                            };
+                            found.adopt(fd, announced)
+                        }
                         Err(e) => {
                             // Not ours to keep: close it, if it was handed over at all.
                             drop(take_fd(fd));
@@ -179,19 +193,38 @@ impl Inherited {
             Err(e) => log(e),
         }
         #[cfg(feature = "systemd")]
+        found.adopt_activated(env);
+        found
+    }
+
+    /// What systemd's socket activation handed to this process, whatever else the
+    /// environment holds: the sockets a socket-activated supervisor relays to its
+    /// generations. Problems are logged and the affected descriptors closed, as in
+    /// [`Inherited::from_env`].
+    #[cfg(feature = "systemd")]
+    pub(crate) fn activated(env: &dyn Env) -> Self {
+        let mut found = Inherited {
+            generation: 1,
+            ..Inherited::default()
+        };
+        found.adopt_activated(env);
+        found
+    }
+
+    #[cfg(feature = "systemd")]
+    fn adopt_activated(&mut self, env: &dyn Env) {
         match handover::read_systemd(env, std::process::id()) {
             Ok(Some(activated)) => {
                 if let Some(e) = activated.names_ignored {
                     tracing::warn!(error = %e, "socket activation: ignoring the descriptor names");
                 }
                 for (i, name) in activated.names.into_iter().enumerate() {
-                    found.adopt(FIRST_FD + i as RawFd, Announced::Systemd(name));
+                    self.adopt(FIRST_FD + i as RawFd, Announced::Systemd(name));
                 }
             }
             Ok(None) => {}
             Err(e) => log(e),
         }
-        found
     }
 
     /// What a takeover received (see the `takeover` module): the running process
@@ -320,6 +353,33 @@ impl Inherited {
             tracing::info!(%name, "closing an inherited descriptor the application did not claim");
         }
     }
+}
+
+/// The socket unit's names of the sockets in `ours`, when the handover relays systemd's
+/// socket activation: set by the supervisor alone (the handover must come from it), for
+/// the generations it starts before any was live.
+fn relayed_activation(env: &dyn Env, ours: &handover::Ours) -> Option<Vec<Option<String>>> {
+    let relayed = handover::read_activated(env, ours.entries.len())?;
+    let from_supervisor = matches!(
+        handover::read_supervisor(env),
+        Ok(Some((pid, _))) if pid == ours.parent
+    );
+    if !from_supervisor {
+        let e = Error::Environment {
+            name: handover::ENV_ACTIVATED,
+            value: env.get(handover::ENV_ACTIVATED).unwrap_or_default(),
+            reason: format!(
+                "the handover comes from pid {}, not from a supervisor",
+                ours.parent
+            ),
+        };
+        tracing::warn!(error = %e, "socket activation: ignoring the relay; taking the sockets as handed over");
+        return None;
+    }
+    if let Some(e) = relayed.names_ignored {
+        tracing::warn!(error = %e, "socket activation: ignoring the descriptor names");
+    }
+    Some(relayed.names)
 }
 
 enum Kind {

@@ -15,7 +15,9 @@
 //!
 //! Under the [`Supervisor`](crate::Supervisor) the generations do not see
 //! `NOTIFY_SOCKET`: the supervisor, the main process for good, sends `READY=1`,
-//! `RELOADING=1` and `STOPPING=1` itself, and never `MAINPID=`.
+//! `RELOADING=1`, `STOPPING=1` and, while its generations drain at a shutdown,
+//! `EXTEND_TIMEOUT_USEC=` (every 5 s from 5 s on, until the last one exited) itself,
+//! and never `MAINPID=`.
 //!
 //! A new generation says nothing of its own readiness: it is not the main process yet,
 //! and its parent names it in `MAINPID=` only once it proved it serves. The PID file is
@@ -78,7 +80,15 @@ fn send_to(path: &std::ffi::OsStr, msg: &str) -> io::Result<()> {
 /// more time, and how much: the first request comes this long after the drain began
 /// (a short drain says nothing more than `STOPPING=1`), then one every period, each for
 /// twice the period from then on. The drain itself stays bounded by the hammer time.
-const EXTEND_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const EXTEND_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The request for more time sent every [`EXTEND_EVERY`] while a shutdown drains.
+pub(crate) fn extend_timeout() -> String {
+    format!(
+        "EXTEND_TIMEOUT_USEC={}\nSTATUS=draining",
+        2 * EXTEND_EVERY.as_micros()
+    )
+}
 
 /// The service manager, as an observer of the process owner. Silent when there is none.
 pub(crate) struct Notify {
@@ -106,13 +116,10 @@ impl Notify {
             return;
         };
         rt.spawn(async move {
-            let usec = 2 * EXTEND_EVERY.as_micros();
             loop {
                 tokio::select! {
                     _ = done.cancelled() => return,
-                    _ = tokio::time::sleep(EXTEND_EVERY) => {
-                        send(&format!("EXTEND_TIMEOUT_USEC={usec}\nSTATUS=draining"));
-                    }
+                    _ = tokio::time::sleep(EXTEND_EVERY) => send(&extend_timeout()),
                 }
             }
         });

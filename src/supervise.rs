@@ -31,8 +31,22 @@
 //!   generation that dies outside a restart is started again with the very same
 //!   sockets (an ordinary handover, with the supervisor as the parent), so the
 //!   connections waiting in their accept queues are served, not refused. Until the
-//!   first generation is live there is nothing to hold: if it dies, the next one binds
-//!   afresh.
+//!   first generation is live the supervisor holds only the sockets it was activated
+//!   with (below), if any: without them, a generation that dies before it is live is
+//!   followed by one that binds afresh.
+//! - **Socket activation** (systemd starts the supervisor with `LISTEN_FDS`, and
+//!   `LISTEN_PID` names the supervisor, the main process): the supervisor takes the
+//!   activated sockets at start, each checked as any inherited one (a listening stream
+//!   socket; a bad one is logged as [`Error::InheritedFd`] and closed), and hands them to
+//!   generation 1 as an ordinary handover with itself as the parent, as it hands the live
+//!   generation's sockets to one it starts after a crash; a generation that dies before
+//!   it is live is followed by one that gets them too. `CEASELESS_ACTIVATED` goes along
+//!   with the socket unit's names (`LISTEN_FDNAMES`), so the generation takes the
+//!   sockets exactly as an activated process would: by `Server::fd_name`, else by
+//!   address, with the files of Unix sockets belonging to the service manager (never
+//!   unlinked, then or by any later generation). From the first live report on, the
+//!   sockets the generation serves are the ones held, as above. The generations never
+//!   see `LISTEN_FDS`, `LISTEN_PID` or `LISTEN_FDNAMES`.
 //! - A generation that dies outside a restart is started again after a backoff (100 ms,
 //!   doubling up to 10 s; reset once a generation stayed live for 10 s), and the log
 //!   says why it died. A crash loop sleeps between attempts.
@@ -47,17 +61,16 @@
 //!   Ctrl-Z reach the supervisor alone, which forwards them once.
 //! - The supervisor is the process a service manager tracks: it writes the PID file
 //!   (its own pid, once generation 1 is live; removed at the end) and sends systemd's
-//!   `READY=1`, `RELOADING=1`, `STOPPING=1`; generations neither write the PID file nor
-//!   talk to `NOTIFY_SOCKET` (they do not see it).
+//!   `READY=1`, `RELOADING=1`, `STOPPING=1`, and at a shutdown `EXTEND_TIMEOUT_USEC=`
+//!   every 5 s from 5 s on while generations drain (a generation without a supervisor
+//!   sends the same); generations neither write the PID file nor talk to
+//!   `NOTIFY_SOCKET` (they do not see it).
 //! - It stays small: one thread, no async runtime, a blocking `poll` over a signalfd, the
 //!   report channel and a pidfd of the current generation.
 //!
 //! The bound on draining generations is kept by the generations themselves, in both
 //! models (see the `lineage` module); the supervisor passes on the list of draining
 //! generations it knows of when it starts a generation itself.
-//!
-//! Not covered yet: socket activation of the supervisor (`LISTEN_FDS` names the
-//! supervisor's pid, and generation 1 binds afresh).
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -104,16 +117,19 @@ pub fn supervise() -> Result<(), Error> {
 /// sends its listening sockets up to the supervisor (it binds nothing itself, so ports
 /// may change across restarts); a generation that dies outside a restart is started
 /// again with those very sockets, after a backoff (100 ms doubling up to 10 s), and the
-/// log says why it died.
+/// log says why it died. Under socket activation (`LISTEN_PID` names the supervisor),
+/// the activated sockets go to generation 1, which takes them as an activated process
+/// would (`Server::fd_name` included).
 ///
 /// SIGINT/SIGTERM are forwarded (the generation drains, its hammer time applies), then
 /// the supervisor exits with the current generation's status once every generation is
 /// gone; SIGUSR1, SIGUSR2 and SIGTSTP are forwarded too (after SIGTSTP the supervisor
 /// stops as well, except as PID 1). As PID 1 of a container it reaps every orphan. The
 /// supervisor writes the PID file ([`Supervisor::pid_file`]) and talks to systemd
-/// (`READY=1`, `RELOADING=1`, `STOPPING=1`; never `MAINPID=`); the generations do
-/// neither. Generations run in a process group of their own, so a terminal's Ctrl-C and
-/// Ctrl-Z reach the supervisor alone. Linux only.
+/// (`READY=1`, `RELOADING=1`, `STOPPING=1`, `EXTEND_TIMEOUT_USEC=` during a long final
+/// drain; never `MAINPID=`); the generations do neither. Generations run in a process
+/// group of their own, so a terminal's Ctrl-C and Ctrl-Z reach the supervisor alone.
+/// Linux only.
 #[derive(Debug, Clone)]
 pub struct Supervisor {
     pid_file: Option<PathBuf>,
@@ -413,6 +429,7 @@ mod sys {
     use super::{notify, Supervisor, MAX_REPORT_FDS};
     use crate::handover::{self, Name, ProcId, Report, FIRST_FD};
     use crate::lineage::{self, pidfd, pidfd_signal, proc_id};
+    use crate::notify::EXTEND_EVERY;
     use crate::restart::Exe;
 
     const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -488,14 +505,20 @@ mod sys {
         current: Option<Gen>,
         /// Generations that handed over (possibly still draining), oldest first.
         older: Vec<ProcId>,
-        /// The live generation's sockets.
+        /// The live generation's sockets; before any was live, the sockets systemd
+        /// activated the supervisor with.
         listeners: Vec<(Name, OwnedFd)>,
+        /// The socket unit's names of `listeners` while they are the activated sockets
+        /// (empty once a generation was live): relayed with them.
+        activated: Vec<Option<String>>,
         /// The live generation's number.
         generation: u64,
         next_start: Option<Instant>,
         failures: u32,
         stopping: bool,
         reloading: bool,
+        /// While stopping: when to ask the service manager for more time next.
+        extend_at: Option<Instant>,
         ever_live: bool,
         /// How the current generation ended, when the supervisor reaped it.
         final_status: Option<i32>,
@@ -546,6 +569,7 @@ mod sys {
         };
         let (reports, theirs) = UnixDatagram::pair()?;
         reports.set_nonblocking(true)?;
+        let (listeners, activated) = activated_sockets(me);
         let mut s = Sup {
             cfg,
             me,
@@ -555,12 +579,14 @@ mod sys {
             theirs,
             current: None,
             older: Vec::new(),
-            listeners: Vec::new(),
+            listeners,
+            activated,
             generation: 1,
             next_start: None,
             failures: 0,
             stopping: false,
             reloading: false,
+            extend_at: None,
             ever_live: false,
             final_status: None,
             no_children: false,
@@ -569,12 +595,45 @@ mod sys {
         Ok(s)
     }
 
+    /// The sockets systemd activated the supervisor with (`LISTEN_PID` names it), each
+    /// checked as a process checks what it inherits (a bad one is logged and closed),
+    /// with the socket unit's names: what its generations are to serve.
+    #[cfg(feature = "systemd")]
+    fn activated_sockets(me: u32) -> (Vec<(Name, OwnedFd)>, Vec<Option<String>>) {
+        use crate::inherit::{Announced, Inherited, ProcessEnv};
+        let mut listeners = Vec::new();
+        let mut names = Vec::new();
+        for e in Inherited::activated(&ProcessEnv).entries {
+            let managed = e.managed();
+            let name = match e.announced {
+                Announced::Systemd(n) => n,
+                Announced::Parent(_) => None,
+            };
+            tracing::info!(pid = me, addr = %e.actual, name = name.as_deref().unwrap_or("-"), "supervisor: socket activation: the generations serve this socket");
+            listeners.push((
+                Name::Listener {
+                    addr: e.actual,
+                    managed,
+                },
+                e.fd,
+            ));
+            names.push(name);
+        }
+        (listeners, names)
+    }
+
+    #[cfg(not(feature = "systemd"))]
+    fn activated_sockets(_me: u32) -> (Vec<(Name, OwnedFd)>, Vec<Option<String>>) {
+        (Vec::new(), Vec::new())
+    }
+
     impl Sup {
         fn step(&mut self) {
             let now = Instant::now();
             let deadline = [
                 self.next_start,
                 self.current.as_ref().and_then(|g| g.deadline),
+                self.extend_at,
             ]
             .into_iter()
             .flatten()
@@ -636,6 +695,12 @@ mod sys {
                 }
             }
             self.check_deadline(now);
+            if self.extend_at.is_some_and(|t| t <= now) {
+                // The generations drain (within their hammer time): the service manager's
+                // stop timeout must not kill them first, nor us.
+                self.extend_at = Some(now + EXTEND_EVERY);
+                notify(&crate::notify::extend_timeout());
+            }
             if self.stopping && self.no_children {
                 self.exit();
             }
@@ -746,6 +811,8 @@ mod sys {
             // Our copies must not keep the addresses accepting once the generation
             // closed its own.
             self.listeners.clear();
+            self.activated.clear();
+            self.extend_at = Some(Instant::now() + EXTEND_EVERY);
             tracing::info!(
                 pid = self.me,
                 why,
@@ -852,7 +919,7 @@ mod sys {
         }
 
         /// Starts a generation: with the live generation's sockets, if one was ever
-        /// live, else afresh.
+        /// live, else with the activated ones, if any, else afresh.
         fn start_generation(&mut self) -> io::Result<()> {
             let mut cmd = Command::new(&self.exe.path);
             cmd.args(&self.exe.args)
@@ -888,7 +955,18 @@ mod sys {
                 channel_fd = FIRST_FD;
             } else {
                 let names: Vec<Name> = self.listeners.iter().map(|(n, _)| n.clone()).collect();
-                let (vars, ready_fd) = handover::child_env(&names, self.me, self.generation);
+                // Relayed activation starts a first generation; sockets of a live one
+                // go to the next after it.
+                let previous = if self.activated.is_empty() {
+                    self.generation
+                } else {
+                    cmd.env(
+                        handover::ENV_ACTIVATED,
+                        handover::activated_value(&self.activated),
+                    );
+                    0
+                };
+                let (vars, ready_fd) = handover::child_env(&names, self.me, previous);
                 for (k, v) in vars {
                     cmd.env(k, v);
                 }
@@ -944,7 +1022,7 @@ mod sys {
             });
             g.deadline = Some(Instant::now() + self.cfg.ready_timeout);
             g.ready = ready;
-            tracing::info!(pid = self.me, generation_pid = pid, sockets = self.listeners.len(), path = %self.exe.path.display(), "supervisor: started a generation");
+            tracing::info!(pid = self.me, generation_pid = pid, sockets = self.listeners.len(), activated = self.activated.len(), path = %self.exe.path.display(), "supervisor: started a generation");
             self.current = Some(g);
             Ok(())
         }
@@ -1007,6 +1085,7 @@ mod sys {
                     g.ready = None;
                     self.generation = generation;
                     self.listeners = names.into_iter().zip(fds).collect();
+                    self.activated.clear();
                     if self.stopping {
                         g.signal(libc::SIGTERM);
                         self.listeners.clear();

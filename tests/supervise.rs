@@ -2,8 +2,9 @@
 //! processes, real signals and real clients: restarts under load with version swaps
 //! through a supervisor whose pid never changes, a generation killed and started again,
 //! a crashing deploy rolled back, a shutdown that drains, the supervisor as PID 1 of a
-//! PID namespace, `cargo run`, and quick restarts with long-lived connections that
-//! never leave more draining generations than the bound.
+//! PID namespace, `cargo run`, quick restarts with long-lived connections that never
+//! leave more draining generations than the bound, and socket activation of the
+//! supervisor.
 //!
 //! Nothing here asserts on timing: every wait is bounded and generous.
 
@@ -11,7 +12,9 @@ mod common;
 
 use std::io::{self, Read, Write};
 use std::mem::ManuallyDrop;
-use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream as StdTcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -21,10 +24,13 @@ use common::generations::{
     LONG,
 };
 use common::load::{
-    body_pid, connect_tcp, exchange_blocking, get_tcp, reqwest_client, shared_client, Client,
-    Expect, Load,
+    body_pid, connect_tcp, exchange_blocking, get_tcp, get_unix, reqwest_client, shared_client,
+    Client, Expect, Load,
 };
-use common::{alive, become_subreaper, scratch_dir, signal, versioned_hellos, Proc};
+use common::{
+    alive, become_subreaper, environ, holds, pass_fds, scratch_dir, signal, socket_inode,
+    versioned_hellos, Proc,
+};
 
 /// The versions the tests deploy, in turn. The last one built is the one `cargo run`
 /// finds fresh (see `cargo_run_keeps_the_terminal`).
@@ -703,6 +709,52 @@ fn the_supervisor_is_the_main_process_for_the_service_manager() {
     );
 }
 
+/// A drain that outlasts the service manager's patience: the supervisor, the process it
+/// tracks, asks for more time as a generation without a supervisor would.
+#[cfg_attr(not(feature = "systemd"), ignore = "needs the `systemd` feature")]
+#[test]
+fn the_supervisor_asks_for_more_time_while_its_generation_drains() {
+    let (dir, app) = installed("sup-extend", "hello");
+    let sock = common::generations::socket_path(&dir, "notify.sock");
+    let notes = Notifications::bind(&sock);
+    let mut cmd = Command::new(&app);
+    cmd.args([
+        "--supervise",
+        "--addr",
+        "127.0.0.1:0",
+        "--hammer-ms",
+        "60000",
+    ])
+    .env("NOTIFY_SOCKET", &sock);
+    let mut p = Proc::spawn_with(&mut cmd);
+    notes.until("READY=1", p.pid);
+    let addr = p.serving_addr(1);
+    // A stream that would outlast any stop timeout, in flight when the stop begins.
+    let (stream, _) = stream_in_flight(&addr, 100_000, 100);
+    signal(p.pid, libc::SIGTERM);
+    notes.until("STOPPING=1", p.pid);
+    let extend = notes.until("EXTEND_TIMEOUT_USEC=", p.pid);
+    assert!(
+        extend.lines().any(|l| l == "EXTEND_TIMEOUT_USEC=10000000"),
+        "{extend:?}"
+    );
+    assert!(
+        alive(p.pid),
+        "the supervisor exited while its generation drained"
+    );
+    // The client goes: the drain ends, and so does the supervisor.
+    drop(stream);
+    let status = p
+        .wait_exit(LONG)
+        .unwrap_or_else(|| panic!("the supervisor did not exit; output:\n{}", p.output()));
+    assert!(status.success(), "{status:?}; output:\n{}", p.output());
+    // Whatever else was sent came from the supervisor too.
+    notes.0.set_nonblocking(true).unwrap();
+    while let Ok((from, text)) = common::notify::recv_with_pid(&notes.0) {
+        assert_eq!(from, p.pid, "{text:?} came from another process");
+    }
+}
+
 #[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
 #[test]
 fn the_control_socket_restarts_under_the_supervisor() {
@@ -813,4 +865,216 @@ fn tstp_stops_the_generation_and_the_supervisor_and_cont_resumes_them() {
     assert_eq!((r.status, body_pid(&r.body)), (200, Some(gen)));
     // The generation's own SIGTSTP handling ran (its hooks' place in the log).
     p.expect_line(&format!("received signal pid={gen} signal=SIGTSTP"), LONG);
+}
+
+// ---------------------------------------------------------------------------------------
+// Socket activation: the supervisor's sockets go to its generations
+// ---------------------------------------------------------------------------------------
+
+/// Starts `app` as systemd starts a socket-activated service: `fds` at 3, 4, …,
+/// `LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID` naming the started process itself
+/// (a shell sets it to its own pid, then executes `app` in its place).
+fn activated(app: &Path, args: &[&str], fds: &[RawFd], names: &str) -> Proc {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#)
+        .arg(app)
+        .args(args)
+        .env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", names);
+    let copies = pass_fds(&mut cmd, fds);
+    let p = Proc::spawn_with(&mut cmd);
+    drop(copies);
+    p
+}
+
+/// Asserts that none of systemd's variables reached generation `pid`.
+fn assert_no_activation_env(pid: u32, what: &str) {
+    let env = environ(pid);
+    for var in ["LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES="] {
+        assert!(
+            !env.iter().any(|v| v.starts_with(var)),
+            "{what}: {var} reached generation {pid}"
+        );
+    }
+}
+
+#[cfg_attr(not(feature = "systemd"), ignore = "needs the `systemd` feature")]
+#[test]
+fn supervisor_serves_socket_activated_sockets() {
+    // The socket unit's socket, kept open here as systemd keeps its own.
+    let unit = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = unit.local_addr().unwrap().to_string();
+    let inode = socket_inode(unit.as_raw_fd());
+    let (_dir, app) = installed("sup-activated", "hello");
+    // The server asks for port 0: only the socket unit's name can match.
+    let mut p = activated(
+        &app,
+        &["--supervise", "--addr", "127.0.0.1:0", "--fd-name", "web"],
+        &[unit.as_raw_fd()],
+        "web",
+    );
+    assert_eq!(p.serving_addr(1), addr, "generation 1 bound afresh");
+    let first = newest(&p);
+    let live = p
+        .wait_for_nth(
+            &format!(
+                "the generation is live pid={} generation_pid={first} ",
+                p.pid
+            ),
+            1,
+            LONG,
+        )
+        .unwrap_or_else(|| panic!("no generation got live; output:\n{}", p.output()));
+    assert_eq!(
+        common::field(&live, "generation").as_deref(),
+        Some("1"),
+        "the generation the activated sockets went to is the first: {live}"
+    );
+    assert!(
+        holds(p.pid, &inode),
+        "the supervisor holds the activated socket for its generations"
+    );
+    let check = |gen: u32, what: &str| {
+        let r = get_tcp(&addr, "/");
+        assert_eq!((r.status, body_pid(&r.body)), (200, Some(gen)), "{what}");
+        assert!(
+            holds(gen, &inode),
+            "{what}: generation {gen} does not serve the activated socket {inode}"
+        );
+        assert_no_activation_env(gen, what);
+    };
+    check(first, "generation 1");
+    let mut gen = first;
+    for i in 1..=3 {
+        let (old, new) = sup_restart(&p);
+        assert_eq!(old, gen, "restart {i}");
+        check(new, &format!("restart {i}"));
+        assert!(
+            !environ(new)
+                .iter()
+                .any(|v| v.starts_with("CEASELESS_ACTIVATED=")),
+            "restart {i}: the supervisor's relay reached a restart"
+        );
+        gen = new;
+    }
+    // No generation served a socket of its own: each one's server is the unit's.
+    assert_eq!(p.generation_pids().len(), 4, "{}", p.output());
+    for n in 1..=4 {
+        assert_eq!(p.serving_addr(n), addr, "generation {n}");
+    }
+    assert_eq!(p.count("supervisor: started a generation"), 1);
+
+    signal(p.pid, libc::SIGTERM);
+    let status = p
+        .wait_exit(LONG)
+        .unwrap_or_else(|| panic!("the supervisor did not exit; output:\n{}", p.output()));
+    assert!(status.success(), "{status:?}; output:\n{}", p.output());
+}
+
+#[cfg_attr(not(feature = "systemd"), ignore = "needs the `systemd` feature")]
+#[test]
+fn an_activated_socket_file_outlives_the_supervisors_generations() {
+    let (dir, app) = installed("sup-activated-unix", "hello");
+    let path = common::generations::socket_path(&dir, "api.sock");
+    // The socket unit created the file and the listening socket; it owns both.
+    let unit = UnixListener::bind(&path).unwrap();
+    let inode = socket_inode(unit.as_raw_fd());
+    let unix_addr = format!("unix:{}", path.display());
+    // Matched by its address: the unit's name means nothing to the server.
+    let mut p = activated(
+        &app,
+        &["--supervise", "--addr", &unix_addr],
+        &[unit.as_raw_fd()],
+        "api",
+    );
+    p.serving_addr(1);
+    let first = newest(&p);
+    wait_sup_live(&p, p.pid, first);
+    assert_eq!(body_pid(&get_unix(&path, "/").body), Some(first));
+    assert!(
+        holds(first, &inode),
+        "generation 1 bound a socket of its own"
+    );
+
+    // A crash: the generation started again gets the socket from the supervisor.
+    signal(first, libc::SIGKILL);
+    let line = p
+        .wait_for_nth(&format!("the generation is live pid={} ", p.pid), 2, LONG)
+        .unwrap_or_else(|| panic!("no generation came back; output:\n{}", p.output()));
+    let second = pid_field(&line, "generation_pid");
+    assert_eq!(body_pid(&get_unix(&path, "/").body), Some(second));
+    assert!(holds(second, &inode), "the generation after the crash");
+
+    // A restart: the second hands over, drains and exits, leaving the file in place.
+    let (old, third) = sup_restart(&p);
+    assert_eq!(old, second);
+    expect_gone(&p, second, "the old generation after its drain");
+    assert!(
+        common::generations::unix_socket_exists(&path),
+        "a drained generation removed a socket file the service manager owns"
+    );
+    assert_eq!(body_pid(&get_unix(&path, "/").body), Some(third));
+    assert!(holds(third, &inode), "the generation after the restart");
+
+    signal(p.pid, libc::SIGTERM);
+    let status = p
+        .wait_exit(LONG)
+        .unwrap_or_else(|| panic!("the supervisor did not exit; output:\n{}", p.output()));
+    assert!(status.success(), "{status:?}; output:\n{}", p.output());
+    assert!(
+        common::generations::unix_socket_exists(&path),
+        "the final stop removed a socket file the service manager owns:\n{}",
+        p.output()
+    );
+    // The socket itself still listens (the unit holds it): a connection is queued.
+    assert!(UnixStream::connect(&path).is_ok());
+}
+
+#[cfg_attr(not(feature = "systemd"), ignore = "needs the `systemd` feature")]
+#[test]
+fn a_bad_activated_socket_is_closed_and_the_good_one_reaches_each_generation_before_one_is_live() {
+    let unit = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = unit.local_addr().unwrap().to_string();
+    let inode = socket_inode(unit.as_raw_fd());
+    // Not a listening stream socket: refused by the supervisor.
+    let bad = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let bad_inode = socket_inode(bad.as_raw_fd());
+    let (_dir, app) = installed("sup-activated-bad", "hello");
+    // --no-ready: the generations serve but never say they are ready, so none is live.
+    let p = activated(
+        &app,
+        &[
+            "--supervise",
+            "--no-ready",
+            "--addr",
+            "127.0.0.1:0",
+            "--fd-name",
+            "web",
+        ],
+        &[unit.as_raw_fd(), bad.as_raw_fd()],
+        "web:dns",
+    );
+    assert_eq!(p.serving_addr(1), addr, "generation 1 bound afresh");
+    let first = newest(&p);
+    assert_eq!(body_pid(&get_tcp(&addr, "/").body), Some(first));
+    assert!(holds(first, &inode));
+    for pid in [p.pid, first] {
+        assert!(
+            !holds(pid, &bad_inode),
+            "pid {pid} holds the refused socket"
+        );
+    }
+    assert_no_activation_env(first, "generation 1");
+
+    // It dies before it is live: the next one gets the activated socket too.
+    signal(first, libc::SIGKILL);
+    assert_eq!(p.serving_addr(2), addr, "the next generation bound afresh");
+    let second = newest(&p);
+    assert_ne!(second, first);
+    assert_eq!(body_pid(&get_tcp(&addr, "/").body), Some(second));
+    assert!(holds(second, &inode));
+    assert!(!holds(second, &bad_inode));
+    assert_no_activation_env(second, "the generation after the crash");
+    assert!(!p.output().contains("panicked"), "{}", p.output());
 }

@@ -10,6 +10,8 @@ pub mod notify;
 pub mod probe;
 
 use std::io::{BufRead, BufReader};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -404,4 +406,61 @@ pub fn deploy(src: &Path, dest: &Path) {
     let tmp = dest.with_extension("deploying");
     std::fs::copy(src, &tmp).unwrap();
     std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// Makes the child see `fds` as 3, 4, … (without close-on-exec), as systemd passes
+/// activated sockets. Returns the parent's temporary copies, to close after the spawn.
+pub fn pass_fds(cmd: &mut Command, fds: &[RawFd]) -> Vec<OwnedFd> {
+    // Copies well above the target range, so that no dup2 overwrites a source yet to
+    // be moved; close-on-exec, so that only the dup2'd numbers reach the program.
+    let high: Vec<RawFd> = fds
+        .iter()
+        .map(|fd| {
+            // SAFETY: F_DUPFD_CLOEXEC duplicates an open descriptor of ours.
+            let h = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100) };
+            assert!(h >= 0, "{}", std::io::Error::last_os_error());
+            h
+        })
+        .collect();
+    let owned = high
+        .iter()
+        // SAFETY: each was just created and is owned by nobody else.
+        .map(|h| unsafe { OwnedFd::from_raw_fd(*h) })
+        .collect();
+    // SAFETY: between fork and exec only dup2 runs (async-signal-safe), over a vector
+    // allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (target, h) in (3..).zip(high.iter()) {
+                if libc::dup2(*h, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    owned
+}
+
+/// The socket inode of a descriptor of ours, as `/proc/<pid>/fd` links show it.
+pub fn socket_inode(fd: RawFd) -> String {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+    link.to_string_lossy().into_owned()
+}
+
+/// Whether `pid` has a descriptor whose `/proc` link reads `link` (a socket inode, say).
+pub fn holds(pid: u32, link: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == link))
+}
+
+/// The environment `pid` was started with.
+pub fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
 }
