@@ -97,6 +97,27 @@ async fn fail(child: &mut tokio::process::Child, at: At, action: Action) -> Opti
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    if let Some(once) = std::env::var_os("FAULT_ONCE") {
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&once)
+            .is_err()
+        {
+            // Failed once already (or cannot tell): be the real binary.
+            let Some(exec) = std::env::var_os("FAULT_EXEC") else {
+                eprintln!("fault: FAULT_EXEC is not set");
+                return ExitCode::from(2);
+            };
+            use std::os::unix::process::CommandExt;
+            let e = std::process::Command::new(&exec)
+                .arg0(&exec)
+                .args(std::env::args_os().skip(1))
+                .exec();
+            eprintln!("fault: cannot execute {}: {e}", exec.to_string_lossy());
+            return ExitCode::from(2);
+        }
+    }
     let (exec, at, action, ready_fd) = match parse() {
         Ok(v) => v,
         Err(e) => {

@@ -15,7 +15,8 @@
 //!
 //! Options: `--addr ADDR` (repeatable: one server each; `unix:/path` for a Unix socket),
 //! `--hammer-ms N` (0: no hammer time), `--read-timeout-ms N`, `--write-timeout-ms N`,
-//! `--max-header-bytes N`, `--ready-timeout-ms N`, `--drain-grace-ms N`, `--drain-spread-ms N`,
+//! `--max-header-bytes N`, `--ready-timeout-ms N`, `--stop-grace-ms N` (how long a failed
+//! new generation gets to stop before SIGKILL), `--drain-grace-ms N`, `--drain-spread-ms N`,
 //! `--pid-file PATH`, `--no-metrics` (see `GET /metrics` below), `--ballast-mb N` (hold N MiB
 //! of heap, every page resident, as an application with caches does: what a restart
 //! costs a large process), `--admin` (serve `POST /admin/restart?wait_ms=N` and `POST /admin/shutdown`:
@@ -85,6 +86,7 @@ struct Options {
     write_timeout: Option<Duration>,
     max_header_bytes: Option<usize>,
     ready_timeout: Option<Duration>,
+    stop_grace: Option<Duration>,
     drain_grace: Option<Duration>,
     drain_spread: Option<Duration>,
     pid_file: Option<String>,
@@ -117,6 +119,7 @@ fn parse_args() -> Result<Options, String> {
         write_timeout: Some(ceaseless::DEFAULT_WRITE_TIMEOUT),
         max_header_bytes: None,
         ready_timeout: None,
+        stop_grace: None,
         drain_grace: None,
         drain_spread: None,
         pid_file: None,
@@ -158,6 +161,7 @@ fn parse_args() -> Result<Options, String> {
             "--read-timeout-ms" => o.read_timeout = ms(args.next(), &a)?,
             "--write-timeout-ms" => o.write_timeout = ms(args.next(), &a)?,
             "--ready-timeout-ms" => o.ready_timeout = ms(args.next(), &a)?,
+            "--stop-grace-ms" => o.stop_grace = ms(args.next(), &a)?,
             "--drain-grace-ms" => o.drain_grace = Some(ms(args.next(), &a)?.unwrap_or_default()),
             "--drain-spread-ms" => o.drain_spread = Some(ms(args.next(), &a)?.unwrap_or_default()),
             "--max-header-bytes" => {
@@ -719,6 +723,9 @@ async fn serve(opts: Options) -> std::process::ExitCode {
         });
     if let Some(t) = opts.ready_timeout {
         process = process.ready_timeout(t);
+    }
+    if let Some(t) = opts.stop_grace {
+        process = process.stop_grace(t);
     }
     if let Some(p) = &opts.pid_file {
         process = process.pid_file(p);

@@ -62,14 +62,20 @@
 //! The listeners go to the new process as inherited descriptors (the same sockets, with
 //! one accept queue: no waiting connection is lost, unlike re-binding with
 //! `SO_REUSEPORT`), named in its environment and guarded by the parent's pid. The new
-//! process reports once it declared ready; only then does the old one commit: it stops
-//! accepting and drains, and the new one becomes the live generation, the one that owns
-//! the socket files, the control socket and the PID file. A SIGTERM at any instant of a
-//! restart leaves one live generation with all of its files, or none: before the commit
-//! it calls the restart off (the new generation is stopped, answering what it accepted)
-//! and shuts the old one down; after it, the old one is draining already and the new
-//! one serves on. See the `handover`, `lifecycle`, `restart` and `conn` module docs in
-//! the source for the protocol, the state machine and the drain.
+//! process reports once it declared ready; the old one, still accepting, answers `go`;
+//! the new one answers `holding` once its servers claimed every listener it inherited;
+//! only then does the old one commit: it stops accepting and drains, and the new one
+//! becomes the live generation, the one that owns the socket files, the control socket
+//! and the PID file. So **from the first generation's readiness until a shutdown is
+//! asked for, at least one process accepts on every listener**: a new generation that
+//! exits, hangs or is killed before its `holding` is a failed restart, and the old one
+//! never stopped accepting. Declaring ready before the servers took their sockets is
+//! safe for the same reason ([`Process::ready`]). A SIGTERM at any instant of a restart
+//! leaves one live generation with all of its files, or none: before the commit it
+//! calls the restart off (the new generation is stopped, answering what it accepted)
+//! and shuts the old one down, lame duck first; after it, the old one is draining
+//! already and the new one serves on. README.md's "How a restart works" has the whole
+//! exchange and how it is tested.
 //!
 //! ## Takeover by a new process
 //! With the `control` feature, a process started independently (by a deploy script, a

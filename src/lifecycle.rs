@@ -4,17 +4,18 @@
 //! service-manager notifications only observe.
 //!
 //! ```text
-//!            ready()                 "live" from the parent
-//! Starting ───────────► Confirming ─────────────────────────► Serving ◄──┐
-//!    │  (first generation, or a pipe: no answer to wait for) ───►   │      │ failed
-//!    │                                                          restart   │
-//!    │                                                              ▼      │
-//!    │                                                         Restarting ─┘
-//!    │ TERM, "abort"                                                │ the new one is ready
-//!    ▼                                                              ▼
-//! Draining(Shutdown) ◄── TERM (Serving, Restarting) ─── Draining(HandedOver)
+//!            ready()            the exchange with the previous generation:
+//! Starting ───────────► Confirming ── "go", "holding", "live" (the `commit` module) ──► Serving ◄──┐
+//!    │  (first generation, or a pipe: no answer to wait for) ──────────────────────────►   │      │ failed
+//!    │                                                                                restart   │
+//!    │                                                                                    ▼      │
+//!    │                                                                               Restarting ─┘
+//!    │ TERM, "abort" (a generation that never went live and has                           │ the new one holds
+//!    │ nothing to finish exits at once)                                                   ▼ every listener
+//!    ▼                                                                        Draining(HandedOver)
+//! Draining(Shutdown) ◄── TERM (Serving, no lame-duck period)
 //!         ▲
-//!         └── LameDuck ◄── TERM (Serving, with a lame-duck period)
+//!         └── LameDuck ◄── TERM (Serving, or Restarting: the restart is called off)
 //! ```
 //!
 //! Orthogonal to the phase is whether this generation is **live**: whether it owns the
@@ -59,7 +60,8 @@ impl std::fmt::Display for Served {
 pub(crate) enum Phase {
     /// Servers are starting; readiness not declared yet.
     Starting,
-    /// Declared ready; waiting for the previous generation to commit the handover.
+    /// Declared ready; in the exchange with the previous generation, which commits the
+    /// handover once this one holds every listener.
     Confirming,
     /// Ready, and the generation that serves.
     Serving,

@@ -595,11 +595,36 @@ impl Process {
         self.inner.publisher.watch()
     }
 
-    /// Declares this generation ready: every server it will start has started, and it
-    /// is warmed up. Inherited sockets nobody claimed are closed; the previous
-    /// generation (if any) lets go; the first generation tells the service manager
-    /// `READY=1`. Under [`Readiness::Auto`] it happens by itself; calling it earlier is
-    /// allowed. Later calls do nothing.
+    /// Declares this generation ready: it is warmed up, and has started (or spawned)
+    /// every server it will run. The previous generation (if any) then lets go — once
+    /// this one's servers claimed every listener it inherited, whenever that is: it keeps
+    /// accepting until then, so calling `ready()` before the servers took their sockets
+    /// is safe. An inherited listener no server claimed within a second of the previous
+    /// generation's answer is closed (a port this version no longer serves). The first
+    /// generation tells the service manager `READY=1`. Under [`Readiness::Auto`] it
+    /// happens by itself. Later calls do nothing.
+    ///
+    /// The recommended pattern: warm up, spawn the servers, then declare ready.
+    ///
+    /// ```no_run
+    /// use ceaseless::{Process, Readiness, Server};
+    ///
+    /// # async fn warm_up() {}
+    /// # async fn run() -> Result<(), ceaseless::Error> {
+    /// let process = Process::builder().readiness(Readiness::Manual).start()?;
+    /// warm_up().await; // pools, caches: the previous generation serves meanwhile
+    /// let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello\n")))
+    /// });
+    /// let api = tokio::spawn(Server::new("127.0.0.1:8080", app.clone()).listen_and_serve());
+    /// let admin = tokio::spawn(Server::new("127.0.0.1:8081", app).listen_and_serve());
+    /// // The spawned servers may not have taken their sockets yet: that is fine, the
+    /// // previous generation lets go only once they did.
+    /// process.ready();
+    /// let (_api, _admin) = (api.await, admin.await);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn ready(&self) {
         let mut core = self.lock();
         self.declare_ready(&mut core);

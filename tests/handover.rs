@@ -19,9 +19,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::generations::{install, installed, socket_path, LONG};
+use common::generations::{install, install_script, installed, pid_field, socket_path, LONG};
 use common::load::{body_pid, get_tcp, Client, Load, Summary};
-use common::{become_subreaper, example_bin, wait_until, Proc};
+use common::{alive, become_subreaper, example_bin, signal, wait_until, Proc};
 
 /// `hello <verb> --control PATH`.
 fn hello_cli(verb: &str, control: &Path) -> Output {
@@ -151,22 +151,29 @@ fn early_readiness_through_ten_restarts_loses_nothing() {
 
 /// One fault: a restart into `examples/fault.rs` failing at `at` as `action` says. The
 /// old generation must report the failure, serve on through it and restart fine after.
-fn fault(at: &str, action: &str) {
+/// `supervised`: the same under the stable-PID supervisor.
+fn fault(at: &str, action: &str, supervised: bool) {
     become_subreaper();
-    let tag = format!("fault-{at}-{action}");
+    let model = if supervised { "sup" } else { "reexec" };
+    let tag = format!("fault-{model}-{at}-{action}");
     let (dir, app) = installed(&tag, "hello");
     let control = socket_path(&dir, "c.sock");
     let hello = example_bin("hello");
     let mut cmd = Command::new(&app);
+    if supervised {
+        cmd.arg("--supervise");
+    }
     cmd.args(["--addr", "127.0.0.1:0", "--control"])
         .arg(&control)
         .args(["--ready-timeout-ms", "3000"])
         .env("FAULT_EXEC", &hello)
         .env("FAULT_AT", at)
-        .env("FAULT_DO", action);
+        .env("FAULT_DO", action)
+        .env("FAULT_ONCE", dir.join("fault-done"));
     let p = Proc::spawn_with(&mut cmd);
     let addr: SocketAddr = p.ready_addr(1).parse().unwrap();
-    wait_serving(&control, p.pid);
+    let old = common::generations::newest(&p);
+    wait_serving(&control, old);
     let load = Load::start(&tag, || clients(addr));
     wait_answered(&load, 100, "load before the fault");
 
@@ -180,13 +187,17 @@ fn fault(at: &str, action: &str) {
         Err(e) => e,
     };
     assert!(
+        dir.join("fault-done").exists(),
+        "[{tag}] the fault never ran"
+    );
+    assert!(
         !e.is_empty(),
         "[{tag}] a failure without a reason; output:\n{}",
         p.output()
     );
     // The old generation serves on, recorded the failure, and is the live one.
     let s = status(&control).expect("status after the failed restart");
-    assert_eq!(s["pid"], p.pid, "[{tag}] {s}");
+    assert_eq!(s["pid"], old, "[{tag}] {s}");
     assert_eq!(s["live"], true, "[{tag}] {s}");
     let recent = s["restarts"].as_array().expect("recent restarts");
     let last = recent.last().expect("a restart recorded");
@@ -195,7 +206,7 @@ fn fault(at: &str, action: &str) {
         last["reason"].is_string(),
         "[{tag}] no reason recorded: {s}"
     );
-    assert_eq!(served_by(addr), Some(p.pid), "[{tag}]");
+    assert_eq!(served_by(addr), Some(old), "[{tag}]");
     wait_answered(&load, 100, "load after the fault");
 
     // The slot is free again: the real binary restarts.
@@ -216,7 +227,7 @@ const STEPS: [&str; 4] = ["start", "ready", "go", "holding"];
 #[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
 fn successor_killed_at_each_step_leaves_the_old_one_accepting() {
     for at in STEPS {
-        fault(at, "kill");
+        fault(at, "kill", false);
     }
 }
 
@@ -224,7 +235,7 @@ fn successor_killed_at_each_step_leaves_the_old_one_accepting() {
 #[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
 fn successor_exiting_at_each_step_leaves_the_old_one_accepting() {
     for at in STEPS {
-        fault(at, "exit");
+        fault(at, "exit", false);
     }
 }
 
@@ -232,7 +243,17 @@ fn successor_exiting_at_each_step_leaves_the_old_one_accepting() {
 #[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
 fn successor_hanging_at_each_step_leaves_the_old_one_accepting() {
     for at in STEPS {
-        fault(at, "hang");
+        fault(at, "hang", false);
+    }
+}
+
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn under_the_supervisor_a_successor_failing_at_each_step_leaves_the_old_one_accepting() {
+    for action in ["kill", "hang"] {
+        for at in STEPS {
+            fault(at, action, true);
+        }
     }
 }
 
@@ -283,4 +304,178 @@ fn stale_handover_variables_are_ignored_by_a_first_generation() {
     );
     let _ = bystander.kill();
     let _ = bystander.wait();
+}
+
+/// The pid of the generation the n-th restart of `p` started, from its log.
+fn started_pid(p: &Proc, n: usize) -> u32 {
+    let line = p
+        .wait_for_nth("started the next generation", n, LONG)
+        .unwrap_or_else(|| panic!("no restart #{n} started; output:\n{}", p.output()));
+    pid_field(&line, "new_pid")
+}
+
+/// A SIGTERM that lands while a restart is under way calls the restart off and shuts
+/// the live generation down as it would have without the restart: the lame duck first
+/// (the health check says 503 while everything is still served), then the drain. The
+/// new generation, stuck in its warm-up, never went live and accepted nothing: told to
+/// stop, it exits at once rather than holding the restart slot for the stop grace.
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn sigterm_during_a_restart_keeps_the_lame_duck_and_the_warming_generation_exits_at_once() {
+    become_subreaper();
+    let (dir, app) = installed("term-lame-duck", "hello");
+    let control = socket_path(&dir, "c.sock");
+    let mut p = Proc::spawn(
+        &app,
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--lame-duck-ms",
+            "4000",
+            "--control",
+            control.to_str().unwrap(),
+        ],
+    );
+    let addr = p.ready_addr(1);
+    wait_serving(&control, p.pid);
+    // The next generation warms up far longer than this test waits.
+    let hello = example_bin("hello");
+    install_script(
+        &app,
+        &format!(
+            "#!/bin/sh\nexec '{}' \"$@\" --warmup-ms 60000\n",
+            hello.display()
+        ),
+    );
+    signal(p.pid, libc::SIGHUP);
+    let new = started_pid(&p, 1);
+    wait_until(
+        "the restart is under way",
+        LONG,
+        || status(&control).is_some_and(|s| s["phase"] == "restarting"),
+        || format!("status: {:?}", status(&control)),
+    );
+    p.wait_for_nth(&format!("warming up pid={new} "), 1, LONG)
+        .unwrap_or_else(|| panic!("the new generation never warmed up:\n{}", p.output()));
+    signal(p.pid, libc::SIGTERM);
+
+    // The lame duck: 503 from the health check, everything else served, by the old one.
+    wait_until(
+        "the health check says 503",
+        LONG,
+        || get_tcp(&addr, "/healthz").status == 503,
+        || p.output(),
+    );
+    let r = get_tcp(&addr, "/");
+    assert_eq!((r.status, body_pid(&r.body)), (200, Some(p.pid)), "{r:?}");
+
+    // The warming generation exited at once on being told to stop.
+    wait_until(
+        "the new generation is gone",
+        LONG,
+        || !alive(new),
+        || p.output(),
+    );
+    let out = p.output();
+    assert!(
+        out.contains(&format!(
+            "never went live and has no connection to finish; exiting now pid={new}"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("the failed generation stopped"), "{out}");
+    assert!(!out.contains("did not stop in time"), "{out}");
+
+    // Then the drain, and a clean exit.
+    let status = p.wait_exit(LONG).expect("the old generation exits");
+    assert!(status.success(), "{status}; output:\n{}", p.output());
+}
+
+/// A SIGHUP that arrives while a failed generation is being stopped is not lost: it
+/// waits for the restart slot and starts the next restart once the stop is over.
+#[test]
+fn sighup_while_a_failed_generation_is_stopped_starts_the_next_restart() {
+    become_subreaper();
+    let (dir, app) = installed("hup-queued", "hello");
+    let control = socket_path(&dir, "c.sock");
+    let p = Proc::spawn(
+        &app,
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--ready-timeout-ms",
+            "1000",
+            "--stop-grace-ms",
+            "3000",
+            "--control",
+            control.to_str().unwrap(),
+        ],
+    );
+    let addr: SocketAddr = p.ready_addr(1).parse().unwrap();
+    wait_serving(&control, p.pid);
+    // A broken deploy that is never ready and ignores SIGTERM: stopping it takes the
+    // whole stop grace.
+    install_script(&app, "#!/bin/sh\ntrap '' TERM\nexec sleep 60\n");
+    signal(p.pid, libc::SIGHUP);
+    let broken = started_pid(&p, 1);
+    wait_until(
+        "the failure is recorded",
+        LONG,
+        || status(&control).is_some_and(|s| s["restarts_total"]["failed"] == 1),
+        || p.output(),
+    );
+    assert!(
+        alive(broken),
+        "the broken generation is still being stopped"
+    );
+    // The fix is deployed, and the deploy sends SIGHUP at once.
+    install(&example_bin("hello"), &app);
+    signal(p.pid, libc::SIGHUP);
+    let line = p
+        .wait_for_nth("restart succeeded", 1, LONG)
+        .unwrap_or_else(|| panic!("the second SIGHUP was lost; output:\n{}", p.output()));
+    assert!(
+        !p.output().contains("already in progress"),
+        "{}",
+        p.output()
+    );
+    assert!(!alive(broken), "the broken generation is gone");
+    let new = pid_field(&line, "new_pid");
+    wait_serving(&control, new);
+    assert_eq!(served_by(addr), Some(new));
+}
+
+/// Under the supervisor, a new generation killed right after its acknowledgement (the
+/// old one committed to it: it was the service) is replaced by the supervisor on the
+/// very same sockets: no connection is refused meanwhile, and a generation serves at
+/// the end.
+#[test]
+fn successor_killed_after_its_acknowledgement_is_replaced_by_the_supervisor() {
+    become_subreaper();
+    let (dir, app) = installed("fault-acked-sup", "hello");
+    let mut cmd = Command::new(&app);
+    cmd.args(["--supervise", "--addr", "127.0.0.1:0"])
+        .env("FAULT_EXEC", example_bin("hello"))
+        .env("FAULT_AT", "acked")
+        .env("FAULT_DO", "kill")
+        .env("FAULT_ONCE", dir.join("fault-done"));
+    let p = Proc::spawn_with(&mut cmd);
+    let addr: SocketAddr = p.ready_addr(1).parse().unwrap();
+    let first = common::generations::newest(&p);
+    let load = Load::start("acked kill, supervised", || clients(addr));
+    wait_answered(&load, 100, "load before the fault");
+    install(&example_bin("fault"), &app);
+    signal(p.pid, libc::SIGHUP);
+    // The old generation commits to the new one, which dies at once; the supervisor
+    // starts another on the same sockets.
+    wait_until(
+        "a generation other than the first serves",
+        LONG,
+        || served_by(addr).is_some_and(|pid| pid != first && alive(pid)),
+        || p.output(),
+    );
+    assert!(dir.join("fault-done").exists(), "the fault never ran");
+    wait_answered(&load, 100, "load after the fault");
+    let s = load.stop();
+    assert_someone_accepted(&s, "acked kill, supervised", clients(addr).len() as u64);
 }
