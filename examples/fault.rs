@@ -20,6 +20,14 @@
 //!
 //! The old generation sees this process as its child; the real one is this process's,
 //! with `CEASELESS_PARENT_PID` naming this process so that it honours the handover.
+//!
+//! A takeover goes over the old process's control socket instead: with
+//! `FAULT_TAKEOVER=<its control socket>` and `FAULT_PROXY=<a path of ours>`, this
+//! process listens at the proxy path and starts the real binary with the arguments it
+//! was given (which name the proxy in `--takeover`, and the real control socket in
+//! `--control`); it passes the newcomer's request and the old process's offer, with its
+//! descriptors, through, then sits on the connection as above. `start` then means once
+//! the offer was passed on.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -43,7 +51,7 @@ enum Action {
     Hang,
 }
 
-fn parse() -> Result<(String, At, Action, i32), String> {
+fn parse() -> Result<(String, At, Action), String> {
     let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
     let at = match var("FAULT_AT")?.as_str() {
         "start" => At::Start,
@@ -59,10 +67,7 @@ fn parse() -> Result<(String, At, Action, i32), String> {
         "hang" => Action::Hang,
         other => return Err(format!("FAULT_DO: unknown action {other:?}")),
     };
-    let ready_fd = var("CEASELESS_READY_FD")?
-        .parse()
-        .map_err(|_| "CEASELESS_READY_FD is not a number".to_string())?;
-    Ok((var("FAULT_EXEC")?, at, action, ready_fd))
+    Ok((var("FAULT_EXEC")?, at, action))
 }
 
 fn pid_of(child: &tokio::process::Child) -> Option<rustix::process::Pid> {
@@ -95,6 +100,90 @@ async fn fail(child: &mut tokio::process::Child, at: At, action: Action) -> Opti
     }
 }
 
+/// Moves the old generation's channel off the number the handover gave it and puts a
+/// channel to us there, then starts the real binary on it: the old generation's end,
+/// the real one's, and the real one.
+fn restart_channels(exec: &str, ready_fd: i32) -> std::io::Result<Channels> {
+    // SAFETY: the old generation handed this descriptor over under this number (its
+    // end of the readiness channel); nothing else in this process owns it.
+    let mut slot = unsafe { OwnedFd::from_raw_fd(ready_fd) };
+    let up = rustix::io::fcntl_dupfd_cloexec(&slot, 0)?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    rustix::io::dup2(&theirs, &mut slot)?;
+    let child = tokio::process::Command::new(exec)
+        .arg0(exec)
+        .args(std::env::args_os().skip(1))
+        .env("CEASELESS_PARENT_PID", std::process::id().to_string())
+        .spawn()?;
+    Ok((up.into(), ours, child))
+}
+
+type Channels = (
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+    tokio::process::Child,
+);
+
+/// One message with its descriptors, from `from` to `to`.
+fn pass_with_fds(
+    from: &std::os::unix::net::UnixStream,
+    to: &std::os::unix::net::UnixStream,
+) -> std::io::Result<usize> {
+    use rustix::net::{
+        RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+        SendAncillaryMessage, SendFlags,
+    };
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        from,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    let borrowed: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+    let mut out_space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
+    let mut out = SendAncillaryBuffer::new(&mut out_space);
+    if !borrowed.is_empty() {
+        out.push(SendAncillaryMessage::ScmRights(&borrowed));
+    }
+    rustix::net::sendmsg(
+        to,
+        &[std::io::IoSlice::new(&buf[..got.bytes])],
+        &mut out,
+        SendFlags::empty(),
+    )?;
+    Ok(got.bytes)
+}
+
+/// A takeover: listens at `proxy`, starts the real newcomer (whose arguments name the
+/// proxy), and passes its request and the old process's offer through.
+fn takeover_channels(exec: &str, real: &str, proxy: &str) -> std::io::Result<Channels> {
+    use std::io::{BufRead, Write};
+    let _ = std::fs::remove_file(proxy);
+    let listener = std::os::unix::net::UnixListener::bind(proxy)?;
+    let child = tokio::process::Command::new(exec)
+        .arg0(exec)
+        .args(std::env::args_os().skip(1))
+        .spawn()?;
+    let (down, _) = listener.accept()?;
+    let _ = std::fs::remove_file(proxy);
+    let up = std::os::unix::net::UnixStream::connect(real)?;
+    let mut request = String::new();
+    std::io::BufReader::new(&down).read_line(&mut request)?;
+    (&up).write_all(request.as_bytes())?;
+    // The offer: one line, its descriptors with its first bytes.
+    pass_with_fds(&up, &down)?;
+    Ok((up, down, child))
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     if let Some(once) = std::env::var_os("FAULT_ONCE") {
@@ -118,55 +207,45 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let (exec, at, action, ready_fd) = match parse() {
+    let (exec, at, action) = match parse() {
         Ok(v) => v,
         Err(e) => {
             eprintln!("fault: {e}");
             return ExitCode::from(2);
         }
     };
-    // SAFETY: the old generation handed this descriptor over under this number (its
-    // end of the readiness channel); nothing else in this process owns it.
-    let mut slot = unsafe { OwnedFd::from_raw_fd(ready_fd) };
-    // The old generation's channel moves to a descriptor of ours (closed at exec); the
-    // real new generation gets a channel to us at the same number.
-    let moved = (|| -> std::io::Result<_> {
-        let up = rustix::io::fcntl_dupfd_cloexec(&slot, 0)?;
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        rustix::io::dup2(&theirs, &mut slot)?;
-        Ok((up, ours))
-    })();
-    let (upstream, ours) = match moved {
+    let takeover = (
+        std::env::var("FAULT_TAKEOVER").ok(),
+        std::env::var("FAULT_PROXY").ok(),
+    );
+    let channels = match takeover {
+        (Some(real), Some(proxy)) => takeover_channels(&exec, &real, &proxy),
+        _ => match std::env::var("CEASELESS_READY_FD").map(|v| v.parse::<i32>()) {
+            Ok(Ok(fd)) => restart_channels(&exec, fd),
+            _ => {
+                eprintln!("fault: neither CEASELESS_READY_FD nor FAULT_TAKEOVER and FAULT_PROXY");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let (upstream, ours, mut child) = match channels {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("fault: cannot set up the channel: {e}");
+            eprintln!("fault: cannot set up the channels: {e}");
             return ExitCode::from(2);
         }
     };
-    let mut cmd = tokio::process::Command::new(&exec);
-    cmd.arg0(&exec)
-        .args(std::env::args_os().skip(1))
-        .env("CEASELESS_PARENT_PID", std::process::id().to_string());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("fault: cannot start {exec}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    drop(slot);
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     if at == At::Start {
         if let Some(code) = fail(&mut child, at, action).await {
             return code;
         }
     }
-    let into_tokio = |fd: OwnedFd| {
-        let s = std::os::unix::net::UnixStream::from(fd);
+    let into_tokio = |s: std::os::unix::net::UnixStream| {
         s.set_nonblocking(true)?;
         tokio::net::UnixStream::from_std(s)
     };
-    let (Ok(upstream), Ok(ours)) = (into_tokio(upstream), into_tokio(ours.into())) else {
+    let (Ok(upstream), Ok(ours)) = (into_tokio(upstream), into_tokio(ours)) else {
         eprintln!("fault: cannot use the channels");
         return ExitCode::from(2);
     };

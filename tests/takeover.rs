@@ -417,3 +417,95 @@ fn takeover_hands_over_the_udp_socket_and_the_state() {
     );
     assert_eq!(body_pid(&get_tcp(&addr, "/").body), Some(new.pid));
 }
+
+/// One fault in a takeover: the newcomer, behind `examples/fault.rs` on the control
+/// connection, fails at `at` as `action` says. The old process never stops accepting:
+/// no connection is refused, at most one request per client (in flight on the killed
+/// newcomer) fails, the failure is recorded, and a real takeover succeeds afterwards.
+fn takeover_fault(at: &str, action: &str) {
+    use common::generations::LONG;
+    become_subreaper();
+    let tag = format!("takeover-fault-{at}-{action}");
+    let dir = scratch_dir(&tag);
+    let old_app = hello_at(&dir, "old");
+    let control = socket_path(&dir, "control.sock");
+    let proxy = socket_path(&dir, "proxy.sock");
+    let ctl = control.to_str().unwrap();
+    let mut old = Proc::spawn(
+        &old_app,
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--control",
+            ctl,
+            "--ready-timeout-ms",
+            "3000",
+        ],
+    );
+    let addr: SocketAddr = old.ready_addr(1).parse().unwrap();
+    let n_clients = std::cell::Cell::new(0);
+    let load = Load::start(&tag, || {
+        let c = clients(addr);
+        n_clients.set(c.len() as u64);
+        c
+    });
+    load.expect(expect(old.pid));
+    load.wait_checked(100, "before the takeover");
+
+    // The newcomer accepts too until it fails: anyone may answer meanwhile.
+    load.expect(None);
+    let addr_s = addr.to_string();
+    let mut cmd = Command::new(example_bin("fault"));
+    cmd.args(["--takeover", proxy.to_str().unwrap(), "--control", ctl])
+        .args(["--addr", &addr_s])
+        .env("FAULT_EXEC", example_bin("hello"))
+        .env("FAULT_AT", at)
+        .env("FAULT_DO", action)
+        .env("FAULT_TAKEOVER", ctl)
+        .env("FAULT_PROXY", &proxy);
+    let mut faulty = Proc::spawn_with(&mut cmd);
+    let line = nth_failure(&old, 1);
+    println!("[{tag}] {line}");
+    assert!(
+        faulty.wait_exit(LONG).is_some(),
+        "[{tag}] the failed newcomer still runs:\n{}",
+        faulty.output()
+    );
+    let s = status(&control);
+    assert_eq!(s["pid"], old.pid, "[{tag}] {s}");
+    assert_eq!(s["restarts_total"]["failed"], 1, "[{tag}] {s}");
+    load.expect(expect(old.pid));
+    load.wait_checked(100, "after the failed takeover");
+
+    // A real newcomer takes over afterwards.
+    load.expect(None);
+    let new_app = hello_at(&dir, "new");
+    let new = Proc::spawn(&new_app, &["--takeover", ctl, "--addr", &addr_s]);
+    assert!(
+        old.wait_exit(LONG).is_some(),
+        "[{tag}] no takeover after the failure"
+    );
+    load.expect(expect(new.pid));
+    load.wait_checked(100, "after the takeover");
+    let s = load.stop();
+    s.print(&tag);
+    assert_eq!(s.refused, 0, "[{tag}] refused connections: {:?}", s.notes);
+    let in_flight = n_clients.get();
+    assert!(
+        s.failed <= in_flight,
+        "[{tag}] {} failed: {:?}",
+        s.failed,
+        s.notes
+    );
+    assert_eq!(s.wrong, 0, "[{tag}] {:?}", s.notes);
+}
+
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn takeover_newcomer_failing_at_each_step_leaves_the_old_one_accepting() {
+    for action in ["kill", "exit", "hang"] {
+        for at in ["start", "ready", "go", "holding"] {
+            takeover_fault(at, action);
+        }
+    }
+}
