@@ -1118,7 +1118,6 @@ impl Process {
     /// A generation started by a restart or a takeover, once ready: the commit's
     /// exchange with the previous generation (the `commit` module), to its end.
     async fn confirm(&self, channel: ReadyChannel) {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let report = Message::Ready(std::process::id()).encode();
         let fd = match channel {
             ReadyChannel::Pipe(fd) => {
@@ -1137,16 +1136,23 @@ impl Process {
             ReadyChannel::Socket(fd) => fd,
         };
         let std = std::os::unix::net::UnixStream::from(fd);
-        let stream = match std
+        match std
             .set_nonblocking(true)
             .and_then(|()| tokio::net::UnixStream::from_std(std))
         {
-            Ok(s) => s,
+            Ok(stream) => self.exchange(stream, &report).await,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot use the channel to the previous generation; taking over");
-                return self.went_live();
+                self.went_live();
             }
-        };
+        }
+    }
+
+    /// The new generation's side of the exchange on a socket, driven by the `commit`
+    /// module's machine: report, then answer `go` with `holding` once every inherited
+    /// listener is claimed (or the claim grace ended), then be live or drain.
+    async fn exchange(&self, stream: tokio::net::UnixStream, report: &str) {
+        use tokio::io::AsyncWriteExt;
         let (reader, mut writer) = stream.into_split();
         let mut reader = tokio::io::BufReader::new(reader);
         let mut claims = self.inner.claims.subscribe();
@@ -1163,33 +1169,10 @@ impl Process {
             }
         };
         let mut grace: Option<tokio::time::Instant> = None;
-        let mut line = String::new();
         loop {
             let h = match heard.take() {
                 Some(h) => h,
-                None => {
-                    line.clear();
-                    let claiming = matches!(new, New::Reported { claimed: false } | New::Claiming);
-                    tokio::select! {
-                        read = reader.read_line(&mut line) => match read {
-                            Ok(n) if n > 0 => match Message::decode(&line) {
-                                Some(m) => Heard::Word(m),
-                                None => {
-                                    tracing::warn!(line = %line.trim_end(), "unexpected message from the previous generation");
-                                    continue;
-                                }
-                            },
-                            _ => Heard::Closed,
-                        },
-                        changed = claims.changed(), if claiming => {
-                            if changed.is_err() || self.unclaimed() > 0 {
-                                continue;
-                            }
-                            Heard::AllClaimed
-                        }
-                        _ = tokio::time::sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)), if grace.is_some() => Heard::GraceOver,
-                    }
-                }
+                None => self.hear(&mut reader, &mut claims, new, grace).await,
             };
             let (next, act) = new.step(h);
             new = next;
@@ -1216,9 +1199,7 @@ impl Process {
                         Err(_) => heard = Some(Heard::Closed),
                     }
                 }
-                Do::BecomeLive => {
-                    return self.went_live();
-                }
+                Do::BecomeLive => return self.went_live(),
                 Do::Drain => {
                     let mut core = self.lock();
                     if core.state.phase == Phase::Confirming {
@@ -1230,6 +1211,43 @@ impl Process {
                     }
                     return;
                 }
+            }
+        }
+    }
+
+    /// What the new generation hears next: a word from the previous generation, its
+    /// channel closing, the last claim (while claims are awaited), the grace's end.
+    async fn hear(
+        &self,
+        reader: &mut tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+        claims: &mut tokio::sync::watch::Receiver<()>,
+        new: New,
+        grace: Option<tokio::time::Instant>,
+    ) -> Heard {
+        use tokio::io::AsyncBufReadExt;
+        let mut claiming = matches!(new, New::Reported { claimed: false } | New::Claiming);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            tokio::select! {
+                read = reader.read_line(&mut line) => return match read {
+                    Ok(n) if n > 0 => match Message::decode(&line) {
+                        Some(m) => Heard::Word(m),
+                        None => {
+                            tracing::warn!(line = %line.trim_end(), "unexpected message from the previous generation");
+                            continue;
+                        }
+                    },
+                    _ => Heard::Closed,
+                },
+                changed = claims.changed(), if claiming => {
+                    // (The sender lives as long as this process owner: never closed.)
+                    claiming = changed.is_ok();
+                    if claiming && self.unclaimed() == 0 {
+                        return Heard::AllClaimed;
+                    }
+                }
+                _ = tokio::time::sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)), if grace.is_some() => return Heard::GraceOver,
             }
         }
     }

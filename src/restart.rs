@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use crate::error::RestartError;
 use crate::handover::{self, Name, FIRST_FD};
-use crate::successor::{Successor, Who};
+use crate::successor::{Proc, Successor, Who};
 
 /// The directory the process started in, recorded before `main` runs so that a `chdir`
 /// by the application cannot change what the relative `argv[0]` means.
@@ -241,58 +241,6 @@ fn fork(
         });
     }
     cmd.spawn()
-}
-
-/// A started next generation, as the way it was started gives it.
-pub(crate) enum Proc {
-    #[cfg(target_os = "linux")]
-    Cloned(crate::spawn::Child),
-    Forked(tokio::process::Child),
-}
-
-impl Proc {
-    pub(crate) fn pid(&self) -> u32 {
-        match self {
-            #[cfg(target_os = "linux")]
-            Proc::Cloned(c) => c.pid,
-            Proc::Forked(c) => c.id().unwrap_or(0),
-        }
-    }
-
-    pub(crate) async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
-        match self {
-            #[cfg(target_os = "linux")]
-            Proc::Cloned(c) => c.wait().await,
-            Proc::Forked(c) => c.wait().await,
-        }
-    }
-
-    pub(crate) fn try_wait(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
-        match self {
-            #[cfg(target_os = "linux")]
-            Proc::Cloned(c) => c.try_wait(),
-            Proc::Forked(c) => c.try_wait(),
-        }
-    }
-
-    /// Sends `sig` unless it was reaped (then its pid may be another process's).
-    pub(crate) fn signal(&mut self, sig: libc::c_int) {
-        match self {
-            #[cfg(target_os = "linux")]
-            Proc::Cloned(c) => {
-                let _ = c.signal(sig);
-            }
-            Proc::Forked(c) => {
-                if let Some(p) = c.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
-                    // SAFETY: kill(2) has no memory effects; `id()` is `None` once the
-                    // child is reaped, so the pid is still ours.
-                    unsafe {
-                        libc::kill(p, sig);
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! state machine, driven here), one way to commit to it and one to stop it; only how
 //! its exit is seen and how it is signalled differ.
 
+use std::io;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -16,7 +17,7 @@ use crate::handover::{Message, ProcId};
 /// How the successor is known to this process.
 pub(crate) enum Who {
     /// Our child: waited for, reaped, killed if it does not stop.
-    Child(crate::restart::Proc),
+    Child(Proc),
     /// An independently started process (a takeover): signalled through its pid and the
     /// start time it had when it connected, never waited for nor killed.
     Newcomer(Option<ProcId>),
@@ -232,6 +233,58 @@ impl Successor {
                         tracing::warn!(error = %e, new_pid = pid, "cannot stop the failed new process")
                     }
                     _ => tracing::debug!(new_pid = pid, "the failed new process is gone"),
+                }
+            }
+        }
+    }
+}
+
+/// A started next generation, as the way it was started gives it.
+pub(crate) enum Proc {
+    #[cfg(target_os = "linux")]
+    Cloned(crate::spawn::Child),
+    Forked(tokio::process::Child),
+}
+
+impl Proc {
+    pub(crate) fn pid(&self) -> u32 {
+        match self {
+            #[cfg(target_os = "linux")]
+            Proc::Cloned(c) => c.pid,
+            Proc::Forked(c) => c.id().unwrap_or(0),
+        }
+    }
+
+    pub(crate) async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Proc::Cloned(c) => c.wait().await,
+            Proc::Forked(c) => c.wait().await,
+        }
+    }
+
+    pub(crate) fn try_wait(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Proc::Cloned(c) => c.try_wait(),
+            Proc::Forked(c) => c.try_wait(),
+        }
+    }
+
+    /// Sends `sig` unless it was reaped (then its pid may be another process's).
+    pub(crate) fn signal(&mut self, sig: libc::c_int) {
+        match self {
+            #[cfg(target_os = "linux")]
+            Proc::Cloned(c) => {
+                let _ = c.signal(sig);
+            }
+            Proc::Forked(c) => {
+                if let Some(p) = c.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
+                    // SAFETY: kill(2) has no memory effects; `id()` is `None` once the
+                    // child is reaped, so the pid is still ours.
+                    unsafe {
+                        libc::kill(p, sig);
+                    }
                 }
             }
         }

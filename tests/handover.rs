@@ -17,21 +17,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::generations::{install, install_script, installed, pid_field, socket_path, LONG};
 use common::load::{body_pid, get_tcp, Client, Load, Summary};
-use common::{alive, become_subreaper, example_bin, signal, wait_until, Proc};
-
-/// `hello <verb> --control PATH`.
-fn hello_cli(verb: &str, control: &Path) -> Output {
-    Command::new(example_bin("hello"))
-        .arg(verb)
-        .arg("--control")
-        .arg(control)
-        .output()
-        .expect("run hello")
-}
+use common::{alive, become_subreaper, example_bin, hello_cli, signal, wait_until, Proc};
 
 /// The control socket's `status`, as JSON (`None` while nothing answers).
 fn status(control: &Path) -> Option<serde_json::Value> {
@@ -394,6 +384,7 @@ fn sigterm_during_a_restart_keeps_the_lame_duck_and_the_warming_generation_exits
 /// A SIGHUP that arrives while a failed generation is being stopped is not lost: it
 /// waits for the restart slot and starts the next restart once the stop is over.
 #[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
 fn sighup_while_a_failed_generation_is_stopped_starts_the_next_restart() {
     become_subreaper();
     let (dir, app) = installed("hup-queued", "hello");

@@ -13,11 +13,13 @@ mod common;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::generations::{install, socket_path, LONG};
 use common::load::{body_pid, get_tcp, reqwest_client, shared_client, Client, Expect, Load};
-use common::{alive, become_subreaper, example_bin, field, scratch_dir, signal, wait_gone, Proc};
+use common::{
+    alive, become_subreaper, example_bin, field, hello_cli, scratch_dir, signal, wait_gone, Proc,
+};
 
 /// `hello` installed at `<dir>/<sub>/app`.
 fn hello_at(dir: &Path, sub: &str) -> PathBuf {
@@ -26,16 +28,6 @@ fn hello_at(dir: &Path, sub: &str) -> PathBuf {
     let app = d.join("app");
     install(&example_bin("hello"), &app);
     app
-}
-
-/// `hello <verb> --control PATH`.
-fn hello_cli(verb: &str, control: &Path) -> Output {
-    Command::new(example_bin("hello"))
-        .arg(verb)
-        .arg("--control")
-        .arg(control)
-        .output()
-        .expect("run hello")
 }
 
 /// The control socket's `status`, as JSON.

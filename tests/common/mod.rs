@@ -258,6 +258,16 @@ pub fn field(line: &str, key: &str) -> Option<String> {
         .map(|v| v.trim_matches('"').to_string())
 }
 
+/// `hello <verb> --control PATH` (`status`, `restart`), run to its end.
+pub fn hello_cli(verb: &str, control: &Path) -> std::process::Output {
+    Command::new(example_bin("hello"))
+        .arg(verb)
+        .arg("--control")
+        .arg(control)
+        .output()
+        .expect("run hello")
+}
+
 /// Sends `sig` to `pid`.
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory effects.
