@@ -14,7 +14,10 @@
 //! `--drain-spread-ms N`, `--client-ca CA.pem` (ask every client for a certificate signed
 //! by that CA: the application's own rustls configuration, through `Server::tls_config`),
 //! `--control PATH` (a control socket: `tls reload-cert --control PATH` makes the server
-//! read its certificate and key files again, without a restart).
+//! read its certificate and key files again, without a restart), `--takeover PATH` (take
+//! over from the server whose control socket is PATH, as `hello --takeover` does: its
+//! listeners and its TLS session-ticket key come over that socket, so the sessions it
+//! gave out resume here).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -98,6 +101,7 @@ async fn main() -> std::process::ExitCode {
     let mut spread = ceaseless::DEFAULT_DRAIN_SPREAD;
     let mut client_ca: Option<PathBuf> = None;
     let mut control: Option<PathBuf> = None;
+    let mut takeover: Option<PathBuf> = None;
     if std::env::args().nth(1).as_deref() == Some("reload-cert") {
         return reload_cert(std::env::args().skip(2));
     }
@@ -133,6 +137,10 @@ async fn main() -> std::process::ExitCode {
                 control = Some(PathBuf::from(value()));
                 Ok(())
             }
+            "--takeover" => {
+                takeover = Some(PathBuf::from(value()));
+                Ok(())
+            }
             other => Err(format!("unknown argument {other:?}")),
         };
         if let Err(e) = parsed {
@@ -163,9 +171,16 @@ async fn main() -> std::process::ExitCode {
             )
         }),
     );
-    if let Some(path) = control {
-        // A control socket: `tls reload-cert --control PATH` swaps the certificate.
-        if let Err(e) = ceaseless::Process::builder().control_socket(path).start() {
+    if control.is_some() || takeover.is_some() {
+        let mut builder = ceaseless::Process::builder();
+        if let Some(path) = control {
+            // A control socket: `tls reload-cert --control PATH` swaps the certificate.
+            builder = builder.control_socket(path);
+        }
+        if let Some(path) = takeover {
+            builder = builder.takeover(path);
+        }
+        if let Err(e) = builder.start() {
             eprintln!("tls: {e}");
             return std::process::ExitCode::from(1);
         }

@@ -2,7 +2,8 @@
 //! ([`Old`]) and the new generation's ([`New`]). No tokio, no descriptors, no clock: the
 //! drivers (`successor` for the old side, the process owner for the new one) feed them
 //! what happened and do what they answer, and the property tests below run both against
-//! every interleaving of messages, deaths, timeouts and shutdowns.
+//! every interleaving of messages, deaths, timeouts, shutdowns (SIGTERM) and restarts
+//! asked for meanwhile (SIGHUP).
 //!
 //! # The invariant
 //! > From the first generation's readiness until a shutdown is asked for, at least one
@@ -265,6 +266,10 @@ mod tests {
         Timeout,
         /// A shutdown (SIGTERM) lands in the old generation.
         Term,
+        /// A restart (SIGHUP) is asked of the old generation: refused while one is in
+        /// progress or after a shutdown; after a failed one, the next restart starts a
+        /// new successor (the failed one was stopped).
+        Hup,
     }
 
     fn ev() -> impl Strategy<Value = Ev> {
@@ -279,6 +284,7 @@ mod tests {
             Just(Ev::NewDies),
             Just(Ev::Timeout),
             Just(Ev::Term),
+            Just(Ev::Hup),
         ]
     }
 
@@ -383,6 +389,11 @@ mod tests {
                 Ev::Term => {
                     self.still_on = false;
                     self.old_sees(Seen::CalledOff);
+                }
+                Ev::Hup => {
+                    if self.still_on && matches!(self.old, Old::Failed(_)) {
+                        *self = World::new();
+                    }
                 }
             }
         }

@@ -333,6 +333,64 @@ fn tls_sessions_resume_across_restarts() {
     }
 }
 
+/// The session-ticket key goes through a takeover as through a restart: a session saved
+/// with the old process resumes with the newcomer that took over from it.
+#[test]
+#[cfg_attr(
+    not(all(feature = "tls", feature = "control")),
+    ignore = "needs the `tls` and `control` features"
+)]
+fn tls_sessions_resume_across_a_takeover() {
+    #[cfg(all(feature = "tls", feature = "control"))]
+    {
+        use rustls::HandshakeKind::{Full, Resumed};
+        become_subreaper();
+        let dir = common::scratch_dir("tickets-takeover");
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        write_pair(&ck, &cert, &key);
+        let control = common::generations::socket_path(&dir, "c.sock");
+        let ctl = control.to_str().unwrap();
+        let (mut old, addr) = start_tls(&cert, &key, &["--control", ctl]);
+        let rt = current_thread();
+        let client =
+            |v: &'static rustls::SupportedProtocolVersion| Arc::new(tls_client(&[&ck], &[v]));
+        let clients = [
+            ("TLS 1.3", client(&rustls::version::TLS13)),
+            ("TLS 1.2", client(&rustls::version::TLS12)),
+        ];
+        for (v, c) in &clients {
+            assert_eq!(tls_get(&rt, c, &addr), Full, "{v}: the first handshake");
+        }
+        let new = Proc::spawn(
+            &example_bin("tls"),
+            &[
+                "--takeover",
+                ctl,
+                "--addr",
+                &addr,
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        );
+        use common::generations::LONG;
+        new.expect_line("declared ready", LONG);
+        let status = old
+            .wait_exit(LONG)
+            .unwrap_or_else(|| panic!("no takeover; new:\n{}", new.output()));
+        assert!(status.success(), "old:\n{}", old.output());
+        for (v, c) in &clients {
+            assert_eq!(
+                tls_get(&rt, c, &addr),
+                Resumed,
+                "{v}: the session saved with the old process, after the takeover"
+            );
+        }
+    }
+}
+
 /// The DER of the certificate a fresh TLS connection to `addr` is served.
 #[cfg(feature = "tls")]
 fn served_cert(
