@@ -223,7 +223,7 @@ fn successor_killed_at_each_step_leaves_the_old_one_accepting() {
 
 #[test]
 #[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
-fn successor_exiting_at_each_step_leaves_the_old_one_accepting() {
+fn successor_exiting_right_after_its_ready_report_or_at_any_step_is_not_committed_to() {
     for at in STEPS {
         fault(at, "exit", false);
     }
@@ -262,7 +262,7 @@ fn start_time(pid: u32) -> u64 {
 /// taken as this process's.
 #[test]
 #[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
-fn stale_handover_variables_are_ignored_by_a_first_generation() {
+fn a_stale_ceaseless_draining_and_other_handover_variables_are_ignored_by_a_first_generation() {
     become_subreaper();
     let (dir, app) = installed("stale-vars", "hello");
     let control = socket_path(&dir, "c.sock");
