@@ -366,15 +366,19 @@ fn sigterm_during_a_restart_keeps_the_lame_duck_and_the_warming_generation_exits
         || !alive(new),
         || p.output(),
     );
-    let out = p.output();
+    // (Its log lines may still be on their way through the pipe: waited for.)
+    for line in [
+        format!("never went live and has no connection to finish; exiting now pid={new}"),
+        "the failed generation stopped".to_string(),
+    ] {
+        p.wait_for_nth(&line, 1, LONG)
+            .unwrap_or_else(|| panic!("no {line:?}; output:\n{}", p.output()));
+    }
     assert!(
-        out.contains(&format!(
-            "never went live and has no connection to finish; exiting now pid={new}"
-        )),
-        "{out}"
+        !p.output().contains("did not stop in time"),
+        "{}",
+        p.output()
     );
-    assert!(out.contains("the failed generation stopped"), "{out}");
-    assert!(!out.contains("did not stop in time"), "{out}");
 
     // Then the drain, and a clean exit.
     let status = p.wait_exit(LONG).expect("the old generation exits");
