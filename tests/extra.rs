@@ -22,11 +22,7 @@ use common::{become_subreaper, example_bin, Proc};
 #[test]
 fn a_udp_socket_is_kept_across_restarts_and_no_datagram_is_lost() {
     become_subreaper();
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::generations::free_udp_port();
     let udp = format!("127.0.0.1:{port}");
     let p = Proc::spawn(
         &example_bin("hello"),
@@ -265,6 +261,27 @@ fn start_tls(cert: &std::path::Path, key: &std::path::Path, extra: &[&str]) -> (
     (p, addr)
 }
 
+/// A self-signed certificate for localhost written into `dir` (its files), and a client
+/// of TLS 1.3 and one of TLS 1.2 trusting it, each keeping the sessions it was given.
+#[cfg(feature = "tls")]
+fn resumable_clients(
+    dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    [(&'static str, Arc<rustls::ClientConfig>); 2],
+) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    write_pair(&ck, &cert, &key);
+    let client = |v: &'static rustls::SupportedProtocolVersion| Arc::new(tls_client(&[&ck], &[v]));
+    let clients = [
+        ("TLS 1.3", client(&rustls::version::TLS13)),
+        ("TLS 1.2", client(&rustls::version::TLS12)),
+    ];
+    (cert, key, clients)
+}
+
 /// A rustls client trusting `roots`, speaking `versions`.
 #[cfg(feature = "tls")]
 fn tls_client(
@@ -302,17 +319,9 @@ fn tls_sessions_resume_across_restarts() {
         use rustls::HandshakeKind::{Full, Resumed};
         become_subreaper();
         let dir = common::scratch_dir("tickets");
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        write_pair(&ck, &cert, &key);
+        let (cert, key, clients) = resumable_clients(&dir);
         let (p, addr) = start_tls(&cert, &key, &[]);
         let rt = current_thread();
-        let client =
-            |v: &'static rustls::SupportedProtocolVersion| Arc::new(tls_client(&[&ck], &[v]));
-        let clients = [
-            ("TLS 1.3", client(&rustls::version::TLS13)),
-            ("TLS 1.2", client(&rustls::version::TLS12)),
-        ];
         for (v, c) in &clients {
             assert_eq!(tls_get(&rt, c, &addr), Full, "{v}: the first handshake");
         }
@@ -346,19 +355,11 @@ fn tls_sessions_resume_across_a_takeover() {
         use rustls::HandshakeKind::{Full, Resumed};
         become_subreaper();
         let dir = common::scratch_dir("tickets-takeover");
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        write_pair(&ck, &cert, &key);
+        let (cert, key, clients) = resumable_clients(&dir);
         let control = common::generations::socket_path(&dir, "c.sock");
         let ctl = control.to_str().unwrap();
         let (mut old, addr) = start_tls(&cert, &key, &["--control", ctl]);
         let rt = current_thread();
-        let client =
-            |v: &'static rustls::SupportedProtocolVersion| Arc::new(tls_client(&[&ck], &[v]));
-        let clients = [
-            ("TLS 1.3", client(&rustls::version::TLS13)),
-            ("TLS 1.2", client(&rustls::version::TLS12)),
-        ];
         for (v, c) in &clients {
             assert_eq!(tls_get(&rt, c, &addr), Full, "{v}: the first handshake");
         }

@@ -355,11 +355,7 @@ fn takeover_hands_over_the_udp_socket_and_the_state() {
     let (old_app, new_app) = (hello_at(&dir, "old"), hello_at(&dir, "new"));
     let control = socket_path(&dir, "control.sock");
     let ctl = control.to_str().unwrap();
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::generations::free_udp_port();
     let udp = format!("127.0.0.1:{port}");
     let mut old = Proc::spawn(
         &old_app,

@@ -208,6 +208,15 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// A free UDP port on 127.0.0.1 (bound, then released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The inode of the socket listening on 127.0.0.1:`port`, from /proc/net/tcp: the same
 /// inode before and after a restart proves the same socket was handed over.
 pub fn listen_inode(port: u16) -> Option<u64> {
