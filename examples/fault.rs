@@ -255,30 +255,21 @@ async fn main() -> ExitCode {
     let (mut from_old, mut from_new) = (String::new(), String::new());
     let mut quiet = at == At::Start;
     loop {
-        tokio::select! {
+        // Whether the step of the fault was reached.
+        let due = tokio::select! {
             read = down_r.read_line(&mut from_new), if !quiet => {
                 if !matches!(read, Ok(n) if n > 0) {
                     quiet = true; // its end closed: it exits, which `wait` below sees
                     continue;
                 }
                 let word = from_new.trim_end().to_string();
-                if at == At::Holding && word == "holding" {
-                    match fail(&mut child, at, action).await {
-                        Some(code) => return code,
-                        None => quiet = true,
-                    }
-                } else {
+                // `holding` is failed before it is passed on; every other step after.
+                if !(at == At::Holding && word == "holding") {
                     let _ = up_w.write_all(from_new.as_bytes()).await;
-                    let due = (at == At::Ready && word.starts_with("ready "))
-                        || (at == At::Acked && word == "holding");
-                    if due {
-                        match fail(&mut child, at, action).await {
-                            Some(code) => return code,
-                            None => quiet = true,
-                        }
-                    }
                 }
                 from_new.clear();
+                (at == At::Ready && word.starts_with("ready "))
+                    || (matches!(at, At::Holding | At::Acked) && word == "holding")
             }
             read = up_r.read_line(&mut from_old), if !quiet => {
                 if !matches!(read, Ok(n) if n > 0) {
@@ -287,13 +278,9 @@ async fn main() -> ExitCode {
                     continue;
                 }
                 let _ = down_w.write_all(from_old.as_bytes()).await;
-                if at == At::Go && from_old.trim_end() == "go" {
-                    match fail(&mut child, at, action).await {
-                        Some(code) => return code,
-                        None => quiet = true,
-                    }
-                }
+                let due = at == At::Go && from_old.trim_end() == "go";
                 from_old.clear();
+                due
             }
             status = child.wait() => {
                 let code = status.ok().and_then(|s| s.code()).unwrap_or(1);
@@ -308,6 +295,12 @@ async fn main() -> ExitCode {
                     let _ = child.wait().await;
                 }
                 return ExitCode::from(143);
+            }
+        };
+        if due {
+            match fail(&mut child, at, action).await {
+                Some(code) => return code,
+                None => quiet = true,
             }
         }
     }

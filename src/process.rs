@@ -1087,32 +1087,29 @@ impl Process {
         self.lock().inherited.unclaimed_listeners()
     }
 
-    /// Waits until every inherited listener is claimed, or until `deadline`; whether
-    /// they all were.
-    async fn claimed_by(&self, deadline: Option<tokio::time::Instant>) -> bool {
+    /// Waits until the servers claimed every inherited listener, or until the claim
+    /// grace ends, and closes what is still unclaimed then (a port this version no
+    /// longer serves).
+    async fn settle_claims(&self) {
+        let deadline = crate::duration::deadline(CLAIM_GRACE);
         let mut claims = self.inner.claims.subscribe();
-        loop {
-            if self.unclaimed() == 0 {
-                return true;
-            }
+        while self.unclaimed() > 0 {
             tokio::select! {
-                changed = claims.changed() => if changed.is_err() { return false },
-                _ = crate::duration::sleep_until(deadline) => return self.unclaimed() == 0,
+                changed = claims.changed() => if changed.is_err() { break },
+                _ = crate::duration::sleep_until(deadline) => break,
             }
         }
+        self.lock().inherited.close_unclaimed();
     }
 
-    /// What is inherited and still unclaimed is closed once the servers claimed the
-    /// rest, or the claim grace ended: a live generation that owes nobody an answer.
+    /// [`Process::settle_claims`] in a task of its own, for a live generation that owes
+    /// nobody an answer.
     fn close_unclaimed_later(&self, core: &Core) {
         if core.inherited.unclaimed_listeners() == 0 {
             return;
         }
         let p = self.clone();
-        tokio::spawn(async move {
-            p.claimed_by(crate::duration::deadline(CLAIM_GRACE)).await;
-            p.lock().inherited.close_unclaimed();
-        });
+        tokio::spawn(async move { p.settle_claims().await });
     }
 
     /// A generation started by a restart or a takeover, once ready: the commit's
@@ -1122,12 +1119,7 @@ impl Process {
         let fd = match channel {
             ReadyChannel::Pipe(fd) => {
                 // No answer comes on a pipe: report once holding, and be live.
-                if !self
-                    .claimed_by(crate::duration::deadline(CLAIM_GRACE))
-                    .await
-                {
-                    self.lock().inherited.close_unclaimed();
-                }
+                self.settle_claims().await;
                 if let Err(e) = write_all(&fd, report.as_bytes()) {
                     tracing::error!(error = %e, "cannot report readiness to the previous generation");
                 }
@@ -1588,11 +1580,10 @@ impl Process {
                     > crate::fdpass::MAX_FDS =>
             {
                 let e = RestartError::TakeoverRefused("more sockets than one message carries");
-                let settle = self.settle(Err(e), c.abort, c._running, Box::new(|| {}));
-                let reply = match settle.await {
-                    Err(e) => format!("error {}\n", e.to_string().replace(['\n', '\r'], " ")),
-                    Ok(_) => unreachable!("a refused takeover cannot succeed"),
-                };
+                let reply = format!("error {}\n", e.to_string().replace(['\n', '\r'], " "));
+                let _ = self
+                    .restart_failed(None, e, c._running, Box::new(|| {}))
+                    .await;
                 let mut stream = stream;
                 let _ = stream.write_all(reply.as_bytes()).await;
                 return;
@@ -1670,10 +1661,9 @@ impl Process {
             Ok(n) => n,
             Err(e) => return self.restart_failed(None, e, running, settled).await,
         };
-        let still_on = || {
-            let core = self.lock();
-            core.state.phase == Phase::Restarting && !abort.is_cancelled()
-        };
+        // The restart is on until a shutdown calls it off (the phase leaves Restarting).
+        let on = |core: &Core| core.state.phase == Phase::Restarting && !abort.is_cancelled();
+        let still_on = || on(&self.lock());
         let held = next
             .until_holding(self.inner.ready_timeout, &abort, still_on)
             .await;
@@ -1681,8 +1671,7 @@ impl Process {
         // calls the restart off) or after it (and finds this generation draining).
         let decided = held.and_then(|()| {
             let mut core = self.lock();
-            let on = core.state.phase == Phase::Restarting && !abort.is_cancelled();
-            next.decide(on)?;
+            next.decide(on(&core))?;
             core.committing = true;
             Ok(())
         });
