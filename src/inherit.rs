@@ -344,7 +344,7 @@ impl Inherited {
             + self.extras.len()
     }
 
-    /// Closes everything nobody claimed (the generation declared ready).
+    /// Closes everything nobody claimed (the claims are settled: see the `commit` module).
     pub(crate) fn close_unclaimed(&mut self) {
         for e in self.entries.drain(..) {
             tracing::info!(name = %e.label(), addr = %e.actual, "closing an inherited listener no server claimed");

@@ -654,7 +654,8 @@ impl Process {
     /// it back by the same call (in every process model). Any socket or file works: a
     /// bound UDP socket (see [`Process::udp_socket`]), a listener of another protocol,
     /// a lock file. Under [`Readiness::Auto`] a generation is ready once every inherited
-    /// descriptor is claimed, these included; what nobody claimed is closed then.
+    /// descriptor is claimed, these included; what nobody claimed is closed a second
+    /// after the previous generation's answer to readiness (see [`Process::ready`]).
     ///
     /// ```no_run
     /// use std::os::fd::OwnedFd;
