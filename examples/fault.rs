@@ -11,7 +11,8 @@
 //!          ready              once its `ready` was passed on
 //!          go                 once the old generation's `go` was passed on
 //!          holding            when it says `holding`, before that is passed on
-//!          acked              once its `holding` was passed on
+//!          acked              once the old generation's `live` was passed on (the
+//!                             old one has committed to it)
 //! FAULT_DO=kill               SIGKILL it; this process dies of SIGKILL too
 //!          exit               SIGKILL it; this process exits with status 3
 //!          hang               SIGSTOP it and pass nothing on any more (a quiet
@@ -269,7 +270,7 @@ async fn main() -> ExitCode {
                 }
                 from_new.clear();
                 (at == At::Ready && word.starts_with("ready "))
-                    || (matches!(at, At::Holding | At::Acked) && word == "holding")
+                    || (at == At::Holding && word == "holding")
             }
             read = up_r.read_line(&mut from_old), if !quiet => {
                 if !matches!(read, Ok(n) if n > 0) {
@@ -278,7 +279,8 @@ async fn main() -> ExitCode {
                     continue;
                 }
                 let _ = down_w.write_all(from_old.as_bytes()).await;
-                let due = at == At::Go && from_old.trim_end() == "go";
+                let word = from_old.trim_end();
+                let due = (at == At::Go && word == "go") || (at == At::Acked && word == "live");
                 from_old.clear();
                 due
             }

@@ -440,7 +440,7 @@ fn sighup_while_a_failed_generation_is_stopped_starts_the_next_restart() {
     assert_eq!(served_by(addr), Some(new));
 }
 
-/// Under the supervisor, a new generation killed right after its acknowledgement (the
+/// Under the supervisor, a new generation killed right after the old one's `live` (the
 /// old one committed to it: it was the service) is replaced by the supervisor on the
 /// very same sockets: no connection is refused meanwhile, and a generation serves at
 /// the end.
