@@ -396,7 +396,7 @@ async fn accept_loop(
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "control socket: accept failed");
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)) {
+                    if crate::sys::process::out_of_resources(&e) {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
@@ -408,8 +408,7 @@ async fn accept_loop(
 /// One connection: reads the request line, acts, answers.
 async fn answer(stream: UnixStream, handlers: Handlers) {
     let allowed = stream.peer_cred().is_ok_and(|c| {
-        // SAFETY: geteuid has no failure mode and no memory effects.
-        let me = unsafe { libc::geteuid() };
+        let me = crate::sys::process::euid();
         c.uid() == me || c.uid() == 0
     });
     let mut reader = tokio::io::BufReader::new(stream);

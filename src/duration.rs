@@ -30,34 +30,12 @@ pub(crate) fn millis(d: Duration) -> u64 {
 /// connection needs; it is read on the request path.
 #[inline]
 pub(crate) fn now_ms() -> u64 {
-    #[cfg(target_os = "linux")]
-    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC_COARSE;
-    #[cfg(not(target_os = "linux"))]
-    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to; the clock id is a constant the
-    // platform supports, so the call cannot fail.
-    unsafe { libc::clock_gettime(CLOCK, &mut ts) };
-    // A monotonic clock counts from boot: its seconds are far from overflowing a u64
-    // once multiplied by 1000, and its nanoseconds are below 10^9, so plain arithmetic
-    // (this is read on every request).
-    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u32 / 1_000_000) as u64 + 1
+    crate::sys::clock::coarse_ms() + 1
 }
 
 /// CLOCK_MONOTONIC in microseconds: what systemd's `MONOTONIC_USEC=` wants.
 pub(crate) fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let micros = u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000;
-    secs.saturating_mul(1_000_000).saturating_add(micros)
+    crate::sys::clock::mono_us()
 }
 
 /// The timer instant for `ms` of [`now_ms`]: now when it has passed, far in the future

@@ -116,6 +116,28 @@ pub(crate) fn meant_for(env: &dyn Env, ppid: u32) -> bool {
     names_parent(ENV_PARENT_PID) || names_parent(ENV_SUPERVISOR)
 }
 
+/// The process environment, read-only, as the process may take it: the handover
+/// variables only when they were meant for this process ([`handover::meant_for`]).
+pub(crate) struct ProcessEnv;
+
+/// The process environment as it is.
+struct Raw;
+
+impl Env for Raw {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        if HANDOVER_VARS.contains(&name) && !meant_for(&Raw, std::os::unix::process::parent_id()) {
+            return None;
+        }
+        Raw.get(name)
+    }
+}
+
 /// systemd's socket activation variables (sd_listen_fds(3)).
 pub(crate) const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const ENV_LISTEN_PID: &str = "LISTEN_PID";
@@ -430,6 +452,24 @@ pub(crate) fn read_systemd(env: &dyn Env, pid: u32) -> Result<Option<Activated>,
         env.get(ENV_LISTEN_FDNAMES),
         n,
     )))
+}
+
+/// The descriptors `env` announces to this process, past the pid guards (ours, else
+/// systemd's): what the process may take as inherited if they are open.
+pub(crate) fn announced(env: &dyn Env, ppid: u32, pid: u32) -> Vec<RawFd> {
+    match read_ours(env, ppid) {
+        Ok(Some(ours)) => ours.announced().collect(),
+        #[cfg(feature = "systemd")]
+        _ => match read_systemd(env, pid) {
+            Ok(Some(activated)) => (FIRST_FD..).take(activated.names.len()).collect(),
+            _ => Vec::new(),
+        },
+        #[cfg(not(feature = "systemd"))]
+        _ => {
+            let _ = pid;
+            Vec::new()
+        }
+    }
 }
 
 /// The names of `n` activated descriptors from `var` (`LISTEN_FDNAMES`'s format: one

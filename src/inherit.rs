@@ -16,13 +16,13 @@
 //! against what the kernel says it is; one that fails is logged and closed, and the
 //! others are still taken.
 
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::OnceLock;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 
 use crate::addr::ListenAddr;
 use crate::error::Error;
 use crate::handover::{self, Env, Name, ENV_READY_FD, FIRST_FD};
 use crate::listen::describe_listener;
+use crate::sys::fd::{self, take_inherited};
 
 /// How an inherited socket was announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,30 +100,6 @@ pub(crate) struct Inherited {
     pub(crate) generation: u64,
 }
 
-/// The process environment, read-only, as the process may take it: the handover
-/// variables only when they were meant for this process ([`handover::meant_for`]).
-pub(crate) struct ProcessEnv;
-
-/// The process environment as it is.
-struct Raw;
-
-impl Env for Raw {
-    fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl Env for ProcessEnv {
-    fn get(&self, name: &str) -> Option<String> {
-        if handover::HANDOVER_VARS.contains(&name)
-            && !handover::meant_for(&Raw, std::os::unix::process::parent_id())
-        {
-            return None;
-        }
-        Raw.get(name)
-    }
-}
-
 fn log(e: Error) {
     tracing::error!(error = %e, "ignoring an inherited listener; binding afresh instead");
 }
@@ -148,7 +124,7 @@ impl Inherited {
                 for (i, entry) in ours.entries.into_iter().enumerate() {
                     let fd = FIRST_FD + i as RawFd;
                     match entry {
-                        Ok(Name::Fd(name)) => match take_fd(fd) {
+                        Ok(Name::Fd(name)) => match take_inherited(fd) {
                             // The application's: whatever it is, it is its to check.
                             Ok(owned) => found.extras.push((name, owned)),
                             Err(reason) => log(Error::InheritedFd {
@@ -168,16 +144,16 @@ impl Inherited {
                         }
                         Err(e) => {
                             // Not ours to keep: close it, if it was handed over at all.
-                            drop(take_fd(fd));
+                            drop(take_inherited(fd));
                             log(e);
                         }
                     }
                 }
                 if let Some(fd) = ours.ready_fd {
-                    match take_fd(fd).and_then(|owned| match kind(owned.as_fd()) {
-                        Kind::Pipe => Ok(ReadyChannel::Pipe(owned)),
-                        Kind::Socket => Ok(ReadyChannel::Socket(owned)),
-                        Kind::Other => Err("not a pipe or a socket".into()),
+                    match take_inherited(fd).and_then(|owned| match fd::kind(owned.as_fd()) {
+                        fd::Kind::Pipe => Ok(ReadyChannel::Pipe(owned)),
+                        fd::Kind::Socket => Ok(ReadyChannel::Socket(owned)),
+                        fd::Kind::Other => Err("not a pipe or a socket".into()),
                     }) {
                         Ok(ch) => found.ready = Some(ch),
                         Err(reason) => log(Error::InheritedFd {
@@ -262,7 +238,7 @@ impl Inherited {
     }
 
     fn adopt(&mut self, fd: RawFd, announced: Announced) {
-        self.adopt_taken(fd, take_fd(fd), announced)
+        self.adopt_taken(fd, take_inherited(fd), announced)
     }
 
     fn adopt_taken(&mut self, fd: RawFd, taken: Result<OwnedFd, String>, announced: Announced) {
@@ -380,112 +356,4 @@ fn relayed_activation(env: &dyn Env, ours: &handover::Ours) -> Option<Vec<Option
         tracing::warn!(error = %e, "socket activation: ignoring the descriptor names");
     }
     Some(relayed.names)
-}
-
-enum Kind {
-    Pipe,
-    Socket,
-    Other,
-}
-
-fn kind(fd: BorrowedFd<'_>) -> Kind {
-    use std::os::fd::AsRawFd;
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat writes into the stat buffer we pass; it is read only on success.
-    let mode = unsafe {
-        if libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) != 0 {
-            return Kind::Other;
-        }
-        st.assume_init().st_mode & libc::S_IFMT
-    };
-    match mode {
-        libc::S_IFIFO => Kind::Pipe,
-        libc::S_IFSOCK => Kind::Socket,
-        _ => Kind::Other,
-    }
-}
-
-/// The announced descriptors that were open when the process started: recorded before
-/// `main` runs (see `RECORD_OPEN_AT_START`), when no code of the process can have opened
-/// one at those numbers yet.
-static OPEN_AT_START: OnceLock<Vec<RawFd>> = OnceLock::new();
-
-extern "C" fn record_open_at_start() {
-    let _ = OPEN_AT_START.set(announced_and_open(&ProcessEnv));
-}
-
-// Runs at load time, before `main` (Linux and the other ELF systems). Elsewhere the
-// record is made on first use, which is right as long as nothing opened a descriptor
-// at an announced number before the process owner starts.
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-#[used]
-#[link_section = ".init_array"]
-static RECORD_OPEN_AT_START: extern "C" fn() = record_open_at_start;
-
-fn open_at_start() -> &'static [RawFd] {
-    OPEN_AT_START.get_or_init(|| announced_and_open(&ProcessEnv))
-}
-
-/// The descriptors the environment announces to this process (past the pid guards)
-/// that are open, each made close-on-exec at once. Logs nothing: it runs before the
-/// application installed a logger; `Inherited::from_env` reports the problems later.
-fn announced_and_open(env: &dyn Env) -> Vec<RawFd> {
-    let announced: Vec<RawFd> = match handover::read_ours(env, std::os::unix::process::parent_id())
-    {
-        Ok(Some(ours)) => ours.announced().collect(),
-        #[cfg(feature = "systemd")]
-        _ => match handover::read_systemd(env, std::process::id()) {
-            Ok(Some(activated)) => (FIRST_FD..).take(activated.names.len()).collect(),
-            _ => Vec::new(),
-        },
-        #[cfg(not(feature = "systemd"))]
-        _ => Vec::new(),
-    };
-    announced
-        .into_iter()
-        .filter(|&fd| set_cloexec(fd).is_ok())
-        .collect()
-}
-
-/// Takes ownership of an inherited descriptor: one that was open when the process
-/// started, made close-on-exec.
-fn take_fd(fd: RawFd) -> Result<OwnedFd, String> {
-    if !open_at_start().contains(&fd) {
-        return Err("never handed over: it was not open when the process started".into());
-    }
-    set_cloexec(fd)?;
-    // SAFETY: the descriptor was open when the process started, so it was handed to
-    // this process to own (the pid guard was checked by the caller); nothing else in
-    // the process refers to it, and it is taken only once (the environment is read once).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Sets close-on-exec on an open descriptor.
-fn set_cloexec(fd: RawFd) -> Result<(), String> {
-    // SAFETY: F_GETFD/F_SETFD only read and set flags of a descriptor number.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
-        return Err(format!("not open: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: as above.
-    if flags & libc::FD_CLOEXEC == 0
-        && unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0
-    {
-        return Err(format!(
-            "cannot set close-on-exec: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_closed_fd_is_refused() {
-        // A descriptor number far above anything this test process has open.
-        assert!(take_fd(100_000).is_err());
-    }
 }

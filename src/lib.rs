@@ -109,8 +109,6 @@ mod control;
 mod drain;
 mod duration;
 mod error;
-mod exec;
-mod fdpass;
 mod handover;
 mod health;
 mod history;
@@ -129,12 +127,11 @@ mod process;
 mod restart;
 mod serve;
 mod signals;
-#[cfg(target_os = "linux")]
-mod spawn;
 pub mod state;
 pub mod status;
 mod successor;
 mod supervise;
+mod sys;
 mod takeover;
 #[cfg(feature = "tls")]
 mod tickets;

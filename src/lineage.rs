@@ -17,8 +17,10 @@
 
 use std::sync::OnceLock;
 
+use crate::handover::ProcessEnv;
 use crate::handover::{self, ProcId};
-use crate::inherit::ProcessEnv;
+use crate::sys::process::Signal;
+use std::os::fd::AsFd;
 
 /// The default [`ProcessBuilder::max_draining`](crate::ProcessBuilder::max_draining).
 pub const DEFAULT_MAX_DRAINING: usize = 4;
@@ -49,13 +51,9 @@ pub(crate) fn init() {
 
 /// This process, or `pid`, as a [`ProcId`]; `None` if it is gone (or a zombie).
 pub(crate) fn proc_id(pid: u32) -> Option<ProcId> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    if handover::stat_is_dead(&stat) {
-        return None;
-    }
     Some(ProcId {
         pid,
-        start: handover::stat_start_time(&stat)?,
+        start: crate::sys::process::start_time(pid)?,
     })
 }
 
@@ -108,71 +106,23 @@ pub(crate) fn hammer(ids: &[ProcId], max: usize) {
             max_draining = max,
             "too many generations draining: hammering the oldest (SIGUSR2)"
         );
-        if let Err(e) = signal(id, libc::SIGUSR2) {
+        if let Err(e) = signal(id, Signal::USR2) {
             tracing::error!(error = %e, hammered = id.pid, "cannot hammer an old generation");
         }
     }
 }
 
-/// Sends `sig` to that very process: false if it is gone. Through a pidfd where the
-/// kernel has them, so that the process checked is the one signalled.
-pub(crate) fn signal(id: &ProcId, sig: i32) -> std::io::Result<bool> {
-    #[cfg(target_os = "linux")]
-    if let Some(fd) = pidfd(id.pid) {
-        if !alive(id) {
-            return Ok(false);
-        }
-        return pidfd_signal(&fd, sig).map(|()| true);
-    }
+/// Sends `sig` to that very process: false if it is gone. Through a pidfd where there
+/// is one, so that the process checked is the one signalled.
+pub(crate) fn signal(id: &ProcId, sig: Signal) -> std::io::Result<bool> {
+    let pidfd = crate::sys::process::pidfd(id.pid);
     if !alive(id) {
         return Ok(false);
     }
-    let pid = libc::pid_t::try_from(id.pid).map_err(std::io::Error::other)?;
-    // SAFETY: kill(2) has no memory effects.
-    if unsafe { libc::kill(pid, sig) } < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ESRCH) {
-            Ok(false)
-        } else {
-            Err(e)
-        };
+    match pidfd {
+        Some(fd) => crate::sys::process::pidfd_signal(fd.as_fd(), sig).map(|()| true),
+        None => crate::sys::process::kill(id.pid, sig),
     }
-    Ok(true)
-}
-
-/// A pidfd for `pid` (Linux 5.3 and later); `None` if the kernel has none or the
-/// process is gone.
-#[cfg(target_os = "linux")]
-pub(crate) fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: the descriptor was just created, and nothing else owns it. (pidfd_open
-    // sets close-on-exec on it.)
-    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Sends `sig` through a pidfd.
-#[cfg(target_os = "linux")]
-pub(crate) fn pidfd_signal(fd: &std::os::fd::OwnedFd, sig: i32) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: pidfd_send_signal with a null siginfo sends `sig` as kill(2) would.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ use crate::control::{self, Control};
 use crate::error::{Error, RestartError};
 use crate::handover::Message;
 use crate::handover::Name;
-use crate::inherit::{Inherited, ProcessEnv, ReadyChannel};
+use crate::handover::ProcessEnv;
+use crate::inherit::{Inherited, ReadyChannel};
 use crate::lifecycle::{Observer, Phase, Publisher, Served, State, Transition, Watch};
 use crate::listen::Listener;
 use crate::restart::{self, Exe};
@@ -1578,7 +1579,7 @@ impl Process {
         let claimed = match refused {
             Ok(c)
                 if c.fds.len() + usize::from(self.inner.state.is_some())
-                    > crate::fdpass::MAX_FDS =>
+                    > crate::sys::fdpass::MAX_FDS =>
             {
                 let e = RestartError::TakeoverRefused("more sockets than one message carries");
                 let reply = format!("error {}\n", e.to_string().replace(['\n', '\r'], " "));

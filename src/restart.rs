@@ -188,21 +188,23 @@ fn start(
     sources: &[RawFd],
 ) -> io::Result<Proc> {
     #[cfg(target_os = "linux")]
-    if std::env::var_os(FORK_ENV).is_none_or(|v| v.is_empty() || v == "0") {
+    if !crate::sys::portable()
+        && std::env::var_os(FORK_ENV).is_none_or(|v| v.is_empty() || v == "0")
+    {
         use std::os::unix::ffi::OsStrExt;
         let env: Vec<Vec<u8>> = std::env::vars_os()
             .filter(|(k, _)| !removed.contains(k) && !set.iter().any(|(s, _)| s == k))
             .chain(set.iter().cloned())
             .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
             .collect();
-        let spec = crate::spawn::Spec {
+        let spec = crate::sys::spawn::Spec {
             path: exe.path.as_os_str(),
             args: &exe.args,
             cwd: exe.cwd.as_os_str(),
             env,
             fds: sources,
         };
-        if let Some(child) = crate::spawn::spawn(&spec)? {
+        if let Some(child) = crate::sys::spawn::spawn(&spec)? {
             return Ok(Proc::Cloned(child));
         }
         tracing::debug!("no CLONE_PIDFD on this kernel: forking the next generation");
@@ -217,29 +219,19 @@ fn fork(
     removed: &[OsString],
     sources: &[RawFd],
 ) -> io::Result<tokio::process::Child> {
-    let mut cmd = tokio::process::Command::new(&exe.path);
+    let mut cmd = std::process::Command::new(&exe.path);
     cmd.args(&exe.args)
         .current_dir(&exe.cwd)
-        .stdin(Stdio::null())
-        .kill_on_drop(false);
+        .stdin(Stdio::null());
     for v in removed {
         cmd.env_remove(v);
     }
     for (k, v) in set {
         cmd.env(k, v);
     }
-    let sources = sources.to_vec();
-    let mut scratch: Vec<RawFd> = vec![-1; sources.len()];
-    // SAFETY: the closure runs in the child between fork and exec. It only calls
-    // fcntl, dup2 and sigaction (async-signal-safe) on descriptors that are open in the
-    // child, and writes into vectors allocated before the fork; it neither allocates
-    // nor locks.
-    unsafe {
-        cmd.pre_exec(move || {
-            crate::exec::ignore_sighup()?;
-            handover::place_fds(&mut crate::exec::Kernel, &sources, &mut scratch)
-        });
-    }
+    crate::sys::child::prepare(&mut cmd, sources.to_vec(), Default::default());
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(false);
     cmd.spawn()
 }
 

@@ -393,12 +393,11 @@ where
 /// An accept error: per-connection ones are ignored; running out of descriptors backs
 /// off briefly instead of spinning.
 async fn accept_error(e: std::io::Error) {
-    match e.raw_os_error() {
-        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
-            tracing::error!(error = %e, "accept failed; backing off");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        _ => tracing::debug!(error = %e, "accept failed"),
+    if crate::sys::process::out_of_resources(&e) {
+        tracing::error!(error = %e, "accept failed; backing off");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    } else {
+        tracing::debug!(error = %e, "accept failed");
     }
 }
 

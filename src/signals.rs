@@ -50,7 +50,7 @@ impl Signal {
             Signal::Usr2 => SignalKind::user_defined2(),
             Signal::Int => SignalKind::interrupt(),
             Signal::Term => SignalKind::terminate(),
-            Signal::Tstp => SignalKind::from_raw(libc::SIGTSTP),
+            Signal::Tstp => SignalKind::from_raw(crate::sys::process::Signal::TSTP.as_raw()),
         }
     }
 
@@ -194,10 +194,7 @@ fn handle(hooks: &Arc<Hooks>, actions: &Arc<dyn Actions>, sig: Signal) {
             // stop must be directed at this thread (raise, not kill of the pid): a
             // process-wide SIGSTOP may be taken by another thread, and this one would run
             // the post hooks before the process stops.
-            // SAFETY: raise(3) of SIGSTOP on the calling thread has no memory effects.
-            unsafe {
-                libc::raise(libc::SIGSTOP);
-            }
+            crate::sys::process::stop_this_thread();
         }
     }
     hooks.run(sig, Stage::Post);

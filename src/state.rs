@@ -4,8 +4,9 @@
 //! ([`ProcessBuilder::state`](crate::ProcessBuilder::state)): at each restart, before
 //! the new generation is started, the old one calls it (on the blocking pool, bounded
 //! by the ready timeout) and puts the bytes it returns, at most [`MAX_STATE`], in a
-//! sealed memory file (`memfd_create`, sealed against writes, so the new generation
-//! reads exactly what was written and cannot change it). The file travels with the
+//! sealed file (a memory file sealed against writes on Linux, an unlinked read-only
+//! temporary file elsewhere: the new generation reads exactly what was written and
+//! cannot change it). The file travels with the
 //! listeners under the reserved name `fd:ceaseless.state`; the new generation reads it
 //! as it starts ([`Process::inherited_state`](crate::Process::inherited_state)).
 //!
@@ -15,8 +16,7 @@
 //! exits, and the old one keeps serving. The bytes are the application's, versioned by
 //! the application: ceaseless neither parses nor checks them.
 
-use std::io::{Read, Seek, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,54 +60,23 @@ pub(crate) async fn produce(p: &Producer, timeout: Duration) -> Result<OwnedFd, 
     sealed(&bytes).map_err(|e| failed(format!("cannot hold the state in memory: {e}")))
 }
 
-/// A memory file holding `bytes`, sealed against any change.
+/// A file holding `bytes`, sealed against any change (the OS layer's `sealed` module
+/// says how, on each platform).
 pub(crate) fn sealed(bytes: &[u8]) -> std::io::Result<OwnedFd> {
-    let name = c"ceaseless-state";
-    // SAFETY: a valid NUL-terminated name and flags; the result is checked.
-    let raw =
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut file = std::fs::File::from(fd);
-    file.write_all(bytes)?;
-    file.rewind()?;
-    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-    // SAFETY: fcntl on a descriptor we own, with a valid command and argument.
-    if unsafe {
-        libc::fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            libc::F_ADD_SEALS,
-            seals,
-        )
-    } < 0
-    {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(OwnedFd::from(file))
+    crate::sys::sealed::file(bytes)
 }
 
-/// Reads the state handed over in `fd` (from its start: the file offset is shared with
-/// the previous generation).
+/// Reads the state handed over in `fd`.
 pub(crate) fn read(fd: OwnedFd) -> Result<Vec<u8>, Error> {
-    let err = |e: std::io::Error| Error::State {
-        reason: format!("cannot read the state the previous generation handed over: {e}"),
-    };
-    let mut file = std::fs::File::from(fd);
-    file.rewind().map_err(err)?;
-    let mut bytes = Vec::new();
-    (&mut file)
-        .take(MAX_STATE as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(err)?;
-    if bytes.len() > MAX_STATE {
-        return Err(Error::State {
+    match crate::sys::sealed::read_all(fd, MAX_STATE) {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(Error::State {
             reason: format!("the state handed over is larger than {MAX_STATE} bytes"),
-        });
+        }),
+        Err(e) => Err(Error::State {
+            reason: format!("cannot read the state the previous generation handed over: {e}"),
+        }),
     }
-    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -121,7 +90,8 @@ mod tests {
         let copy = fd.try_clone().unwrap();
         assert_eq!(read(fd).unwrap(), b"count 42");
         let mut f = std::fs::File::from(copy);
-        assert!(f.write_all(b"x").is_err(), "the memory file is sealed");
+        use std::io::Write;
+        assert!(f.write_all(b"x").is_err(), "the file is sealed");
     }
 
     #[tokio::test]

@@ -213,18 +213,7 @@ impl Connections {
 /// The system-wide monotonic clock, in ns (the same for every process of the machine,
 /// unlike `Instant`, which cannot cross a process boundary).
 pub(crate) fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec on the stack; CLOCK_MONOTONIC
-    // always exists on Linux.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+    crate::sys::clock::mono_ns()
 }
 
 fn now_began() -> Began {
@@ -429,31 +418,9 @@ impl Book {
     }
 }
 
-/// Completes when process `pid` (the parent) has exited: a pidfd becomes readable
-/// then; without pidfds, the parent pid changes (this process is re-parented).
+/// Completes when process `pid` (the parent) has exited.
 async fn parent_gone(pid: u32) {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd >= 0 {
-        use std::os::fd::FromRawFd;
-        // SAFETY: a fresh descriptor that nothing else owns.
-        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-        // `AsyncFd::new` (deprecated in newer tokio for the `register` this crate's
-        // minimum tokio lacks) is sound here: the AsyncFd owns the OwnedFd, which stays
-        // open, and the same descriptor, for the AsyncFd's whole life.
-        #[allow(deprecated)]
-        let registered =
-            tokio::io::unix::AsyncFd::with_interest(owned, tokio::io::Interest::READABLE);
-        if let Ok(afd) = registered {
-            let _ = afd.readable().await;
-            return;
-        }
-    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-        return; // gone already
-    }
-    while std::os::unix::process::parent_id() == pid {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    crate::sys::process::parent_exited(pid).await
 }
 
 /// Follows the owner's transitions into the book.

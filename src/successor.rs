@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::commit::{Act, Failure, Old, Seen};
 use crate::error::RestartError;
 use crate::handover::{Message, ProcId};
+use crate::sys::process::Signal;
 
 /// How the successor is known to this process.
 pub(crate) enum Who {
@@ -212,19 +213,19 @@ impl Successor {
                 if self.status.is_some() || child.try_wait().ok().flatten().is_some() {
                     return;
                 }
-                child.signal(libc::SIGTERM);
+                child.signal(Signal::TERM);
                 match tokio::time::timeout(grace, child.wait()).await {
                     Ok(_) => tracing::info!(new_pid = pid, "the failed generation stopped"),
                     Err(_) => {
                         tracing::warn!(new_pid = pid, grace = ?grace, "the failed generation did not stop in time; killing it");
-                        child.signal(libc::SIGKILL);
+                        child.signal(Signal::KILL);
                         let _ = child.wait().await;
                     }
                 }
             }
             Who::Newcomer(id) => {
                 drop(self.channel);
-                match id.map(|id| crate::lineage::signal(&id, libc::SIGTERM)) {
+                match id.map(|id| crate::lineage::signal(&id, Signal::TERM)) {
                     Some(Ok(true)) => tracing::info!(
                         new_pid = pid,
                         "told the failed new process to stop (SIGTERM)"
@@ -242,7 +243,7 @@ impl Successor {
 /// A started next generation, as the way it was started gives it.
 pub(crate) enum Proc {
     #[cfg(target_os = "linux")]
-    Cloned(crate::spawn::Child),
+    Cloned(crate::sys::spawn::Child),
     Forked(tokio::process::Child),
 }
 
@@ -272,19 +273,16 @@ impl Proc {
     }
 
     /// Sends `sig` unless it was reaped (then its pid may be another process's).
-    pub(crate) fn signal(&mut self, sig: libc::c_int) {
+    pub(crate) fn signal(&mut self, sig: Signal) {
         match self {
             #[cfg(target_os = "linux")]
             Proc::Cloned(c) => {
                 let _ = c.signal(sig);
             }
             Proc::Forked(c) => {
-                if let Some(p) = c.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
-                    // SAFETY: kill(2) has no memory effects; `id()` is `None` once the
-                    // child is reaped, so the pid is still ours.
-                    unsafe {
-                        libc::kill(p, sig);
-                    }
+                // `id()` is `None` once the child is reaped, so the pid is still ours.
+                if let Some(p) = c.id() {
+                    let _ = crate::sys::process::kill(p, sig);
                 }
             }
         }

@@ -79,15 +79,15 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::handover::ProcessEnv;
 use crate::handover::{self, Name, Report};
-use crate::inherit::ProcessEnv;
 use crate::lifecycle::Transition;
 
 /// Default [`Supervisor::ready_timeout`]: 30 s.
 pub const DEFAULT_SUPERVISOR_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most descriptors one report carries (the kernel's `SCM_MAX_FD`).
-const MAX_REPORT_FDS: usize = crate::fdpass::MAX_FDS;
+const MAX_REPORT_FDS: usize = crate::sys::fdpass::MAX_FDS;
 
 /// Makes this process a supervisor with the defaults; see [`Supervisor::run`].
 ///
@@ -301,13 +301,12 @@ fn is_channel(fd: RawFd, supervisor: Option<u32>) -> Result<(), String> {
         if let Some(sup) = supervisor {
             // SAFETY: `fd` is an open socket (checked above) for the whole call.
             let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            let cred = crate::fdpass::peer_cred(borrowed).map_err(|e| format!("no peer: {e}"))?;
+            let pid = crate::sys::fdpass::peer_pid(borrowed)
+                .map_err(|e| format!("no peer: {e}"))?
+                .unwrap_or(0);
             // A socket pair carries the credentials of the process that created it.
-            if u32::try_from(cred.pid).ok() != Some(sup) {
-                return Err(format!(
-                    "created by pid {}, not by the supervisor {sup}",
-                    cred.pid
-                ));
+            if pid != sup {
+                return Err(format!("created by pid {pid}, not by the supervisor {sup}"));
             }
         }
         Ok(())
@@ -402,7 +401,7 @@ pub(crate) fn observe<'a>(
 fn send_report(sock: RawFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
     // SAFETY: the descriptor is the link's, open for the life of the process.
     let sock = unsafe { BorrowedFd::borrow_raw(sock) };
-    crate::fdpass::send(sock, bytes, fds, libc::MSG_DONTWAIT).map(drop)
+    crate::sys::fdpass::send(sock, bytes, fds, crate::sys::fdpass::Wait::DontWait).map(drop)
 }
 
 #[cfg(feature = "systemd")]
@@ -422,15 +421,15 @@ mod sys {
     use std::io;
     use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
     use std::os::unix::net::UnixDatagram;
-    use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
     use super::{notify, Supervisor, MAX_REPORT_FDS};
     use crate::handover::{self, Name, ProcId, Report, FIRST_FD};
-    use crate::lineage::{self, pidfd, pidfd_signal, proc_id};
+    use crate::lineage::{self, proc_id};
     use crate::notify::EXTEND_EVERY;
     use crate::restart::Exe;
+    use crate::sys::process::{pidfd, pidfd_signal, Signal};
 
     const BACKOFF_FIRST: Duration = Duration::from_millis(100);
     const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -482,9 +481,12 @@ mod sys {
         }
 
         fn signal(&self, sig: i32) {
+            let Some(signal) = Signal::from_named_raw(sig) else {
+                return;
+            };
             let r = match &self.pidfd {
-                Some(fd) => pidfd_signal(fd, sig),
-                None => lineage::signal(&self.id, sig).map(|_| ()),
+                Some(fd) => pidfd_signal(fd.as_fd(), signal),
+                None => lineage::signal(&self.id, signal).map(|_| ()),
             };
             if let Err(e) = r {
                 if e.raw_os_error() != Some(libc::ESRCH) {
@@ -600,7 +602,8 @@ mod sys {
     /// with the socket unit's names: what its generations are to serve.
     #[cfg(feature = "systemd")]
     fn activated_sockets(me: u32) -> (Vec<(Name, OwnedFd)>, Vec<Option<String>>) {
-        use crate::inherit::{Announced, Inherited, ProcessEnv};
+        use crate::handover::ProcessEnv;
+        use crate::inherit::{Announced, Inherited};
         let mut listeners = Vec::new();
         let mut names = Vec::new();
         for e in Inherited::activated(&ProcessEnv).entries {
@@ -981,29 +984,14 @@ mod sys {
                 handover::ENV_SUPERVISOR,
                 handover::supervisor_value(self.me, channel_fd),
             );
-            let mut scratch: Vec<RawFd> = vec![-1; sources.len()];
-            // SAFETY: the closure runs in the child between fork and exec. It only calls
-            // sigemptyset, sigprocmask, sigaction, setpgid, fcntl and dup2
-            // (async-signal-safe), on a set on the stack and descriptors open in the
-            // child, writing into vectors allocated before the fork.
-            unsafe {
-                cmd.pre_exec(move || {
-                    // The supervisor blocks the signals it reads from its signalfd;
-                    // the generation starts with none blocked.
-                    let mut none: libc::sigset_t = std::mem::zeroed();
-                    libc::sigemptyset(&mut none);
-                    if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    crate::exec::ignore_sighup()?;
-                    // Its own process group: the terminal's signals reach the supervisor
-                    // alone, which forwards them once.
-                    if libc::setpgid(0, 0) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    handover::place_fds(&mut crate::exec::Kernel, &sources, &mut scratch)
-                });
-            }
+            // The supervisor blocks the signals it reads from its signalfd; the
+            // generation starts with none blocked, in its own process group (the
+            // terminal's signals reach the supervisor alone, which forwards them once).
+            let setup = crate::sys::child::Setup {
+                unblock_signals: true,
+                own_group: true,
+            };
+            crate::sys::child::prepare(&mut cmd, sources, setup);
             let child = cmd.spawn();
             let ready = ready.map(|(r, w)| {
                 drop(w);
@@ -1187,7 +1175,12 @@ mod sys {
         sock: &UnixDatagram,
         buf: &mut [u8],
     ) -> io::Result<Option<(String, Vec<OwnedFd>)>> {
-        let got = match crate::fdpass::recv(sock.as_fd(), buf, MAX_REPORT_FDS, libc::MSG_DONTWAIT) {
+        let got = match crate::sys::fdpass::recv(
+            sock.as_fd(),
+            buf,
+            MAX_REPORT_FDS,
+            crate::sys::fdpass::Wait::DontWait,
+        ) {
             Ok(got) => got,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) => return Err(e),

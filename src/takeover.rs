@@ -57,6 +57,7 @@ use tokio::io::Interest;
 
 use crate::handover::{Name, Offer, ProcId};
 use crate::successor::{Successor, Who};
+use crate::sys::fdpass;
 
 /// Sends the offer, with its descriptors, on the control connection.
 pub(crate) async fn offer(
@@ -72,7 +73,12 @@ pub(crate) async fn offer(
         let attach: &[BorrowedFd<'_>] = if sent == 0 { &borrowed } else { &[] };
         let n = stream
             .async_io(Interest::WRITABLE, || {
-                crate::fdpass::send(stream.as_fd(), &bytes[sent..], attach, libc::MSG_DONTWAIT)
+                fdpass::send(
+                    stream.as_fd(),
+                    &bytes[sent..],
+                    attach,
+                    fdpass::Wait::DontWait,
+                )
             })
             .await?;
         if n == 0 {
@@ -130,9 +136,8 @@ mod newcomer {
             crate::ControlError::Timeout(t) => TakeoverError::Timeout(t),
             other => TakeoverError::Io(io::Error::other(other.to_string())),
         })?;
-        let uid = crate::fdpass::peer_uid(stream.as_fd()).map_err(TakeoverError::Io)?;
-        // SAFETY: geteuid has no failure mode and no memory effects.
-        let me = unsafe { libc::geteuid() };
+        let uid = crate::sys::fdpass::peer_uid(stream.as_fd()).map_err(TakeoverError::Io)?;
+        let me = crate::sys::process::euid();
         if uid != me && uid != 0 {
             return Err(TakeoverError::NotAllowed { uid });
         }
@@ -166,8 +171,12 @@ mod newcomer {
             stream
                 .set_read_timeout(Some(left()?))
                 .map_err(TakeoverError::Io)?;
-            let got = match crate::fdpass::recv(stream.as_fd(), &mut buf, crate::fdpass::MAX_FDS, 0)
-            {
+            let got = match crate::sys::fdpass::recv(
+                stream.as_fd(),
+                &mut buf,
+                crate::sys::fdpass::MAX_FDS,
+                crate::sys::fdpass::Wait::Block,
+            ) {
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(timed_out(e)),

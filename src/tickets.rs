@@ -4,7 +4,7 @@
 //!
 //! rustls's own ticketer draws a random key per process, so tickets of the old
 //! generation are noise to the new one. Here the first generation draws a 256-bit key,
-//! keeps it in a sealed memory file handed over with the sockets under the reserved
+//! keeps it in a sealed file handed over with the sockets under the reserved
 //! name `fd:ceaseless.tls-tickets`, and every later generation reads the same key.
 //! Tickets are sealed with ChaCha20-Poly1305 (ring, the provider ceaseless's rustls
 //! configuration uses) under a fresh random nonce, with the period they were issued in

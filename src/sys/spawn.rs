@@ -20,7 +20,7 @@
 //! prepared before the clone: it resets every signal the parent handles to its default
 //! (a handler of the parent's must never run in a child that shares its memory), ignores
 //! SIGHUP, unblocks all signals, changes directory, puts `/dev/null` on stdin and the
-//! sockets in place ([`handover::place_fds`]), and executes. All signals are blocked in
+//! sockets in place ([`handover::place_fds`] through [`super::child`]), and executes. All signals are blocked in
 //! the calling thread around the clone, so none is handled in the child before its
 //! dispositions are reset. An error of the child is left in shared memory for the
 //! parent, which reaps the child and reports it.
@@ -35,7 +35,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use tokio::io::unix::AsyncFd;
 
-use crate::exec::Kernel;
+use super::child::Kernel;
 use crate::handover;
 
 /// The child's stack: its few calls need far less.
@@ -206,7 +206,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 libc::sigaction(sig, &dfl, std::ptr::null_mut());
             }
         }
-        if crate::exec::ignore_sighup().is_err() {
+        if super::child::ignore_sighup().is_err() {
             fail(a);
         }
         let mut none: libc::sigset_t = std::mem::zeroed();
@@ -315,11 +315,11 @@ impl Child {
     }
 
     /// Sends it `sig` (nothing once it is reaped).
-    pub(crate) fn signal(&self, sig: libc::c_int) -> io::Result<()> {
+    pub(crate) fn signal(&self, sig: super::process::Signal) -> io::Result<()> {
         if self.status.is_some() {
             return Ok(());
         }
-        crate::lineage::pidfd_signal(self.pidfd.get_ref(), sig)
+        super::process::pidfd_signal(self.pidfd.get_ref().as_fd(), sig)
     }
 }
 
@@ -358,14 +358,14 @@ mod tests {
         assert_eq!(out, "hello there in /tmp\nstdin at its end\n");
         // Reaped once: asking again gives the same status, and signals go nowhere.
         assert_eq!(child.try_wait().unwrap(), Some(status));
-        child.signal(libc::SIGKILL).unwrap();
+        child.signal(super::super::process::Signal::KILL).unwrap();
     }
 
     #[tokio::test]
     async fn a_running_child_is_signalled_and_reaped() {
         let mut child = start("sleep 30", "/", &[]).unwrap().expect("CLONE_PIDFD");
         assert_eq!(child.try_wait().unwrap(), None);
-        child.signal(libc::SIGTERM).unwrap();
+        child.signal(super::super::process::Signal::TERM).unwrap();
         let status = child.wait().await.unwrap();
         assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
     }

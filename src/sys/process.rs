@@ -1,0 +1,160 @@
+//! Processes: who we are, signals to other processes, whether one still runs, and
+//! waiting for one that is not our child to exit.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+pub(crate) use rustix::process::Signal;
+use rustix::process::{Pid, PidfdFlags};
+
+/// This process's effective user id.
+pub(crate) fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+fn pid(pid: u32) -> io::Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no pid {pid}")))
+}
+
+/// Sends `sig` to `pid`: `Ok(false)` if no such process exists (any more).
+pub(crate) fn kill(to: u32, sig: Signal) -> io::Result<bool> {
+    match rustix::process::kill_process(pid(to)?, sig) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::SRCH) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Stops this process (SIGSTOP), as a shell's job control expects after SIGTSTP,
+/// before this thread goes on: the signal is raised on this thread (a process-wide one
+/// may be taken by another thread while this one runs on).
+pub(crate) fn stop_this_thread() {
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+}
+
+/// The start time of process `pid` (an identity that a reused pid does not share),
+/// `None` if it is gone or a zombie. On Linux from `/proc/<pid>/stat`; elsewhere a
+/// process is known by its pid alone (0 for every start time) and a zombie counts as
+/// running.
+pub(crate) fn start_time(of: u32) -> Option<u64> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{of}/stat")).ok()?;
+        if crate::handover::stat_is_dead(&stat) {
+            return None;
+        }
+        crate::handover::stat_start_time(&stat)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let target = pid(of).ok()?;
+        match rustix::process::test_kill_process(target) {
+            Ok(()) | Err(rustix::io::Errno::PERM) => Some(0),
+            Err(_) => None,
+        }
+    }
+}
+
+/// A pidfd for `pid`: a handle that names that very process, readable once it exited.
+/// `None` in the portable mode, off Linux, on a kernel without pidfds (before 5.3), or
+/// if the process is gone.
+pub(crate) fn pidfd(of: u32) -> Option<OwnedFd> {
+    if super::portable() {
+        return None;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        rustix::process::pidfd_open(pid(of).ok()?, PidfdFlags::empty()).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (of, PidfdFlags::empty());
+        None
+    }
+}
+
+/// Sends `sig` through a pidfd (see [`pidfd`]).
+pub(crate) fn pidfd_signal(fd: BorrowedFd<'_>, sig: Signal) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        Ok(rustix::process::pidfd_send_signal(fd, sig)?)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (fd, sig);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+/// Completes once `pidfd` (see [`pidfd`]) is readable: its process exited. `Err` if
+/// the runtime cannot watch it.
+pub(crate) async fn pidfd_exited(pidfd: OwnedFd) -> io::Result<()> {
+    // `AsyncFd::with_interest` (deprecated in newer tokio for the `register` this
+    // crate's minimum tokio lacks) is sound here: the AsyncFd owns the OwnedFd, which
+    // stays open, and the same descriptor, for the AsyncFd's whole life.
+    #[allow(deprecated)]
+    let afd = tokio::io::unix::AsyncFd::with_interest(pidfd, tokio::io::Interest::READABLE)?;
+    let _ = afd.readable().await?;
+    Ok(())
+}
+
+/// Completes when process `pid`, this process's parent, has exited: through a pidfd
+/// where there is one, else once this process was re-parented (its parent pid changed),
+/// checked every 10 ms.
+pub(crate) async fn parent_exited(parent: u32) {
+    if let Some(fd) = pidfd(parent) {
+        if pidfd_exited(fd).await.is_ok() {
+            return;
+        }
+    }
+    while std::os::unix::process::parent_id() == parent {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether `e` says the process ran out of descriptors or memory (an accept that
+/// failed so is retried after a pause; any other error is the connection's).
+pub(crate) fn out_of_resources(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
+        .iter()
+        .any(|x| e.raw_os_error() == Some(x.raw_os_error()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_reach_a_process_and_a_gone_one_is_told() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(start_time(child.id()).is_some());
+        assert!(kill(child.id(), Signal::TERM).unwrap());
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(Signal::TERM.as_raw()));
+        // Reaped: no such process any more.
+        assert!(!kill(child.id(), Signal::TERM).unwrap());
+        assert_eq!(start_time(child.id()), None);
+        assert!(
+            kill(0, Signal::TERM).is_err(),
+            "pid 0 is refused, never our group"
+        );
+    }
+
+    #[test]
+    fn exhaustion_is_told_from_other_errors() {
+        let emfile = io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        assert!(out_of_resources(&emfile));
+        assert!(!out_of_resources(&io::Error::from(
+            io::ErrorKind::ConnectionReset
+        )));
+    }
+}
