@@ -181,11 +181,11 @@ impl Shared {
     }
 
     /// What the handlers of a connection from `info` learn of it.
-    pub(crate) fn context(&self, info: ConnInfo) -> Ctx {
-        Ctx {
+    pub(crate) fn context(&self, info: ConnInfo) -> Arc<Ctx> {
+        Arc::new(Ctx {
             info,
             drain: self.drain.for_connection(),
-        }
+        })
     }
 
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
@@ -670,7 +670,7 @@ where
         // the request is not moved once more into a future that waits for readiness.
         // (A `Pending` here registered nothing that matters: the future polls again
         // with the task's waker.)
-        let handler = match app.poll_ready(&mut Context::from_waker(&noop_waker())) {
+        let handler = match app.poll_ready(&mut Context::from_waker(noop_waker())) {
             Poll::Ready(Ok(())) => Handler::Call { fut: app.call(req) },
             _ => Handler::Ready {
                 app,
@@ -848,14 +848,15 @@ impl Drop for StreamTimer {
     }
 }
 
-/// A waker that does nothing (`Waker::noop` is newer than this crate's minimum Rust).
-fn noop_waker() -> Waker {
-    use std::task::{RawWaker, RawWakerVTable};
-    const VTABLE: RawWakerVTable = RawWakerVTable::new(|_| RAW, |_| {}, |_| {}, |_| {});
-    const RAW: RawWaker = RawWaker::new(std::ptr::null(), &VTABLE);
-    // SAFETY: every function of the vtable ignores the (null) data pointer, and
-    // `clone` returns the same no-op waker: the contract of `RawWaker` holds.
-    unsafe { Waker::from_raw(RAW) }
+/// A waker that does nothing (`Waker::noop` is newer than this crate's minimum Rust),
+/// made once and only ever borrowed (no count touched on the request path).
+fn noop_waker() -> &'static Waker {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    static NOOP: std::sync::OnceLock<Waker> = std::sync::OnceLock::new();
+    NOOP.get_or_init(|| Waker::from(Arc::new(Noop)))
 }
 
 fn timed_out(what: &'static str) -> io::Error {

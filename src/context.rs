@@ -6,9 +6,9 @@
 //! `Drain`, the `ConnInfo` and axum's `ConnectInfo` that was about 1,400 instructions,
 //! a seventh of a small request's whole cost (see BENCHMARKS.md), paid whether or not a
 //! handler reads them. So by default nothing is inserted. Instead, while ceaseless polls
-//! a request's service call, its future and its response body, a thread-local pointer
-//! names the connection's context (set and restored around each poll: a few
-//! instructions), and [`ConnInfo::current`] and [`Drain::current`] read it. With the
+//! a request's service call, its future and its response body, a thread-local slot
+//! holds the connection's context (a reference-counted handle, set and restored around
+//! each poll: one uncontended count, a few instructions), and [`ConnInfo::current`] and [`Drain::current`] read it. With the
 //! `axum` feature both are also extractors. `Server::request_extensions(true)` adds them
 //! (and axum's `ConnectInfo<SocketAddr>`) to the request's extensions as well, for code
 //! that reads extensions or runs outside those polls.
@@ -17,11 +17,12 @@
 //! not by ceaseless: the handler takes what it needs before spawning it.
 //!
 //! `tokio::task_local!` would scope a value to one future, but it has to own the value
-//! (a clone per request) and wraps the future in another: a `Cell` holding a pointer
-//! costs neither.
+//! (a clone per request) and wraps the future in another: a `Cell` holding a shared
+//! handle of the connection's context costs neither.
 
 use std::cell::Cell;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use crate::lifecycle::Drain;
 
@@ -75,42 +76,43 @@ pub(crate) struct Ctx {
 }
 
 thread_local! {
-    /// The context of the request being polled on this thread (null: none).
-    static CURRENT: Cell<*const Ctx> = const { Cell::new(std::ptr::null()) };
+    /// The context of the request being polled on this thread.
+    static CURRENT: Cell<Option<Arc<Ctx>>> = const { Cell::new(None) };
 }
 
 /// `ctx` is the current context until this is dropped (then the previous one is again).
-pub(crate) struct Entered<'a> {
-    prev: *const Ctx,
-    // Borrows the context for as long as it is current; and, holding a raw pointer,
-    // is neither `Send` nor `Sync`: it is dropped on the thread that made it.
-    _ctx: PhantomData<&'a Ctx>,
+pub(crate) struct Entered {
+    prev: Option<Arc<Ctx>>,
+    // Neither `Send` nor `Sync`: it is dropped on the thread that made it.
+    _here: PhantomData<*const ()>,
 }
 
 /// Makes `ctx` the current context for the guard's lifetime.
 #[inline]
-pub(crate) fn enter(ctx: &Ctx) -> Entered<'_> {
+pub(crate) fn enter(ctx: &Arc<Ctx>) -> Entered {
     Entered {
-        prev: CURRENT.with(|c| c.replace(ctx)),
-        _ctx: PhantomData,
+        prev: CURRENT.with(|c| c.replace(Some(ctx.clone()))),
+        _here: PhantomData,
     }
 }
 
-impl Drop for Entered<'_> {
+impl Drop for Entered {
     #[inline]
     fn drop(&mut self) {
-        CURRENT.with(|c| c.set(self.prev));
+        let prev = self.prev.take();
+        CURRENT.with(|c| c.set(prev));
     }
 }
 
 fn with_current<R>(f: impl FnOnce(&Ctx) -> R) -> Option<R> {
-    let p = CURRENT.with(Cell::get);
-    // SAFETY: the pointer is non-null only while an `Entered` made from a live `&Ctx`
-    // exists on this thread (the guards are scoped, so they drop in reverse order and
-    // each restores what its predecessor set); the borrow it came from outlives the
-    // guard, so the context is alive and not mutably borrowed (it has no mutable
-    // access at all).
-    unsafe { p.as_ref() }.map(f)
+    CURRENT.with(|c| {
+        // Taken out and put back: `f` only reads the context (it copies or clones a
+        // field), so nothing observes the slot empty meanwhile.
+        let current = c.take();
+        let r = current.as_deref().map(f);
+        c.set(current);
+        r
+    })
 }
 
 impl ConnInfo {

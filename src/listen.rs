@@ -24,10 +24,7 @@ pub(crate) fn describe_listener(fd: BorrowedFd<'_>) -> Result<ListenAddr, String
     if ty != Type::STREAM {
         return Err("not a stream socket".into());
     }
-    if !sock
-        .is_listener()
-        .map_err(|e| format!("SO_ACCEPTCONN: {e}"))?
-    {
+    if crate::sys::fd::listening(fd).map_err(|e| format!("SO_ACCEPTCONN: {e}"))? == Some(false) {
         return Err("not a listening socket".into());
     }
     let local = sock.local_addr().map_err(|e| format!("getsockname: {e}"))?;

@@ -510,8 +510,13 @@ struct Inner {
     lame_duck: Option<Duration>,
     state: Option<crate::state::Producer>,
     inherited_state: Option<Vec<u8>>,
-    /// The TLS session-ticket key every generation shares (see `tickets`).
+    /// The TLS session-ticket key every generation shares (see `tickets`); without a
+    /// provider of ceaseless's, only kept and passed on.
     #[cfg(feature = "tls")]
+    #[cfg_attr(
+        not(any(feature = "tls-ring", feature = "tls-aws-lc-rs")),
+        allow(dead_code)
+    )]
     ticket_key: OnceLock<[u8; crate::tickets::KEY_LEN]>,
     /// The certificates of this process's TLS servers that [`Process::reload_tls`]
     /// swaps.
@@ -719,7 +724,7 @@ impl Process {
 
     /// The TLS session-ticket key of this service: the one the previous generation
     /// handed over, else a new one, registered for the next (see `tickets`).
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
     pub(crate) fn tls_ticket_key(&self) -> Result<[u8; crate::tickets::KEY_LEN], Error> {
         let mut core = self.lock();
         if let Some(k) = self.inner.ticket_key.get() {

@@ -27,11 +27,7 @@ extern "C" fn record_start_dir() {
     let _ = START_DIR.set(logical_cwd());
 }
 
-// Runs at load time, before `main` (Linux and the other ELF systems).
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-#[used]
-#[link_section = ".init_array"]
-static RECORD_START_DIR: extern "C" fn() = record_start_dir;
+crate::sys::before_main!(RECORD_START_DIR, record_start_dir);
 
 /// The working directory as the shell names it: `$PWD` when it is the same directory
 /// as `.` (a deploy that flips a `current -> releases/N` symlink wants the path through
@@ -177,6 +173,7 @@ pub(crate) async fn spawn(
 /// Set (to anything but `0`), the next generation is started with a fork even where
 /// the kernel could do without (the `spawn` module): for a sandbox that refuses
 /// `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)`, and to compare the two.
+#[cfg(target_os = "linux")]
 pub(crate) const FORK_ENV: &str = "CEASELESS_FORK";
 
 /// Starts the next generation: without forking where the kernel allows (the `spawn`

@@ -6,18 +6,31 @@
 //! generation are noise to the new one. Here the first generation draws a 256-bit key,
 //! keeps it in a sealed file handed over with the sockets under the reserved
 //! name `fd:ceaseless.tls-tickets`, and every later generation reads the same key.
-//! Tickets are sealed with ChaCha20-Poly1305 (ring, the provider ceaseless's rustls
-//! configuration uses) under a fresh random nonce, with the period they were issued in
+//! Tickets are sealed with ChaCha20-Poly1305 (ring's or aws-lc-rs's, as the provider
+//! the cargo features choose; with `tls` alone there is no shared ticketer) under a fresh random nonce, with the period they were issued in
 //! (6 hours) as associated data: a ticket is accepted in its own period and the next,
 //! then never. Written by hand because rustls has no ticketer with a key given from
 //! outside. What it does not do: rotate the key itself (it lives as long as the
 //! service, from its first generation; a fresh start draws a new one), so a leaked key
 //! exposes the sessions of every ticket still in use, as with any long-lived ticket key.
 
+#![cfg_attr(
+    not(any(feature = "tls-ring", feature = "tls-aws-lc-rs")),
+    allow(dead_code, unused_imports)
+)]
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
-use ring::rand::{SecureRandom, SystemRandom};
+#[cfg(all(feature = "tls-aws-lc-rs", not(feature = "tls-ring")))]
+use aws_lc_rs as crypto;
+#[cfg(feature = "tls-ring")]
+use ring as crypto;
+
+#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
+use crypto::{
+    aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN},
+    rand::{SecureRandom, SystemRandom},
+};
 
 /// The reserved name the key's memory file travels under.
 pub(crate) const NAME: &str = "ceaseless.tls-tickets";
@@ -27,12 +40,14 @@ pub(crate) const KEY_LEN: usize = 32;
 const PERIOD_SECS: u64 = 6 * 3600;
 
 /// A new random key.
+#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 pub(crate) fn new_key() -> Option<[u8; KEY_LEN]> {
     let mut k = [0u8; KEY_LEN];
     SystemRandom::new().fill(&mut k).ok()?;
     Some(k)
 }
 
+#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 fn period() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -40,17 +55,20 @@ fn period() -> u64 {
 }
 
 /// rustls's ticket producer over the shared key.
+#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 pub(crate) struct Tickets {
     key: LessSafeKey,
     rng: SystemRandom,
 }
 
+#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 impl std::fmt::Debug for Tickets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Tickets(shared key)")
     }
 }
 
+#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 impl Tickets {
     pub(crate) fn new(key: &[u8; KEY_LEN]) -> Option<Tickets> {
         let key = UnboundKey::new(&CHACHA20_POLY1305, key).ok()?;
@@ -98,6 +116,7 @@ impl Tickets {
     }
 }
 
+#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 impl rustls::server::ProducesTickets for Tickets {
     fn enabled(&self) -> bool {
         true
@@ -116,7 +135,7 @@ impl rustls::server::ProducesTickets for Tickets {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, any(feature = "tls-ring", feature = "tls-aws-lc-rs")))]
 mod tests {
     use super::*;
 

@@ -3,8 +3,11 @@
 //! Without the feature, [`Acceptor`] is a type with no values, so the serving code has
 //! one path for both builds and the TLS one compiles away.
 //!
-//! The crypto provider is named explicitly (ring), so that another provider pulled into
-//! the same binary by some other crate cannot make rustls panic at start-up.
+//! The crypto provider is named explicitly (ring with `tls-ring`, the default; aws-lc-rs
+//! with `tls-aws-lc-rs`), so that another provider pulled into the same binary by some
+//! other crate cannot make rustls panic at start-up. With `tls` alone, ceaseless takes
+//! the provider the application installed as the process default, and a missing one is
+//! an [`Error::TlsConfig`] at start.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -59,12 +62,17 @@ impl Source {
         match self {
             #[cfg(feature = "tls")]
             Source::Files(cert, key) => {
-                let (mut config, reloadable) = server_config(cert, key)?;
+                let (config, reloadable) = server_config(cert, key)?;
                 process.tls_reloadable(&reloadable);
-                let k = process.tls_ticket_key()?;
-                if let Some(t) = crate::tickets::Tickets::new(&k) {
-                    Arc::make_mut(&mut config).ticketer = Arc::new(t);
-                }
+                #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
+                let config = {
+                    let mut config = config;
+                    let k = process.tls_ticket_key()?;
+                    if let Some(t) = crate::tickets::Tickets::new(&k) {
+                        Arc::make_mut(&mut config).ticketer = Arc::new(t);
+                    }
+                    config
+                };
                 Ok(tokio_rustls::TlsAcceptor::from(config))
             }
             #[cfg(not(feature = "tls"))]
@@ -191,9 +199,30 @@ impl Reloadable {
     }
 }
 
+/// The crypto provider: ring's or aws-lc-rs's as the cargo features choose (ring if
+/// both), else the one the application installed as the process default.
 #[cfg(feature = "tls")]
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+fn provider() -> Result<Arc<rustls::crypto::CryptoProvider>, rustls::Error> {
+    #[cfg(feature = "tls-ring")]
+    {
+        Ok(Arc::new(rustls::crypto::ring::default_provider()))
+    }
+    #[cfg(all(feature = "tls-aws-lc-rs", not(feature = "tls-ring")))]
+    {
+        Ok(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    }
+    #[cfg(not(any(feature = "tls-ring", feature = "tls-aws-lc-rs")))]
+    {
+        rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "no crypto provider: enable ceaseless's `tls-ring` or `tls-aws-lc-rs` \
+                     feature, or install one with `CryptoProvider::install_default`"
+                        .into(),
+                )
+            })
+    }
 }
 
 /// The certificate chain and key in these files, checked against each other. Every
@@ -223,7 +252,8 @@ fn certified_key(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedK
     let key_pem = read(key)?;
     let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| pem_err(key, format!("no usable private key: {e}")))?;
-    rustls::sign::CertifiedKey::from_der(certs, key_der, &provider())
+    provider()
+        .and_then(|p| rustls::sign::CertifiedKey::from_der(certs, key_der, &p))
         .map(Arc::new)
         .map_err(|source| Error::TlsConfig {
             cert: cert.to_path_buf(),
@@ -244,7 +274,12 @@ fn server_config(
         key: key.to_path_buf(),
         current: std::sync::RwLock::new(certified_key(cert, key)?),
     });
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let config_err = |source| Error::TlsConfig {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        source,
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider().map_err(config_err)?)
         .with_safe_default_protocol_versions()
         .map_err(|source| Error::TlsConfig {
             cert: cert.to_path_buf(),

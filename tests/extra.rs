@@ -182,7 +182,7 @@ fn state_is_handed_over_and_a_generation_that_cannot_read_it_is_rolled_back() {
 }
 
 /// A TLS connection to `addr` as `localhost`, with `config`.
-#[cfg(feature = "tls")]
+#[cfg(feature = "tls-ring")]
 async fn tls_connect(
     config: &Arc<rustls::ClientConfig>,
     addr: &str,
@@ -200,7 +200,7 @@ async fn tls_connect(
 /// `GET /` on `tls` (the connection closing after it), and the answer read to its end:
 /// a TLS 1.3 server sends its session tickets after the handshake, and they are read
 /// with it.
-#[cfg(feature = "tls")]
+#[cfg(feature = "tls-ring")]
 async fn get_over(
     tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
 ) -> Result<Vec<u8>, String> {
@@ -215,7 +215,7 @@ async fn get_over(
 
 /// One HTTPS request over a fresh connection with `config` (whose session store keeps
 /// what the server sent), and how the handshake went.
-#[cfg(feature = "tls")]
+#[cfg(feature = "tls-ring")]
 fn tls_get(
     rt: &tokio::runtime::Runtime,
     config: &Arc<rustls::ClientConfig>,
@@ -234,7 +234,7 @@ fn tls_get(
 }
 
 /// Writes `pair`'s certificate and key to `cert` and `key`.
-#[cfg(feature = "tls")]
+#[cfg(feature = "tls-ring")]
 fn write_pair(
     pair: &rcgen::CertifiedKey<rcgen::KeyPair>,
     cert: &std::path::Path,
@@ -245,7 +245,7 @@ fn write_pair(
 }
 
 /// The tls example serving `cert` and `key` on a port of its choosing, once ready.
-#[cfg(feature = "tls")]
+#[cfg(feature = "tls-ring")]
 fn start_tls(cert: &std::path::Path, key: &std::path::Path, extra: &[&str]) -> (Proc, String) {
     let mut args = vec![
         "--addr",
@@ -263,7 +263,7 @@ fn start_tls(cert: &std::path::Path, key: &std::path::Path, extra: &[&str]) -> (
 
 /// A self-signed certificate for localhost written into `dir` (its files), and a client
 /// of TLS 1.3 and one of TLS 1.2 trusting it, each keeping the sessions it was given.
-#[cfg(feature = "tls")]
+#[cfg(feature = "tls-ring")]
 fn resumable_clients(
     dir: &std::path::Path,
 ) -> (
@@ -283,7 +283,7 @@ fn resumable_clients(
 }
 
 /// A rustls client trusting `roots`, speaking `versions`.
-#[cfg(feature = "tls")]
+#[cfg(feature = "tls-ring")]
 fn tls_client(
     roots: &[&rcgen::CertifiedKey<rcgen::KeyPair>],
     versions: &[&'static rustls::SupportedProtocolVersion],
@@ -301,7 +301,7 @@ fn tls_client(
         .with_no_client_auth()
 }
 
-#[cfg(feature = "tls")]
+#[cfg(feature = "tls-ring")]
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -312,9 +312,9 @@ fn current_thread() -> tokio::runtime::Runtime {
 /// A TLS client that saved its session resumes it after a restart, over TLS 1.3 and
 /// TLS 1.2: the generations share the session-ticket key, handed over with the sockets.
 #[test]
-#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
+#[cfg_attr(not(feature = "tls-ring"), ignore = "needs the `tls-ring` feature")]
 fn tls_sessions_resume_across_restarts() {
-    #[cfg(feature = "tls")]
+    #[cfg(feature = "tls-ring")]
     {
         use rustls::HandshakeKind::{Full, Resumed};
         become_subreaper();
@@ -342,15 +342,88 @@ fn tls_sessions_resume_across_restarts() {
     }
 }
 
+/// Where the descriptors of process `pid` lead (`/proc/<pid>/fd`).
+#[cfg(feature = "tls-ring")]
+fn fd_targets(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|t| t.to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `CEASELESS_PORTABLE` switches Linux to the mechanisms of macOS and FreeBSD, and only
+/// then: the next generation is forked (not cloned), and the session-ticket key travels
+/// in an unlinked temporary file (not a sealed memory file); sessions resume either way.
+#[test]
+#[cfg_attr(not(feature = "tls-ring"), ignore = "needs the `tls-ring` feature")]
+fn the_portable_mode_forks_and_hands_the_key_over_in_an_unlinked_file() {
+    #[cfg(feature = "tls-ring")]
+    {
+        use rustls::HandshakeKind::{Full, Resumed};
+        become_subreaper();
+        for portable in [false, true] {
+            let dir = common::scratch_dir(if portable { "portable" } else { "native" });
+            let (cert, key, clients) = resumable_clients(&dir);
+            let mut cmd = std::process::Command::new(example_bin("tls"));
+            cmd.args(["--addr", "127.0.0.1:0", "--cert", cert.to_str().unwrap()])
+                .args(["--key", key.to_str().unwrap()]);
+            if portable {
+                cmd.env("CEASELESS_PORTABLE", "1");
+            } else {
+                cmd.env_remove("CEASELESS_PORTABLE");
+            }
+            let p = Proc::spawn_with(&mut cmd);
+            let addr = p.ready_addr(1);
+            let rt = current_thread();
+            let (v, c) = &clients[0];
+            assert_eq!(tls_get(&rt, c, &addr), Full, "{v}: the first handshake");
+            let (old, new) = restart_ok(&p);
+            let started = p
+                .wait_for_nth("started the next generation", 1, common::generations::LONG)
+                .unwrap();
+            assert!(
+                started.contains(&format!("forked={portable}")),
+                "portable={portable}: {started}"
+            );
+            let key_files: Vec<String> = fd_targets(new)
+                .into_iter()
+                .filter(|t| t.contains("ceaseless"))
+                .collect();
+            let (expected, other) = if portable {
+                (".ceaseless-", "memfd:")
+            } else {
+                ("memfd:ceaseless-sealed", ".ceaseless-")
+            };
+            assert!(
+                key_files
+                    .iter()
+                    .any(|t| t.contains(expected) && t.ends_with("(deleted)")),
+                "portable={portable}: the key's file among {key_files:?}"
+            );
+            assert!(
+                !key_files.iter().any(|t| t.contains(other)),
+                "portable={portable}: {key_files:?}"
+            );
+            assert_eq!(tls_get(&rt, c, &addr), Resumed, "{v}, portable={portable}");
+            expect_gone(&p, old, "the old generation");
+            common::signal(new, libc::SIGTERM);
+            expect_gone(&p, new, "the last generation");
+        }
+    }
+}
+
 /// The session-ticket key goes through a takeover as through a restart: a session saved
 /// with the old process resumes with the newcomer that took over from it.
 #[test]
 #[cfg_attr(
-    not(all(feature = "tls", feature = "control")),
+    not(all(feature = "tls-ring", feature = "control")),
     ignore = "needs the `tls` and `control` features"
 )]
 fn tls_sessions_resume_across_a_takeover() {
-    #[cfg(all(feature = "tls", feature = "control"))]
+    #[cfg(all(feature = "tls-ring", feature = "control"))]
     {
         use rustls::HandshakeKind::{Full, Resumed};
         become_subreaper();
@@ -393,7 +466,7 @@ fn tls_sessions_resume_across_a_takeover() {
 }
 
 /// The DER of the certificate a fresh TLS connection to `addr` is served.
-#[cfg(feature = "tls")]
+#[cfg(feature = "tls-ring")]
 fn served_cert(
     rt: &tokio::runtime::Runtime,
     config: &Arc<rustls::ClientConfig>,
@@ -410,9 +483,9 @@ fn served_cert(
 /// failed request; a key that does not match its certificate is refused, with the
 /// reason, and the certificate in use stays.
 #[test]
-#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
+#[cfg_attr(not(feature = "tls-ring"), ignore = "needs the `tls-ring` feature")]
 fn a_certificate_reload_swaps_it_without_a_restart_and_refuses_a_bad_key() {
-    #[cfg(feature = "tls")]
+    #[cfg(feature = "tls-ring")]
     {
         let dir = common::scratch_dir("reload-cert");
         let make = || rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();

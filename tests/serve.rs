@@ -1065,7 +1065,7 @@ fn https_url(addr: SocketAddr) -> String {
 }
 
 #[test]
-#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
+#[cfg_attr(not(feature = "tls-ring"), ignore = "needs the `tls-ring` feature")]
 fn tls_serves_http1_and_http2_by_alpn() {
     let certs = make_certs("tls-alpn");
     let (p, addr) = start_tls(&certs);
@@ -1111,7 +1111,7 @@ fn assert_tls_start_fails(cert: &Path, key: &Path, culprit: &Path) {
 }
 
 #[test]
-#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
+#[cfg_attr(not(feature = "tls-ring"), ignore = "needs the `tls-ring` feature")]
 fn tls_bad_or_missing_key_fails_at_start_naming_the_file() {
     let certs = make_certs("tls-bad-key");
     let garbage = certs.key.with_file_name("garbage-key.pem");
@@ -1129,7 +1129,7 @@ fn tls_bad_or_missing_key_fails_at_start_naming_the_file() {
 }
 
 #[test]
-#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
+#[cfg_attr(not(feature = "tls-ring"), ignore = "needs the `tls-ring` feature")]
 fn tls_stalled_handshakes_and_plaintext_do_not_disturb_other_clients() {
     let certs = make_certs("tls-stalled");
     let (p, addr) = start_tls(&certs);
@@ -1163,7 +1163,7 @@ fn tls_stalled_handshakes_and_plaintext_do_not_disturb_other_clients() {
 }
 
 #[test]
-#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
+#[cfg_attr(not(feature = "tls-ring"), ignore = "needs the `tls-ring` feature")]
 fn tls_shutdown_is_not_held_up_by_a_stalled_handshake() {
     let certs = make_certs("tls-stalled-shutdown");
     let (mut p, addr) = start_tls(&certs);
@@ -1699,7 +1699,7 @@ fn the_drain_spreads_the_closes_of_busy_connections() {
 /// certificate signed by that CA is served over both protocols, one without is refused,
 /// and the drain works as with PEM files.
 #[test]
-#[cfg_attr(not(feature = "tls"), ignore = "needs the `tls` feature")]
+#[cfg_attr(not(feature = "tls-ring"), ignore = "needs the `tls-ring` feature")]
 fn an_application_rustls_config_is_served_with_client_certificates() {
     let certs = make_certs("tls-mtls");
     let dir = certs.cert.parent().unwrap().to_path_buf();

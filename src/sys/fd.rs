@@ -45,6 +45,21 @@ pub(crate) fn kind(fd: BorrowedFd<'_>) -> Kind {
     }
 }
 
+/// Whether a socket is listening (`SO_ACCEPTCONN`); `None` where the platform cannot
+/// tell (Apple declares the option but does not implement it): then only `accept`
+/// shows it.
+pub(crate) fn listening(fd: BorrowedFd<'_>) -> io::Result<Option<bool>> {
+    #[cfg(not(target_vendor = "apple"))]
+    {
+        Ok(Some(rustix::net::sockopt::socket_acceptconn(fd)?))
+    }
+    #[cfg(target_vendor = "apple")]
+    {
+        let _ = fd;
+        Ok(None)
+    }
+}
+
 /// Sets close-on-exec on an open descriptor number this process was handed (not yet
 /// owned by any Rust value), so that nothing started before it is taken leaks it.
 fn set_cloexec_number(fd: RawFd) -> io::Result<()> {
@@ -70,17 +85,10 @@ extern "C" fn record_open_at_start() {
     let _ = OPEN_AT_START.set(announced_and_open());
 }
 
-// Runs at load time, before `main` (ELF's `.init_array`, Mach-O's `__mod_init_func`).
-// Elsewhere the record is made on first use, which is right as long as nothing opened
-// a descriptor at an announced number before the process owner starts.
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-#[used]
-#[link_section = ".init_array"]
-static RECORD_OPEN_AT_START: extern "C" fn() = record_open_at_start;
-#[cfg(target_vendor = "apple")]
-#[used]
-#[link_section = "__DATA,__mod_init_func"]
-static RECORD_OPEN_AT_START: extern "C" fn() = record_open_at_start;
+// Before `main`. Where that cannot be, the record is made on first use, which is right
+// as long as nothing opened a descriptor at an announced number before the process
+// owner starts.
+super::before_main!(RECORD_OPEN_AT_START, record_open_at_start);
 
 fn open_at_start() -> &'static [RawFd] {
     OPEN_AT_START.get_or_init(announced_and_open)

@@ -5,6 +5,8 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+use std::os::fd::AsFd;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use rustix::net::{
@@ -19,6 +21,7 @@ pub(crate) const MAX_FDS: usize = 253;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Wait {
     /// Blocks until the socket can take (or has) a message.
+    #[cfg_attr(not(feature = "control"), allow(dead_code))]
     Block,
     /// Fails with `WouldBlock` instead (`MSG_DONTWAIT`).
     DontWait,

@@ -37,6 +37,27 @@
 
 #![allow(unsafe_code)]
 
+/// Runs `$f` (an `extern "C" fn()`) when the binary is loaded, before `main`: from ELF's
+/// `.init_array` (Linux, FreeBSD) or Mach-O's `__mod_init_func` (macOS). Elsewhere it
+/// never runs, and the code that depends on it falls back to doing its work on first
+/// use. Only for work that reads the environment and touches descriptors: no runtime,
+/// no logger exists yet.
+macro_rules! before_main {
+    ($name:ident, $f:path) => {
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+        #[allow(unsafe_code)]
+        #[used]
+        #[link_section = ".init_array"]
+        static $name: extern "C" fn() = $f;
+        #[cfg(target_vendor = "apple")]
+        #[allow(unsafe_code)]
+        #[used]
+        #[link_section = "__DATA,__mod_init_func"]
+        static $name: extern "C" fn() = $f;
+    };
+}
+pub(crate) use before_main;
+
 pub(crate) mod child;
 pub(crate) mod clock;
 pub(crate) mod fd;
