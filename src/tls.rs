@@ -291,3 +291,79 @@ fn server_config(
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((Arc::new(config), reloadable))
 }
+
+#[cfg(all(test, feature = "tls"))]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for localhost, in PEM files under a fresh directory.
+    fn pem_files(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("ceaseless-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    /// The provider the features chose completes a real handshake over TCP, offering
+    /// `h2` first, and a client that offers only `http/1.1` gets that.
+    #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
+    #[tokio::test]
+    async fn the_chosen_provider_completes_a_handshake_with_alpn() {
+        use rustls_pki_types::pem::PemObject;
+        let (cert, key) = pem_files("handshake");
+        let (config, _) = server_config(&cert, &key).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let tls = acceptor.accept(tcp).await.unwrap();
+                let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                drop(tls);
+                assert!(alpn.is_some());
+            }
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        let der = rustls_pki_types::CertificateDer::from_pem_file(&cert).unwrap();
+        roots.add(der).unwrap();
+        for (offered, expected) in [
+            (vec![b"h2".to_vec(), b"http/1.1".to_vec()], b"h2".to_vec()),
+            (vec![b"http/1.1".to_vec()], b"http/1.1".to_vec()),
+        ] {
+            let mut client = rustls::ClientConfig::builder_with_provider(provider().unwrap())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            client.alpn_protocols = offered;
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&expected[..]));
+        }
+        server.await.unwrap();
+    }
+
+    /// With `tls` alone and no provider installed, PEM files are refused at start with
+    /// an error that says what to do, naming the files.
+    #[cfg(not(any(feature = "tls-ring", feature = "tls-aws-lc-rs")))]
+    #[test]
+    fn without_a_provider_the_error_says_what_to_do() {
+        let (cert, key) = pem_files("no-provider");
+        let e = server_config(&cert, &key).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, Error::TlsConfig { .. }), "{e:?}");
+        assert!(
+            text.contains("no crypto provider") && text.contains("tls-ring"),
+            "{text}"
+        );
+        assert!(text.contains("cert.pem"), "{text}");
+    }
+}
