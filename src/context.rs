@@ -25,47 +25,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use crate::lifecycle::Drain;
-
-/// Who is at the other end of a connection: [`ConnInfo::current`] in a handler (an
-/// extractor with the `axum` feature; a request extension with
-/// `Server::request_extensions(true)`).
-///
-/// ```
-/// # async fn handler(_req: http::Request<hyper::body::Incoming>) -> String {
-/// match ceaseless::ConnInfo::current() {
-///     Some(ceaseless::ConnInfo::Tcp { peer, .. }) => format!("hello, {peer}\n"),
-///     Some(ceaseless::ConnInfo::Unix { .. }) => "hello, neighbour\n".into(),
-///     None => "not served by ceaseless\n".into(),
-/// }
-/// # }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnInfo {
-    /// A TCP connection.
-    Tcp {
-        /// The client's address.
-        peer: std::net::SocketAddr,
-        /// The address it connected to.
-        local: std::net::SocketAddr,
-    },
-    /// A Unix socket connection, with the peer's credentials when the kernel gives them.
-    Unix {
-        /// The peer process's user id, group id and pid.
-        cred: Option<(u32, u32, Option<i32>)>,
-    },
-}
-
-impl std::fmt::Display for ConnInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnInfo::Tcp { peer, .. } => write!(f, "{peer}"),
-            ConnInfo::Unix {
-                cred: Some((uid, _, Some(pid))),
-            } => write!(f, "unix:uid={uid},pid={pid}"),
-            ConnInfo::Unix { .. } => f.write_str("unix"),
-        }
-    }
-}
+pub(crate) use crate::listen::ConnInfo;
 
 /// One connection's context, as its handlers see it.
 #[derive(Debug)]

@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Ctx;
+use crate::status::{Census, Counts};
 
 const SERVING: u8 = 0;
 const DRAINING: u8 = 1;
@@ -265,19 +266,6 @@ fn close_turn(slot: usize, spread_ms: u64) -> u64 {
     (slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) % spread_ms
 }
 
-/// Connections of one server by state, as [`Tracker::census`] counts them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Census {
-    /// A request in flight (or an HTTP/2 connection with a stream open).
-    pub(crate) active: usize,
-    /// Open, between requests.
-    pub(crate) idle: usize,
-    /// Switched protocols (WebSockets).
-    pub(crate) upgraded: usize,
-    /// Requests received so far, over open and closed connections.
-    pub(crate) requests: u64,
-}
-
 #[derive(Default)]
 struct Slots {
     slots: Vec<Option<Arc<ConnState>>>,
@@ -408,6 +396,16 @@ impl Tracker {
             }
         }
         c
+    }
+}
+
+impl Counts for Tracker {
+    fn census(&self) -> Census {
+        Tracker::census(self)
+    }
+
+    fn open(&self) -> usize {
+        Tracker::open(self)
     }
 }
 

@@ -143,13 +143,13 @@ mod tickets;
 mod tls;
 
 pub use addr::ListenAddr;
-pub use context::ConnInfo;
 #[cfg(feature = "control")]
 pub use error::{ControlError, TakeoverError};
 pub use error::{Error, RestartError};
 pub use health::{health, Health};
 pub use lifecycle::{Drain, Served};
 pub use lineage::DEFAULT_MAX_DRAINING;
+pub use listen::ConnInfo;
 pub use process::{
     restart, shutdown, Process, ProcessBuilder, Readiness, DEFAULT_READY_TIMEOUT,
     DEFAULT_STOP_GRACE,

@@ -11,7 +11,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use crate::addr::ListenAddr;
-use crate::context::ConnInfo;
 use crate::error::Error;
 
 /// Backlog of every socket we bind (the kernel caps it at `somaxconn`).
@@ -35,6 +34,47 @@ pub(crate) fn describe_listener(fd: BorrowedFd<'_>) -> Result<ListenAddr, String
         return Ok(ListenAddr::Unix(p.to_path_buf()));
     }
     Err("unsupported socket family (abstract or unnamed unix socket)".into())
+}
+
+/// Who is at the other end of a connection: [`ConnInfo::current`] in a handler (an
+/// extractor with the `axum` feature; a request extension with
+/// `Server::request_extensions(true)`).
+///
+/// ```
+/// # async fn handler(_req: http::Request<hyper::body::Incoming>) -> String {
+/// match ceaseless::ConnInfo::current() {
+///     Some(ceaseless::ConnInfo::Tcp { peer, .. }) => format!("hello, {peer}\n"),
+///     Some(ceaseless::ConnInfo::Unix { .. }) => "hello, neighbour\n".into(),
+///     None => "not served by ceaseless\n".into(),
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnInfo {
+    /// A TCP connection.
+    Tcp {
+        /// The client's address.
+        peer: std::net::SocketAddr,
+        /// The address it connected to.
+        local: std::net::SocketAddr,
+    },
+    /// A Unix socket connection, with the peer's credentials when the kernel gives them.
+    Unix {
+        /// The peer process's user id, group id and pid.
+        cred: Option<(u32, u32, Option<i32>)>,
+    },
+}
+
+impl std::fmt::Display for ConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnInfo::Tcp { peer, .. } => write!(f, "{peer}"),
+            ConnInfo::Unix {
+                cred: Some((uid, _, Some(pid))),
+            } => write!(f, "unix:uid={uid},pid={pid}"),
+            ConnInfo::Unix { .. } => f.write_str("unix"),
+        }
+    }
 }
 
 /// A listening socket, TCP or Unix.

@@ -40,6 +40,24 @@ const CONFIRM_WAIT: Duration = Duration::from_secs(2);
 #[cfg(feature = "control")]
 const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
+/// The name the TLS session-ticket key travels under from generation to generation
+/// (the process keeps it and passes it on; the TLS servers use it).
+#[cfg(feature = "tls")]
+pub(crate) const TICKET_KEY_NAME: &str = "ceaseless.tls-tickets";
+/// The TLS session-ticket key's length.
+#[cfg(feature = "tls")]
+pub(crate) const TICKET_KEY_LEN: usize = 32;
+
+/// A TLS server's certificate and key, which [`Process::reload_tls`] reads again: the
+/// new pair, checked, comes back as what installs it, so that every pair is read
+/// before any is swapped.
+#[cfg(feature = "tls")]
+pub(crate) trait Reloadable: Send + Sync {
+    /// Reads and checks the files again; the new pair is installed by what this
+    /// returns.
+    fn load(&self) -> Result<Box<dyn FnOnce() + '_>, Error>;
+}
+
 /// When a generation is ready: the moment the previous generation lets go, and the
 /// first generation's `READY=1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -327,21 +345,21 @@ impl ProcessBuilder {
         #[cfg(feature = "tls")]
         let ticket_key = OnceLock::new();
         #[cfg(feature = "tls")]
-        if let Some(fd) = inherited.claim_fd(crate::tickets::NAME) {
+        if let Some(fd) = inherited.claim_fd(TICKET_KEY_NAME) {
             // The TLS session-ticket key of the generations before: kept, and passed on.
             let key = fd
                 .try_clone()
                 .map_err(|e| e.to_string())
                 .and_then(|copy| crate::state::read(copy).map_err(|e| e.to_string()))
                 .and_then(|b| {
-                    <[u8; crate::tickets::KEY_LEN]>::try_from(b.as_slice())
+                    <[u8; TICKET_KEY_LEN]>::try_from(b.as_slice())
                         .map_err(|_| format!("{} bytes, not a key", b.len()))
                 });
             match key {
                 Ok(k) => {
                     let _ = ticket_key.set(k);
                     registry.push(Registered {
-                        name: Name::Fd(crate::tickets::NAME.into()),
+                        name: Name::Fd(TICKET_KEY_NAME.into()),
                         fd,
                     });
                 }
@@ -517,11 +535,11 @@ struct Inner {
         not(any(feature = "tls-ring", feature = "tls-aws-lc-rs")),
         allow(dead_code)
     )]
-    ticket_key: OnceLock<[u8; crate::tickets::KEY_LEN]>,
+    ticket_key: OnceLock<[u8; TICKET_KEY_LEN]>,
     /// The certificates of this process's TLS servers that [`Process::reload_tls`]
     /// swaps.
     #[cfg(feature = "tls")]
-    tls_certs: Mutex<Vec<std::sync::Weak<crate::tls::Reloadable>>>,
+    tls_certs: Mutex<Vec<std::sync::Weak<dyn Reloadable>>>,
     control: OnceLock<Control>,
     exe: Exe,
     generation: u64,
@@ -725,7 +743,10 @@ impl Process {
     /// The TLS session-ticket key of this service: the one the previous generation
     /// handed over, else a new one, registered for the next (see `tickets`).
     #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
-    pub(crate) fn tls_ticket_key(&self) -> Result<[u8; crate::tickets::KEY_LEN], Error> {
+    pub(crate) fn tls_ticket_key(
+        &self,
+        new_key: impl FnOnce() -> Option<[u8; TICKET_KEY_LEN]>,
+    ) -> Result<[u8; TICKET_KEY_LEN], Error> {
         let mut core = self.lock();
         if let Some(k) = self.inner.ticket_key.get() {
             return Ok(*k);
@@ -733,10 +754,10 @@ impl Process {
         let err = |reason: String| Error::State {
             reason: format!("cannot make the TLS ticket key: {reason}"),
         };
-        let key = crate::tickets::new_key().ok_or_else(|| err("no randomness".into()))?;
+        let key = new_key().ok_or_else(|| err("no randomness".into()))?;
         let fd = crate::state::sealed(&key).map_err(|e| err(e.to_string()))?;
         core.registry.push(Registered {
-            name: Name::Fd(crate::tickets::NAME.into()),
+            name: Name::Fd(TICKET_KEY_NAME.into()),
             fd,
         });
         let _ = self.inner.ticket_key.set(key);
@@ -745,10 +766,10 @@ impl Process {
 
     /// A TLS server's certificate, for [`Process::reload_tls`].
     #[cfg(feature = "tls")]
-    pub(crate) fn tls_reloadable(&self, r: &Arc<crate::tls::Reloadable>) {
+    pub(crate) fn tls_reloadable(&self, r: Arc<dyn Reloadable>) {
         let mut certs = lock(&self.inner.tls_certs);
         certs.retain(|w| w.strong_count() > 0);
-        certs.push(Arc::downgrade(r));
+        certs.push(Arc::downgrade(&r));
     }
 
     /// Reads the certificate and key files of every TLS server of this process again
@@ -777,10 +798,8 @@ impl Process {
             .map(|c| c.load())
             .collect::<Result<Vec<_>, _>>()
             .inspect_err(|e| tracing::error!(error = %e, "TLS reload refused; nothing changed"))?;
-        for (c, k) in certs.iter().zip(loaded) {
-            c.install(k);
-            let (cert, key) = c.files();
-            tracing::info!(cert = %cert.display(), key = %key.display(), "TLS certificate reloaded");
+        for install in loaded {
+            install();
         }
         Ok(certs.len())
     }
@@ -896,7 +915,7 @@ impl Process {
     pub(crate) fn count_connections(
         &self,
         address: &ListenAddr,
-        tracker: Arc<crate::drain::Tracker>,
+        tracker: Arc<dyn crate::status::Counts>,
     ) {
         self.inner
             .book

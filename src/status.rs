@@ -191,7 +191,7 @@ pub struct Connections {
 }
 
 impl Connections {
-    fn of(c: crate::drain::Census) -> Connections {
+    fn of(c: Census) -> Connections {
         Connections {
             open: c.active + c.idle + c.upgraded,
             active: c.active,
@@ -208,6 +208,28 @@ impl Connections {
             upgraded: self.upgraded + o.upgraded,
         }
     }
+}
+
+/// Connections of one server by state, as a server counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Census {
+    /// A request in flight (or an HTTP/2 connection with a stream open).
+    pub(crate) active: usize,
+    /// Open, between requests.
+    pub(crate) idle: usize,
+    /// Switched protocols (WebSockets).
+    pub(crate) upgraded: usize,
+    /// Requests received so far, over open and closed connections.
+    pub(crate) requests: u64,
+}
+
+/// What the status reads of a server's connections: the server's connection tracker
+/// implements it, and hands itself over with [`Book::count_connections`].
+pub(crate) trait Counts: Send + Sync {
+    /// The open connections by state.
+    fn census(&self) -> Census;
+    /// How many are open.
+    fn open(&self) -> usize;
 }
 
 /// The system-wide monotonic clock, in ns (the same for every process of the machine,
@@ -234,7 +256,7 @@ fn ms_between(from_ns: u64, to_ns: u64) -> u64 {
 struct Entry {
     address: String,
     origin: Origin,
-    tracker: Option<Arc<crate::drain::Tracker>>,
+    tracker: Option<Arc<dyn Counts>>,
 }
 
 /// The process owner's record of its listeners and restarts.
@@ -308,7 +330,7 @@ impl Book {
     }
 
     /// A ceaseless server counts the connections of the listener at `address`.
-    pub(crate) fn count_connections(&self, address: &str, tracker: Arc<crate::drain::Tracker>) {
+    pub(crate) fn count_connections(&self, address: &str, tracker: Arc<dyn Counts>) {
         let mut p = lock(&self.inner);
         if let Some(e) = p
             .listeners

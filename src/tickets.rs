@@ -32,10 +32,7 @@ use crypto::{
     rand::{SecureRandom, SystemRandom},
 };
 
-/// The reserved name the key's memory file travels under.
-pub(crate) const NAME: &str = "ceaseless.tls-tickets";
-/// Length of the key.
-pub(crate) const KEY_LEN: usize = 32;
+use crate::process::TICKET_KEY_LEN as KEY_LEN;
 /// How long one period lasts; a ticket lives through its own and the next.
 const PERIOD_SECS: u64 = 6 * 3600;
 

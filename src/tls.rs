@@ -63,11 +63,11 @@ impl Source {
             #[cfg(feature = "tls")]
             Source::Files(cert, key) => {
                 let (config, reloadable) = server_config(cert, key)?;
-                process.tls_reloadable(&reloadable);
+                process.tls_reloadable(reloadable);
                 #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
                 let config = {
                     let mut config = config;
-                    let k = process.tls_ticket_key()?;
+                    let k = process.tls_ticket_key(crate::tickets::new_key)?;
                     if let Some(t) = crate::tickets::Tickets::new(&k) {
                         Arc::make_mut(&mut config).ticketer = Arc::new(t);
                     }
@@ -183,19 +183,15 @@ impl rustls::server::ResolvesServerCert for Reloadable {
 }
 
 #[cfg(feature = "tls")]
-impl Reloadable {
+impl crate::process::Reloadable for Reloadable {
     /// Reads the files again: the new pair, checked (the key must match the
-    /// certificate), not installed yet.
-    pub(crate) fn load(&self) -> Result<Arc<rustls::sign::CertifiedKey>, Error> {
-        certified_key(&self.cert, &self.key)
-    }
-
-    pub(crate) fn install(&self, k: Arc<rustls::sign::CertifiedKey>) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = k;
-    }
-
-    pub(crate) fn files(&self) -> (&Path, &Path) {
-        (&self.cert, &self.key)
+    /// certificate), installed by what comes back.
+    fn load(&self) -> Result<Box<dyn FnOnce() + '_>, Error> {
+        let k = certified_key(&self.cert, &self.key)?;
+        Ok(Box::new(move || {
+            *self.current.write().unwrap_or_else(|p| p.into_inner()) = k;
+            tracing::info!(cert = %self.cert.display(), key = %self.key.display(), "TLS certificate reloaded");
+        }))
     }
 }
 
