@@ -19,6 +19,7 @@ pub(crate) const MAX_FDS: usize = 253;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Wait {
     /// Blocks until the socket can take (or has) a message.
+    #[cfg_attr(not(feature = "control"), allow(dead_code))]
     Block,
     /// Fails with `WouldBlock` instead (`MSG_DONTWAIT`).
     DontWait,
