@@ -142,6 +142,9 @@ impl Env for ProcessEnv {
 pub(crate) const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const ENV_LISTEN_PID: &str = "LISTEN_PID";
 pub(crate) const ENV_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+/// The number of the first descriptor, as a development loop's socket server
+/// (`systemfd`) writes it next to `LISTEN_FDS`: anything but 3 is not the protocol.
+pub(crate) const ENV_LISTEN_FDS_FIRST_FD: &str = "LISTEN_FDS_FIRST_FD";
 
 /// The first descriptor of a handover, as in systemd's protocol.
 pub(crate) const FIRST_FD: RawFd = 3;
@@ -402,12 +405,14 @@ pub(crate) fn child_env(
 /// generation it starts (see [`activated_value`]).
 pub(crate) const ENV_ACTIVATED: &str = "CEASELESS_ACTIVATED";
 
-/// The variables a child must not see: systemd's, which name another pid's descriptors,
-/// and the supervisor's relay of them, meant for the generation it starts alone.
-pub(crate) const CHILD_ENV_REMOVED: [&str; 4] = [
+/// The variables a child must not see: systemd's (or a development loop's), which
+/// announce descriptors this process took, and the supervisor's relay of them, meant for
+/// the generation it starts alone.
+pub(crate) const CHILD_ENV_REMOVED: [&str; 5] = [
     ENV_LISTEN_FDS,
     ENV_LISTEN_PID,
     ENV_LISTEN_FDNAMES,
+    ENV_LISTEN_FDS_FIRST_FD,
     ENV_ACTIVATED,
 ];
 
@@ -420,22 +425,42 @@ pub(crate) struct Activated {
     /// `LISTEN_FDNAMES` did not match the count and was ignored (sockets are then
     /// matched by address): worth a log line, not a refusal.
     pub(crate) names_ignored: Option<Error>,
+    /// No `LISTEN_PID` named this process: a development loop's socket server
+    /// (`systemfd --no-pid`, whose command is `cargo watch`, then `cargo run`, then the
+    /// program, so no pid could be right). Nothing proves the descriptors are meant for
+    /// this process, so only listening sockets among them are taken, and anything else
+    /// is left exactly as it is (see `sys::fd`).
+    pub(crate) unaddressed: bool,
 }
 
 #[cfg_attr(not(feature = "systemd"), allow(dead_code))]
 /// systemd's socket activation (sd_listen_fds(3)), or `None` when the set is meant for
-/// another pid or absent.
+/// another pid or absent. `LISTEN_FDS` without `LISTEN_PID` (or with an empty one) is a
+/// development loop's, as `systemfd --no-pid` sets it and the `listenfd` crate accepts
+/// it: an [`Activated::unaddressed`] set.
 pub(crate) fn read_systemd(env: &dyn Env, pid: u32) -> Result<Option<Activated>, Error> {
-    let (Some(count), Some(for_pid)) = (env.get(ENV_LISTEN_FDS), env.get(ENV_LISTEN_PID)) else {
+    let Some(count) = env.get(ENV_LISTEN_FDS) else {
         return Ok(None);
     };
-    let for_pid: u32 = for_pid.trim().parse().map_err(|_| Error::Environment {
-        name: ENV_LISTEN_PID,
-        value: for_pid.clone(),
-        reason: "not a pid".into(),
-    })?;
-    if for_pid != pid {
-        return Ok(None);
+    let for_pid = env.get(ENV_LISTEN_PID).filter(|p| !p.trim().is_empty());
+    if let Some(for_pid) = &for_pid {
+        let for_pid: u32 = for_pid.trim().parse().map_err(|_| Error::Environment {
+            name: ENV_LISTEN_PID,
+            value: for_pid.clone(),
+            reason: "not a pid".into(),
+        })?;
+        if for_pid != pid {
+            return Ok(None);
+        }
+    }
+    if let Some(first) = env.get(ENV_LISTEN_FDS_FIRST_FD) {
+        if first.trim().parse::<RawFd>().ok() != Some(FIRST_FD) {
+            return Err(Error::Environment {
+                name: ENV_LISTEN_FDS_FIRST_FD,
+                value: first,
+                reason: format!("the descriptors must start at {FIRST_FD}"),
+            });
+        }
     }
     let n: usize = count
         .trim()
@@ -447,27 +472,42 @@ pub(crate) fn read_systemd(env: &dyn Env, pid: u32) -> Result<Option<Activated>,
             value: count.clone(),
             reason: "not a descriptor count".into(),
         })?;
-    Ok(Some(fd_names(
-        ENV_LISTEN_FDNAMES,
-        env.get(ENV_LISTEN_FDNAMES),
-        n,
-    )))
+    Ok(Some(Activated {
+        unaddressed: for_pid.is_none(),
+        ..fd_names(ENV_LISTEN_FDNAMES, env.get(ENV_LISTEN_FDNAMES), n)
+    }))
+}
+
+/// The descriptors the environment announces to a process.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Announcement {
+    pub(crate) fds: Vec<RawFd>,
+    /// No pid guards them ([`Activated::unaddressed`]): each must prove itself a
+    /// listening socket before the process touches it.
+    pub(crate) unaddressed: bool,
 }
 
 /// The descriptors `env` announces to this process, past the pid guards (ours, else
-/// systemd's): what the process may take as inherited if they are open.
-pub(crate) fn announced(env: &dyn Env, ppid: u32, pid: u32) -> Vec<RawFd> {
+/// systemd's or a development loop's): what the process may take as inherited if they
+/// are open.
+pub(crate) fn announced(env: &dyn Env, ppid: u32, pid: u32) -> Announcement {
     match read_ours(env, ppid) {
-        Ok(Some(ours)) => ours.announced().collect(),
+        Ok(Some(ours)) => Announcement {
+            fds: ours.announced().collect(),
+            unaddressed: false,
+        },
         #[cfg(feature = "systemd")]
         _ => match read_systemd(env, pid) {
-            Ok(Some(activated)) => (FIRST_FD..).take(activated.names.len()).collect(),
-            _ => Vec::new(),
+            Ok(Some(activated)) => Announcement {
+                fds: (FIRST_FD..).take(activated.names.len()).collect(),
+                unaddressed: activated.unaddressed,
+            },
+            _ => Announcement::default(),
         },
         #[cfg(not(feature = "systemd"))]
         _ => {
             let _ = pid;
-            Vec::new()
+            Announcement::default()
         }
     }
 }
@@ -499,6 +539,7 @@ fn fd_names(var: &'static str, value: Option<String>, n: usize) -> Activated {
     Activated {
         names,
         names_ignored,
+        unaddressed: false,
     }
 }
 
@@ -1267,6 +1308,9 @@ mod tests {
             let _ = read_ours(&e, 7);
             let e = env(&[(ENV_LISTEN_PID, "7"), (ENV_LISTEN_FDS, &s), (ENV_LISTEN_FDNAMES, &s)]);
             let _ = read_systemd(&e, 7);
+            let e = env(&[(ENV_LISTEN_FDS, &s), (ENV_LISTEN_FDS_FIRST_FD, &s), (ENV_LISTEN_PID, &s)]);
+            let _ = read_systemd(&e, 7);
+            let _ = announced(&e, 1, 7);
             let _ = read_activated(&env(&[(ENV_ACTIVATED, &s)]), 3);
             let _ = Report::decode(&s);
             let _ = stat_start_time(&s);
@@ -1359,8 +1403,78 @@ mod tests {
         let got = read_systemd(&e, 5).unwrap().unwrap();
         assert_eq!(got.names, vec![None, None]);
         assert!(got.names_ignored.is_some());
+        assert!(!got.unaddressed);
         let e = env(&[(ENV_LISTEN_FDS, "many"), (ENV_LISTEN_PID, "5")]);
         assert!(read_systemd(&e, 5).is_err());
+    }
+
+    #[test]
+    fn a_development_loop_names_no_pid() {
+        // Exactly as `systemfd --no-pid -s http::3000` sets them.
+        let e = env(&[(ENV_LISTEN_FDS, "1"), (ENV_LISTEN_FDS_FIRST_FD, "3")]);
+        let got = read_systemd(&e, 5).unwrap().unwrap();
+        assert_eq!(got.names, vec![None]);
+        assert!(got.unaddressed);
+        assert_eq!(
+            announced(&e, 1, 5),
+            if cfg!(feature = "systemd") {
+                Announcement {
+                    fds: vec![3],
+                    unaddressed: true,
+                }
+            } else {
+                Announcement::default()
+            }
+        );
+        // Without the first descriptor's number, or with an empty pid (as listenfd
+        // reads it), it is the same set; names are read as systemd's.
+        for pairs in [
+            vec![(ENV_LISTEN_FDS, "2")],
+            vec![(ENV_LISTEN_FDS, "2"), (ENV_LISTEN_PID, " ")],
+            vec![(ENV_LISTEN_FDS, "2"), (ENV_LISTEN_FDNAMES, "web:unknown")],
+        ] {
+            let got = read_systemd(&env(&pairs), 5).unwrap().unwrap();
+            assert_eq!(got.names.len(), 2, "{pairs:?}");
+            assert!(got.unaddressed, "{pairs:?}");
+        }
+        // A pid that is not ours still means "not for us"; ours is a guarded set.
+        let e = env(&[(ENV_LISTEN_FDS, "1"), (ENV_LISTEN_PID, "6")]);
+        assert!(read_systemd(&e, 5).unwrap().is_none());
+        assert_eq!(announced(&e, 1, 5), Announcement::default());
+        let e = env(&[(ENV_LISTEN_FDS, "1"), (ENV_LISTEN_PID, "5")]);
+        assert!(!read_systemd(&e, 5).unwrap().unwrap().unaddressed);
+        // Descriptors said to start anywhere but 3, or a count that is none, are refused
+        // as a whole: nothing is taken.
+        for pairs in [
+            vec![(ENV_LISTEN_FDS, "1"), (ENV_LISTEN_FDS_FIRST_FD, "4")],
+            vec![(ENV_LISTEN_FDS, "1"), (ENV_LISTEN_FDS_FIRST_FD, "three")],
+            vec![(ENV_LISTEN_FDS, "-1")],
+            vec![(ENV_LISTEN_FDS, "1"), (ENV_LISTEN_PID, "x")],
+        ] {
+            assert!(read_systemd(&env(&pairs), 5).is_err(), "{pairs:?}");
+            assert_eq!(announced(&env(&pairs), 1, 5), Announcement::default());
+        }
+        // Our own handover comes first: a restarted generation never reads LISTEN_FDS.
+        let e = env(&[
+            (ENV_PARENT_PID, "1"),
+            (ENV_FDS, "tcp:127.0.0.1:1"),
+            (ENV_LISTEN_FDS, "3"),
+        ]);
+        assert!(!announced(&e, 1, 5).unaddressed);
+        assert_eq!(announced(&e, 1, 5).fds, [3]);
+    }
+
+    #[test]
+    fn no_child_sees_the_activation_variables() {
+        for var in [
+            ENV_LISTEN_FDS,
+            ENV_LISTEN_PID,
+            ENV_LISTEN_FDNAMES,
+            ENV_LISTEN_FDS_FIRST_FD,
+            ENV_ACTIVATED,
+        ] {
+            assert!(CHILD_ENV_REMOVED.contains(&var), "{var}");
+        }
     }
 
     #[test]

@@ -1,13 +1,21 @@
 //! Taking the descriptors a process was handed at start-up: by the previous generation
 //! of itself, or by systemd's socket activation (directly, or relayed by a
-//! socket-activated supervisor: see the `supervise` module). (What the variables mean is
-//! the [`handover`](crate::handover) module's; this one touches the descriptors.)
+//! socket-activated supervisor: see the `supervise` module), or by a development loop's
+//! socket server (`LISTEN_FDS` without `LISTEN_PID`, as `systemfd --no-pid` sets it).
+//! (What the variables mean is the [`handover`](crate::handover) module's; this one
+//! touches the descriptors.)
 //!
 //! The environment is read once and never changed (no `set_var`/`remove_var`: other
 //! threads may be reading it). Stale variables are harmless: each set is guarded by a
 //! pid (ours by the parent's pid against `getppid()`, systemd's `LISTEN_PID` against our
 //! own), and every descriptor announced gets close-on-exec before `main` runs, so a
 //! subprocess the application starts sees neither a listener nor variables meant for it.
+//! A development loop's set names no pid, so nothing proves it is meant for this
+//! process: of it, only the listening stream sockets are taken; any other descriptor is
+//! refused (a logged [`Error::InheritedFd`]) and left exactly as it is, not even made
+//! close-on-exec, since it is not ours. Whoever took a set never passes its variables on:
+//! the generations a process starts never see `LISTEN_*` (see `restart` and
+//! `supervise`).
 //!
 //! Only a descriptor that was open when the process started is ever taken: by the time
 //! the process owner reads the environment, a number it announces but that was never
@@ -191,6 +199,12 @@ impl Inherited {
     fn adopt_activated(&mut self, env: &dyn Env) {
         match handover::read_systemd(env, std::process::id()) {
             Ok(Some(activated)) => {
+                if activated.unaddressed && !activated.names.is_empty() {
+                    tracing::info!(
+                        fds = activated.names.len(),
+                        "LISTEN_FDS without LISTEN_PID (a development loop's socket server): taking the listening sockets among them"
+                    );
+                }
                 if let Some(e) = activated.names_ignored {
                     tracing::warn!(error = %e, "socket activation: ignoring the descriptor names");
                 }

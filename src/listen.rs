@@ -18,22 +18,17 @@ const BACKLOG: i32 = 1024;
 
 /// What kind of listening socket a descriptor is, as read from the kernel.
 pub(crate) fn describe_listener(fd: BorrowedFd<'_>) -> Result<ListenAddr, String> {
-    let sock = socket2::SockRef::from(&fd);
-    let ty = sock.r#type().map_err(|e| format!("not a socket: {e}"))?;
-    if ty != Type::STREAM {
-        return Err("not a stream socket".into());
-    }
-    if crate::sys::fd::listening(fd).map_err(|e| format!("SO_ACCEPTCONN: {e}"))? == Some(false) {
-        return Err("not a listening socket".into());
-    }
-    let local = sock.local_addr().map_err(|e| format!("getsockname: {e}"))?;
+    crate::sys::fd::listening_stream(fd)?;
+    let local = socket2::SockRef::from(&fd)
+        .local_addr()
+        .map_err(|e| format!("getsockname: {e}"))?;
     if let Some(a) = local.as_socket() {
         return Ok(ListenAddr::Tcp(a));
     }
-    if let Some(p) = local.as_pathname() {
-        return Ok(ListenAddr::Unix(p.to_path_buf()));
+    match local.as_pathname() {
+        Some(p) => Ok(ListenAddr::Unix(p.to_path_buf())),
+        None => Err("an abstract or unnamed Unix socket".into()),
     }
-    Err("unsupported socket family (abstract or unnamed unix socket)".into())
 }
 
 /// Who is at the other end of a connection: [`ConnInfo::current`] in a handler (an

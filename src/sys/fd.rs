@@ -1,5 +1,6 @@
 //! Descriptors: close-on-exec, what kind a descriptor is, and taking ownership of the
-//! ones a previous generation (or systemd) handed to this process.
+//! ones a previous generation (or systemd, or a development loop's socket server)
+//! handed to this process.
 
 use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -45,38 +46,67 @@ pub(crate) fn kind(fd: BorrowedFd<'_>) -> Kind {
     }
 }
 
-/// Whether a socket is listening (`SO_ACCEPTCONN`); `None` where the platform cannot
-/// tell (Apple declares the option but does not implement it): then only `accept`
-/// shows it.
-pub(crate) fn listening(fd: BorrowedFd<'_>) -> io::Result<Option<bool>> {
+/// Whether `fd` is a listening stream socket a server can serve (TCP over IPv4 or IPv6,
+/// or a Unix socket bound to a path); why not, if it is not. Reads only: nothing about
+/// the descriptor changes. Apple's systems do not implement `SO_ACCEPTCONN`: there a
+/// stream socket of those families passes whether it listens or not.
+pub(crate) fn listening_stream(fd: BorrowedFd<'_>) -> Result<(), String> {
+    use rustix::net::{sockopt, AddressFamily, SocketAddrUnix, SocketType};
+    if kind(fd) != Kind::Socket {
+        return Err("not a socket".into());
+    }
+    let ty = sockopt::socket_type(fd).map_err(|e| format!("SO_TYPE: {e}"))?;
+    if ty != SocketType::STREAM {
+        return Err("not a stream socket".into());
+    }
     #[cfg(not(target_vendor = "apple"))]
-    {
-        Ok(Some(rustix::net::sockopt::socket_acceptconn(fd)?))
+    if !sockopt::socket_acceptconn(fd).map_err(|e| format!("SO_ACCEPTCONN: {e}"))? {
+        return Err("not a listening socket".into());
     }
-    #[cfg(target_vendor = "apple")]
-    {
-        let _ = fd;
-        Ok(None)
+    let local = rustix::net::getsockname(fd).map_err(|e| format!("getsockname: {e}"))?;
+    match local.address_family() {
+        AddressFamily::INET | AddressFamily::INET6 => Ok(()),
+        AddressFamily::UNIX => match SocketAddrUnix::try_from(local) {
+            Ok(unix) if unix.path().is_some() => Ok(()),
+            _ => Err("an abstract or unnamed Unix socket".into()),
+        },
+        _ => Err("not a TCP or Unix socket".into()),
     }
+}
+
+/// Borrows a descriptor number this process was handed (not owned by any Rust value)
+/// for the duration of `f`, which must not close it or keep it.
+fn with_number<T>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> T) -> Option<T> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the borrow lives for the call of `f` only, whose calls (fcntl, fstat,
+    // getsockopt, getsockname) read or set the flags of whatever is open at that number
+    // (EBADF if nothing is); no ownership is taken or given up.
+    Some(f(unsafe { BorrowedFd::borrow_raw(fd) }))
 }
 
 /// Sets close-on-exec on an open descriptor number this process was handed (not yet
 /// owned by any Rust value), so that nothing started before it is taken leaks it.
 fn set_cloexec_number(fd: RawFd) -> io::Result<()> {
-    if fd < 0 {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
-    // SAFETY: the borrow lives for these two fcntl calls only, which read and set the
-    // flags of whatever is open at that number (EBADF if nothing is); no ownership is
-    // taken or given up.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    set_cloexec_owned(borrowed)
+    with_number(fd, set_cloexec_owned)
+        .unwrap_or_else(|| Err(io::Error::from(io::ErrorKind::InvalidInput)))
+}
+
+/// What the record made before `main` found among the announced descriptors.
+#[derive(Debug, Default)]
+struct AtStart {
+    /// Open, made close-on-exec: the process may take them.
+    open: Vec<RawFd>,
+    /// Announced without a pid (a development loop's) but not listening sockets: not
+    /// ours, left exactly as they were (not even made close-on-exec), with why.
+    refused: Vec<(RawFd, String)>,
 }
 
 /// The announced descriptors that were open when the process started: recorded before
 /// `main` runs (see `RECORD_OPEN_AT_START`), when no code of the process can have opened
 /// one at those numbers yet.
-static OPEN_AT_START: OnceLock<Vec<RawFd>> = OnceLock::new();
+static OPEN_AT_START: OnceLock<AtStart> = OnceLock::new();
 
 /// The numbers [`take_inherited`] gave out already.
 static TAKEN: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
@@ -90,28 +120,49 @@ extern "C" fn record_open_at_start() {
 // owner starts.
 super::before_main!(RECORD_OPEN_AT_START, record_open_at_start);
 
-fn open_at_start() -> &'static [RawFd] {
+fn open_at_start() -> &'static AtStart {
     OPEN_AT_START.get_or_init(announced_and_open)
 }
 
 /// The descriptors the environment announces to this process (past the pid guards)
-/// that are open, each made close-on-exec at once. Logs nothing: it runs before the
-/// application installed a logger; the inheritance reports the problems later.
-fn announced_and_open() -> Vec<RawFd> {
-    handover::announced(
+/// that are open, each made close-on-exec at once; of a set no pid guards, only the
+/// listening sockets (the others are left as they are). Logs nothing: it runs before
+/// the application installed a logger; the inheritance reports the problems later.
+fn announced_and_open() -> AtStart {
+    let announced = handover::announced(
         &ProcessEnv,
         std::os::unix::process::parent_id(),
         std::process::id(),
-    )
-    .into_iter()
-    .filter(|&fd| set_cloexec_number(fd).is_ok())
-    .collect()
+    );
+    let mut found = AtStart::default();
+    for fd in announced.fds {
+        if announced.unaddressed {
+            match with_number(fd, listening_stream) {
+                Some(Ok(())) => {}
+                Some(Err(reason)) => {
+                    found.refused.push((fd, reason));
+                    continue;
+                }
+                None => continue,
+            }
+        }
+        if set_cloexec_number(fd).is_ok() {
+            found.open.push(fd);
+        }
+    }
+    found
 }
 
 /// Takes ownership of a descriptor handed to this process: one that was open when the
 /// process started and was announced to it, made close-on-exec; each number once.
 pub(crate) fn take_inherited(fd: RawFd) -> Result<OwnedFd, String> {
-    if !open_at_start().contains(&fd) {
+    let at_start = open_at_start();
+    if let Some((_, reason)) = at_start.refused.iter().find(|(n, _)| *n == fd) {
+        return Err(format!(
+            "{reason}; announced without LISTEN_PID, so not ours: left as it is"
+        ));
+    }
+    if !at_start.open.contains(&fd) {
         return Err("never handed over: it was not open when the process started".into());
     }
     let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
@@ -139,6 +190,39 @@ mod tests {
         let f = std::fs::File::open("/dev/null").unwrap();
         let raw = std::os::fd::AsRawFd::as_raw_fd(&f);
         assert!(take_inherited(raw).is_err(), "opened by the process itself");
+    }
+
+    #[test]
+    fn only_listening_stream_sockets_pass() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(listening_stream(tcp.as_fd()), Ok(()));
+        let dir = std::env::temp_dir().join(format!("ceaseless-fd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let unix = std::os::unix::net::UnixListener::bind(dir.join("s")).unwrap();
+        assert_eq!(listening_stream(unix.as_fd()), Ok(()));
+
+        let connected = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (pair, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        #[cfg(not(target_vendor = "apple"))]
+        assert_eq!(
+            listening_stream(connected.as_fd()),
+            Err("not a listening socket".to_string())
+        );
+        #[cfg(target_vendor = "apple")]
+        let _ = connected;
+        assert_eq!(
+            listening_stream(udp.as_fd()),
+            Err("not a stream socket".to_string())
+        );
+        assert!(listening_stream(pair.as_fd()).is_err());
+        for fd in [r.as_fd(), file.as_fd()] {
+            assert_eq!(listening_stream(fd), Err("not a socket".to_string()));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
