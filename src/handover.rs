@@ -62,7 +62,6 @@
 //! all never costs the handover.
 
 use std::ffi::OsString;
-use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -146,8 +145,9 @@ pub(crate) const ENV_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 /// (`systemfd`) writes it next to `LISTEN_FDS`: anything but 3 is not the protocol.
 pub(crate) const ENV_LISTEN_FDS_FIRST_FD: &str = "LISTEN_FDS_FIRST_FD";
 
-/// The first descriptor of a handover, as in systemd's protocol.
-pub(crate) const FIRST_FD: RawFd = 3;
+/// The first descriptor of a handover, as in systemd's protocol (the OS layer puts
+/// the descriptors there).
+pub(crate) use crate::sys::child::FIRST_FD;
 /// The most descriptors one handover may announce.
 pub(crate) const MAX_FDS: usize = 1024;
 
@@ -563,39 +563,6 @@ pub(crate) fn read_activated(env: &dyn Env, n: usize) -> Option<Activated> {
     Some(fd_names(ENV_ACTIVATED, Some(value), n))
 }
 
-/// The descriptor operations [`place_fds`] needs: the kernel's in the child, a model
-/// of a descriptor table in the tests.
-pub(crate) trait FdTable {
-    /// A close-on-exec copy of `fd` at the lowest free number at or above `floor`.
-    fn dup_above(&mut self, fd: RawFd, floor: RawFd) -> io::Result<RawFd>;
-    /// `dup2(fd, target)`: a copy at `target` (replacing what was there), without
-    /// close-on-exec.
-    fn dup_onto(&mut self, fd: RawFd, target: RawFd) -> io::Result<()>;
-}
-
-/// Puts `sources[i]` at descriptor `3 + i`, without close-on-exec, whatever numbers the
-/// sources have (some may already sit in the target range). Every source is first copied
-/// above the target range, so that no `dup2` overwrites a source still to be moved; the
-/// copies are close-on-exec, and exec closes them.
-///
-/// Runs in the child between fork and exec: no allocation (`scratch`, as long as
-/// `sources`, was allocated before the fork), no panics (indices stay within the
-/// slices' lengths), only the table's two operations.
-pub(crate) fn place_fds(
-    table: &mut impl FdTable,
-    sources: &[RawFd],
-    scratch: &mut [RawFd],
-) -> io::Result<()> {
-    let floor = FIRST_FD + sources.len() as RawFd;
-    for (src, tmp) in sources.iter().zip(scratch.iter_mut()) {
-        *tmp = table.dup_above(*src, floor)?;
-    }
-    for (target, tmp) in (FIRST_FD..).zip(scratch.iter()) {
-        table.dup_onto(*tmp, target)?;
-    }
-    Ok(())
-}
-
 /// Names the supervisor (see the `supervise` module) and the descriptor of this
 /// generation's end of its report channel: `<supervisor pid>:<fd>`.
 pub(crate) const ENV_SUPERVISOR: &str = "CEASELESS_SUPERVISOR";
@@ -689,22 +656,6 @@ fn decode_draining(v: &str) -> Result<Vec<ProcId>, (Option<String>, String)> {
             parsed.ok_or_else(|| (None, format!("{p:?} is not <pid>@<start time>")))
         })
         .collect()
-}
-
-/// The start time of a process, from the text of its `/proc/<pid>/stat`: field 22,
-/// counted after the command name (which may hold spaces and parentheses).
-pub(crate) fn stat_start_time(stat: &str) -> Option<u64> {
-    let rest = stat.rsplit_once(')')?.1;
-    // After ')': state is field 3, so the start time (22) is the 20th from here.
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether a process is a zombie (or dead), from the text of its `/proc/<pid>/stat`.
-pub(crate) fn stat_is_dead(stat: &str) -> bool {
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    matches!(state, Some("Z") | Some("X") | Some("x") | None)
 }
 
 /// A generation's report to its supervisor: one datagram on the report channel.
@@ -1142,23 +1093,6 @@ mod tests {
         ]
     }
 
-    /// A model of a descriptor table: number -> the open file it refers to.
-    struct Model(HashMap<RawFd, u32>);
-
-    impl FdTable for Model {
-        fn dup_above(&mut self, fd: RawFd, floor: RawFd) -> io::Result<RawFd> {
-            let file = *self.0.get(&fd).ok_or(io::ErrorKind::NotFound)?;
-            let free = (floor..).find(|n| !self.0.contains_key(n)).unwrap();
-            self.0.insert(free, file);
-            Ok(free)
-        }
-        fn dup_onto(&mut self, fd: RawFd, target: RawFd) -> io::Result<()> {
-            let file = *self.0.get(&fd).ok_or(io::ErrorKind::NotFound)?;
-            self.0.insert(target, file);
-            Ok(())
-        }
-    }
-
     #[test]
     fn offers_refusals_and_garbage() {
         assert_eq!(
@@ -1192,19 +1126,6 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever numbers the sources have (in the target range, above it, out of
-        /// order), file i ends up at 3 + i.
-        #[test]
-        fn fds_land_in_place(numbers in proptest::collection::hash_set(0i32..40, 0..12)) {
-            let sources: Vec<RawFd> = numbers.into_iter().collect();
-            let mut table = Model(sources.iter().enumerate().map(|(i, fd)| (*fd, i as u32)).collect());
-            let mut scratch = vec![-1; sources.len()];
-            place_fds(&mut table, &sources, &mut scratch).unwrap();
-            for i in 0..sources.len() {
-                prop_assert_eq!(table.0.get(&(FIRST_FD + i as RawFd)), Some(&(i as u32)));
-            }
-        }
-
         #[test]
         fn an_offer_round_trips(
             names in proptest::collection::vec(name(), 0..12),
@@ -1289,18 +1210,6 @@ mod tests {
         }
 
         #[test]
-        fn stat_start_times_are_read_past_any_command_name(
-            comm in "[ -~]{0,16}",
-            start in any::<u64>(),
-        ) {
-            let stat = format!(
-                "42 ({comm}) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start} 1000 100"
-            );
-            prop_assert_eq!(stat_start_time(&stat), Some(start));
-            prop_assert!(!stat_is_dead(&stat));
-        }
-
-        #[test]
         fn garbage_never_panics(s in "\\PC*") {
             let _ = Name::decode(&s);
             let _ = Message::decode(&s);
@@ -1313,7 +1222,6 @@ mod tests {
             let _ = announced(&e, 1, 7);
             let _ = read_activated(&env(&[(ENV_ACTIVATED, &s)]), 3);
             let _ = Report::decode(&s);
-            let _ = stat_start_time(&s);
             let e = env(&[(ENV_SUPERVISOR, &s), (ENV_DRAINING, &s)]);
             let _ = read_supervisor(&e);
             let _ = read_draining(&e);
@@ -1637,7 +1545,6 @@ mod tests {
         }
         assert_eq!(read_draining(&env(&[(ENV_DRAINING, "")])).unwrap(), vec![]);
         assert_eq!(read_supervisor(&env(&[])).unwrap(), None);
-        assert!(stat_is_dead("42 (a b) Z 1"));
         for r in [
             "live 1 2",
             "committed 1",

@@ -28,7 +28,7 @@ use std::os::fd::{AsFd, OwnedFd, RawFd};
 
 use crate::addr::ListenAddr;
 use crate::error::Error;
-use crate::handover::{self, Env, Name, ENV_READY_FD, FIRST_FD};
+use crate::handover::{self, Env, Name, ProcessEnv, ENV_READY_FD, FIRST_FD};
 use crate::listen::describe_listener;
 use crate::sys::fd::{self, take_inherited};
 
@@ -116,6 +116,7 @@ impl Inherited {
     /// Reads our own handover, else systemd's socket activation. Problems are logged as
     /// typed errors and the affected descriptors closed; nothing here panics.
     pub(crate) fn from_env(env: &dyn Env) -> Self {
+        fd::record_open_at_start(announced_now);
         let mut found = Inherited {
             generation: 1,
             ..Inherited::default()
@@ -187,6 +188,7 @@ impl Inherited {
     /// [`Inherited::from_env`].
     #[cfg(feature = "systemd")]
     pub(crate) fn activated(env: &dyn Env) -> Self {
+        fd::record_open_at_start(announced_now);
         let mut found = Inherited {
             generation: 1,
             ..Inherited::default()
@@ -371,3 +373,23 @@ fn relayed_activation(env: &dyn Env, ours: &handover::Ours) -> Option<Vec<Option
     }
     Some(relayed.names)
 }
+/// What the environment announces to this process, past the pid guards: the
+/// descriptor numbers, and whether no pid guarded them (a development loop's).
+fn announced_now() -> (Vec<RawFd>, bool) {
+    let a = handover::announced(
+        &ProcessEnv,
+        std::os::unix::process::parent_id(),
+        std::process::id(),
+    );
+    (a.fds, a.unaddressed)
+}
+
+extern "C" fn record_open_at_start() {
+    fd::record_open_at_start(announced_now);
+}
+
+// Before `main`, so that nothing the program opens can sit at an announced number by
+// then, and nothing it starts inherits the descriptors. Where that cannot be, the record
+// is made when the process owner starts, which is right as long as nothing opened a
+// descriptor at an announced number before.
+crate::sys::before_main!(RECORD_OPEN_AT_START, record_open_at_start);

@@ -9,8 +9,6 @@ use std::sync::{Mutex, OnceLock};
 use rustix::fs::FileType;
 use rustix::io::FdFlags;
 
-use crate::handover::{self, ProcessEnv};
-
 /// Sets close-on-exec on a descriptor of ours.
 pub(crate) fn set_cloexec_owned(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = rustix::io::fcntl_getfd(fd)?;
@@ -103,60 +101,48 @@ struct AtStart {
     refused: Vec<(RawFd, String)>,
 }
 
-/// The announced descriptors that were open when the process started: recorded before
-/// `main` runs (see `RECORD_OPEN_AT_START`), when no code of the process can have opened
-/// one at those numbers yet.
+/// The announced descriptors as they were when the process started: recorded before
+/// `main` runs (the inheritance's load-time hook calls [`record_open_at_start`]), when no
+/// code of the process can have opened one at those numbers yet.
 static OPEN_AT_START: OnceLock<AtStart> = OnceLock::new();
 
 /// The numbers [`take_inherited`] gave out already.
 static TAKEN: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
 
-extern "C" fn record_open_at_start() {
-    let _ = OPEN_AT_START.set(announced_and_open());
-}
-
-// Before `main`. Where that cannot be, the record is made on first use, which is right
-// as long as nothing opened a descriptor at an announced number before the process
-// owner starts.
-super::before_main!(RECORD_OPEN_AT_START, record_open_at_start);
-
-fn open_at_start() -> &'static AtStart {
-    OPEN_AT_START.get_or_init(announced_and_open)
-}
-
-/// The descriptors the environment announces to this process (past the pid guards)
-/// that are open, each made close-on-exec at once; of a set no pid guards, only the
-/// listening sockets (the others are left as they are). Logs nothing: it runs before
-/// the application installed a logger; the inheritance reports the problems later.
-fn announced_and_open() -> AtStart {
-    let announced = handover::announced(
-        &ProcessEnv,
-        std::os::unix::process::parent_id(),
-        std::process::id(),
-    );
-    let mut found = AtStart::default();
-    for fd in announced.fds {
-        if announced.unaddressed {
-            match with_number(fd, listening_stream) {
-                Some(Ok(())) => {}
-                Some(Err(reason)) => {
-                    found.refused.push((fd, reason));
-                    continue;
+/// Records which of the descriptors the environment announces (`announced`: their
+/// numbers, and whether no pid guarded them) are open, making each close-on-exec at
+/// once; of a set no pid guards, only listening sockets (the others are left as they
+/// are). Once: later calls change nothing. Logs nothing: it runs before the
+/// application installed a logger; the inheritance reports the problems later.
+pub(crate) fn record_open_at_start(announced: impl FnOnce() -> (Vec<RawFd>, bool)) {
+    OPEN_AT_START.get_or_init(|| {
+        let (fds, unaddressed) = announced();
+        let mut found = AtStart::default();
+        for fd in fds {
+            if unaddressed {
+                match with_number(fd, listening_stream) {
+                    Some(Ok(())) => {}
+                    Some(Err(reason)) => {
+                        found.refused.push((fd, reason));
+                        continue;
+                    }
+                    None => continue,
                 }
-                None => continue,
+            }
+            if set_cloexec_number(fd).is_ok() {
+                found.open.push(fd);
             }
         }
-        if set_cloexec_number(fd).is_ok() {
-            found.open.push(fd);
-        }
-    }
-    found
+        found
+    });
 }
 
 /// Takes ownership of a descriptor handed to this process: one that was open when the
 /// process started and was announced to it, made close-on-exec; each number once.
 pub(crate) fn take_inherited(fd: RawFd) -> Result<OwnedFd, String> {
-    let at_start = open_at_start();
+    let Some(at_start) = OPEN_AT_START.get() else {
+        return Err("never handed over: nothing was recorded at start".into());
+    };
     if let Some((_, reason)) = at_start.refused.iter().find(|(n, _)| *n == fd) {
         return Err(format!(
             "{reason}; announced without LISTEN_PID, so not ours: left as it is"

@@ -2,8 +2,9 @@
 //!
 //! Everything above this module speaks in ceaseless's terms (a descriptor's kind, a
 //! process to signal or watch, a sealed file of state, the next generation to start)
-//! and never names `libc`; nothing here calls anything of ceaseless above it but the
-//! handover's pure descriptor shuffle ([`crate::handover::place_fds`]).
+//! and never names `libc`. This layer calls nothing of ceaseless above it but the
+//! handover's vocabulary (its environment variables and the first descriptor number),
+//! to record what was handed to the process before `main` runs.
 //!
 //! # Which crate does what
 //! - **rustix** (safe, portable): descriptor flags and `fstat`, `SCM_RIGHTS` messages

@@ -44,10 +44,10 @@ pub(crate) fn start_time(of: u32) -> Option<u64> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         let stat = std::fs::read_to_string(format!("/proc/{of}/stat")).ok()?;
-        if crate::handover::stat_is_dead(&stat) {
+        if stat_is_dead(&stat) {
             return None;
         }
-        crate::handover::stat_start_time(&stat)
+        stat_start_time(&stat)
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     {
@@ -57,6 +57,24 @@ pub(crate) fn start_time(of: u32) -> Option<u64> {
             Err(_) => None,
         }
     }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android", test))]
+/// The start time of a process, from the text of its `/proc/<pid>/stat`: field 22,
+/// counted after the command name (which may hold spaces and parentheses).
+fn stat_start_time(stat: &str) -> Option<u64> {
+    let rest = stat.rsplit_once(')')?.1;
+    // After ')': state is field 3, so the start time (22) is the 20th from here.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(any(target_os = "linux", target_os = "android", test))]
+/// Whether a process is a zombie (or dead), from the text of its `/proc/<pid>/stat`.
+fn stat_is_dead(stat: &str) -> bool {
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some("Z") | Some("X") | Some("x") | None)
 }
 
 /// A pidfd for `pid`: a handle that names that very process, readable once it exited.
@@ -128,6 +146,33 @@ pub(crate) fn out_of_resources(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn stat_start_times_are_read_past_any_command_name(
+            comm in "[ -~]{0,16}",
+            start in any::<u64>(),
+        ) {
+            let stat = format!(
+                "42 ({comm}) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start} 1000 100"
+            );
+            prop_assert_eq!(stat_start_time(&stat), Some(start));
+            prop_assert!(!stat_is_dead(&stat));
+        }
+
+        #[test]
+        fn any_stat_text_is_survived(s in "\\PC*") {
+            let _ = stat_start_time(&s);
+            let _ = stat_is_dead(&s);
+        }
+    }
+
+    #[test]
+    fn a_zombie_is_dead() {
+        assert!(stat_is_dead("42 (a b) Z 1"));
+        assert!(stat_is_dead("garbage"));
+    }
 
     #[test]
     fn signals_reach_a_process_and_a_gone_one_is_told() {

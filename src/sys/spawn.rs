@@ -20,7 +20,7 @@
 //! prepared before the clone: it resets every signal the parent handles to its default
 //! (a handler of the parent's must never run in a child that shares its memory), ignores
 //! SIGHUP, unblocks all signals, changes directory, puts `/dev/null` on stdin and the
-//! sockets in place ([`handover::place_fds`] through [`super::child`]), and executes. All signals are blocked in
+//! sockets in place ([`super::child::place_fds`]), and executes. All signals are blocked in
 //! the calling thread around the clone, so none is handled in the child before its
 //! dispositions are reset. An error of the child is left in shared memory for the
 //! parent, which reaps the child and reports it.
@@ -44,7 +44,6 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use tokio::io::unix::AsyncFd;
 
 use super::child::Kernel;
-use crate::handover;
 
 /// The child's stack: its few calls need far less.
 const STACK: usize = 64 << 10;
@@ -215,7 +214,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::chdir(a.cwd.as_ptr()) < 0 || libc::dup2(a.devnull, 0) < 0 {
             fail(a);
         }
-        if handover::place_fds(&mut Kernel, &a.sources, &mut a.scratch).is_err() {
+        if super::child::place_fds(&mut Kernel, &a.sources, &mut a.scratch).is_err() {
             fail(a);
         }
         libc::execve(a.path.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
