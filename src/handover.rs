@@ -652,6 +652,7 @@ fn decode_draining(v: &str) -> Result<Vec<ProcId>, (Option<String>, String)> {
 
 /// The start time of a process, from the text of its `/proc/<pid>/stat`: field 22,
 /// counted after the command name (which may hold spaces and parentheses).
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
 pub(crate) fn stat_start_time(stat: &str) -> Option<u64> {
     let rest = stat.rsplit_once(')')?.1;
     // After ')': state is field 3, so the start time (22) is the 20th from here.
@@ -659,6 +660,7 @@ pub(crate) fn stat_start_time(stat: &str) -> Option<u64> {
 }
 
 /// Whether a process is a zombie (or dead), from the text of its `/proc/<pid>/stat`.
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
 pub(crate) fn stat_is_dead(stat: &str) -> bool {
     let state = stat
         .rsplit_once(')')

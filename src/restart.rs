@@ -23,6 +23,7 @@ use crate::successor::{Proc, Successor, Who};
 /// by the application cannot change what the relative `argv[0]` means.
 static START_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
 
+#[cfg_attr(target_vendor = "apple", allow(dead_code))] // recorded on first use there
 extern "C" fn record_start_dir() {
     let _ = START_DIR.set(logical_cwd());
 }
@@ -177,6 +178,7 @@ pub(crate) async fn spawn(
 /// Set (to anything but `0`), the next generation is started with a fork even where
 /// the kernel could do without (the `spawn` module): for a sandbox that refuses
 /// `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)`, and to compare the two.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // read on Linux alone
 pub(crate) const FORK_ENV: &str = "CEASELESS_FORK";
 
 /// Starts the next generation: without forking where the kernel allows (the `spawn`

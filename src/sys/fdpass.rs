@@ -19,6 +19,7 @@ pub(crate) const MAX_FDS: usize = 253;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Wait {
     /// Blocks until the socket can take (or has) a message.
+    #[cfg_attr(not(feature = "control"), allow(dead_code))] // the takeover's
     Block,
     /// Fails with `WouldBlock` instead (`MSG_DONTWAIT`).
     DontWait,
@@ -94,7 +95,7 @@ pub(crate) fn recv(
     }
     #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
     for fd in &fds {
-        super::fd::set_cloexec_owned(fd.as_fd())?;
+        super::fd::set_cloexec_owned(std::os::fd::AsFd::as_fd(fd))?;
     }
     // The control buffer is padded for alignment, so it may hold a few more than
     // `max_fds`: those are closed, and the message counts as cut all the same.

@@ -5,8 +5,8 @@ use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+use rustix::process::Pid;
 pub(crate) use rustix::process::Signal;
-use rustix::process::{Pid, PidfdFlags};
 
 /// This process's effective user id.
 pub(crate) fn euid() -> u32 {
@@ -68,11 +68,11 @@ pub(crate) fn pidfd(of: u32) -> Option<OwnedFd> {
     }
     #[cfg(target_os = "linux")]
     {
-        rustix::process::pidfd_open(pid(of).ok()?, PidfdFlags::empty()).ok()
+        rustix::process::pidfd_open(pid(of).ok()?, rustix::process::PidfdFlags::empty()).ok()
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = (of, PidfdFlags::empty());
+        let _ = of;
         None
     }
 }
