@@ -13,7 +13,8 @@
 //! - **nix** where rustix has nothing (only off Linux): `getpeereid`, Apple's
 //!   `LOCAL_PEERPID`.
 //! - **std and tokio**: processes started with a fork (`Command::pre_exec`), signal
-//!   handlers (tokio's), files.
+//!   handlers (tokio's), files. The supervisor ([`reaper`]) has no runtime: it reads
+//!   its signals from a signalfd (nix) on Linux, else through signal-hook's self-pipe.
 //! - **Hand-written** (`libc`, `unsafe`), each block with its `// SAFETY:` argument:
 //!   - [`spawn`]: `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)` with a stack of its
 //!     own, which no crate offers with the signal dispositions and descriptor layout a
@@ -42,6 +43,7 @@ pub(crate) mod clock;
 pub(crate) mod fd;
 pub(crate) mod fdpass;
 pub(crate) mod process;
+pub(crate) mod reaper;
 pub(crate) mod sealed;
 #[cfg(target_os = "linux")]
 pub(crate) mod spawn;
