@@ -10,7 +10,8 @@
 //! # Design
 //! The supervisor reuses the re-exec machinery, which already has readiness and
 //! rollback, rather than repeating it:
-//! - It makes itself a child subreaper (`PR_SET_CHILD_SUBREAPER`) and starts generation 1
+//! - It makes itself the reaper of its descendants (Linux's child subreaper,
+//!   `PR_SET_CHILD_SUBREAPER`; FreeBSD's reaper, `PROC_REAP_ACQUIRE`) and starts generation 1
 //!   as its child. A restart is the generation's own: the supervisor forwards SIGHUP to
 //!   the current generation, which starts the next one, waits for it to be ready,
 //!   commits or rolls back, as always. When an old generation exits, its successor is
@@ -65,8 +66,19 @@
 //!   every 5 s from 5 s on while generations drain (a generation without a supervisor
 //!   sends the same); generations neither write the PID file nor talk to
 //!   `NOTIFY_SOCKET` (they do not see it).
-//! - It stays small: one thread, no async runtime, a blocking `poll` over a signalfd, the
-//!   report channel and a pidfd of the current generation.
+//! - It stays small: one thread, no async runtime, a blocking `poll` over its signals,
+//!   the report channel and a pidfd of the current generation. On Linux the signals are
+//!   read from a signalfd; on FreeBSD, and on Linux in the portable mode
+//!   (`CEASELESS_PORTABLE=1`), from a self-pipe their handlers write to. Without a pidfd
+//!   (FreeBSD, the portable mode, a kernel before 5.3) the supervisor learns that a
+//!   generation exited from SIGCHLD while the generation is its child, and checks every
+//!   50 ms while it is not yet (a new generation is its predecessor's child until that
+//!   one exits).
+//!
+//! # Platforms
+//! Linux and FreeBSD. macOS has no way for a process to become the reaper of its
+//! descendants: there [`Supervisor::run`] logs and returns [`Error::Unsupported`], and
+//! starts nothing.
 //!
 //! The bound on draining generations is kept by the generations themselves, in both
 //! models (see the `lineage` module); the supervisor passes on the list of draining
@@ -129,7 +141,7 @@ pub fn supervise() -> Result<(), Error> {
 /// (`READY=1`, `RELOADING=1`, `STOPPING=1`, `EXTEND_TIMEOUT_USEC=` during a long final
 /// drain; never `MAINPID=`); the generations do neither. Generations run in a process
 /// group of their own, so a terminal's Ctrl-C and Ctrl-Z reach the supervisor alone.
-/// Linux only.
+/// Linux and FreeBSD; on macOS, [`Supervisor::run`] returns [`Error::Unsupported`].
 #[derive(Debug, Clone)]
 pub struct Supervisor {
     pid_file: Option<PathBuf>,
@@ -184,7 +196,8 @@ impl Supervisor {
     /// usual: its servers take the sockets handed over. In any other process it becomes
     /// the supervisor: it starts the program again as generation 1 and never returns
     /// (it exits with the status of the last generation); it returns an error only if
-    /// it could not start (nothing was started then). The supervisor logs through
+    /// it could not start (nothing was started then): [`Error::Unsupported`] on macOS,
+    /// which has no subreaper, else [`Error::Supervise`]. The supervisor logs through
     /// `tracing`: install the subscriber first.
     ///
     /// ```no_run
@@ -221,7 +234,7 @@ impl Supervisor {
             tracing::error!(error = %e, "cannot become the supervisor; nothing was started");
             return Err(e);
         }
-        Err(Error::Supervise(supervisor::run(self)))
+        Err(Error::Supervise(sys::run(self)))
     }
 }
 
@@ -362,7 +375,7 @@ fn notify(_msg: &str) {}
 // The supervisor
 // ---------------------------------------------------------------------------------------
 
-mod supervisor {
+mod sys {
     use std::io;
     use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
     use std::os::unix::net::UnixDatagram;
