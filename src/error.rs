@@ -121,6 +121,15 @@ pub enum Error {
     /// (nothing was started).
     #[error("cannot become the supervisor: {0}")]
     Supervise(#[source] io::Error),
+    /// This platform lacks what the feature needs (the supervisor on macOS, which has
+    /// no way to become the reaper of its descendants). Nothing was started.
+    #[error("{what} is not supported on {platform}")]
+    Unsupported {
+        /// The feature.
+        what: &'static str,
+        /// The platform.
+        platform: &'static str,
+    },
     #[cfg(feature = "control")]
     /// [`ProcessBuilder::takeover`](crate::ProcessBuilder::takeover) could not take the
     /// listeners over from the process serving that control socket. Nothing was bound:

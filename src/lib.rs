@@ -133,8 +133,6 @@ mod signals;
 pub mod state;
 pub mod status;
 mod successor;
-#[allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
-// until the supervisor's OS calls move to `sys`
 mod supervise;
 mod sys;
 mod takeover;

@@ -23,6 +23,7 @@ use crate::successor::{Proc, Successor, Who};
 /// by the application cannot change what the relative `argv[0]` means.
 static START_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
 
+#[cfg_attr(target_vendor = "apple", allow(dead_code))] // recorded on first use there
 extern "C" fn record_start_dir() {
     let _ = START_DIR.set(logical_cwd());
 }

@@ -10,7 +10,8 @@
 //! # Design
 //! The supervisor reuses the re-exec machinery, which already has readiness and
 //! rollback, rather than repeating it:
-//! - It makes itself a child subreaper (`PR_SET_CHILD_SUBREAPER`) and starts generation 1
+//! - It makes itself the reaper of its descendants (Linux's child subreaper,
+//!   `PR_SET_CHILD_SUBREAPER`; FreeBSD's reaper, `PROC_REAP_ACQUIRE`) and starts generation 1
 //!   as its child. A restart is the generation's own: the supervisor forwards SIGHUP to
 //!   the current generation, which starts the next one, waits for it to be ready,
 //!   commits or rolls back, as always. When an old generation exits, its successor is
@@ -65,14 +66,25 @@
 //!   every 5 s from 5 s on while generations drain (a generation without a supervisor
 //!   sends the same); generations neither write the PID file nor talk to
 //!   `NOTIFY_SOCKET` (they do not see it).
-//! - It stays small: one thread, no async runtime, a blocking `poll` over a signalfd, the
-//!   report channel and a pidfd of the current generation.
+//! - It stays small: one thread, no async runtime, a blocking `poll` over its signals,
+//!   the report channel and a pidfd of the current generation. On Linux the signals are
+//!   read from a signalfd; on FreeBSD, and on Linux in the portable mode
+//!   (`CEASELESS_PORTABLE=1`), from a self-pipe their handlers write to. Without a pidfd
+//!   (FreeBSD, the portable mode, a kernel before 5.3) the supervisor learns that a
+//!   generation exited from SIGCHLD while the generation is its child, and checks every
+//!   50 ms while it is not yet (a new generation is its predecessor's child until that
+//!   one exits).
+//!
+//! # Platforms
+//! Linux and FreeBSD. macOS has no way for a process to become the reaper of its
+//! descendants: there [`Supervisor::run`] logs and returns [`Error::Unsupported`], and
+//! starts nothing.
 //!
 //! The bound on draining generations is kept by the generations themselves, in both
 //! models (see the `lineage` module); the supervisor passes on the list of draining
 //! generations it knows of when it starts a generation itself.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -129,7 +141,7 @@ pub fn supervise() -> Result<(), Error> {
 /// (`READY=1`, `RELOADING=1`, `STOPPING=1`, `EXTEND_TIMEOUT_USEC=` during a long final
 /// drain; never `MAINPID=`); the generations do neither. Generations run in a process
 /// group of their own, so a terminal's Ctrl-C and Ctrl-Z reach the supervisor alone.
-/// Linux only.
+/// Linux and FreeBSD; on macOS, [`Supervisor::run`] returns [`Error::Unsupported`].
 #[derive(Debug, Clone)]
 pub struct Supervisor {
     pid_file: Option<PathBuf>,
@@ -184,7 +196,8 @@ impl Supervisor {
     /// usual: its servers take the sockets handed over. In any other process it becomes
     /// the supervisor: it starts the program again as generation 1 and never returns
     /// (it exits with the status of the last generation); it returns an error only if
-    /// it could not start (nothing was started then). The supervisor logs through
+    /// it could not start (nothing was started then): [`Error::Unsupported`] on macOS,
+    /// which has no subreaper, else [`Error::Supervise`]. The supervisor logs through
     /// `tracing`: install the subscriber first.
     ///
     /// ```no_run
@@ -213,16 +226,15 @@ impl Supervisor {
         if link().is_some() {
             return Ok(());
         }
-        #[cfg(target_os = "linux")]
-        {
-            let e = sys::run(self);
-            Err(Error::Supervise(e))
+        if let Some(platform) = crate::sys::reaper::UNSUPPORTED {
+            let e = Error::Unsupported {
+                what: "the stable-PID supervisor",
+                platform,
+            };
+            tracing::error!(error = %e, "cannot become the supervisor; nothing was started");
+            return Err(e);
         }
-        #[cfg(not(target_os = "linux"))]
-        Err(Error::Supervise(std::io::Error::new(
-            std::io::ErrorKind::Unsupported,
-            "the supervisor needs Linux",
-        )))
+        Err(Error::Supervise(sys::run(self)))
     }
 }
 
@@ -251,72 +263,19 @@ pub(crate) fn start(generation: u64) -> bool {
     link().is_some()
 }
 
+// Runs at load time, before `main`, on the ELF systems (`.init_array`); no supervisor
+// runs elsewhere.
 extern "C" fn cloexec_at_start() {
     // The channel must not leak into whatever the application starts before the
     // process owner takes it: close-on-exec before `main` runs.
     if let Ok(Some((_, fd))) = handover::read_supervisor(&ProcessEnv) {
-        // SAFETY: F_GETFD/F_SETFD only read and set flags of a descriptor number.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 && is_channel(fd, None).is_ok() {
-                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-            }
+        if crate::sys::reaper::is_channel(fd, None).is_ok() {
+            let _ = crate::sys::fd::set_cloexec_number(fd);
         }
     }
 }
 
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-#[used]
-#[link_section = ".init_array"]
-static CLOEXEC_AT_START: extern "C" fn() = cloexec_at_start;
-
-/// Whether `fd` is a report channel (a Unix datagram socket) created by `supervisor`.
-fn is_channel(fd: RawFd, supervisor: Option<u32>) -> Result<(), String> {
-    let int = |level, name| -> Result<libc::c_int, String> {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `v`.
-        let r = unsafe {
-            libc::getsockopt(
-                fd,
-                level,
-                name,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if r < 0 {
-            return Err(format!("not a socket: {}", std::io::Error::last_os_error()));
-        }
-        Ok(v)
-    };
-    if int(libc::SOL_SOCKET, libc::SO_TYPE)? != libc::SOCK_DGRAM {
-        return Err("not a datagram socket".into());
-    }
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        if int(libc::SOL_SOCKET, libc::SO_DOMAIN)? != libc::AF_UNIX {
-            return Err("not a Unix socket".into());
-        }
-        if let Some(sup) = supervisor {
-            // SAFETY: `fd` is an open socket (checked above) for the whole call.
-            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            let pid = crate::sys::fdpass::peer_pid(borrowed)
-                .map_err(|e| format!("no peer: {e}"))?
-                .unwrap_or(0);
-            // A socket pair carries the credentials of the process that created it.
-            if pid != sup {
-                return Err(format!("created by pid {pid}, not by the supervisor {sup}"));
-            }
-        }
-        Ok(())
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        let _ = supervisor;
-        Err("the supervisor needs Linux".into())
-    }
-}
+crate::sys::before_main!(CLOEXEC_AT_START, cloexec_at_start);
 
 impl Link {
     fn from_env(env: &dyn handover::Env) -> Option<Link> {
@@ -328,19 +287,17 @@ impl Link {
                 return None;
             }
         };
-        if let Err(reason) = is_channel(fd, Some(supervisor)) {
-            // Stale: a subprocess of a generation, say. Not ours to close.
-            tracing::debug!(
-                error = %Error::InheritedFd { fd, name: handover::ENV_SUPERVISOR.into(), reason },
-                "not under a supervisor"
-            );
-            return None;
+        match crate::sys::reaper::take_channel(fd, supervisor) {
+            Ok(fd) => Some(Link { supervisor, fd }),
+            Err(reason) => {
+                // Stale: a subprocess of a generation, say. Not ours to close.
+                tracing::debug!(
+                    error = %Error::InheritedFd { fd, name: handover::ENV_SUPERVISOR.into(), reason },
+                    "not under a supervisor"
+                );
+                None
+            }
         }
-        // SAFETY: the descriptor is a socket pair end created by the supervisor, handed
-        // to this process at that number; nothing else in the process refers to it, and
-        // it is taken once (LINK is initialised once).
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Some(Link { supervisor, fd })
     }
 
     /// The supervisor's pid.
@@ -355,7 +312,7 @@ impl Link {
 
     /// Sends one report, with descriptors; never blocks. Failures are logged.
     fn send(&self, report: &Report, fds: &[BorrowedFd<'_>]) {
-        if let Err(e) = send_report(self.fd.as_raw_fd(), report.encode().as_bytes(), fds) {
+        if let Err(e) = send_report(self.fd.as_fd(), report.encode().as_bytes(), fds) {
             tracing::warn!(error = %e, supervisor = self.supervisor, "cannot report to the supervisor");
         }
     }
@@ -398,9 +355,7 @@ pub(crate) fn observe<'a>(
 }
 
 /// sendmsg(2) of one datagram with `fds` attached, without blocking.
-fn send_report(sock: RawFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
-    // SAFETY: the descriptor is the link's, open for the life of the process.
-    let sock = unsafe { BorrowedFd::borrow_raw(sock) };
+fn send_report(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
     crate::sys::fdpass::send(sock, bytes, fds, crate::sys::fdpass::Wait::DontWait).map(drop)
 }
 
@@ -416,10 +371,9 @@ fn notify(_msg: &str) {}
 // The supervisor
 // ---------------------------------------------------------------------------------------
 
-#[cfg(target_os = "linux")]
 mod sys {
     use std::io;
-    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
     use std::os::unix::net::UnixDatagram;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
@@ -430,22 +384,27 @@ mod sys {
     use crate::notify::EXTEND_EVERY;
     use crate::restart::Exe;
     use crate::sys::process::{pidfd, pidfd_signal, Signal};
+    use crate::sys::reaper::{self, ChildState, Ended, Reaped, Signals};
 
     const BACKOFF_FIRST: Duration = Duration::from_millis(100);
     const BACKOFF_MAX: Duration = Duration::from_secs(10);
     /// A generation live this long ends a crash loop: the next crash restarts quickly.
     const STABLE: Duration = Duration::from_secs(10);
-    /// The signals the supervisor takes (read from a signalfd).
-    const TAKEN: [i32; 9] = [
-        libc::SIGHUP,
-        libc::SIGINT,
-        libc::SIGTERM,
-        libc::SIGUSR1,
-        libc::SIGUSR2,
-        libc::SIGTSTP,
-        libc::SIGCONT,
-        libc::SIGCHLD,
-        libc::SIGQUIT,
+    /// How often the current generation is checked when neither a pidfd nor SIGCHLD
+    /// tells the supervisor of its exit (the portable mode, off Linux, or a kernel
+    /// without pidfds, while the generation is not the supervisor's child yet).
+    const CHECK_EVERY: Duration = Duration::from_millis(50);
+    /// The signals the supervisor takes (see [`Signals`]).
+    const TAKEN: [Signal; 9] = [
+        Signal::HUP,
+        Signal::INT,
+        Signal::TERM,
+        Signal::USR1,
+        Signal::USR2,
+        Signal::TSTP,
+        Signal::CONT,
+        Signal::CHILD,
+        Signal::QUIT,
     ];
 
     /// A generation, as the supervisor follows it.
@@ -480,17 +439,14 @@ mod sys {
             })
         }
 
-        fn signal(&self, sig: i32) {
-            let Some(signal) = Signal::from_named_raw(sig) else {
-                return;
-            };
+        fn signal(&self, sig: Signal) {
             let r = match &self.pidfd {
-                Some(fd) => pidfd_signal(fd.as_fd(), signal),
-                None => lineage::signal(&self.id, signal).map(|_| ()),
+                Some(fd) => pidfd_signal(fd.as_fd(), sig),
+                None => lineage::signal(&self.id, sig).map(|_| ()),
             };
             if let Err(e) = r {
-                if e.raw_os_error() != Some(libc::ESRCH) {
-                    tracing::warn!(error = %e, generation_pid = self.id.pid, signal = sig, "cannot signal the generation");
+                if !reaper::no_such_process(&e) {
+                    tracing::warn!(error = %e, generation_pid = self.id.pid, signal = sig.as_raw(), "cannot signal the generation");
                 }
             }
         }
@@ -500,7 +456,7 @@ mod sys {
         cfg: Supervisor,
         me: u32,
         exe: Exe,
-        signals: OwnedFd,
+        signals: Signals,
         reports: UnixDatagram,
         /// The generations' end of the report channel.
         theirs: UnixDatagram,
@@ -523,7 +479,7 @@ mod sys {
         extend_at: Option<Instant>,
         ever_live: bool,
         /// How the current generation ended, when the supervisor reaped it.
-        final_status: Option<i32>,
+        final_status: Option<Ended>,
         no_children: bool,
     }
 
@@ -537,38 +493,10 @@ mod sys {
         }
     }
 
-    fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r)
-        }
-    }
-
     fn setup(cfg: Supervisor) -> io::Result<Sup> {
         let me = std::process::id();
-        // SAFETY: prctl sets a process attribute.
-        cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })?;
-        // SAFETY: a sigset is filled by sigemptyset/sigaddset before use; sigprocmask
-        // and signalfd only read it.
-        let signals = unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for s in TAKEN {
-                libc::sigaddset(&mut set, s);
-            }
-            cvt(libc::sigprocmask(
-                libc::SIG_BLOCK,
-                &set,
-                std::ptr::null_mut(),
-            ))?;
-            let fd = cvt(libc::signalfd(
-                -1,
-                &set,
-                libc::SFD_CLOEXEC | libc::SFD_NONBLOCK,
-            ))?;
-            OwnedFd::from_raw_fd(fd)
-        };
+        reaper::become_reaper()?;
+        let signals = Signals::take(&TAKEN)?;
         let (reports, theirs) = UnixDatagram::pair()?;
         reports.set_nonblocking(true)?;
         let (listeners, activated) = activated_sockets(me);
@@ -637,55 +565,51 @@ mod sys {
                 self.next_start,
                 self.current.as_ref().and_then(|g| g.deadline),
                 self.extend_at,
+                self.unwatched().then(|| now + CHECK_EVERY),
             ]
             .into_iter()
             .flatten()
             .min();
-            let timeout = deadline.map_or(-1, |d| {
-                d.saturating_duration_since(now).as_millis().min(60_000) as libc::c_int + 1
+            let timeout = deadline.map(|d| {
+                d.saturating_duration_since(now)
+                    .min(Duration::from_secs(60))
+                    + Duration::from_millis(1)
             });
             let followed = self.current.as_ref().map(|g| g.id.pid);
             let pidfd = self
                 .current
                 .as_ref()
                 .and_then(|g| g.pidfd.as_ref())
-                .map_or(-1, |fd| fd.as_raw_fd());
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.signals.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.reports.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: pidfd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: poll reads and writes the array we pass, of the length we pass.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "supervisor: poll failed");
-                    std::thread::sleep(Duration::from_millis(100));
+                .map(|fd| fd.as_fd());
+            let ready = match reaper::wait_readable(
+                [Some(self.signals.fd()), Some(self.reports.as_fd()), pidfd],
+                timeout,
+            ) {
+                Ok(ready) => ready,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        tracing::error!(error = %e, "supervisor: poll failed");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    return;
                 }
-                return;
-            }
-            if fds[1].revents != 0 {
+            };
+            if ready[1] {
                 self.read_reports();
             }
-            if fds[0].revents != 0 {
+            if ready[0] {
                 self.read_signals();
             }
             self.reap();
-            if fds[2].revents != 0 {
+            if ready[2] {
                 if let Some(pid) = followed {
+                    self.gone(pid, None);
+                }
+            }
+            // Without a pidfd: whether it still runs (see `unwatched`).
+            if let Some(g) = self.current.as_ref().filter(|g| g.pidfd.is_none()) {
+                if !lineage::alive(&g.id) {
+                    let pid = g.id.pid;
                     self.gone(pid, None);
                 }
             }
@@ -710,33 +634,29 @@ mod sys {
         }
 
         fn read_signals(&mut self) {
-            loop {
-                // SAFETY: a zeroed signalfd_siginfo is a valid buffer; read writes at
-                // most its size.
-                let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-                let size = std::mem::size_of::<libc::signalfd_siginfo>();
-                let r = unsafe {
-                    libc::read(
-                        self.signals.as_raw_fd(),
-                        (&mut info as *mut libc::signalfd_siginfo).cast(),
-                        size,
-                    )
-                };
-                if r != size as isize {
-                    return;
-                }
-                self.on_signal(info.ssi_signo as i32);
+            for sig in self.signals.pending() {
+                self.on_signal(sig);
             }
         }
 
-        fn on_signal(&mut self, sig: i32) {
-            let name = signal_name(sig);
-            if sig == libc::SIGCHLD {
+        /// Whether the current generation's exit would go unnoticed without a check
+        /// every [`CHECK_EVERY`]: no pidfd watches it, and it is not a running child of
+        /// ours (whose exit SIGCHLD tells). A generation that committed a restart is the
+        /// next one's parent until it exits; then the next one is re-parented to us.
+        fn unwatched(&self) -> bool {
+            self.current.as_ref().is_some_and(|g| {
+                g.pidfd.is_none() && reaper::child_state(g.id.pid) != ChildState::Running
+            })
+        }
+
+        fn on_signal(&mut self, sig: Signal) {
+            let name = signal_name(sig.as_raw());
+            if sig == Signal::CHILD {
                 return; // reaped in every step
             }
             tracing::info!(pid = self.me, signal = name, "supervisor: received signal");
             match sig {
-                libc::SIGHUP => {
+                Signal::HUP => {
                     if self.stopping {
                         tracing::info!(pid = self.me, "supervisor: shutting down; SIGHUP ignored");
                         return;
@@ -755,7 +675,7 @@ mod sys {
                                     crate::duration::monotonic_usec()
                                 ));
                             }
-                            g.signal(libc::SIGHUP);
+                            g.signal(Signal::HUP);
                         }
                         _ => tracing::warn!(
                             pid = self.me,
@@ -763,9 +683,9 @@ mod sys {
                         ),
                     }
                 }
-                libc::SIGINT | libc::SIGTERM | libc::SIGQUIT => {
-                    let fwd = if sig == libc::SIGQUIT {
-                        libc::SIGTERM
+                Signal::INT | Signal::TERM | Signal::QUIT => {
+                    let fwd = if sig == Signal::QUIT {
+                        Signal::TERM
                     } else {
                         sig
                     };
@@ -775,30 +695,29 @@ mod sys {
                             pid = self.me,
                             generation_pid = g.id.pid,
                             "supervisor: shutting down: {} to the current generation",
-                            signal_name(fwd)
+                            signal_name(fwd.as_raw())
                         );
                         g.signal(fwd);
                     }
                 }
-                libc::SIGUSR1 | libc::SIGUSR2 => {
+                Signal::USR1 | Signal::USR2 => {
                     if let Some(g) = &self.current {
                         g.signal(sig);
                     }
                 }
-                libc::SIGTSTP => {
+                Signal::TSTP => {
                     if let Some(g) = &self.current {
                         g.signal(sig);
                     }
                     if self.me != 1 {
                         // Stop as the default action would, so a shell gets its prompt
                         // back; SIGCONT continues us (and is forwarded below).
-                        // SAFETY: raise(3) has no memory effects.
-                        unsafe { libc::raise(libc::SIGSTOP) };
+                        crate::sys::process::stop_this_thread();
                     }
                 }
-                libc::SIGCONT => {
+                Signal::CONT => {
                     if let Some(g) = &self.current {
-                        g.signal(libc::SIGCONT);
+                        g.signal(Signal::CONT);
                     }
                 }
                 _ => {}
@@ -827,32 +746,34 @@ mod sys {
         /// Reaps every child that exited: generations and orphans.
         fn reap(&mut self) {
             loop {
-                let mut status = 0;
-                // SAFETY: waitpid writes the status into `status`.
-                let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-                if r > 0 {
-                    let pid = r as u32;
-                    if self.current.as_ref().is_some_and(|g| g.id.pid == pid) {
-                        self.gone(pid, Some(status));
-                    } else {
-                        tracing::debug!(pid = self.me, reaped = pid, status = %describe(Some(status)), "supervisor: reaped");
+                match reaper::reap_any() {
+                    Reaped::Child(pid, ended) => {
+                        if self.current.as_ref().is_some_and(|g| g.id.pid == pid) {
+                            self.gone(pid, Some(ended));
+                        } else {
+                            tracing::debug!(pid = self.me, reaped = pid, status = %describe(Some(ended)), "supervisor: reaped");
+                        }
                     }
-                    continue;
+                    Reaped::Nothing => {
+                        self.no_children = false;
+                        return;
+                    }
+                    Reaped::NoChildren => {
+                        self.no_children = true;
+                        return;
+                    }
                 }
-                self.no_children =
-                    r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
-                return;
             }
         }
 
         /// The current generation (`pid`) exited; `status` if we reaped it.
-        fn gone(&mut self, pid: u32, status: Option<i32>) {
+        fn gone(&mut self, pid: u32, status: Option<Ended>) {
             // A report sent just before it exited (a commit, say) settles what this is.
             self.read_reports();
             if self.current.as_ref().is_none_or(|g| g.id.pid != pid) {
                 return;
             }
-            if status.is_none() && self.is_our_child(pid) {
+            if status.is_none() && reaper::child_state(pid) != ChildState::NotOurs {
                 return; // reaped in a moment, with its status
             }
             let Some(g) = self.current.take() else { return };
@@ -870,16 +791,6 @@ mod sys {
             };
             tracing::error!(pid = self.me, generation_pid = pid, why = %why, "supervisor: the generation died outside a restart");
             self.schedule_start(why);
-        }
-
-        fn is_our_child(&self, pid: u32) -> bool {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = s.rsplit_once(')')?.1.to_string();
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(self.me)
         }
 
         fn schedule_start(&mut self, why: String) {
@@ -907,7 +818,7 @@ mod sys {
                     timeout_ms = timeout.as_millis() as u64,
                     "supervisor: the generation was not live in time; stopping it"
                 );
-                g.signal(libc::SIGTERM);
+                g.signal(Signal::TERM);
                 g.terminated = true;
                 g.deadline = Some(now + grace);
             } else {
@@ -916,7 +827,7 @@ mod sys {
                     generation_pid = g.id.pid,
                     "supervisor: the generation did not stop in time; killing it"
                 );
-                g.signal(libc::SIGKILL);
+                g.signal(Signal::KILL);
                 g.deadline = None;
             }
         }
@@ -974,7 +885,7 @@ mod sys {
                     cmd.env(k, v);
                 }
                 sources.extend(self.listeners.iter().map(|(_, fd)| fd.as_raw_fd()));
-                let (r, w) = pipe()?;
+                let (r, w) = reaper::pipe()?;
                 sources.push(w.as_raw_fd());
                 ready = Some((r, w));
                 channel_fd = ready_fd + 1;
@@ -984,7 +895,7 @@ mod sys {
                 handover::ENV_SUPERVISOR,
                 handover::supervisor_value(self.me, channel_fd),
             );
-            // The supervisor blocks the signals it reads from its signalfd; the
+            // The supervisor may block the signals it takes (its signalfd); the
             // generation starts with none blocked, in its own process group (the
             // terminal's signals reach the supervisor alone, which forwards them once).
             let setup = crate::sys::child::Setup {
@@ -1060,7 +971,7 @@ mod sys {
                         // it could commit took over. It serves; the replacement goes.
                         if let Some(g) = self.current.take() {
                             tracing::warn!(pid = self.me, generation_pid = g.id.pid, live = id.pid, "supervisor: another generation took over; stopping the one started");
-                            g.signal(libc::SIGTERM);
+                            g.signal(Signal::TERM);
                         }
                         self.next_start = None;
                         self.current = Gen::follow(id.pid, Some(id.start));
@@ -1075,7 +986,7 @@ mod sys {
                     self.listeners = names.into_iter().zip(fds).collect();
                     self.activated.clear();
                     if self.stopping {
-                        g.signal(libc::SIGTERM);
+                        g.signal(Signal::TERM);
                         self.listeners.clear();
                         return;
                     }
@@ -1149,8 +1060,8 @@ mod sys {
                 }
             }
             let code = match self.final_status {
-                Some(s) if libc::WIFEXITED(s) => libc::WEXITSTATUS(s),
-                Some(s) if libc::WIFSIGNALED(s) => 128 + libc::WTERMSIG(s),
+                Some(Ended::Exited(code)) => code,
+                Some(Ended::Killed(sig)) => 128 + sig,
                 _ => 0,
             };
             tracing::info!(
@@ -1160,14 +1071,6 @@ mod sys {
             );
             std::process::exit(code)
         }
-    }
-
-    fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 writes two descriptors into the array.
-        cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-        // SAFETY: both were just created and are owned by nobody else.
-        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
     }
 
     /// One report and its descriptors; `None` when none is waiting.
@@ -1201,31 +1104,32 @@ mod sys {
         std::fs::rename(&tmp, path)
     }
 
-    fn describe(status: Option<i32>) -> String {
+    fn describe(status: Option<Ended>) -> String {
         match status {
-            Some(s) if libc::WIFEXITED(s) => format!("exited with status {}", libc::WEXITSTATUS(s)),
-            Some(s) if libc::WIFSIGNALED(s) => {
-                format!("killed by {}", signal_name(libc::WTERMSIG(s)))
-            }
-            Some(s) => format!("wait status {s}"),
+            Some(Ended::Exited(code)) => format!("exited with status {code}"),
+            Some(Ended::Killed(sig)) => format!("killed by {}", signal_name(sig)),
+            Some(Ended::Other(s)) => format!("wait status {s}"),
             None => "unknown".into(),
         }
     }
 
     fn signal_name(sig: i32) -> String {
-        match sig {
-            libc::SIGHUP => "SIGHUP".into(),
-            libc::SIGINT => "SIGINT".into(),
-            libc::SIGTERM => "SIGTERM".into(),
-            libc::SIGQUIT => "SIGQUIT".into(),
-            libc::SIGKILL => "SIGKILL".into(),
-            libc::SIGUSR1 => "SIGUSR1".into(),
-            libc::SIGUSR2 => "SIGUSR2".into(),
-            libc::SIGTSTP => "SIGTSTP".into(),
-            libc::SIGCONT => "SIGCONT".into(),
-            libc::SIGSEGV => "SIGSEGV".into(),
-            libc::SIGABRT => "SIGABRT".into(),
-            n => format!("signal {n}"),
-        }
+        const NAMES: [(Signal, &str); 11] = [
+            (Signal::HUP, "SIGHUP"),
+            (Signal::INT, "SIGINT"),
+            (Signal::TERM, "SIGTERM"),
+            (Signal::QUIT, "SIGQUIT"),
+            (Signal::KILL, "SIGKILL"),
+            (Signal::USR1, "SIGUSR1"),
+            (Signal::USR2, "SIGUSR2"),
+            (Signal::TSTP, "SIGTSTP"),
+            (Signal::CONT, "SIGCONT"),
+            (Signal::SEGV, "SIGSEGV"),
+            (Signal::ABORT, "SIGABRT"),
+        ];
+        NAMES
+            .iter()
+            .find(|(s, _)| s.as_raw() == sig)
+            .map_or_else(|| format!("signal {sig}"), |(_, name)| (*name).to_string())
     }
 }

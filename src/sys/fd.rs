@@ -74,7 +74,7 @@ pub(crate) fn listening_stream(fd: BorrowedFd<'_>) -> Result<(), String> {
 
 /// Borrows a descriptor number this process was handed (not owned by any Rust value)
 /// for the duration of `f`, which must not close it or keep it.
-fn with_number<T>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> T) -> Option<T> {
+pub(crate) fn with_number<T>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> T) -> Option<T> {
     if fd < 0 {
         return None;
     }
@@ -86,7 +86,7 @@ fn with_number<T>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> T) -> Option<T> {
 
 /// Sets close-on-exec on an open descriptor number this process was handed (not yet
 /// owned by any Rust value), so that nothing started before it is taken leaks it.
-fn set_cloexec_number(fd: RawFd) -> io::Result<()> {
+pub(crate) fn set_cloexec_number(fd: RawFd) -> io::Result<()> {
     with_number(fd, set_cloexec_owned)
         .unwrap_or_else(|| Err(io::Error::from(io::ErrorKind::InvalidInput)))
 }

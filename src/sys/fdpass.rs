@@ -5,8 +5,6 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-use std::os::fd::AsFd;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use rustix::net::{
@@ -97,7 +95,7 @@ pub(crate) fn recv(
     }
     #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
     for fd in &fds {
-        super::fd::set_cloexec_owned(fd.as_fd())?;
+        super::fd::set_cloexec_owned(std::os::fd::AsFd::as_fd(fd))?;
     }
     // The control buffer is padded for alignment, so it may hold a few more than
     // `max_fds`: those are closed, and the message counts as cut all the same.

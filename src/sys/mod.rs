@@ -11,10 +11,11 @@
 //!   ([`fdpass`]), socket options, signals to processes (`kill`, `pidfd_send_signal`),
 //!   pidfds, `memfd_create` and seals, clocks, pipes, `poll`, `wait`/`waitpid`, the
 //!   child subreaper (Linux) and the reaper (FreeBSD).
-//! - **nix** where rustix has nothing (only off Linux): `getpeereid`, Apple's
-//!   `LOCAL_PEERPID`.
-//! - **std and tokio**: processes started with a fork (`Command::pre_exec`), signal
-//!   handlers (tokio's), files.
+//! - **nix** where rustix has nothing: `getpeereid` and Apple's `LOCAL_PEERPID` off
+//!   Linux, the supervisor's signalfd ([`reaper`]) on Linux.
+//! - **std, tokio and signal-hook**: processes started with a fork
+//!   (`Command::pre_exec`), signal handlers (tokio's; signal-hook's self-pipe for the
+//!   supervisor, which has no runtime, off Linux and in the portable mode), files.
 //! - **Hand-written** (`libc`, `unsafe`), each block with its `// SAFETY:` argument:
 //!   - [`spawn`]: `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)` with a stack of its
 //!     own, which no crate offers with the signal dispositions and descriptor layout a
@@ -24,7 +25,9 @@
 //!     as Rust values, so `sigaction`, `fcntl(F_DUPFD_CLOEXEC)` and `dup2` are called
 //!     raw there;
 //!   - [`fd::take_inherited`]: a descriptor number handed over by the previous
-//!     generation becomes an `OwnedFd` (`from_raw_fd`), which is unsafe by nature.
+//!     generation becomes an `OwnedFd` (`from_raw_fd`), which is unsafe by nature;
+//!     so does the supervisor's report channel a generation was handed
+//!     ([`reaper::take_channel`]).
 //!
 //! # Platforms and the portable mode
 //! Linux uses what only Linux has: the clone above, pidfds (a process watched and
@@ -64,6 +67,7 @@ pub(crate) mod clock;
 pub(crate) mod fd;
 pub(crate) mod fdpass;
 pub(crate) mod process;
+pub(crate) mod reaper;
 pub(crate) mod sealed;
 #[cfg(target_os = "linux")]
 pub(crate) mod spawn;
