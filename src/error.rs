@@ -250,7 +250,7 @@ impl RestartError {
 }
 
 #[cfg(feature = "control")]
-/// Why [`control::request_restart`](crate::control::request_restart) did not return the
+/// Why [`control::request_restart`](crate::observe::control::request_restart) did not return the
 /// new generation's pid.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

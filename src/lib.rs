@@ -92,9 +92,19 @@
 //! restart as above; see [`Supervisor`]. However restarts happen, at most
 //! [`ProcessBuilder::max_draining`] old generations drain at once.
 //!
-//! The modules follow the choreography: `inherit` (take what the previous generation
-//! handed over), `listen`, `process` (the owner and its state machine), `serve` and
-//! `conn` (serve and drain), `restart` (start the next generation).
+//! ## The source, folder by folder
+//! The folders follow the choreography, each calling only the ones below it:
+//! - `serve/`: serving: [`Server`], [`listen_and_serve`], connections, HTTP/1 and
+//!   HTTP/2, the drain, TLS, the health check;
+//! - `process/`: the owner of the lifecycle ([`Process`]): readiness, signals, the
+//!   commit of a restart from either side;
+//! - `restart/`: starting the next generation (re-exec), the takeover, the supervisor;
+//! - `observe/`: what is seen from outside: status, metrics, systemd's notifications,
+//!   the PID file, the control socket;
+//! - `handover/`: what travels from one generation to the next: the pure protocol and
+//!   its commit, inheriting and listening, the older generations, the state;
+//! - the vocabulary they share (`error`, `addr`, `duration`, `lifecycle`);
+//! - `sys/`: the OS layer, through which every system call goes.
 #![deny(missing_docs)]
 // Every `unsafe` lives in the OS layer (`sys`), each block with its argument.
 #![deny(unsafe_code)]
@@ -102,62 +112,40 @@
 #![warn(rust_2018_idioms)]
 
 mod addr;
-mod commit;
-mod conn;
-mod context;
-#[cfg(feature = "control")]
-pub mod control;
-#[cfg(not(feature = "control"))]
-mod control;
-mod drain;
 mod duration;
 mod error;
 mod handover;
-mod health;
-mod history;
-mod http;
-mod inherit;
 mod lifecycle;
-mod lineage;
-mod listen;
-#[cfg(feature = "metrics")]
-pub mod metrics;
-#[cfg(feature = "metrics")]
-mod metrics_record;
-mod notify;
-mod pidfile;
+mod observe;
 mod process;
 mod restart;
 mod serve;
-mod signals;
-pub mod state;
-pub mod status;
-mod successor;
-mod supervise;
 mod sys;
-mod takeover;
-#[cfg(feature = "tls")]
-mod tickets;
-mod tls;
 
 pub use addr::ListenAddr;
 #[cfg(feature = "control")]
 pub use error::{ControlError, TakeoverError};
 pub use error::{Error, RestartError};
-pub use health::{health, Health};
+pub use handover::lineage::DEFAULT_MAX_DRAINING;
+pub use handover::listen::ConnInfo;
+pub use handover::state;
 pub use lifecycle::{Drain, Served};
-pub use lineage::DEFAULT_MAX_DRAINING;
-pub use listen::ConnInfo;
+#[cfg(feature = "control")]
+pub use observe::control;
+#[cfg(feature = "metrics")]
+pub use observe::metrics;
+pub use observe::status;
+pub use observe::status::Status;
+pub use process::signals::{Signal, Stage};
 pub use process::{
     restart, shutdown, Process, ProcessBuilder, Readiness, DEFAULT_READY_TIMEOUT,
     DEFAULT_STOP_GRACE,
 };
+pub use restart::supervise::{supervise, Supervisor, DEFAULT_SUPERVISOR_READY_TIMEOUT};
+pub use serve::health::{health, Health};
 #[cfg(feature = "tls")]
 pub use serve::listen_and_serve_tls;
 pub use serve::{
     listen_and_serve, Server, DEFAULT_DRAIN_SPREAD, DEFAULT_HAMMER_TIME, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
 };
-pub use signals::{Signal, Stage};
-pub use status::Status;
-pub use supervise::{supervise, Supervisor, DEFAULT_SUPERVISOR_READY_TIMEOUT};

@@ -1,24 +1,45 @@
 //! ceaseless's own serving: [`Server`], [`listen_and_serve`], [`listen_and_serve_tls`],
 //! the accept loop, and the drain with its hammer. The listener comes from the process
 //! owner ([`Process`]); the connections are `conn`'s.
+//!
+//! # This folder
+//! Serving, top of the house: it may call every other folder (`process` for the
+//! listeners and the owner's state, `handover` for the listening sockets' types,
+//! `observe` for the connection counts the status reads), and nothing calls it but the
+//! crate's root.
+//! - this file: [`Server`], the accept loop, the drain and its hammer;
+//! - `conn`: one connection, its timeouts and its part of the drain; `http`: which HTTP
+//!   a connection speaks; `context`: what a handler learns of its connection; `drain`:
+//!   the open connections of one server;
+//! - `tls` and `tickets`: TLS through rustls, session tickets shared by the
+//!   generations; `health`: the health check balancers ask.
+
+pub(crate) mod conn;
+pub(crate) mod context;
+pub(crate) mod drain;
+pub(crate) mod health;
+pub(crate) mod http;
+#[cfg(feature = "tls")]
+pub(crate) mod tickets;
+pub(crate) mod tls;
 
 #[cfg(feature = "tls")]
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::http::{Request, Response};
 use bytes::Bytes;
-use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use crate::addr::ListenAddr;
-use crate::conn::{self, Limits, Shared, DEFAULT_DRAIN_GRACE};
-use crate::drain::{Tracker, Watched};
 use crate::error::Error;
 use crate::lifecycle::Served;
 use crate::process::Process;
+use crate::serve::drain::{Tracker, Watched};
+use conn::{Limits, Shared, DEFAULT_DRAIN_GRACE};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -69,7 +90,7 @@ pub struct Server<S> {
     drain_grace: Duration,
     drain_spread: Duration,
     before_begin: Option<BeforeBegin>,
-    tls: Option<crate::tls::Source>,
+    tls: Option<crate::serve::tls::Source>,
     fd_name: Option<String>,
     extensions: bool,
 }
@@ -233,7 +254,10 @@ where
     #[cfg(feature = "tls")]
     /// Serves HTTPS with the PEM certificate chain and private key in these files.
     pub fn tls(mut self, cert_pem: impl Into<PathBuf>, key_pem: impl Into<PathBuf>) -> Self {
-        self.tls = Some(crate::tls::Source::Files(cert_pem.into(), key_pem.into()));
+        self.tls = Some(crate::serve::tls::Source::Files(
+            cert_pem.into(),
+            key_pem.into(),
+        ));
         self
     }
 
@@ -257,7 +281,7 @@ where
     /// # }
     /// ```
     pub fn tls_config(mut self, config: Arc<rustls::ServerConfig>) -> Self {
-        self.tls = Some(crate::tls::Source::Config(config));
+        self.tls = Some(crate::serve::tls::Source::Config(config));
         self
     }
 
@@ -342,13 +366,13 @@ where
                         match &tls {
                             // The connection's one future: it answers the drain and the
                             // hammer itself.
-                            None => spawn_in(span, conn::serve(stream, self.app.clone(), shared.clone(), crate::http::Proto::Sniff, reg)),
+                            None => spawn_in(span, conn::serve(stream, self.app.clone(), shared.clone(), crate::serve::http::Proto::Sniff, reg)),
                             // The handshake comes first, woken by the drain as well, and
                             // bounded by the read timeout (10 s without one).
                             Some(acceptor) => spawn_in(span, Watched::new(
                                 reg.state().clone(),
                                 tracker.clone(),
-                                crate::tls::serve(stream, acceptor.clone(), self.app.clone(), shared.clone(), self.read_timeout.unwrap_or(Duration::from_secs(10)), reg),
+                                crate::serve::tls::serve(stream, acceptor.clone(), self.app.clone(), shared.clone(), self.read_timeout.unwrap_or(Duration::from_secs(10)), reg),
                             )),
                         }
                     }

@@ -40,8 +40,8 @@ use std::time::SystemTime;
 
 use metrics::{counter, gauge};
 
-use crate::metrics_record::describe;
-use crate::status::{Phase, Status};
+use crate::observe::metrics_record::describe;
+use crate::observe::status::{Phase, Status};
 
 /// Sets the gauges and counters from `s`: for a snapshot taken anyway.
 pub fn publish_status(s: &Status) {

@@ -1,6 +1,6 @@
 //! The process that takes over from this generation, as the old generation sees it: a
 //! child a restart started, or a newcomer that asked for a takeover on the control
-//! socket. One type for both, one exchange (the [`commit`](crate::commit) module's
+//! socket. One type for both, one exchange (the [`commit`](crate::handover::commit) module's
 //! state machine, driven here), one way to commit to it and one to stop it; only how
 //! its exit is seen and how it is signalled differ.
 
@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::commit::{Act, Failure, Old, Seen};
 use crate::error::RestartError;
+use crate::handover::commit::{Act, Failure, Old, Seen};
 use crate::handover::{Message, ProcId};
 use crate::sys::process::Signal;
 
@@ -191,7 +191,7 @@ impl Successor {
             tracing::warn!(error = %e, new_pid = self.pid, "cannot tell the new generation it is live");
         }
         let _ = self.channel.get_mut().shutdown().await;
-        crate::lineage::hammer(&self.hammer, self.max_draining);
+        crate::handover::lineage::hammer(&self.hammer, self.max_draining);
         if let Who::Child(mut child) = self.who {
             if self.status.is_none() {
                 tokio::spawn(async move {
@@ -225,7 +225,7 @@ impl Successor {
             }
             Who::Newcomer(id) => {
                 drop(self.channel);
-                match id.map(|id| crate::lineage::signal(&id, Signal::TERM)) {
+                match id.map(|id| crate::handover::lineage::signal(&id, Signal::TERM)) {
                     Some(Ok(true)) => tracing::info!(
                         new_pid = pid,
                         "told the failed new process to stop (SIGTERM)"

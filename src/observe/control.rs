@@ -295,7 +295,7 @@ pub(crate) fn open(
 /// Binds a fresh control socket, owner-only before it listens (connecting needs write
 /// permission on the file, and nothing connects to a socket that does not listen yet).
 fn bind(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
-    crate::listen::remove_stale_socket(path)?;
+    crate::handover::listen::remove_stale_socket(path)?;
     let sock = Socket::new(Domain::UNIX, Type::STREAM, None)?;
     sock.bind(&SockAddr::unix(path)?)?;
     if let Err(e) = restrict(path).and_then(|()| sock.listen(BACKLOG)) {
@@ -518,7 +518,7 @@ mod tests {
 
     #[test]
     fn a_status_round_trips_as_one_line() {
-        use crate::status::*;
+        use crate::observe::status::*;
         use std::time::{Duration, UNIX_EPOCH};
         let s = Status {
             pid: 4188,

@@ -24,8 +24,8 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+pub(crate) use crate::handover::listen::ConnInfo;
 use crate::lifecycle::Drain;
-pub(crate) use crate::listen::ConnInfo;
 
 /// One connection's context, as its handlers see it.
 #[derive(Debug)]

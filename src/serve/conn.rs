@@ -1,4 +1,4 @@
-//! Serving one connection: HTTP/1.1 and HTTP/2 through hyper ([`crate::http`] tells
+//! Serving one connection: HTTP/1.1 and HTTP/2 through hyper ([`crate::serve::http`] tells
 //! which), the timeouts, and the lame-duck drain.
 //!
 //! # The drain, and why not `graceful_shutdown()` at once
@@ -34,7 +34,7 @@
 //! Each connection is one task, and a plaintext one is one future, [`ConnFuture`]:
 //! hyper's connection, the connection's one timer, and its waker registered with its
 //! server, which wakes it only when the drain begins or the hammer falls (a TLS
-//! connection's task also has [`Watched`](crate::drain::Watched) around it, for its
+//! connection's task also has [`Watched`](crate::serve::drain::Watched) around it, for its
 //! handshake). Its deadlines (the request's read deadline, the handler's, a stalled
 //! write's, the idle or drain-grace limit) are atomics in the connection's state, kept
 //! on a coarse clock; the timer sleeps until the nearest and is never reset when a
@@ -76,7 +76,7 @@
 //! While ceaseless polls a request's service call, its future or its response body, the
 //! connection's context is current on that thread: [`ConnInfo::current`] (the peer's
 //! address, or its credentials on a Unix socket) and [`Drain::current`] read it (see
-//! [`crate::context`] for why not request extensions). With
+//! [`crate::serve::context`] for why not request extensions). With
 //! `Server::request_extensions(true)` requests also carry both, and with the `axum`
 //! feature axum's `ConnectInfo<SocketAddr>`, in their extensions.
 
@@ -98,13 +98,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::context::{self, ConnInfo, Ctx};
-use crate::drain::{
+use crate::duration::{instant_at, millis, now_ms};
+use crate::lifecycle::Drain;
+use crate::serve::context::{self, ConnInfo, Ctx};
+use crate::serve::drain::{
     ConnState, Registration, Tracker, EXPIRED_HANDLER, EXPIRED_READ, EXPIRED_STALL,
 };
-use crate::duration::{instant_at, millis, now_ms};
-use crate::http::{Builders, Connection, Http, Proto, Sniffed};
-use crate::lifecycle::Drain;
+use crate::serve::http::{Builders, Connection, Http, Proto, Sniffed};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -158,7 +158,7 @@ impl Shared {
             // is never smaller than 8 KiB: below that the head is measured
             // (`measure_heads`).
             .max_buf_size(limits.max_header_bytes.max(MIN_BUF));
-        let mut h2 = hyper::server::conn::http2::Builder::new(crate::http::SpanExecutor);
+        let mut h2 = hyper::server::conn::http2::Builder::new(crate::serve::http::SpanExecutor);
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         Shared {
@@ -941,7 +941,7 @@ struct TimedIo<I> {
     state: Arc<ConnState>,
     read_ms: Option<u64>,
     write_ms: Option<u64>,
-    /// The bytes read to tell the protocol (`crate::http`), which hyper reads first:
+    /// The bytes read to tell the protocol (`crate::serve::http`), which hyper reads first:
     /// `replay[replay_at..replay_len]` are still to be read.
     replay: [u8; 24],
     replay_at: u8,

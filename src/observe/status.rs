@@ -18,8 +18,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+pub use crate::handover::history::{Outcome, Restart, RestartCounts};
 use crate::handover::{self, Began, Env, History, MAX_REASON, MAX_RESTARTS};
-pub use crate::history::{Outcome, Restart, RestartCounts};
 use crate::lifecycle::{Observer, Phase as LPhase, State, Transition};
 
 /// A snapshot of the process: [`Process::status`](crate::Process::status).
@@ -65,7 +65,7 @@ pub struct Status {
     /// socket, the PID file): the one that answers for the process.
     pub live: bool,
     /// When this process started (its process owner, precisely).
-    #[cfg_attr(feature = "control", serde(with = "crate::history::rfc3339"))]
+    #[cfg_attr(feature = "control", serde(with = "crate::handover::history::rfc3339"))]
     pub started_at: SystemTime,
     /// Milliseconds since `started_at`.
     pub uptime_ms: u64,
@@ -425,7 +425,7 @@ impl Book {
                 "the previous generation is gone"
             );
             #[cfg(feature = "metrics")]
-            crate::metrics_record::drained(gone);
+            crate::observe::metrics_record::drained(gone);
             let mut p = lock(&book.inner);
             let me = book.generation;
             if let Some(r) = p
@@ -477,7 +477,7 @@ impl Observer for Recorder {
                 let ready_ms = began.map(|b| ms_between(b.mono_ns, ready_ns));
                 #[cfg(feature = "metrics")]
                 if let Some(ms) = ready_ms {
-                    crate::metrics_record::restarted(ms);
+                    crate::observe::metrics_record::restarted(ms);
                 }
                 let r = Restart {
                     at: began.map_or_else(SystemTime::now, at),
@@ -512,7 +512,7 @@ fn at(b: Began) -> SystemTime {
 /// assert_eq!(ceaseless::status::format_time(t), "2026-12-02T01:20:03.117Z");
 /// ```
 pub fn format_time(t: SystemTime) -> String {
-    crate::history::rfc3339::format(t)
+    crate::handover::history::rfc3339::format(t)
 }
 
 #[cfg(test)]

@@ -7,6 +7,18 @@
 //! that fails (exits, cannot be executed, is not ready and holding in time, or the
 //! restart is called off) is stopped as a shutdown would stop it — `abort`, SIGTERM, a
 //! grace to answer what it accepted, then SIGKILL — and reaped.
+//!
+//! # This folder
+//! Every way a new process comes to serve in this one's place: this file (re-exec),
+//! `successor` (the old side of the commit, for a child and a newcomer alike),
+//! `takeover` (an independently started process asks over the control socket), and
+//! `supervise` (the stable-PID supervisor, which reuses the re-exec). It calls
+//! `observe` (the control socket's connection, systemd's notifications) and `handover`;
+//! the process owner calls it.
+
+pub(crate) mod successor;
+pub(crate) mod supervise;
+pub(crate) mod takeover;
 
 use std::ffi::OsString;
 use std::io;
@@ -17,7 +29,7 @@ use std::sync::OnceLock;
 
 use crate::error::RestartError;
 use crate::handover::{self, Name, FIRST_FD};
-use crate::successor::{Proc, Successor, Who};
+use crate::restart::successor::{Proc, Successor, Who};
 
 /// The directory the process started in, recorded before `main` runs so that a `chdir`
 /// by the application cannot change what the relative `argv[0]` means.
@@ -130,7 +142,7 @@ pub(crate) async fn spawn(
         sources.push(fd);
         handover::supervisor_value(pid, ready_fd + 1)
     });
-    let plan = crate::lineage::plan(max_draining);
+    let plan = crate::handover::lineage::plan(max_draining);
     let mut set: Vec<(OsString, OsString)> = vars
         .into_iter()
         .chain(carried)

@@ -3,6 +3,15 @@
 //! drawn in [`lifecycle`](crate::lifecycle). Every transition happens under one lock, in
 //! one place here; the PID file and the service manager observe the transitions, and
 //! servers, connections and the control socket follow the published state.
+//!
+//! # This folder
+//! The owner, and its signals (`signals`). It calls `restart` (to start the next
+//! generation or answer a takeover), `observe` (the observers of its transitions, the
+//! control socket) and `handover` (what it inherited, the commit's side of a new
+//! generation); `serve` calls it, nothing below does (what it needs of the TLS code, a
+//! certificate to reload, it names itself: [`Reloadable`]).
+
+pub(crate) mod signals;
 
 use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
@@ -13,18 +22,18 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::addr::ListenAddr;
-use crate::commit::{Do, Heard, New, CLAIM_GRACE};
-use crate::control::{self, Control};
 use crate::error::{Error, RestartError};
+use crate::handover::commit::{Do, Heard, New, CLAIM_GRACE};
+use crate::handover::inherit::{Inherited, ReadyChannel};
+use crate::handover::listen::Listener;
 use crate::handover::Message;
 use crate::handover::Name;
 use crate::handover::ProcessEnv;
-use crate::inherit::{Inherited, ReadyChannel};
 use crate::lifecycle::{Observer, Phase, Publisher, Served, State, Transition, Watch};
-use crate::listen::Listener;
+use crate::observe::control::{self, Control};
+use crate::restart::successor::Successor;
 use crate::restart::{self, Exe};
-use crate::signals::{self, Actions, Hook, Hooks, Signal, Stage};
-use crate::successor::Successor;
+use signals::{Actions, Hook, Hooks, Signal, Stage};
 
 /// Default [`ProcessBuilder::ready_timeout`]: 30 s.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,7 +96,7 @@ pub struct ProcessBuilder {
     signals: Vec<Signal>,
     lame_duck: Option<Duration>,
     max_draining: usize,
-    state: Option<crate::state::Producer>,
+    state: Option<crate::handover::state::Producer>,
     takeover: Option<PathBuf>,
 }
 
@@ -117,7 +126,7 @@ impl Default for ProcessBuilder {
             signals: Signal::ALL.to_vec(),
             lame_duck: None,
             state: None,
-            max_draining: crate::lineage::DEFAULT_MAX_DRAINING,
+            max_draining: crate::handover::lineage::DEFAULT_MAX_DRAINING,
             takeover: None,
         }
     }
@@ -147,7 +156,7 @@ impl ProcessBuilder {
 
     /// A lame-duck period at a shutdown (off by default): on SIGINT/SIGTERM (or
     /// [`Process::shutdown`]) the process keeps accepting and serving everything for
-    /// this long while the [`health`](crate::health) check answers `503`, so that a load
+    /// this long while the [`health`](crate::health()) check answers `503`, so that a load
     /// balancer or Kubernetes takes it out of rotation before its listeners close; then
     /// the usual drain. A second shutdown request during the period drains at once. A
     /// restart is never a lame duck: the address stays served.
@@ -159,7 +168,7 @@ impl ProcessBuilder {
     /// What this generation hands the next at a restart: `produce` is called at each
     /// restart, before the new generation is started (on the blocking pool, within the
     /// ready timeout), and the bytes it returns (at most
-    /// [`MAX_STATE`](crate::state::MAX_STATE)) are what the new generation's
+    /// [`MAX_STATE`](crate::handover::state::MAX_STATE)) are what the new generation's
     /// [`Process::inherited_state`] returns. If it fails the restart fails, and nothing
     /// was started. Requests served by the old generation after it was called are not
     /// in it: take what can be recomputed, or what changes slowly (a warmed cache, a
@@ -218,8 +227,8 @@ impl ProcessBuilder {
     /// the line protocol described in [`control`]. It is handed over to each new
     /// generation and removed at a final shutdown.
     ///
-    /// [`control`]: crate::control
-    /// [`control::request_restart`]: crate::control::request_restart
+    /// [`control`]: crate::observe::control
+    /// [`control::request_restart`]: crate::observe::control::request_restart
     pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
         self.control_socket = Some(path.into());
         self
@@ -314,8 +323,8 @@ impl ProcessBuilder {
         }
         // The previous generation's state, if it sent any: read now, or the start fails
         // (and so the restart that started this generation).
-        let inherited_state = match inherited.claim_fd(crate::state::NAME) {
-            Some(fd) => Some(crate::state::read(fd)?),
+        let inherited_state = match inherited.claim_fd(crate::handover::state::NAME) {
+            Some(fd) => Some(crate::handover::state::read(fd)?),
             None => None,
         };
         let first = inherited.parent.is_none();
@@ -324,17 +333,17 @@ impl ProcessBuilder {
             phase: Phase::Starting,
             live: first,
         });
-        let book = crate::status::Book::new(&ProcessEnv, inherited.parent, generation);
-        crate::lineage::init();
+        let book = crate::observe::status::Book::new(&ProcessEnv, inherited.parent, generation);
+        crate::handover::lineage::init();
         // Under a supervisor, the PID file names the supervisor, which writes it.
-        let supervised = crate::supervise::start(generation);
+        let supervised = crate::restart::supervise::start(generation);
         let mut observers: Vec<Box<dyn Observer>> =
-            vec![Box::new(crate::status::Recorder(book.clone()))];
+            vec![Box::new(crate::observe::status::Recorder(book.clone()))];
         if let Some(p) = self.pid_file.filter(|_| !supervised) {
-            observers.push(Box::new(crate::pidfile::PidFile::new(p)));
+            observers.push(Box::new(crate::observe::pidfile::PidFile::new(p)));
         }
         #[cfg(feature = "systemd")]
-        if let Some(n) = crate::notify::Notify::from_env() {
+        if let Some(n) = crate::observe::notify::Notify::from_env() {
             observers.push(Box::new(n));
         }
         let hooks = Arc::new(Hooks::default());
@@ -350,7 +359,7 @@ impl ProcessBuilder {
             let key = fd
                 .try_clone()
                 .map_err(|e| e.to_string())
-                .and_then(|copy| crate::state::read(copy).map_err(|e| e.to_string()))
+                .and_then(|copy| crate::handover::state::read(copy).map_err(|e| e.to_string()))
                 .and_then(|b| {
                     <[u8; TICKET_KEY_LEN]>::try_from(b.as_slice())
                         .map_err(|_| format!("{} bytes, not a key", b.len()))
@@ -526,7 +535,7 @@ struct Inner {
     ready_timeout: Duration,
     stop_grace: Duration,
     lame_duck: Option<Duration>,
-    state: Option<crate::state::Producer>,
+    state: Option<crate::handover::state::Producer>,
     inherited_state: Option<Vec<u8>>,
     /// The TLS session-ticket key every generation shares (see `tickets`); without a
     /// provider of ceaseless's, only kept and passed on.
@@ -543,7 +552,7 @@ struct Inner {
     control: OnceLock<Control>,
     exe: Exe,
     generation: u64,
-    book: Arc<crate::status::Book>,
+    book: Arc<crate::observe::status::Book>,
     max_draining: usize,
     /// Held by the restart under way, to its very end: the child stopped and reaped, or
     /// told it is live. [`Process::finish`] waits for it, so that a process that drains
@@ -755,7 +764,7 @@ impl Process {
             reason: format!("cannot make the TLS ticket key: {reason}"),
         };
         let key = new_key().ok_or_else(|| err("no randomness".into()))?;
-        let fd = crate::state::sealed(&key).map_err(|e| err(e.to_string()))?;
+        let fd = crate::handover::state::sealed(&key).map_err(|e| err(e.to_string()))?;
         core.registry.push(Registered {
             name: Name::Fd(TICKET_KEY_NAME.into()),
             fd,
@@ -815,7 +824,7 @@ impl Process {
     /// ```
     #[cfg(feature = "metrics")]
     pub fn publish_metrics(&self) {
-        crate::metrics::publish_status(&self.status());
+        crate::observe::metrics::publish_status(&self.status());
     }
 
     /// The state the previous generation handed over at the restart that started this
@@ -907,7 +916,7 @@ impl Process {
     /// eprintln!("generation {}, {} restarts ok", s.generation, s.restarts_total.ok);
     /// # }
     /// ```
-    pub fn status(&self) -> crate::status::Status {
+    pub fn status(&self) -> crate::observe::status::Status {
         self.inner.book.snapshot(self.inner.publisher.current())
     }
 
@@ -915,14 +924,14 @@ impl Process {
     pub(crate) fn count_connections(
         &self,
         address: &ListenAddr,
-        tracker: Arc<dyn crate::status::Counts>,
+        tracker: Arc<dyn crate::observe::status::Counts>,
     ) {
         self.inner
             .book
             .count_connections(&address.to_string(), tracker);
     }
 
-    /// Whether a health check should say this process serves: see [`health`](crate::health).
+    /// Whether a health check should say this process serves: see [`health`](crate::health()).
     pub(crate) fn healthy(&self) -> bool {
         let s = self.inner.publisher.current();
         match s.phase {
@@ -1002,7 +1011,7 @@ impl Process {
         }
         let mut listener = None;
         let mut managed = false;
-        let mut took = crate::status::Origin::Bound;
+        let mut took = crate::observe::status::Origin::Bound;
         if let Some(entry) = core.inherited.claim(addr, fd_name) {
             managed = entry.managed();
             let (actual, origin) = (entry.actual.clone(), entry.origin());
@@ -1010,8 +1019,12 @@ impl Process {
                 Ok(l) => {
                     tracing::info!(addr = %actual, origin = %origin, "took over an inherited listener");
                     took = match entry.announced {
-                        crate::inherit::Announced::Parent(_) => crate::status::Origin::Inherited,
-                        crate::inherit::Announced::Systemd(_) => crate::status::Origin::Activated,
+                        crate::handover::inherit::Announced::Parent(_) => {
+                            crate::observe::status::Origin::Inherited
+                        }
+                        crate::handover::inherit::Announced::Systemd(_) => {
+                            crate::observe::status::Origin::Activated
+                        }
                     };
                     listener = Some(l);
                 }
@@ -1556,16 +1569,16 @@ impl Process {
         let inner = &self.inner;
         // The application's state for the new generation, made before it starts.
         let state = match &inner.state {
-            Some(p) => Some(crate::state::produce(p, inner.ready_timeout).await),
+            Some(p) => Some(crate::handover::state::produce(p, inner.ready_timeout).await),
             None => None,
         };
         let started: Result<Successor, RestartError> = async {
             if let Some(s) = state {
                 fds.push(s?);
-                names.push(Name::Fd(crate::state::NAME.into()));
+                names.push(Name::Fd(crate::handover::state::NAME.into()));
             }
             let carried = inner.book.child_env();
-            let supervisor = crate::supervise::link().map(|l| (l.supervisor(), l.fd()));
+            let supervisor = crate::restart::supervise::link().map(|l| (l.supervisor(), l.fd()));
             let next = restart::spawn(
                 &inner.exe,
                 &names,
@@ -1600,7 +1613,7 @@ impl Process {
             new_pid = newcomer,
             "takeover requested on the control socket"
         );
-        let refused = if crate::supervise::link().is_some() {
+        let refused = if crate::restart::supervise::link().is_some() {
             Err(RestartError::TakeoverRefused(
                 "this process runs under the supervisor",
             ))
@@ -1654,17 +1667,17 @@ impl Process {
         let started = async {
             // The application's state, as a restart hands it over.
             if let Some(p) = &self.inner.state {
-                fds.push(crate::state::produce(p, self.inner.ready_timeout).await?);
-                names.push(Name::Fd(crate::state::NAME.into()));
+                fds.push(crate::handover::state::produce(p, self.inner.ready_timeout).await?);
+                names.push(Name::Fd(crate::handover::state::NAME.into()));
             }
-            let plan = crate::lineage::plan(self.inner.max_draining);
+            let plan = crate::handover::lineage::plan(self.inner.max_draining);
             let offer = crate::handover::Offer {
                 generation: self.inner.generation,
                 pid: std::process::id(),
                 draining: plan.kept,
                 names,
             };
-            crate::takeover::offer(&stream, &offer, &fds)
+            crate::restart::takeover::offer(&stream, &offer, &fds)
                 .await
                 .map_err(RestartError::Io)?;
             drop(fds);
@@ -1673,7 +1686,7 @@ impl Process {
                 new_pid = newcomer,
                 "handed the listeners to the new process; waiting for it to be ready"
             );
-            Ok(crate::takeover::newcomer(
+            Ok(crate::restart::takeover::newcomer(
                 newcomer,
                 stream,
                 plan.hammer,
@@ -1774,13 +1787,13 @@ fn take_over(path: &Path, found: Inherited) -> Result<Inherited, Error> {
         tracing::error!(error = %e, "takeover failed; nothing was bound");
         e
     };
-    if crate::supervise::link().is_some() {
+    if crate::restart::supervise::link().is_some() {
         return Err(fail(crate::error::TakeoverError::Supervised));
     }
-    let taken = crate::takeover::request(path, TAKEOVER_WAIT).map_err(fail)?;
+    let taken = crate::restart::takeover::request(path, TAKEOVER_WAIT).map_err(fail)?;
     let mut found = found;
     found.close_unclaimed();
-    crate::lineage::tell(taken.draining);
+    crate::handover::lineage::tell(taken.draining);
     tracing::info!(
         pid = std::process::id(),
         from = taken.pid,
@@ -1811,7 +1824,7 @@ impl Core {
             o.observe(t);
         }
         let registry = self.registry.iter();
-        crate::supervise::observe(t, registry.map(|r| (&r.name, r.fd.as_fd())));
+        crate::restart::supervise::observe(t, registry.map(|r| (&r.name, r.fd.as_fd())));
     }
 
     /// Serving, and live: the previous generation let go (or is gone). The caller

@@ -28,8 +28,8 @@ use std::os::fd::{AsFd, OwnedFd, RawFd};
 
 use crate::addr::ListenAddr;
 use crate::error::Error;
+use crate::handover::listen::describe_listener;
 use crate::handover::{self, Env, Name, ProcessEnv, ENV_READY_FD, FIRST_FD};
-use crate::listen::describe_listener;
 use crate::sys::fd::{self, take_inherited};
 
 /// How an inherited socket was announced.

@@ -25,8 +25,8 @@ use pin_project_lite::pin_project;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::context::Ctx;
-use crate::status::{Census, Counts};
+use crate::observe::status::{Census, Counts};
+use crate::serve::context::Ctx;
 
 const SERVING: u8 = 0;
 const DRAINING: u8 = 1;

@@ -36,7 +36,7 @@ pub enum Outcome {
 #[non_exhaustive]
 pub struct Restart {
     /// When it began (the SIGHUP, or the request).
-    #[cfg_attr(feature = "control", serde(with = "crate::history::rfc3339"))]
+    #[cfg_attr(feature = "control", serde(with = "crate::handover::history::rfc3339"))]
     pub at: SystemTime,
     /// The generation that serves after it: the new one's number, or on a failure the
     /// number of the one that stayed.

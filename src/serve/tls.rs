@@ -18,10 +18,10 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 
-use crate::conn::Shared;
-use crate::drain::Registration;
 use crate::error::Error;
-use crate::listen::Stream;
+use crate::handover::listen::Stream;
+use crate::serve::conn::Shared;
+use crate::serve::drain::Registration;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -67,8 +67,8 @@ impl Source {
                 #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
                 let config = {
                     let mut config = config;
-                    let k = process.tls_ticket_key(crate::tickets::new_key)?;
-                    if let Some(t) = crate::tickets::Tickets::new(&k) {
+                    let k = process.tls_ticket_key(crate::serve::tickets::new_key)?;
+                    if let Some(t) = crate::serve::tickets::Tickets::new(&k) {
                         Arc::make_mut(&mut config).ticketer = Arc::new(t);
                     }
                     config
@@ -124,7 +124,7 @@ pub(crate) async fn serve<S, B>(
     B::Error: Into<BoxError>,
 {
     #[cfg(feature = "tls")]
-    if let Some(tls_stream) = crate::conn::tls_handshake(
+    if let Some(tls_stream) = crate::serve::conn::tls_handshake(
         stream,
         &acceptor,
         &shared,
@@ -134,11 +134,11 @@ pub(crate) async fn serve<S, B>(
     .await
     {
         let proto = match tls_stream.get_ref().1.alpn_protocol() {
-            Some(b"h2") => crate::http::Proto::H2,
-            Some(b"http/1.1") => crate::http::Proto::H1,
-            _ => crate::http::Proto::Sniff,
+            Some(b"h2") => crate::serve::http::Proto::H2,
+            Some(b"http/1.1") => crate::serve::http::Proto::H1,
+            _ => crate::serve::http::Proto::Sniff,
         };
-        crate::conn::serve(tls_stream, app, shared, proto, reg).await
+        crate::serve::conn::serve(tls_stream, app, shared, proto, reg).await
     }
     #[cfg(not(feature = "tls"))]
     {

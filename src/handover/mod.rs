@@ -60,6 +60,21 @@
 //! closed), never the others; one bad line of the history drops that line alone (each
 //! rejection is a logged [`Error::Environment`]), and a history that cannot be read at
 //! all never costs the handover.
+//!
+//! # This folder
+//! What travels from one generation to the next, and how it is taken: this file (the
+//! codec), `commit` (the commit's exchange as two pure state machines, property
+//! tested), `inherit` (taking what was handed over, or activated), `listen` (listening
+//! sockets, bound or inherited), `lineage` (the older generations still draining),
+//! `state` (the application's state), `history` (what the restarts were). It calls
+//! only the shared vocabulary and `sys`.
+
+pub(crate) mod commit;
+pub(crate) mod history;
+pub(crate) mod inherit;
+pub(crate) mod lineage;
+pub(crate) mod listen;
+pub mod state;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -71,7 +86,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::addr::ListenAddr;
 use crate::error::Error;
-use crate::history::{Outcome, Restart, RestartCounts};
+use crate::handover::history::{Outcome, Restart, RestartCounts};
 
 /// Names of the handed-over descriptors, one per line, for fds 3, 4, ...
 pub(crate) const ENV_FDS: &str = "CEASELESS_FDS";

@@ -56,7 +56,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use tokio::io::Interest;
 
 use crate::handover::{Name, Offer, ProcId};
-use crate::successor::{Successor, Who};
+use crate::restart::successor::{Successor, Who};
 use crate::sys::fdpass;
 
 /// Sends the offer, with its descriptors, on the control connection.
@@ -98,7 +98,7 @@ pub(crate) fn newcomer(
     hammer: Vec<ProcId>,
     max_draining: usize,
 ) -> Successor {
-    let id = crate::lineage::proc_id(pid);
+    let id = crate::handover::lineage::proc_id(pid);
     Successor::new(pid, Who::Newcomer(id), stream, hammer, max_draining)
 }
 
@@ -131,11 +131,12 @@ mod newcomer {
     /// Blocking, bounded by `timeout`.
     pub(crate) fn request(path: &Path, timeout: Duration) -> Result<Taken, TakeoverError> {
         let deadline = Instant::now() + timeout;
-        let mut stream = crate::control::connect(path, deadline, timeout).map_err(|e| match e {
-            crate::ControlError::Connect { source, .. } => TakeoverError::Connect(source),
-            crate::ControlError::Timeout(t) => TakeoverError::Timeout(t),
-            other => TakeoverError::Io(io::Error::other(other.to_string())),
-        })?;
+        let mut stream =
+            crate::observe::control::connect(path, deadline, timeout).map_err(|e| match e {
+                crate::ControlError::Connect { source, .. } => TakeoverError::Connect(source),
+                crate::ControlError::Timeout(t) => TakeoverError::Timeout(t),
+                other => TakeoverError::Io(io::Error::other(other.to_string())),
+            })?;
         let uid = crate::sys::fdpass::peer_uid(stream.as_fd()).map_err(TakeoverError::Io)?;
         let me = crate::sys::process::euid();
         if uid != me && uid != 0 {

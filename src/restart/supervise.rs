@@ -334,7 +334,7 @@ pub(crate) fn observe<'a>(
                 names.push(name.clone());
                 fds.push(fd);
             }
-            let Some(id) = crate::lineage::proc_id(pid) else {
+            let Some(id) = crate::handover::lineage::proc_id(pid) else {
                 return;
             };
             Report::Live {
@@ -361,7 +361,7 @@ fn send_report(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> st
 
 #[cfg(feature = "systemd")]
 fn notify(msg: &str) {
-    crate::notify::send(msg);
+    crate::observe::notify::send(msg);
 }
 
 #[cfg(not(feature = "systemd"))]
@@ -379,9 +379,9 @@ mod sys {
     use std::time::{Duration, Instant};
 
     use super::{notify, Supervisor, MAX_REPORT_FDS};
+    use crate::handover::lineage::{self, proc_id};
     use crate::handover::{self, Name, ProcId, Report, FIRST_FD};
-    use crate::lineage::{self, proc_id};
-    use crate::notify::EXTEND_EVERY;
+    use crate::observe::notify::EXTEND_EVERY;
     use crate::restart::Exe;
     use crate::sys::process::{pidfd, pidfd_signal, Signal};
     use crate::sys::reaper::{self, ChildState, Ended, Reaped, Signals};
@@ -530,8 +530,8 @@ mod sys {
     /// with the socket unit's names: what its generations are to serve.
     #[cfg(feature = "systemd")]
     fn activated_sockets(me: u32) -> (Vec<(Name, OwnedFd)>, Vec<Option<String>>) {
+        use crate::handover::inherit::{Announced, Inherited};
         use crate::handover::ProcessEnv;
-        use crate::inherit::{Announced, Inherited};
         let mut listeners = Vec::new();
         let mut names = Vec::new();
         for e in Inherited::activated(&ProcessEnv).entries {
@@ -626,7 +626,7 @@ mod sys {
                 // The generations drain (within their hammer time): the service manager's
                 // stop timeout must not kill them first, nor us.
                 self.extend_at = Some(now + EXTEND_EVERY);
-                notify(&crate::notify::extend_timeout());
+                notify(&crate::observe::notify::extend_timeout());
             }
             if self.stopping && self.no_children {
                 self.exit();
