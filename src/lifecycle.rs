@@ -33,6 +33,10 @@ use tokio::sync::watch;
 
 use crate::error::RestartError;
 
+/// Default [`ProcessBuilder::stop_grace`](crate::ProcessBuilder::stop_grace) (and the
+/// supervisor's): 10 s.
+pub const DEFAULT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Served {

@@ -14,7 +14,7 @@
 //!                          one exited (with its status), was not ready in time, could
 //!                          not be started, or a restart was already under way
 //! -> status
-//! <- {"pid":4187,...}      the process's [`Status`](crate::Status) as one line of JSON
+//! <- {"pid":4187,...}      the process's [`Status`](super::status::Status) as one line of JSON
 //!                          (its fields are documented there); [`request_status`] reads it
 //! -> reload-tls
 //! <- ok 1                  the TLS servers' certificate files were read again and are
@@ -31,7 +31,7 @@
 //! ```
 //!
 //! The JSON is written with `serde_json`, a dependency of this feature, so that the
-//! typed [`Status`](crate::Status) the client reads back is the one the server wrote.
+//! typed [`Status`](super::status::Status) the client reads back is the one the server wrote.
 //!
 //! The socket file gets mode 0600 before the socket listens, and only peers with the
 //! same user id (or root) are answered. It survives restarts as the listeners do: it is
@@ -117,12 +117,12 @@ pub fn request_restart(path: impl AsRef<Path>, timeout: Duration) -> Result<u32,
 /// # Ok::<(), ceaseless::ControlError>(())
 /// ```
 ///
-/// [`Status`]: crate::Status
+/// [`Status`]: super::status::Status
 #[cfg(feature = "control")]
 pub fn request_status(
     path: impl AsRef<Path>,
     timeout: Duration,
-) -> Result<crate::Status, ControlError> {
+) -> Result<super::status::Status, ControlError> {
     let answer = exchange(path.as_ref(), b"status\n", timeout, MAX_STATUS)?;
     parse_status(&answer)
 }
@@ -252,7 +252,7 @@ fn parse_answer(answer: &[u8]) -> Result<u32, ControlError> {
 }
 
 #[cfg(feature = "control")]
-fn parse_status(answer: &[u8]) -> Result<crate::Status, ControlError> {
+fn parse_status(answer: &[u8]) -> Result<super::status::Status, ControlError> {
     let text = String::from_utf8_lossy(answer);
     let line = text.lines().next().unwrap_or("").trim_end();
     if line.is_empty() {
@@ -315,7 +315,7 @@ pub(crate) type RestartFn =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<u32, RestartError>> + Send>> + Send + Sync>;
 
 /// A snapshot of the process (the owner's [`Process::status`](crate::Process::status)).
-pub(crate) type StatusFn = Arc<dyn Fn() -> crate::Status + Send + Sync>;
+pub(crate) type StatusFn = Arc<dyn Fn() -> super::status::Status + Send + Sync>;
 
 /// Reloads the TLS certificates: how many, or why nothing changed.
 pub(crate) type ReloadFn = Arc<dyn Fn() -> Result<usize, String> + Send + Sync>;
@@ -472,7 +472,7 @@ async fn handle(request: &[u8], handlers: &Handlers) -> String {
 }
 
 #[cfg(feature = "control")]
-fn status_line(s: &crate::Status) -> String {
+fn status_line(s: &super::status::Status) -> String {
     match serde_json::to_string(s) {
         Ok(json) => json + "\n",
         Err(e) => {
@@ -486,7 +486,7 @@ fn status_line(s: &crate::Status) -> String {
 }
 
 #[cfg(not(feature = "control"))]
-fn status_line(_: &crate::Status) -> String {
+fn status_line(_: &super::status::Status) -> String {
     "error built without the `control` feature\n".into()
 }
 

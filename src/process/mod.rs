@@ -37,8 +37,7 @@ use signals::{Actions, Hook, Hooks, Signal, Stage};
 
 /// Default [`ProcessBuilder::ready_timeout`]: 30 s.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default [`ProcessBuilder::stop_grace`]: 10 s.
-pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+pub use crate::lifecycle::DEFAULT_STOP_GRACE;
 /// How long a first generation whose servers are starting waits for them to be ready
 /// before it refuses a restart (a SIGHUP sent the moment "serving" is logged).
 const FIRST_READY_WAIT: Duration = Duration::from_secs(1);
@@ -896,7 +895,7 @@ impl Process {
     }
 
     /// A [`Drain`](crate::Drain): the drain's start, and why, for handlers and tasks.
-    pub fn drain(&self) -> crate::Drain {
+    pub fn drain(&self) -> crate::lifecycle::Drain {
         self.inner.publisher.drain()
     }
 

@@ -154,7 +154,7 @@ impl Default for Supervisor {
         Supervisor {
             pid_file: None,
             ready_timeout: DEFAULT_SUPERVISOR_READY_TIMEOUT,
-            stop_grace: crate::DEFAULT_STOP_GRACE,
+            stop_grace: crate::lifecycle::DEFAULT_STOP_GRACE,
         }
     }
 }

@@ -133,8 +133,10 @@ mod newcomer {
         let deadline = Instant::now() + timeout;
         let mut stream =
             crate::observe::control::connect(path, deadline, timeout).map_err(|e| match e {
-                crate::ControlError::Connect { source, .. } => TakeoverError::Connect(source),
-                crate::ControlError::Timeout(t) => TakeoverError::Timeout(t),
+                crate::error::ControlError::Connect { source, .. } => {
+                    TakeoverError::Connect(source)
+                }
+                crate::error::ControlError::Timeout(t) => TakeoverError::Timeout(t),
                 other => TakeoverError::Io(io::Error::other(other.to_string())),
             })?;
         let uid = crate::sys::fdpass::peer_uid(stream.as_fd()).map_err(TakeoverError::Io)?;

@@ -58,7 +58,7 @@ impl std::fmt::Debug for Source {
 impl Source {
     /// The acceptor; with PEM files, its tickets are sealed with the service's shared
     /// key (`process`'s), so that sessions resume across restarts.
-    pub(crate) fn acceptor(&self, process: &crate::Process) -> Result<Acceptor, Error> {
+    pub(crate) fn acceptor(&self, process: &crate::process::Process) -> Result<Acceptor, Error> {
         match self {
             #[cfg(feature = "tls")]
             Source::Files(cert, key) => {
