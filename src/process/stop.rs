@@ -1,0 +1,126 @@
+//! The way out: the lame-duck period, the drain, and the hammer.
+
+use super::*;
+
+impl Process {
+    pub(super) fn begin_shutdown(&self, core: &mut Core) -> bool {
+        match core.state.phase {
+            Phase::Draining(_) => false,
+            Phase::Confirming => {
+                if !core.shutdown_deferred {
+                    core.shutdown_deferred = true;
+                    let p = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(CONFIRM_WAIT).await;
+                        let mut core = p.lock();
+                        if core.state.phase == Phase::Confirming {
+                            tracing::warn!(
+                                "no word from the previous generation; draining as not live"
+                            );
+                            p.abandon(&mut core);
+                        }
+                    });
+                }
+                true
+            }
+            // A generation a restart or a takeover started, not ready yet: the previous
+            // one serves, and this one will never be live.
+            Phase::Starting if !core.state.live => {
+                self.abandon(core);
+                true
+            }
+            Phase::Restarting if core.committing => false,
+            Phase::Restarting => {
+                // The restart is called off (its successor is stopped by the restart's
+                // task); this generation never stopped accepting, and shuts down as it
+                // would have without the restart: lame duck first.
+                if let Some(a) = core.abort.take() {
+                    a.cancel();
+                }
+                self.lame_duck_or_drain(core);
+                true
+            }
+            Phase::Serving => {
+                self.lame_duck_or_drain(core);
+                true
+            }
+            // A second request during the lame-duck period: drain now.
+            Phase::LameDuck | Phase::Starting => {
+                self.enter_drain(core, Served::Shutdown);
+                true
+            }
+        }
+    }
+
+    /// A shutdown of the live generation: the lame-duck period if there is one, then
+    /// the drain.
+    fn lame_duck_or_drain(&self, core: &mut Core) {
+        let Some(period) = self.inner.lame_duck else {
+            self.enter_drain(core, Served::Shutdown);
+            return;
+        };
+        core.state.phase = Phase::LameDuck;
+        self.inner.publisher.publish(core.state);
+        // Logged once the health check says 503, so that the line means it does.
+        tracing::info!(
+            pid = std::process::id(),
+            ms = crate::duration::millis(period),
+            "lame duck: the health check says 503 while everything is still served"
+        );
+        let p = self.clone();
+        tokio::spawn(async move {
+            crate::duration::sleep_until(crate::duration::deadline(period)).await;
+            let mut core = p.lock();
+            if core.state.phase == Phase::LameDuck {
+                p.enter_drain(&mut core, Served::Shutdown);
+            }
+        });
+    }
+
+    pub(super) fn enter_drain(&self, core: &mut Core, why: Served) {
+        core.state.phase = Phase::Draining(why);
+        let mut remove = Vec::new();
+        match why {
+            Served::HandedOver { pid: new_pid } => {
+                core.state.live = false;
+                core.emit(&Transition::HandedOver { new_pid });
+            }
+            Served::Shutdown => {
+                let live = core.state.live;
+                if live {
+                    for r in &core.registry {
+                        match &r.name {
+                            Name::Listener {
+                                addr: ListenAddr::Unix(p),
+                                managed: false,
+                            } => remove.push(p.clone()),
+                            Name::Control(p) => remove.push(p.clone()),
+                            _ => {}
+                        }
+                    }
+                }
+                core.emit(&Transition::ShutdownBegun { live });
+            }
+        }
+        // Our duplicates go now, so that (on shutdown) new connections are refused as
+        // soon as the servers drop their own listeners.
+        core.registry.clear();
+        core.inherited.close_unclaimed();
+        self.inner.publisher.publish(core.state);
+        for p in remove {
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::debug!(error = %e, path = %p.display(), "cannot remove a socket file");
+            }
+        }
+    }
+
+    pub(super) fn hammer(&self) -> bool {
+        let core = self.lock();
+        if core.state.is_draining() {
+            self.inner.publisher.hammer();
+            true
+        } else {
+            false
+        }
+    }
+}
