@@ -36,7 +36,9 @@
 //!   with (below), if any: without them, a generation that dies before it is live is
 //!   followed by one that binds afresh.
 //! - **Socket activation** (systemd starts the supervisor with `LISTEN_FDS`, and
-//!   `LISTEN_PID` names the supervisor, the main process): the supervisor takes the
+//!   `LISTEN_PID` names the supervisor, the main process; or a development loop's
+//!   `LISTEN_FDS` without `LISTEN_PID`, of which only listening sockets are taken and
+//!   anything else is left alone): the supervisor takes the
 //!   activated sockets at start, each checked as any inherited one (a listening stream
 //!   socket; a bad one is logged as [`Error::InheritedFd`] and closed), and hands them to
 //!   generation 1 as an ordinary handover with itself as the parent, as it hands the live
@@ -129,7 +131,8 @@ pub fn supervise() -> Result<(), Error> {
 /// sends its listening sockets up to the supervisor (it binds nothing itself, so ports
 /// may change across restarts); a generation that dies outside a restart is started
 /// again with those very sockets, after a backoff (100 ms doubling up to 10 s), and the
-/// log says why it died. Under socket activation (`LISTEN_PID` names the supervisor),
+/// log says why it died. Under socket activation (`LISTEN_PID` names the supervisor, or
+/// a development loop's `LISTEN_FDS` comes without it),
 /// the activated sockets go to generation 1, which takes them as an activated process
 /// would (`Server::fd_name` included).
 ///
