@@ -1,0 +1,177 @@
+//! The restarts' history and a restart's start time as they travel from one generation
+//! to the next (`CEASELESS_RESTARTS`, `CEASELESS_RESTART_BEGAN`): encoded by the old
+//! generation, decoded by the new one, so that the status counts restarts across them.
+
+use super::*;
+
+/// The most restarts a history carries (the oldest are dropped first).
+pub(crate) const MAX_RESTARTS: usize = 16;
+/// The longest reason a history carries, in bytes (longer ones are cut).
+pub(crate) const MAX_REASON: usize = 512;
+
+/// When a restart began: on the machine-wide monotonic clock, to measure durations
+/// across the two processes, and on the wall clock, to report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Began {
+    pub(crate) mono_ns: u64,
+    pub(crate) unix_ms: u64,
+}
+
+impl Began {
+    pub(crate) fn encode(&self) -> String {
+        format!("{} {}", self.mono_ns, self.unix_ms)
+    }
+
+    pub(crate) fn decode(s: &str) -> Result<Began, Error> {
+        let bad = |reason: &str| Error::Environment {
+            name: ENV_RESTART_BEGAN,
+            value: s.chars().take(64).collect(),
+            reason: reason.into(),
+        };
+        let mut it = s.split(' ');
+        let (Some(m), Some(u), None) = (it.next(), it.next(), it.next()) else {
+            return Err(bad("expected two numbers"));
+        };
+        match (m.parse(), u.parse()) {
+            (Ok(mono_ns), Ok(unix_ms)) => Ok(Began { mono_ns, unix_ms }),
+            _ => Err(bad("not a number")),
+        }
+    }
+}
+
+/// The restart history a generation carries to the next.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct History {
+    pub(crate) totals: RestartCounts,
+    /// Oldest first.
+    pub(crate) restarts: Vec<Restart>,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+pub(crate) fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The value of `CEASELESS_RESTARTS` for `h`: its last [`MAX_RESTARTS`] restarts.
+pub(crate) fn encode_history(h: &History) -> String {
+    let mut out = format!("totals {} {}", h.totals.ok, h.totals.failed);
+    let skip = h.restarts.len().saturating_sub(MAX_RESTARTS);
+    for r in &h.restarts[skip..] {
+        let outcome = match r.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+        };
+        let reason = r.reason.as_deref().map_or_else(
+            || "-".to_string(),
+            |s| format!("={}", escape_bytes(cut(s, MAX_REASON).as_bytes())),
+        );
+        out.push_str(&format!(
+            "\n{} {} {outcome} {} {} {} {reason}",
+            unix_ms(r.at),
+            r.generation,
+            opt(r.pid),
+            opt(r.sighup_to_ready_ms),
+            opt(r.ready_to_old_gone_ms),
+        ));
+    }
+    out
+}
+
+fn decode_restart(line: &str) -> Result<Restart, String> {
+    let f: Vec<&str> = line.split(' ').collect();
+    let [at, generation, outcome, pid, ready, gone, reason] = f[..] else {
+        return Err(format!("{} fields, not 7", f.len()));
+    };
+    fn num<T: std::str::FromStr>(what: &str, v: &str) -> Result<T, String> {
+        v.parse().map_err(|_| format!("{what}: not a number"))
+    }
+    fn maybe<T: std::str::FromStr>(what: &str, v: &str) -> Result<Option<T>, String> {
+        if v == "-" {
+            Ok(None)
+        } else {
+            num(what, v).map(Some)
+        }
+    }
+    let at: u64 = num("time", at)?;
+    let at = UNIX_EPOCH
+        .checked_add(std::time::Duration::from_millis(at))
+        .ok_or("time out of range")?;
+    let outcome = match outcome {
+        "ok" => Outcome::Ok,
+        "failed" => Outcome::Failed,
+        _ => return Err("the outcome is neither ok nor failed".into()),
+    };
+    let reason = match reason {
+        "-" => None,
+        r => match r.strip_prefix('=') {
+            Some(r) => Some(String::from_utf8_lossy(&unescape_bytes(r)?).into_owned()),
+            None => return Err("a reason must start with '='".into()),
+        },
+    };
+    Ok(Restart {
+        at,
+        generation: num("generation", generation)?,
+        outcome,
+        pid: maybe("pid", pid)?,
+        reason,
+        sighup_to_ready_ms: maybe("SIGHUP to ready", ready)?,
+        ready_to_old_gone_ms: maybe("ready to old gone", gone)?,
+    })
+}
+
+/// Reads `CEASELESS_RESTARTS`: what could be read, and why each line that could not be
+/// was dropped. Totals that cannot be read are counted from the restarts listed.
+pub(crate) fn decode_history(s: &str) -> (History, Vec<Error>) {
+    let bad = |line: &str, reason: String| Error::Environment {
+        name: ENV_RESTARTS,
+        value: cut(line, 128).to_string(),
+        reason,
+    };
+    let mut rejected = Vec::new();
+    let mut lines = s.split('\n');
+    let totals = lines.next().and_then(|first| {
+        let t = first.strip_prefix("totals ").and_then(|t| {
+            let (ok, failed) = t.split_once(' ')?;
+            Some(RestartCounts {
+                ok: ok.parse().ok()?,
+                failed: failed.parse().ok()?,
+            })
+        });
+        if t.is_none() {
+            rejected.push(bad(first, "expected `totals <ok> <failed>`".into()));
+        }
+        t
+    });
+    let mut restarts = Vec::new();
+    for line in lines {
+        match decode_restart(line) {
+            Ok(r) => restarts.push(r),
+            Err(reason) => rejected.push(bad(line, reason)),
+        }
+    }
+    if restarts.len() > MAX_RESTARTS {
+        restarts.drain(..restarts.len() - MAX_RESTARTS);
+    }
+    let totals = totals.unwrap_or_else(|| {
+        let ok = restarts.iter().filter(|r| r.outcome == Outcome::Ok).count() as u64;
+        RestartCounts {
+            ok,
+            failed: restarts.len() as u64 - ok,
+        }
+    });
+    (History { totals, restarts }, rejected)
+}
