@@ -9,10 +9,11 @@
 //! # Which crate does what
 //! - **rustix** (safe, portable): descriptor flags and `fstat`, `SCM_RIGHTS` messages
 //!   ([`fdpass`]), socket options, signals to processes (`kill`, `pidfd_send_signal`),
-//!   pidfds, `memfd_create` and seals, clocks, pipes, `poll`, `wait`/`waitpid`, the
-//!   child subreaper (Linux) and the reaper (FreeBSD).
-//! - **nix** where rustix has nothing: `getpeereid` and Apple's `LOCAL_PEERPID` off
-//!   Linux, the supervisor's signalfd ([`reaper`]) on Linux.
+//!   pidfds, `memfd_create` and seals, pipes, `poll`, `wait`/`waitpid`, the child
+//!   subreaper (Linux) and the reaper (FreeBSD).
+//! - **nix** where rustix has nothing or where its way does not suit: `getpeereid` and
+//!   Apple's `LOCAL_PEERPID` off Linux, the supervisor's signalfd ([`reaper`]) on Linux,
+//!   raising SIGSTOP on this thread, and the clocks ([`clock`] says why not rustix's).
 //! - **std, tokio and signal-hook**: processes started with a fork
 //!   (`Command::pre_exec`), signal handlers (tokio's; signal-hook's self-pipe for the
 //!   supervisor, which has no runtime, off Linux and in the portable mode), files.
