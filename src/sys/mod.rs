@@ -2,9 +2,8 @@
 //!
 //! Everything above this module speaks in ceaseless's terms (a descriptor's kind, a
 //! process to signal or watch, a sealed file of state, the next generation to start)
-//! and never names `libc`. This layer calls nothing of ceaseless above it but the
-//! handover's vocabulary (its environment variables and the first descriptor number),
-//! to record what was handed to the process before `main` runs.
+//! and never names `libc`. This layer calls nothing of ceaseless above it: what it needs
+//! to know (which descriptor numbers were announced to the process) it is handed.
 //!
 //! # Which crate does what
 //! - **rustix** (safe, portable): descriptor flags and `fstat`, `SCM_RIGHTS` messages
@@ -36,7 +35,8 @@
 //! start time. macOS and FreeBSD use portable mechanisms instead: the next generation
 //! is forked and executed, the state and the TLS ticket key travel in an unlinked,
 //! read-only temporary file, a process that is not our child is watched by polling
-//! `kill(pid, 0)`. [`portable`] says which: always off Linux, and on Linux when
+//! (its existence, or this process's parent pid), the supervisor reads its signals from
+//! a self-pipe. [`portable`] says which: always off Linux, and on Linux when
 //! `CEASELESS_PORTABLE` is set (to anything but `0`), which is how the test suite
 //! runs those mechanisms on this platform too.
 
