@@ -181,11 +181,11 @@ impl Shared {
     }
 
     /// What the handlers of a connection from `info` learn of it.
-    pub(crate) fn context(&self, info: ConnInfo) -> Arc<Ctx> {
-        Arc::new(Ctx {
+    pub(crate) fn context(&self, info: ConnInfo) -> Ctx {
+        Ctx {
             info,
             drain: self.drain.for_connection(),
-        })
+        }
     }
 
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
@@ -665,18 +665,19 @@ where
         }
         let mut app = self.app.clone();
         // The service may look at its context when called (a router, a middleware).
-        let _ctx = context::enter(&st.ctx);
         // Most services are always ready: then the handler's future is made now, and
         // the request is not moved once more into a future that waits for readiness.
         // (A `Pending` here registered nothing that matters: the future polls again
         // with the task's waker.)
-        let handler = match app.poll_ready(&mut Context::from_waker(noop_waker())) {
-            Poll::Ready(Ok(())) => Handler::Call { fut: app.call(req) },
-            _ => Handler::Ready {
-                app,
-                req: Some(req),
-            },
-        };
+        let handler = context::scoped(Some(&st.ctx), || {
+            match app.poll_ready(&mut Context::from_waker(noop_waker())) {
+                Poll::Ready(Ok(())) => Handler::Call { fut: app.call(req) },
+                _ => Handler::Ready {
+                    app,
+                    req: Some(req),
+                },
+            }
+        });
         SvcFuture {
             handler,
             guard: Some(guard),
@@ -771,10 +772,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let polled = {
-            let _ctx = this.guard.as_ref().map(|g| context::enter(&g.0.ctx));
-            this.handler.poll(cx)
-        };
+        let ctx = this.guard.as_ref().map(|g| &g.0.ctx);
+        let polled = context::scoped(ctx, || this.handler.poll(cx));
         let res = match polled {
             Poll::Ready(Ok(res)) => res,
             Poll::Ready(Err(early)) => return Poll::Ready(Ok(early)),
@@ -908,10 +907,8 @@ where
             this.guard.take();
             return Poll::Ready(None);
         };
-        let polled = {
-            let _ctx = this.guard.as_ref().map(|g| context::enter(&g.0.ctx));
-            inner.poll_frame(cx)
-        };
+        let ctx = this.guard.as_ref().map(|g| &g.0.ctx);
+        let polled = context::scoped(ctx, || inner.poll_frame(cx));
         match ready!(polled) {
             None => {
                 this.guard.take();

@@ -6,9 +6,9 @@
 //! `Drain`, the `ConnInfo` and axum's `ConnectInfo` that was about 1,400 instructions,
 //! a seventh of a small request's whole cost (see BENCHMARKS.md), paid whether or not a
 //! handler reads them. So by default nothing is inserted. Instead, while ceaseless polls
-//! a request's service call, its future and its response body, a thread-local slot
-//! holds the connection's context (a reference-counted handle, set and restored around
-//! each poll: one uncontended count, a few instructions), and [`ConnInfo::current`] and [`Drain::current`] read it. With the
+//! a request's service call, its future and its response body, a scoped thread-local
+//! names the connection's context (`scoped-tls`: a pointer set and restored around each
+//! poll, a few instructions, the borrow it stands for checked by the crate), and [`ConnInfo::current`] and [`Drain::current`] read it. With the
 //! `axum` feature both are also extractors. `Server::request_extensions(true)` adds them
 //! (and axum's `ConnectInfo<SocketAddr>`) to the request's extensions as well, for code
 //! that reads extensions or runs outside those polls.
@@ -17,12 +17,9 @@
 //! not by ceaseless: the handler takes what it needs before spawning it.
 //!
 //! `tokio::task_local!` would scope a value to one future, but it has to own the value
-//! (a clone per request) and wraps the future in another: a `Cell` holding a shared
-//! handle of the connection's context costs neither.
-
-use std::cell::Cell;
-use std::marker::PhantomData;
-use std::sync::Arc;
+//! (a clone per request) and wraps the future in another: a scoped thread-local costs
+//! neither. (A reference-counted handle in a thread-local costs a count per poll: about
+//! 200 instructions of a request, measured; see BENCHMARKS.md.)
 
 pub(crate) use crate::handover::listen::ConnInfo;
 use crate::lifecycle::Drain;
@@ -35,44 +32,23 @@ pub(crate) struct Ctx {
     pub(crate) drain: Drain,
 }
 
-thread_local! {
+scoped_tls::scoped_thread_local! {
     /// The context of the request being polled on this thread.
-    static CURRENT: Cell<Option<Arc<Ctx>>> = const { Cell::new(None) };
+    static CURRENT: Ctx
 }
 
-/// `ctx` is the current context until this is dropped (then the previous one is again).
-pub(crate) struct Entered {
-    prev: Option<Arc<Ctx>>,
-    // Neither `Send` nor `Sync`: it is dropped on the thread that made it.
-    _here: PhantomData<*const ()>,
-}
-
-/// Makes `ctx` the current context for the guard's lifetime.
+/// Runs `f` with `ctx` as the current context (`None`: as it is); the previous one is
+/// current again afterwards, even if `f` panics.
 #[inline]
-pub(crate) fn enter(ctx: &Arc<Ctx>) -> Entered {
-    Entered {
-        prev: CURRENT.with(|c| c.replace(Some(ctx.clone()))),
-        _here: PhantomData,
-    }
-}
-
-impl Drop for Entered {
-    #[inline]
-    fn drop(&mut self) {
-        let prev = self.prev.take();
-        CURRENT.with(|c| c.set(prev));
+pub(crate) fn scoped<R>(ctx: Option<&Ctx>, f: impl FnOnce() -> R) -> R {
+    match ctx {
+        Some(ctx) => CURRENT.set(ctx, f),
+        None => f(),
     }
 }
 
 fn with_current<R>(f: impl FnOnce(&Ctx) -> R) -> Option<R> {
-    CURRENT.with(|c| {
-        // Taken out and put back: `f` only reads the context (it copies or clones a
-        // field), so nothing observes the slot empty meanwhile.
-        let current = c.take();
-        let r = current.as_deref().map(f);
-        c.set(current);
-        r
-    })
+    CURRENT.is_set().then(|| CURRENT.with(f))
 }
 
 impl ConnInfo {

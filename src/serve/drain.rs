@@ -43,7 +43,7 @@ pub(crate) const EXPIRED_STALL: u8 = 4;
 #[derive(Debug)]
 pub(crate) struct ConnState {
     /// What its handlers learn of it (`ConnInfo::current`, `Drain::current`).
-    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) ctx: Ctx,
     /// During a drain its HTTP/1 responses carry `Connection: close` from this many ms
     /// after the drain began (`Server::drain_spread`; 0: at once).
     pub(crate) close_turn: u64,
@@ -97,7 +97,7 @@ struct Stream {
 }
 
 impl ConnState {
-    fn new(ctx: Arc<Ctx>, close_turn: u64) -> Self {
+    fn new(ctx: Ctx, close_turn: u64) -> Self {
         ConnState {
             ctx,
             close_turn,
@@ -302,7 +302,7 @@ impl Tracker {
     /// Counts a new connection until the returned registration is dropped (with the
     /// connection's IO, so an upgraded connection stays counted). `ctx`: what its
     /// handlers learn of it; `spread_ms`: the server's drain spread.
-    pub(crate) fn register(self: &Arc<Self>, ctx: Arc<Ctx>, spread_ms: u64) -> Registration {
+    pub(crate) fn register(self: &Arc<Self>, ctx: Ctx, spread_ms: u64) -> Registration {
         let mut s = self.slots();
         let key = match s.free.pop() {
             Some(k) => k,
