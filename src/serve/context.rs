@@ -7,8 +7,8 @@
 //! a seventh of a small request's whole cost (see BENCHMARKS.md), paid whether or not a
 //! handler reads them. So by default nothing is inserted. Instead, while ceaseless polls
 //! a request's service call, its future and its response body, a scoped thread-local
-//! names the connection's context (`scoped-tls`: a pointer set and restored around each
-//! poll, a few instructions, the borrow it stands for checked by the crate), and [`ConnInfo::current`] and [`Drain::current`] read it. With the
+//! lends the connection's context (the OS layer's `scoped_borrow`: a pointer set and
+//! restored around each poll, a few instructions), and [`ConnInfo::current`] and [`Drain::current`] read it. With the
 //! `axum` feature both are also extractors. `Server::request_extensions(true)` adds them
 //! (and axum's `ConnectInfo<SocketAddr>`) to the request's extensions as well, for code
 //! that reads extensions or runs outside those polls.
@@ -19,7 +19,8 @@
 //! `tokio::task_local!` would scope a value to one future, but it has to own the value
 //! (a clone per request) and wraps the future in another: a scoped thread-local costs
 //! neither. (A reference-counted handle in a thread-local costs a count per poll: about
-//! 200 instructions of a request, measured; see BENCHMARKS.md.)
+//! 200 instructions of a request, measured; the `scoped-tls` crate about 110: see
+//! BENCHMARKS.md.)
 
 pub(crate) use crate::handover::listen::ConnInfo;
 use crate::lifecycle::Drain;
@@ -32,9 +33,9 @@ pub(crate) struct Ctx {
     pub(crate) drain: Drain,
 }
 
-scoped_tls::scoped_thread_local! {
+crate::sys::scoped_borrow! {
     /// The context of the request being polled on this thread.
-    static CURRENT: Ctx
+    mod current: Ctx
 }
 
 /// Runs `f` with `ctx` as the current context (`None`: as it is); the previous one is
@@ -42,13 +43,13 @@ scoped_tls::scoped_thread_local! {
 #[inline]
 pub(crate) fn scoped<R>(ctx: Option<&Ctx>, f: impl FnOnce() -> R) -> R {
     match ctx {
-        Some(ctx) => CURRENT.set(ctx, f),
+        Some(ctx) => current::set(ctx, f),
         None => f(),
     }
 }
 
 fn with_current<R>(f: impl FnOnce(&Ctx) -> R) -> Option<R> {
-    CURRENT.is_set().then(|| CURRENT.with(f))
+    current::with(f)
 }
 
 impl ConnInfo {

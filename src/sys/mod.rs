@@ -24,6 +24,9 @@
 //!     async-signal-safe and must work on descriptor *numbers* the child does not own
 //!     as Rust values, so `sigaction`, `fcntl(F_DUPFD_CLOEXEC)` and `dup2` are called
 //!     raw there;
+//!   - `scoped_borrow!`: a borrow lent to the calls inside a scope on this thread (the
+//!     request's connection context), the one `unsafe` that is not a system call; the
+//!     macro's docs say why not the `scoped-tls` crate;
 //!   - [`fd::take_inherited`]: a descriptor number handed over by the previous
 //!     generation becomes an `OwnedFd` (`from_raw_fd`), which is unsafe by nature;
 //!     so does the supervisor's report channel a generation was handed
@@ -62,6 +65,64 @@ macro_rules! before_main {
     };
 }
 pub(crate) use before_main;
+
+/// Declares a module `$name` that lends a `&$ty` to the calls made inside a scope on
+/// this thread: `$name::set(&value, f)` runs `f` with the value lent, and
+/// `$name::with(g)` (inside `f`, however deep) gives `g` a shared borrow of it, `None`
+/// outside any `set`. The request's connection context is lent so around each poll.
+///
+/// Hand-written, not the `scoped-tls` crate's: that one reaches its thread-local through
+/// a `&'static LocalKey` held in a field, an indirect call on every access, which cost
+/// about 110 instructions of a request around ceaseless's polls (callgrind, HTTP/1.1,
+/// see BENCHMARKS.md); here the thread-local is a static of its own, reached inline.
+/// The one `unsafe` that is not a system call, argued where it stands.
+macro_rules! scoped_borrow {
+    ($(#[$meta:meta])* $vis:vis mod $name:ident: $ty:ty) => {
+        $(#[$meta])*
+        $vis mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            ::std::thread_local! {
+                static SLOT: ::std::cell::Cell<*const $ty> =
+                    const { ::std::cell::Cell::new(::std::ptr::null()) };
+            }
+
+            /// Puts the previous value back, on the way out of `set` (panics included).
+            struct Reset(*const $ty);
+
+            impl Drop for Reset {
+                #[inline]
+                fn drop(&mut self) {
+                    SLOT.with(|c| c.set(self.0));
+                }
+            }
+
+            /// Runs `f` with `value` lent to [`with`] on this thread.
+            #[inline]
+            pub(crate) fn set<R>(value: &$ty, f: impl FnOnce() -> R) -> R {
+                let _reset = Reset(SLOT.with(|c| c.replace(value)));
+                f()
+            }
+
+            /// `f` of the value lent by the innermost [`set`] running on this thread;
+            /// `None` outside any.
+            #[inline]
+            #[allow(unsafe_code)]
+            pub(crate) fn with<R>(f: impl FnOnce(&$ty) -> R) -> Option<R> {
+                let lent = SLOT.with(::std::cell::Cell::get);
+                // SAFETY: the pointer is non-null only while a `set` runs on this thread
+                // (its `Reset` restores the previous value on every way out, so the
+                // scopes nest), and it points to the value that `set` borrows for its
+                // whole call, which outlives this one; `f` gets a shared borrow for its
+                // own call only (its result cannot hold it), and a shared borrow is all
+                // `set` was given.
+                unsafe { lent.as_ref() }.map(f)
+            }
+        }
+    };
+}
+pub(crate) use scoped_borrow;
 
 pub(crate) mod child;
 pub(crate) mod clock;
