@@ -58,7 +58,7 @@ fn sup_restart(p: &Proc) -> (u32, u32) {
 }
 
 /// SIGHUPs generation `gen` (no supervisor) and waits for its restart to succeed and
-/// the new generation to log that it serves. Returns (old pid, new pid).
+/// the new generation to log that it is live. Returns (old pid, new pid).
 fn reexec_restart(p: &Proc, gen: u32) -> (u32, u32) {
     let succeeded = p.count("restart succeeded");
     signal(gen, libc::SIGHUP);
@@ -71,7 +71,9 @@ fn reexec_restart(p: &Proc, gen: u32) -> (u32, u32) {
             )
         });
     let (old, new) = (pid_field(&line, "pid"), pid_field(&line, "new_pid"));
-    p.expect_line(&format!("serving pid={new} "), LONG);
+    // Live, not only serving: a SIGHUP before the previous generation's word is refused
+    // (its own restart is not over).
+    p.expect_line(&format!("this generation is live pid={new} "), LONG);
     (old, new)
 }
 

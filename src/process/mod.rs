@@ -709,6 +709,7 @@ impl Core {
             phase: Phase::Serving,
             live: true,
         };
+        tracing::info!(pid = std::process::id(), previous = ?self.inherited.parent, "this generation is live");
         self.emit(&Transition::Live);
     }
 }

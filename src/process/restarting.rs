@@ -37,7 +37,6 @@ impl Process {
     /// the restart asked for meanwhile starts as soon as it is free.
     async fn claim_restart(&self) -> Result<Claimed, RestartError> {
         let deadline = tokio::time::Instant::now() + FIRST_READY_WAIT;
-        let confirmed_by = tokio::time::Instant::now() + CLAIM_GRACE + CONFIRM_WAIT;
         loop {
             {
                 let mut core = self.lock();
@@ -47,17 +46,12 @@ impl Process {
                     }
                     Phase::Serving => {}
                     Phase::Draining(_) | Phase::LameDuck => return Err(RestartError::ShuttingDown),
-                    Phase::Restarting => return Err(RestartError::InProgress),
-                    // Declared ready, in the exchange with the previous generation: a
-                    // restart asked for now (a deploy that restarts twice in a row, the
-                    // second SIGHUP to the newest pid) runs once this generation is live
-                    // (its claims settle within the grace, then `live` follows at once);
-                    // if the handover fails instead, this generation leaves anyway.
-                    Phase::Confirming => {
-                        if tokio::time::Instant::now() >= confirmed_by {
-                            return Err(RestartError::InProgress);
-                        }
-                    }
+                    // Declared ready, in the exchange with the previous generation: its own
+                    // restart is not over (it is live once the previous one's `live`
+                    // comes; the PID file names it from then on). Refused at once, not
+                    // deferred: a restart that began seconds after the request was made
+                    // would surprise whoever made it.
+                    Phase::Restarting | Phase::Confirming => return Err(RestartError::InProgress),
                     // A new generation not ready yet: the restart that started it is
                     // still in progress, and some of its servers may not have taken
                     // their sockets over yet, so a handover now would lose them.

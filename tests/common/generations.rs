@@ -86,6 +86,16 @@ pub fn restart_ok(p: &Proc) -> (u32, u32) {
     // The new generation declares ready before its last "serving" line, so the old
     // one may log its success first: wait for that line.
     p.wait_for_nth(&format!("serving pid={new} "), 1, LONG);
+    // And live: until the previous generation's word comes, a SIGHUP to it is refused
+    // (its own restart is not over), so the next restart_ok waits for this.
+    p.wait_for_nth(&format!("this generation is live pid={new} "), 1, LONG)
+        .unwrap_or_else(|| {
+            panic!(
+                "{new} never went live; output:
+{}",
+                p.output()
+            )
+        });
     assert_eq!(
         newest(p),
         new,
