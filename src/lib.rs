@@ -106,7 +106,7 @@
 //! - the vocabulary they share (`error`, `addr`, `duration`, `lifecycle`);
 //! - `sys/`: the OS layer, through which every system call goes.
 #![deny(missing_docs)]
-// Every `unsafe` lives in the OS layer (`sys`), each block with its argument.
+// Only the OS layer (`sys`) may opt out of this, each block with its SAFETY argument.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(rust_2018_idioms)]
