@@ -33,11 +33,6 @@ pub(crate) fn now_ms() -> u64 {
     crate::sys::clock::coarse_ms() + 1
 }
 
-/// CLOCK_MONOTONIC in microseconds: what systemd's `MONOTONIC_USEC=` wants.
-pub(crate) fn monotonic_usec() -> u64 {
-    crate::sys::clock::mono_us()
-}
-
 /// The timer instant for `ms` of [`now_ms`]: now when it has passed, far in the future
 /// when it cannot be represented (a deadline that saturated is never reached).
 pub(crate) fn instant_at(ms: u64) -> Instant {

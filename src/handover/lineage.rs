@@ -120,7 +120,7 @@ pub(crate) fn signal(id: &ProcId, sig: Signal) -> std::io::Result<bool> {
         return Ok(false);
     }
     match pidfd {
-        Some(fd) => crate::sys::process::pidfd_signal(fd.as_fd(), sig).map(|()| true),
+        Some(fd) => crate::sys::process::pidfd_signal(fd.as_fd(), sig),
         None => crate::sys::process::kill(id.pid, sig),
     }
 }

@@ -139,7 +139,7 @@ impl Observer for Notify {
                 self.reloading = true;
                 send(&format!(
                     "RELOADING=1\nMONOTONIC_USEC={}",
-                    crate::duration::monotonic_usec()
+                    crate::sys::clock::mono_us()
                 ));
             }
             Transition::HandedOver { new_pid } => {

@@ -21,6 +21,7 @@ use std::time::SystemTime;
 pub use crate::handover::history::{Outcome, Restart, RestartCounts};
 use crate::handover::{self, Began, Env, History, MAX_REASON, MAX_RESTARTS};
 use crate::lifecycle::{Observer, Phase as LPhase, State, Transition};
+use crate::sys::clock::mono_ns;
 
 /// A snapshot of the process: [`Process::status`](crate::Process::status).
 ///
@@ -230,12 +231,6 @@ pub(crate) trait Counts: Send + Sync {
     fn census(&self) -> Census;
     /// How many are open.
     fn open(&self) -> usize;
-}
-
-/// The system-wide monotonic clock, in ns (the same for every process of the machine,
-/// unlike `Instant`, which cannot cross a process boundary).
-pub(crate) fn mono_ns() -> u64 {
-    crate::sys::clock::mono_ns()
 }
 
 fn now_began() -> Began {

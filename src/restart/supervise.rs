@@ -443,14 +443,13 @@ mod sys {
         }
 
         fn signal(&self, sig: Signal) {
+            // A generation already gone is no failure (`Ok(false)`).
             let r = match &self.pidfd {
                 Some(fd) => pidfd_signal(fd.as_fd(), sig),
-                None => lineage::signal(&self.id, sig).map(|_| ()),
+                None => lineage::signal(&self.id, sig),
             };
             if let Err(e) = r {
-                if !reaper::no_such_process(&e) {
-                    tracing::warn!(error = %e, generation_pid = self.id.pid, signal = sig.as_raw(), "cannot signal the generation");
-                }
+                tracing::warn!(error = %e, generation_pid = self.id.pid, signal = sig.as_raw(), "cannot signal the generation");
             }
         }
     }
@@ -675,7 +674,7 @@ mod sys {
                                 self.reloading = true;
                                 notify(&format!(
                                     "RELOADING=1\nMONOTONIC_USEC={}",
-                                    crate::duration::monotonic_usec()
+                                    crate::sys::clock::mono_us()
                                 ));
                             }
                             g.signal(Signal::HUP);

@@ -19,7 +19,7 @@ pub(crate) mod context;
 pub(crate) mod drain;
 pub(crate) mod health;
 pub(crate) mod http;
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 pub(crate) mod tickets;
 pub(crate) mod tls;
 

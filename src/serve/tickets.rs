@@ -14,11 +14,6 @@
 //! service, from its first generation; a fresh start draws a new one), so a leaked key
 //! exposes the sessions of every ticket still in use, as with any long-lived ticket key.
 
-#![cfg_attr(
-    not(any(feature = "tls-ring", feature = "tls-aws-lc-rs")),
-    allow(dead_code, unused_imports)
-)]
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[cfg(all(feature = "tls-aws-lc-rs", not(feature = "tls-ring")))]
@@ -26,7 +21,6 @@ use aws_lc_rs as crypto;
 #[cfg(feature = "tls-ring")]
 use ring as crypto;
 
-#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 use crypto::{
     aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN},
     rand::{SecureRandom, SystemRandom},
@@ -37,14 +31,12 @@ use crate::process::TICKET_KEY_LEN as KEY_LEN;
 const PERIOD_SECS: u64 = 6 * 3600;
 
 /// A new random key.
-#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 pub(crate) fn new_key() -> Option<[u8; KEY_LEN]> {
     let mut k = [0u8; KEY_LEN];
     SystemRandom::new().fill(&mut k).ok()?;
     Some(k)
 }
 
-#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 fn period() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -52,20 +44,17 @@ fn period() -> u64 {
 }
 
 /// rustls's ticket producer over the shared key.
-#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 pub(crate) struct Tickets {
     key: LessSafeKey,
     rng: SystemRandom,
 }
 
-#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 impl std::fmt::Debug for Tickets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Tickets(shared key)")
     }
 }
 
-#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 impl Tickets {
     pub(crate) fn new(key: &[u8; KEY_LEN]) -> Option<Tickets> {
         let key = UnboundKey::new(&CHACHA20_POLY1305, key).ok()?;
@@ -113,7 +102,6 @@ impl Tickets {
     }
 }
 
-#[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 impl rustls::server::ProducesTickets for Tickets {
     fn enabled(&self) -> bool {
         true
@@ -132,7 +120,7 @@ impl rustls::server::ProducesTickets for Tickets {
     }
 }
 
-#[cfg(all(test, any(feature = "tls-ring", feature = "tls-aws-lc-rs")))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

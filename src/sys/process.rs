@@ -95,11 +95,16 @@ pub(crate) fn pidfd(of: u32) -> Option<OwnedFd> {
     }
 }
 
-/// Sends `sig` through a pidfd (see [`pidfd`]).
-pub(crate) fn pidfd_signal(fd: BorrowedFd<'_>, sig: Signal) -> io::Result<()> {
+/// Sends `sig` through a pidfd (see [`pidfd`]): `Ok(false)` if its process has exited,
+/// as [`kill`] says of a pid that is gone.
+pub(crate) fn pidfd_signal(fd: BorrowedFd<'_>, sig: Signal) -> io::Result<bool> {
     #[cfg(target_os = "linux")]
     {
-        Ok(rustix::process::pidfd_send_signal(fd, sig)?)
+        match rustix::process::pidfd_send_signal(fd, sig) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::SRCH) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
     #[cfg(not(target_os = "linux"))]
     {

@@ -132,11 +132,6 @@ pub(crate) fn child_state(pid: u32) -> ChildState {
     }
 }
 
-/// Whether `e` says that the process signalled is gone (`ESRCH`).
-pub(crate) fn no_such_process(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(Errno::SRCH.raw_os_error())
-}
-
 /// Blocks until one of `fds` (those that are `Some`) is readable, has hung up or
 /// failed, or `timeout` passed (`None`: no timeout); says which, in the order given. A
 /// signal handler that ran meanwhile makes it fail with `Interrupted`.

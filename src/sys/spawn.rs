@@ -318,7 +318,7 @@ impl Child {
         if self.status.is_some() {
             return Ok(());
         }
-        super::process::pidfd_signal(self.pidfd.get_ref().as_fd(), sig)
+        super::process::pidfd_signal(self.pidfd.get_ref().as_fd(), sig).map(drop)
     }
 }
 
