@@ -126,10 +126,9 @@ pub use addr::ListenAddr;
 #[cfg(feature = "control")]
 pub use error::{ControlError, TakeoverError};
 pub use error::{Error, RestartError};
-pub use handover::lineage::DEFAULT_MAX_DRAINING;
 pub use handover::listen::ConnInfo;
 pub use handover::state;
-pub use lifecycle::{Drain, Served};
+pub use lifecycle::{Drain, Served, DEFAULT_MAX_DRAINING};
 #[cfg(feature = "control")]
 pub use observe::control;
 #[cfg(feature = "metrics")]

@@ -37,6 +37,9 @@ use crate::error::RestartError;
 /// supervisor's): 10 s.
 pub const DEFAULT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The default [`ProcessBuilder::max_draining`](crate::ProcessBuilder::max_draining).
+pub const DEFAULT_MAX_DRAINING: usize = 4;
+
 /// How serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Served {

@@ -22,9 +22,6 @@ use crate::handover::{self, ProcId};
 use crate::sys::process::Signal;
 use std::os::fd::AsFd;
 
-/// The default [`ProcessBuilder::max_draining`](crate::ProcessBuilder::max_draining).
-pub const DEFAULT_MAX_DRAINING: usize = 4;
-
 static TOLD: OnceLock<Vec<ProcId>> = OnceLock::new();
 
 /// A takeover: the older generations the running process named in its offer, before

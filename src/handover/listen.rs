@@ -1,14 +1,18 @@
 //! Listening sockets: binding, adopting an inherited socket, accepting.
 
 use std::io;
+#[cfg(unix)]
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+#[cfg(unix)]
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream};
+#[cfg(unix)]
+use tokio::net::{UnixListener, UnixStream};
 
 use crate::addr::ListenAddr;
 use crate::error::Error;
@@ -17,6 +21,7 @@ use crate::error::Error;
 const BACKLOG: i32 = 1024;
 
 /// What kind of listening socket a descriptor is, as read from the kernel.
+#[cfg(unix)]
 pub(crate) fn describe_listener(fd: BorrowedFd<'_>) -> Result<ListenAddr, String> {
     crate::sys::fd::listening_stream(fd)?;
     let local = socket2::SockRef::from(&fd)
@@ -76,6 +81,7 @@ impl std::fmt::Display for ConnInfo {
 #[derive(Debug)]
 pub(crate) enum Listener {
     Tcp(TcpListener),
+    #[cfg(unix)]
     Unix(UnixListener),
 }
 
@@ -96,8 +102,14 @@ impl Listener {
                 sock.set_nonblocking(true).map_err(err)?;
                 sock.bind(&(*a).into()).map_err(err)?;
                 sock.listen(BACKLOG).map_err(err)?;
-                Self::adopt_tcp(sock.into()).map_err(err)
+                Self::tcp(sock.into()).map_err(err)
             }
+            #[cfg(not(unix))]
+            ListenAddr::Unix(_) => Err(Error::Unsupported {
+                what: "a Unix socket",
+                platform: crate::sys::PLATFORM,
+            }),
+            #[cfg(unix)]
             ListenAddr::Unix(p) => {
                 remove_stale_socket(p).map_err(err)?;
                 let sock = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
@@ -105,28 +117,28 @@ impl Listener {
                 let sa = socket2::SockAddr::unix(p).map_err(err)?;
                 sock.bind(&sa).map_err(err)?;
                 sock.listen(BACKLOG).map_err(err)?;
-                Self::adopt_unix(sock.into()).map_err(err)
+                Self::unix(sock.into()).map_err(err)
             }
         }
     }
 
+    #[cfg(unix)]
     /// Wraps an inherited listening socket. Sets O_NONBLOCK (which the old generation
     /// has set too: it lives on the shared open file description) and never the reverse.
     pub(crate) fn adopt(fd: OwnedFd, kind: &ListenAddr) -> io::Result<Self> {
         match kind {
-            ListenAddr::Tcp(_) => Self::adopt_tcp(fd),
-            ListenAddr::Unix(_) => Self::adopt_unix(fd),
+            ListenAddr::Tcp(_) => Self::tcp(fd.into()),
+            ListenAddr::Unix(_) => Self::unix(fd.into()),
         }
     }
 
-    fn adopt_tcp(fd: OwnedFd) -> io::Result<Self> {
-        let std = std::net::TcpListener::from(fd);
+    fn tcp(std: std::net::TcpListener) -> io::Result<Self> {
         std.set_nonblocking(true)?;
         Ok(Listener::Tcp(TcpListener::from_std(std)?))
     }
 
-    fn adopt_unix(fd: OwnedFd) -> io::Result<Self> {
-        let std = std::os::unix::net::UnixListener::from(fd);
+    #[cfg(unix)]
+    fn unix(std: std::os::unix::net::UnixListener) -> io::Result<Self> {
         std.set_nonblocking(true)?;
         Ok(Listener::Unix(UnixListener::from_std(std)?))
     }
@@ -138,14 +150,17 @@ impl Listener {
                 .local_addr()
                 .map(ListenAddr::Tcp)
                 .unwrap_or_else(|_| requested.clone()),
+            #[cfg(unix)]
             Listener::Unix(_) => requested.clone(),
         }
     }
 
+    #[cfg(unix)]
     /// A duplicate of the descriptor (close-on-exec), kept for the handover.
     pub(crate) fn dup(&self) -> io::Result<OwnedFd> {
         match self {
             Listener::Tcp(l) => l.as_fd().try_clone_to_owned(),
+            #[cfg(unix)]
             Listener::Unix(l) => l.as_fd().try_clone_to_owned(),
         }
     }
@@ -159,6 +174,7 @@ impl Listener {
                 let local = s.local_addr().unwrap_or(peer);
                 Ok((Stream::Tcp(s), ConnInfo::Tcp { peer, local }))
             }
+            #[cfg(unix)]
             Listener::Unix(l) => {
                 let (s, _) = l.accept().await?;
                 let cred = s.peer_cred().ok().map(|c| (c.uid(), c.gid(), c.pid()));
@@ -168,15 +184,18 @@ impl Listener {
     }
 }
 
+#[cfg(unix)]
 impl AsRawFd for Listener {
     fn as_raw_fd(&self) -> i32 {
         match self {
             Listener::Tcp(l) => l.as_raw_fd(),
+            #[cfg(unix)]
             Listener::Unix(l) => l.as_raw_fd(),
         }
     }
 }
 
+#[cfg(unix)]
 /// Removes a socket file left by a process that is gone, so a fresh bind can succeed.
 /// A live socket (one that accepts a connection) is left alone: the bind then fails
 /// with "address in use", as it should.
@@ -201,6 +220,7 @@ pub(crate) fn remove_stale_socket(path: &Path) -> io::Result<()> {
 #[derive(Debug)]
 pub(crate) enum Stream {
     Tcp(TcpStream),
+    #[cfg(unix)]
     Unix(UnixStream),
 }
 
@@ -212,6 +232,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -225,6 +246,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -236,6 +258,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
@@ -247,6 +270,7 @@ impl AsyncWrite for Stream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -254,6 +278,7 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }

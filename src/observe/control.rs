@@ -396,7 +396,7 @@ async fn accept_loop(
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "control socket: accept failed");
-                    if crate::sys::process::out_of_resources(&e) {
+                    if crate::sys::net::out_of_resources(&e) {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }

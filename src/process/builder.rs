@@ -62,7 +62,7 @@ impl Default for ProcessBuilder {
             signals: Signal::ALL.to_vec(),
             lame_duck: None,
             state: None,
-            max_draining: crate::handover::lineage::DEFAULT_MAX_DRAINING,
+            max_draining: crate::lifecycle::DEFAULT_MAX_DRAINING,
             takeover: None,
         }
     }

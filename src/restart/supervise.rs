@@ -229,7 +229,7 @@ impl Supervisor {
         if link().is_some() {
             return Ok(());
         }
-        if let Some(platform) = crate::sys::reaper::UNSUPPORTED {
+        if let Some(platform) = crate::sys::SUPERVISOR_UNSUPPORTED {
             let e = Error::Unsupported {
                 what: "the stable-PID supervisor",
                 platform,

@@ -417,7 +417,7 @@ where
 /// An accept error: per-connection ones are ignored; running out of descriptors backs
 /// off briefly instead of spinning.
 async fn accept_error(e: std::io::Error) {
-    if crate::sys::process::out_of_resources(&e) {
+    if crate::sys::net::out_of_resources(&e) {
         tracing::error!(error = %e, "accept failed; backing off");
         tokio::time::sleep(Duration::from_millis(50)).await;
     } else {

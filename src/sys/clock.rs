@@ -4,9 +4,14 @@
 //! rather than rustix's own vDSO reader: that one faults under valgrind, which maps the
 //! vDSO differently, and valgrind is how the benchmark counts instructions (and how
 //! users look for leaks). The cost is the same: one call into the vDSO.
+//!
+//! On Windows, where no process ever hands anything to another (restarts are not
+//! supported there), the clocks are this process's own: time since it first read one.
 
+#[cfg(unix)]
 use nix::time::{clock_gettime, ClockId};
 
+#[cfg(unix)]
 /// Reads `id`; a clock every supported platform has cannot fail, and 0 stands in if
 /// it ever did.
 fn read(id: ClockId) -> (u64, u64) {
@@ -21,8 +26,19 @@ fn read(id: ClockId) -> (u64, u64) {
 /// The system-wide monotonic clock, in ns: the same for every process of the machine
 /// (unlike `Instant`, which cannot cross a process boundary).
 pub(crate) fn mono_ns() -> u64 {
+    #[cfg(unix)]
     let (s, ns) = read(ClockId::CLOCK_MONOTONIC);
+    #[cfg(windows)]
+    let (s, ns) = since_first_read();
     s.saturating_mul(1_000_000_000).saturating_add(ns)
+}
+
+/// Windows: the time since this process first read a clock (module docs).
+#[cfg(windows)]
+fn since_first_read() -> (u64, u64) {
+    static FIRST: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let t = FIRST.get_or_init(std::time::Instant::now).elapsed();
+    (t.as_secs(), u64::from(t.subsec_nanos()))
 }
 
 /// The system-wide monotonic clock, in µs (systemd's `MONOTONIC_USEC=`).
@@ -32,7 +48,8 @@ pub(crate) fn mono_us() -> u64 {
 
 /// The monotonic clock at its cheapest, in whole ms: on Linux the coarse clock (a few
 /// nanoseconds to read through the vDSO, no counter read, a few milliseconds of
-/// resolution), on FreeBSD its fast one, elsewhere the plain monotonic clock. It is
+/// resolution), on FreeBSD its fast one, elsewhere the plain monotonic clock (on
+/// Windows this process's, module docs). It is
 /// read on the request path.
 #[inline]
 pub(crate) fn coarse_ms() -> u64 {
@@ -40,8 +57,13 @@ pub(crate) fn coarse_ms() -> u64 {
     let (s, ns) = read(ClockId::CLOCK_MONOTONIC_COARSE);
     #[cfg(target_os = "freebsd")]
     let (s, ns) = read(ClockId::CLOCK_MONOTONIC_FAST);
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    #[cfg(all(
+        unix,
+        not(any(target_os = "linux", target_os = "android", target_os = "freebsd"))
+    ))]
     let (s, ns) = read(ClockId::CLOCK_MONOTONIC);
+    #[cfg(windows)]
+    let (s, ns) = since_first_read();
     // A monotonic clock counts from boot: its seconds are far from overflowing a u64
     // once multiplied by 1000, and its nanoseconds are below 10^9, so plain arithmetic.
     s * 1000 + ns / 1_000_000

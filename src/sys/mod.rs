@@ -124,17 +124,46 @@ macro_rules! scoped_borrow {
 }
 pub(crate) use scoped_borrow;
 
+#[cfg(unix)]
 pub(crate) mod child;
 pub(crate) mod clock;
+#[cfg(unix)]
 pub(crate) mod fd;
+#[cfg(unix)]
 pub(crate) mod fdpass;
+pub(crate) mod net;
+#[cfg(unix)]
 pub(crate) mod process;
+#[cfg(unix)]
 pub(crate) mod reaper;
+#[cfg(unix)]
 pub(crate) mod sealed;
 #[cfg(target_os = "linux")]
 pub(crate) mod spawn;
 
 use std::sync::OnceLock;
+
+/// The platform's name, for the errors that say what it lacks.
+pub(crate) const PLATFORM: &str = if cfg!(target_os = "linux") {
+    "Linux"
+} else if cfg!(target_vendor = "apple") {
+    "macOS"
+} else if cfg!(target_os = "freebsd") {
+    "FreeBSD"
+} else if cfg!(windows) {
+    "Windows"
+} else {
+    std::env::consts::OS
+};
+
+/// The platform, where no supervisor can run (it has no way to become the reaper of its
+/// descendants: macOS; no restarts at all: Windows); `None` on Linux and FreeBSD.
+pub(crate) const SUPERVISOR_UNSUPPORTED: Option<&str> =
+    if cfg!(any(target_os = "linux", target_os = "freebsd")) {
+        None
+    } else {
+        Some(PLATFORM)
+    };
 
 /// Set (to anything but `0`), Linux uses the mechanisms of macOS and FreeBSD (module
 /// docs): for the tests of those, and for a sandbox that refuses one of Linux's calls.

@@ -139,15 +139,6 @@ pub(crate) async fn parent_exited(parent: u32) {
     }
 }
 
-/// Whether `e` says the process ran out of descriptors or memory (an accept that
-/// failed so is retried after a pause; any other error is the connection's).
-pub(crate) fn out_of_resources(e: &io::Error) -> bool {
-    use rustix::io::Errno;
-    [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
-        .iter()
-        .any(|x| e.raw_os_error() == Some(x.raw_os_error()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,14 +188,5 @@ mod tests {
             kill(0, Signal::TERM).is_err(),
             "pid 0 is refused, never our group"
         );
-    }
-
-    #[test]
-    fn exhaustion_is_told_from_other_errors() {
-        let emfile = io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
-        assert!(out_of_resources(&emfile));
-        assert!(!out_of_resources(&io::Error::from(
-            io::ErrorKind::ConnectionReset
-        )));
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! - **The reaper**: Linux's child subreaper (`prctl(PR_SET_CHILD_SUBREAPER)`), also in
 //!   the portable mode; FreeBSD's reaper (`procctl(PROC_REAP_ACQUIRE)`). macOS has
-//!   neither: there [`UNSUPPORTED`] names the platform and no supervisor runs.
+//!   neither: there [`SUPERVISOR_UNSUPPORTED`](super::SUPERVISOR_UNSUPPORTED) names the platform and no supervisor runs.
 //! - **Reaping**: `wait(WNOHANG)` for any child, `waitid(WNOWAIT)` to ask whether a
 //!   process is a child of ours without reaping it (rustix).
 //! - **Signals** ([`Signals`]): on Linux a signalfd (nix), the signals blocked and read
@@ -33,17 +33,6 @@ use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use super::process::Signal;
-
-/// The platform, where no supervisor can run (it has no way to become the reaper of its
-/// descendants: macOS); `None` on Linux and FreeBSD.
-pub(crate) const UNSUPPORTED: Option<&str> =
-    if cfg!(any(target_os = "linux", target_os = "freebsd")) {
-        None
-    } else if cfg!(target_vendor = "apple") {
-        Some("macOS")
-    } else {
-        Some(std::env::consts::OS)
-    };
 
 /// Makes this process the reaper of its descendants: an orphan among them (a
 /// generation whose parent exited) becomes its child, which it reaps.
@@ -256,7 +245,7 @@ pub(crate) fn unix_datagram_at(fd: RawFd) -> Result<Option<u32>, String> {
         if kind != SocketType::DGRAM {
             return Err("not a datagram socket".to_string());
         }
-        // (Apple has no SO_DOMAIN; no supervisor runs there, see UNSUPPORTED.)
+        // (Apple has no SO_DOMAIN; no supervisor runs there, see SUPERVISOR_UNSUPPORTED.)
         #[cfg(not(target_vendor = "apple"))]
         {
             let domain = rustix::net::sockopt::socket_domain(sock)
@@ -273,9 +262,9 @@ pub(crate) fn unix_datagram_at(fd: RawFd) -> Result<Option<u32>, String> {
 /// Whether descriptor number `fd` is a supervisor's report channel: a Unix datagram
 /// socket, created by `supervisor` where the platform tells who created it (a socket
 /// pair carries its creator's credentials on Linux; FreeBSD does not say). Never where
-/// no supervisor runs ([`UNSUPPORTED`]).
+/// no supervisor runs ([`SUPERVISOR_UNSUPPORTED`](super::SUPERVISOR_UNSUPPORTED)).
 pub(crate) fn is_channel(fd: RawFd, supervisor: Option<u32>) -> Result<(), String> {
-    if let Some(platform) = UNSUPPORTED {
+    if let Some(platform) = super::SUPERVISOR_UNSUPPORTED {
         return Err(format!("no supervisor runs on {platform}"));
     }
     let creator = unix_datagram_at(fd)?;
