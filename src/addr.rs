@@ -58,6 +58,7 @@ impl ListenAddr {
     }
 
     /// Both TCP, or both Unix.
+    #[cfg(unix)]
     pub(crate) fn same_kind(&self, other: &ListenAddr) -> bool {
         matches!(
             (self, other),

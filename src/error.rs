@@ -70,9 +70,10 @@ pub enum Error {
         cert: PathBuf,
         /// The key file.
         key: PathBuf,
-        /// rustls's reason.
+        /// rustls's reason (boxed: it is large, and every `Result` of ceaseless's
+        /// would carry its size).
         #[source]
-        source: rustls::Error,
+        source: Box<rustls::Error>,
     },
     /// The process-wide signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
@@ -176,6 +177,13 @@ pub enum RestartError {
     /// still starting).
     #[error("this generation has not declared ready yet")]
     NotYetReady,
+    /// Restarts are not supported on this platform (Windows): the process serves, and
+    /// shuts down gracefully, but cannot hand its sockets to a new one.
+    #[error("restarts are not supported on {platform}")]
+    Unsupported {
+        /// The platform.
+        platform: &'static str,
+    },
     /// The new binary could not be started (missing, not executable, ...).
     #[error("cannot start {}: {source}", path.display())]
     Spawn {

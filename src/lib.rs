@@ -129,7 +129,7 @@ pub use error::{Error, RestartError};
 pub use handover::listen::ConnInfo;
 pub use handover::state;
 pub use lifecycle::{Drain, Served, DEFAULT_MAX_DRAINING};
-#[cfg(feature = "control")]
+#[cfg(all(unix, feature = "control"))]
 pub use observe::control;
 #[cfg(feature = "metrics")]
 pub use observe::metrics;

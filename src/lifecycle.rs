@@ -64,6 +64,8 @@ impl std::fmt::Display for Served {
 
 /// The phase of a generation. See the module docs for the diagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// The phases of a restart never come on Windows, which has none.
+#[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) enum Phase {
     /// Servers are starting; readiness not declared yet.
     Starting,
@@ -101,6 +103,7 @@ impl State {
     }
 
     /// Ready and live: the generation that answers for the process (and may restart).
+    #[cfg(unix)]
     pub(crate) fn is_serving(&self) -> bool {
         matches!(self.phase, Phase::Serving | Phase::Restarting) && self.live
     }
@@ -109,6 +112,8 @@ impl State {
 /// A transition, as the owner tells its observers (in order: the PID file first, then
 /// the service manager, so whoever hears of a pid can read it in the file).
 #[derive(Debug)]
+// The transitions of a restart never come on Windows, which has none.
+#[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) enum Transition<'a> {
     /// This generation declared ready. `first`: it has no previous generation to tell,
     /// so it is live and the process's main one at once.

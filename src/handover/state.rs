@@ -16,12 +16,16 @@
 //! exits, and the old one keeps serving. The bytes are the application's, versioned by
 //! the application: ceaseless neither parses nor checks them.
 
+#[cfg(unix)]
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+#[cfg(unix)]
 use std::time::Duration;
 
+#[cfg(unix)]
 use crate::error::{Error, RestartError};
 
+#[cfg(unix)]
 /// The name the state's memory file travels under.
 pub(crate) const NAME: &str = "ceaseless.state";
 
@@ -33,10 +37,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The application's state producer.
 pub(crate) type Producer = Arc<dyn Fn() -> Result<Vec<u8>, BoxError> + Send + Sync>;
 
+#[cfg(unix)]
 fn failed(reason: impl Into<String>) -> RestartError {
     RestartError::State(reason.into())
 }
 
+#[cfg(unix)]
 /// Runs the producer and seals what it returns into a memory file.
 pub(crate) async fn produce(p: &Producer, timeout: Duration) -> Result<OwnedFd, RestartError> {
     let p = p.clone();
@@ -60,12 +66,14 @@ pub(crate) async fn produce(p: &Producer, timeout: Duration) -> Result<OwnedFd, 
     sealed(&bytes).map_err(|e| failed(format!("cannot hold the state in memory: {e}")))
 }
 
+#[cfg(unix)]
 /// A file holding `bytes`, sealed against any change (the OS layer's `sealed` module
 /// says how, on each platform).
 pub(crate) fn sealed(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     crate::sys::sealed::file(bytes)
 }
 
+#[cfg(unix)]
 /// Reads the state handed over in `fd`.
 pub(crate) fn read(fd: OwnedFd) -> Result<Vec<u8>, Error> {
     match crate::sys::sealed::read_all(fd, MAX_STATE) {
@@ -79,7 +87,7 @@ pub(crate) fn read(fd: OwnedFd) -> Result<Vec<u8>, Error> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

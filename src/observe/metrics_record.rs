@@ -5,7 +5,7 @@
 
 use std::sync::Once;
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, histogram};
+use metrics::{describe_counter, describe_gauge, describe_histogram};
 
 static DESCRIBED: Once = Once::new();
 
@@ -50,13 +50,15 @@ pub(crate) fn describe() {
 }
 
 /// The restart that started this generation: from its start to this one's readiness.
+#[cfg(unix)]
 pub(crate) fn restarted(ms: u64) {
     describe();
-    histogram!("ceaseless_restart_duration_seconds").record(ms as f64 / 1000.0);
+    metrics::histogram!("ceaseless_restart_duration_seconds").record(ms as f64 / 1000.0);
 }
 
 /// The previous generation exited, `ms` after this one's readiness.
+#[cfg(unix)]
 pub(crate) fn drained(ms: u64) {
     describe();
-    histogram!("ceaseless_drain_duration_seconds").record(ms as f64 / 1000.0);
+    metrics::histogram!("ceaseless_drain_duration_seconds").record(ms as f64 / 1000.0);
 }

@@ -19,8 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 pub use crate::handover::history::{Outcome, Restart, RestartCounts};
-use crate::handover::{self, Began, Env, History, MAX_REASON, MAX_RESTARTS};
-use crate::lifecycle::{Observer, Phase as LPhase, State, Transition};
+#[cfg(unix)]
+use crate::handover::{self, Began, History, MAX_REASON, MAX_RESTARTS};
+#[cfg(unix)]
+use crate::lifecycle::{Observer, Transition};
+use crate::lifecycle::{Phase as LPhase, State};
 use crate::sys::clock::mono_ns;
 
 /// A snapshot of the process: [`Process::status`](crate::Process::status).
@@ -233,6 +236,7 @@ pub(crate) trait Counts: Send + Sync {
     fn open(&self) -> usize;
 }
 
+#[cfg(unix)]
 fn now_began() -> Began {
     Began {
         mono_ns: mono_ns(),
@@ -258,6 +262,7 @@ struct Entry {
 pub(crate) struct Book {
     started_at: SystemTime,
     started_mono: u64,
+    #[cfg_attr(not(unix), allow(dead_code))] // no parent there
     parent: Option<u32>,
     generation: u64,
     inner: Mutex<Pages>,
@@ -269,10 +274,13 @@ struct Pages {
     history: VecDeque<Restart>,
     totals: RestartCounts,
     /// When the restart under way (of this generation) began.
+    #[cfg(unix)]
     began: Option<Began>,
     /// When the restart that started this generation began (from the parent).
+    #[cfg(unix)]
     inherited_began: Option<Began>,
     /// When this generation reported ready to its parent.
+    #[cfg(unix)]
     ready_ns: Option<u64>,
 }
 
@@ -281,38 +289,44 @@ fn lock(m: &Mutex<Pages>) -> std::sync::MutexGuard<'_, Pages> {
 }
 
 impl Book {
-    /// A book for this generation: the history the parent carried over, if there is a
-    /// parent (a stale variable left by another process is never read). Malformed
-    /// entries are logged and dropped.
-    pub(crate) fn new(env: &dyn Env, parent: Option<u32>, generation: u64) -> Arc<Book> {
-        let mut pages = Pages::default();
-        if parent.is_some() {
-            if let Some(v) = env.get(handover::ENV_RESTARTS) {
-                let (h, rejected) = handover::decode_history(&v);
-                for e in rejected {
-                    tracing::warn!(error = %e, "dropping a line of the restart history");
-                }
-                pages.totals = h.totals;
-                pages.history = h.restarts.into();
-            }
-            match env
-                .get(handover::ENV_RESTART_BEGAN)
-                .map(|v| Began::decode(&v))
-            {
-                Some(Ok(b)) => pages.inherited_began = Some(b),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "the restart's start time is unreadable")
-                }
-                None => {}
-            }
-        }
+    /// A book for this generation, empty (see [`Book::inherit_history`]).
+    pub(crate) fn new(parent: Option<u32>, generation: u64) -> Arc<Book> {
         Arc::new(Book {
             started_at: SystemTime::now(),
             started_mono: mono_ns(),
             parent,
             generation,
-            inner: Mutex::new(pages),
+            inner: Mutex::new(Pages::default()),
         })
+    }
+
+    /// Reads the history the parent carried over, if there is a parent (a stale
+    /// variable left by another process is never read). Malformed entries are logged
+    /// and dropped.
+    #[cfg(unix)]
+    pub(crate) fn inherit_history(&self, env: &dyn handover::Env) {
+        if self.parent.is_none() {
+            return;
+        }
+        let mut pages = lock(&self.inner);
+        if let Some(v) = env.get(handover::ENV_RESTARTS) {
+            let (h, rejected) = handover::decode_history(&v);
+            for e in rejected {
+                tracing::warn!(error = %e, "dropping a line of the restart history");
+            }
+            pages.totals = h.totals;
+            pages.history = h.restarts.into();
+        }
+        match env
+            .get(handover::ENV_RESTART_BEGAN)
+            .map(|v| handover::Began::decode(&v))
+        {
+            Some(Ok(b)) => pages.inherited_began = Some(b),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the restart's start time is unreadable")
+            }
+            None => {}
+        }
     }
 
     /// A listener was taken.
@@ -348,6 +362,7 @@ impl Book {
     }
 
     /// The variables that carry the history to the child of the restart under way.
+    #[cfg(unix)]
     pub(crate) fn child_env(&self) -> Vec<(&'static str, String)> {
         let p = lock(&self.inner);
         let h = History {
@@ -396,6 +411,7 @@ impl Book {
         }
     }
 
+    #[cfg(unix)]
     fn push(p: &mut Pages, r: Restart) {
         match r.outcome {
             Outcome::Ok => p.totals.ok += 1,
@@ -409,6 +425,7 @@ impl Book {
 
     /// Fills in the drain time of the restart that started this generation once the
     /// previous one is gone.
+    #[cfg(unix)]
     fn watch_parent(self: &Arc<Self>, parent: u32, ready_ns: u64) {
         let book = self.clone();
         tokio::spawn(async move {
@@ -436,13 +453,17 @@ impl Book {
 }
 
 /// Completes when process `pid` (the parent) has exited.
+#[cfg(unix)]
 async fn parent_gone(pid: u32) {
     crate::sys::process::parent_exited(pid).await
 }
 
-/// Follows the owner's transitions into the book.
+/// Follows the owner's transitions into the book: the restarts (there are none on
+/// Windows).
+#[cfg(unix)]
 pub(crate) struct Recorder(pub(crate) Arc<Book>);
 
+#[cfg(unix)]
 impl Observer for Recorder {
     fn observe(&mut self, t: &Transition<'_>) {
         let book = &self.0;
@@ -492,6 +513,7 @@ impl Observer for Recorder {
     }
 }
 
+#[cfg(unix)]
 fn at(b: Began) -> SystemTime {
     SystemTime::UNIX_EPOCH
         .checked_add(std::time::Duration::from_millis(b.unix_ms))
@@ -510,13 +532,13 @@ pub fn format_time(t: SystemTime) -> String {
     crate::handover::history::rfc3339::format(t)
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use crate::error::RestartError;
 
     struct Vars(Vec<(&'static str, String)>);
-    impl Env for Vars {
+    impl handover::Env for Vars {
         fn get(&self, name: &str) -> Option<String> {
             self.0
                 .iter()
@@ -550,7 +572,8 @@ mod tests {
             (handover::ENV_RESTART_BEGAN, began.encode()),
         ]);
         let me = 2 + MAX_RESTARTS as u64;
-        let book = Book::new(&env, Some(std::process::id()), me);
+        let book = Book::new(Some(std::process::id()), me);
+        book.inherit_history(&env);
         let mut rec = Recorder(book.clone());
         rec.observe(&Transition::Ready { first: false });
         rec.observe(&Transition::Live);
@@ -586,7 +609,8 @@ mod tests {
         // And all of it goes to the next child.
         rec.observe(&Transition::RestartBegun);
         let vars = book.child_env();
-        let next = Book::new(&Vars(vars), Some(1), me + 1);
+        let next = Book::new(Some(1), me + 1);
+        next.inherit_history(&Vars(vars));
         let n = next.snapshot(serving);
         assert_eq!(n.restarts, s.restarts);
         assert_eq!(n.restarts_total, s.restarts_total);
@@ -599,7 +623,8 @@ mod tests {
             handover::ENV_RESTARTS,
             "totals 5 5\n1000 2 ok 41 12 - -".into(),
         )]);
-        let book = Book::new(&env, None, 1);
+        let book = Book::new(None, 1);
+        book.inherit_history(&env);
         let s = book.snapshot(State {
             phase: LPhase::Starting,
             live: true,

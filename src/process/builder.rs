@@ -244,11 +244,21 @@ impl ProcessBuilder {
                 reason: "zero: the generation that hands over must drain".into(),
             });
         }
+        // No control socket on Windows (a Unix socket), and so no takeover either.
+        #[cfg(not(unix))]
+        if self.control_socket.is_some() || self.takeover.is_some() {
+            return Err(Error::Unsupported {
+                what: "a control socket",
+                platform: crate::sys::PLATFORM,
+            });
+        }
+        #[cfg(unix)]
         #[allow(unused_mut)]
         let mut inherited = Inherited::from_env(&ProcessEnv);
+        #[cfg(unix)]
         #[allow(unused_mut)]
         let mut control_socket = self.control_socket;
-        #[cfg(feature = "control")]
+        #[cfg(all(unix, feature = "control"))]
         if let Some(path) = self.takeover {
             if inherited.parent.is_some() {
                 tracing::debug!(path = %path.display(), "started by a restart: inheriting, not taking over");
@@ -259,26 +269,38 @@ impl ProcessBuilder {
         }
         // The previous generation's state, if it sent any: read now, or the start fails
         // (and so the restart that started this generation).
+        #[cfg(unix)]
         let inherited_state = match inherited.claim_fd(crate::handover::state::NAME) {
             Some(fd) => Some(crate::handover::state::read(fd)?),
             None => None,
         };
-        let first = inherited.parent.is_none();
-        let generation = inherited.generation;
+        #[cfg(unix)]
+        let (parent, generation) = (inherited.parent, inherited.generation);
+        // Windows: always the first and only generation.
+        #[cfg(not(unix))]
+        let (inherited_state, parent, generation) = (None, None, 1);
         let publisher = Publisher::new(State {
             phase: Phase::Starting,
-            live: first,
+            live: parent.is_none(),
         });
-        let book = crate::observe::status::Book::new(&ProcessEnv, inherited.parent, generation);
+        let book = crate::observe::status::Book::new(parent, generation);
+        #[cfg(unix)]
+        book.inherit_history(&ProcessEnv);
+        #[cfg(unix)]
         crate::handover::lineage::init();
         // Under a supervisor, the PID file names the supervisor, which writes it.
+        #[cfg(unix)]
         let supervised = crate::restart::supervise::start(generation);
-        let mut observers: Vec<Box<dyn Observer>> =
-            vec![Box::new(crate::observe::status::Recorder(book.clone()))];
+        #[cfg(not(unix))]
+        let supervised = false;
+        #[cfg_attr(not(unix), allow(unused_mut))]
+        let mut observers: Vec<Box<dyn Observer>> = Vec::new();
+        #[cfg(unix)]
+        observers.push(Box::new(crate::observe::status::Recorder(book.clone())));
         if let Some(p) = self.pid_file.filter(|_| !supervised) {
             observers.push(Box::new(crate::observe::pidfile::PidFile::new(p)));
         }
-        #[cfg(feature = "systemd")]
+        #[cfg(all(unix, feature = "systemd"))]
         if let Some(n) = crate::observe::notify::Notify::from_env() {
             observers.push(Box::new(n));
         }
@@ -286,10 +308,11 @@ impl ProcessBuilder {
         for (sig, stage, hook) in self.hooks {
             hooks.add(sig, stage, hook);
         }
+        #[cfg(unix)]
         let mut registry = Vec::new();
         #[cfg(feature = "tls")]
         let ticket_key = OnceLock::new();
-        #[cfg(feature = "tls")]
+        #[cfg(all(unix, feature = "tls"))]
         if let Some(fd) = inherited.claim_fd(TICKET_KEY_NAME) {
             // The TLS session-ticket key of the generations before: kept, and passed on.
             let key = fd
@@ -314,6 +337,7 @@ impl ProcessBuilder {
                 ),
             }
         }
+        #[cfg(unix)]
         let control_socket = match control_socket {
             Some(p) => {
                 let path = std::path::absolute(&p).map_err(|source| Error::Control {
@@ -340,7 +364,9 @@ impl ProcessBuilder {
             inner: Arc::new(Inner {
                 core: Mutex::new(Core {
                     state: publisher.current(),
+                    #[cfg(unix)]
                     inherited,
+                    #[cfg(unix)]
                     registry,
                     listeners_taken: 0,
                     servers_running: 0,
@@ -361,7 +387,9 @@ impl ProcessBuilder {
                 ticket_key,
                 #[cfg(feature = "tls")]
                 tls_certs: Mutex::default(),
+                #[cfg(unix)]
                 control: OnceLock::new(),
+                #[cfg(unix)]
                 exe: Exe::capture(),
                 generation,
                 book,
@@ -370,6 +398,7 @@ impl ProcessBuilder {
                 claims: tokio::sync::watch::Sender::new(()),
             }),
         };
+        #[cfg(unix)]
         if let Some((path, listener)) = control_socket {
             let p = process.clone();
             let restart: control::RestartFn = Arc::new(move || {

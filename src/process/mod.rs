@@ -15,7 +15,10 @@
 //! certificate to reload, it names itself: [`Reloadable`]).
 
 mod builder;
+#[cfg(unix)]
+mod confirm;
 mod ready;
+#[cfg(unix)]
 mod restarting;
 pub(crate) mod signals;
 mod stop;
@@ -23,8 +26,11 @@ mod stop;
 pub use builder::{ProcessBuilder, Readiness};
 
 use std::future::Future;
+#[cfg(unix)]
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+#[cfg(unix)]
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -32,15 +38,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::addr::ListenAddr;
 use crate::error::{Error, RestartError};
+#[cfg(unix)]
 use crate::handover::commit::{Do, Heard, New, CLAIM_GRACE};
+#[cfg(unix)]
 use crate::handover::inherit::{Inherited, ReadyChannel};
 use crate::handover::listen::Listener;
-use crate::handover::Message;
-use crate::handover::Name;
-use crate::handover::ProcessEnv;
+#[cfg(unix)]
+use crate::handover::{Message, Name, ProcessEnv};
 use crate::lifecycle::{Observer, Phase, Publisher, Served, State, Transition, Watch};
+#[cfg(unix)]
 use crate::observe::control::{self, Control};
+#[cfg(unix)]
 use crate::restart::successor::Successor;
+#[cfg(unix)]
 use crate::restart::{self, Exe};
 use signals::{Actions, Hook, Hooks, Signal, Stage};
 
@@ -49,17 +59,18 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub use crate::lifecycle::DEFAULT_STOP_GRACE;
 /// How long a first generation whose servers are starting waits for them to be ready
 /// before it refuses a restart (a SIGHUP sent the moment "serving" is logged).
+#[cfg(unix)]
 const FIRST_READY_WAIT: Duration = Duration::from_secs(1);
 /// How long a SIGTERM that lands while this generation waits for its parent's word on
 /// the handover waits for that word before the generation drains as not live.
 const CONFIRM_WAIT: Duration = Duration::from_secs(2);
 /// How long a takeover waits for the running process's offer.
-#[cfg(feature = "control")]
+#[cfg(all(unix, feature = "control"))]
 const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// The name the TLS session-ticket key travels under from generation to generation
 /// (the process keeps it and passes it on; the TLS servers use it).
-#[cfg(feature = "tls")]
+#[cfg(all(unix, feature = "tls"))]
 pub(crate) const TICKET_KEY_NAME: &str = "ceaseless.tls-tickets";
 /// The TLS session-ticket key's length.
 #[cfg(feature = "tls")]
@@ -133,9 +144,12 @@ struct Inner {
     core: Mutex<Core>,
     publisher: Publisher,
     readiness: Readiness,
+    #[cfg_attr(not(unix), allow(dead_code))] // restarts only
     ready_timeout: Duration,
+    #[cfg_attr(not(unix), allow(dead_code))]
     stop_grace: Duration,
     lame_duck: Option<Duration>,
+    #[cfg_attr(not(unix), allow(dead_code))] // no restart to hand it to
     state: Option<crate::handover::state::Producer>,
     inherited_state: Option<Vec<u8>>,
     /// The TLS session-ticket key every generation shares (see `tickets`); without a
@@ -150,10 +164,13 @@ struct Inner {
     /// swaps.
     #[cfg(feature = "tls")]
     tls_certs: Mutex<Vec<std::sync::Weak<dyn Reloadable>>>,
+    #[cfg(unix)]
     control: OnceLock<Control>,
+    #[cfg(unix)]
     exe: Exe,
     generation: u64,
     book: Arc<crate::observe::status::Book>,
+    #[cfg_attr(not(unix), allow(dead_code))] // no restart, no older generation
     max_draining: usize,
     /// Held by the restart under way, to its very end: the child stopped and reaped, or
     /// told it is live. [`Process::finish`] waits for it, so that a process that drains
@@ -165,6 +182,7 @@ struct Inner {
 }
 
 /// A descriptor to hand over, under its name.
+#[cfg(unix)]
 struct Registered {
     name: Name,
     fd: OwnedFd,
@@ -174,18 +192,23 @@ struct Registered {
 struct Core {
     state: State,
     /// Inherited sockets not claimed yet, and the readiness channel.
+    #[cfg(unix)]
     inherited: Inherited,
     /// Duplicates of what this generation would hand over.
+    #[cfg(unix)]
     registry: Vec<Registered>,
     listeners_taken: usize,
     /// ceaseless servers that have not finished draining.
     servers_running: usize,
     observers: Vec<Box<dyn Observer>>,
     /// Cancelled when a shutdown calls off the restart under way.
+    #[cfg_attr(not(unix), allow(dead_code))] // no restart to call off
     abort: Option<CancellationToken>,
     /// The new generation is ready and this one is committing to the handover.
+    #[cfg_attr(not(unix), allow(dead_code))]
     committing: bool,
     /// A shutdown asked for while waiting for the parent's word on the handover.
+    #[cfg_attr(not(unix), allow(dead_code))]
     shutdown_deferred: bool,
     done: Option<Served>,
 }
@@ -278,6 +301,7 @@ impl Process {
         }
         match self.open(&a, None, false)? {
             Listener::Tcp(l) => Ok(l),
+            #[cfg(unix)]
             Listener::Unix(_) => unreachable!("a TCP address gives a TCP listener"),
         }
     }
@@ -301,6 +325,9 @@ impl Process {
     /// })?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// Unix only: there is no restart to hand a descriptor to on Windows.
+    #[cfg(unix)]
     pub fn fd(
         &self,
         name: &str,
@@ -365,11 +392,16 @@ impl Process {
             reason: format!("cannot make the TLS ticket key: {reason}"),
         };
         let key = new_key().ok_or_else(|| err("no randomness".into()))?;
-        let fd = crate::handover::state::sealed(&key).map_err(|e| err(e.to_string()))?;
-        core.registry.push(Registered {
-            name: Name::Fd(TICKET_KEY_NAME.into()),
-            fd,
-        });
+        #[cfg(unix)]
+        {
+            let fd = crate::handover::state::sealed(&key).map_err(|e| err(e.to_string()))?;
+            core.registry.push(Registered {
+                name: Name::Fd(TICKET_KEY_NAME.into()),
+                fd,
+            });
+        }
+        #[cfg(not(unix))]
+        let _ = &mut core;
         let _ = self.inner.ticket_key.set(key);
         Ok(key)
     }
@@ -463,21 +495,25 @@ impl Process {
             addr: addr.into(),
             reason: "not an IP address and port".into(),
         })?;
-        let fd = self.fd(&format!("udp:{sa}"), || {
-            std::net::UdpSocket::bind(sa).map(OwnedFd::from)
-        })?;
         let bind_err = |source| Error::Bind {
             addr: addr.into(),
             source,
         };
-        let socket = std::net::UdpSocket::from(fd);
+        #[cfg(unix)]
+        let socket = std::net::UdpSocket::from(self.fd(&format!("udp:{sa}"), || {
+            std::net::UdpSocket::bind(sa).map(OwnedFd::from)
+        })?);
+        // Nothing to keep it for: no restart on Windows.
+        #[cfg(not(unix))]
+        let socket = std::net::UdpSocket::bind(sa).map_err(bind_err)?;
         socket.set_nonblocking(true).map_err(bind_err)?;
         tokio::net::UdpSocket::from_std(socket).map_err(bind_err)
     }
 
     /// The listening Unix socket at `path`, as [`Process::tcp_listener`] does for TCP.
     /// The socket file is removed at a final shutdown (unless the service manager
-    /// created it).
+    /// created it). Unix only.
+    #[cfg(unix)]
     pub fn unix_listener(&self, path: impl AsRef<Path>) -> Result<tokio::net::UnixListener, Error> {
         let a = ListenAddr::Unix(path.as_ref().to_path_buf());
         match self.open(&a, None, false)? {
@@ -557,8 +593,15 @@ impl Process {
     /// restart may succeed.
     ///
     /// The restart runs to its end even if the caller stops waiting.
+    ///
+    /// On Windows it fails with [`RestartError::Unsupported`] (logged the first time):
+    /// there a process serves and shuts down gracefully, but cannot hand its sockets to
+    /// a new one.
     pub async fn restart(&self) -> Result<u32, RestartError> {
-        self.restart_then(Box::new(|| {})).await
+        #[cfg(unix)]
+        return self.restart_then(Box::new(|| {})).await;
+        #[cfg(not(unix))]
+        Err(restart_unsupported())
     }
 
     /// Starts a graceful shutdown, as SIGTERM does (without running the signal hooks).
@@ -581,6 +624,7 @@ impl Process {
         let mut rx = self.watch().state;
         let _ = rx.wait_for(|s| s.is_draining()).await;
         let _restart_over = self.inner.restart_running.lock().await;
+        #[cfg(unix)]
         if let Some(c) = self.inner.control.get() {
             c.finish().await;
         }
@@ -610,9 +654,15 @@ impl Process {
         if core.state.is_draining() {
             return Err(Error::Draining);
         }
+        #[cfg_attr(not(unix), allow(unused_mut))]
         let mut listener = None;
+        #[cfg(unix)]
         let mut managed = false;
+        #[cfg_attr(not(unix), allow(unused_mut))]
         let mut took = crate::observe::status::Origin::Bound;
+        #[cfg(not(unix))]
+        let _ = fd_name; // nothing is inherited or activated on Windows
+        #[cfg(unix)]
         if let Some(entry) = core.inherited.claim(addr, fd_name) {
             managed = entry.managed();
             let (actual, origin) = (entry.actual.clone(), entry.origin());
@@ -637,24 +687,30 @@ impl Process {
         let listener = match listener {
             Some(l) => l,
             None => {
-                managed = false;
+                #[cfg(unix)]
+                {
+                    managed = false;
+                }
                 Listener::bind(addr)?
             }
         };
-        let fd = listener.dup().map_err(|source| Error::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
+        #[cfg(unix)]
+        {
+            let fd = listener.dup().map_err(|source| Error::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+            core.registry.push(Registered {
+                name: Name::Listener {
+                    addr: addr.clone(),
+                    managed,
+                },
+                fd,
+            });
+        }
         self.inner
             .book
             .listener(listener.local_addr(addr).to_string(), took);
-        core.registry.push(Registered {
-            name: Name::Listener {
-                addr: addr.clone(),
-                managed,
-            },
-            fd,
-        });
         core.listeners_taken += 1;
         self.inner.claims.send_replace(());
         if server {
@@ -673,7 +729,7 @@ impl Process {
     }
 
     fn auto_ready(&self, core: &mut Core) {
-        if self.inner.readiness == Readiness::Auto && core.inherited.unclaimed_listeners() == 0 {
+        if self.inner.readiness == Readiness::Auto && core.unclaimed_listeners() == 0 {
             self.declare_ready(core);
         }
     }
@@ -698,12 +754,33 @@ impl Core {
         for o in &mut self.observers {
             o.observe(t);
         }
-        let registry = self.registry.iter();
-        crate::restart::supervise::observe(t, registry.map(|r| (&r.name, r.fd.as_fd())));
+        #[cfg(unix)]
+        {
+            let registry = self.registry.iter();
+            crate::restart::supervise::observe(t, registry.map(|r| (&r.name, r.fd.as_fd())));
+        }
+    }
+
+    /// The previous generation, if a restart (or a takeover) started this one: never
+    /// on Windows.
+    fn parent(&self) -> Option<u32> {
+        #[cfg(unix)]
+        return self.inherited.parent;
+        #[cfg(not(unix))]
+        None
+    }
+
+    /// Inherited listeners no server claimed yet: none on Windows.
+    fn unclaimed_listeners(&self) -> usize {
+        #[cfg(unix)]
+        return self.inherited.unclaimed_listeners();
+        #[cfg(not(unix))]
+        0
     }
 
     /// Serving, and live: the previous generation let go (or is gone). The caller
     /// publishes the state.
+    #[cfg(unix)]
     fn become_live(&mut self) {
         self.state = State {
             phase: Phase::Serving,
@@ -716,6 +793,7 @@ impl Core {
 
 /// Writes all of `buf` to a descriptor (a few bytes on a pipe or socket: it does not
 /// block for long).
+#[cfg(unix)]
 fn write_all(fd: &OwnedFd, buf: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::from(fd.try_clone()?);
@@ -726,6 +804,7 @@ fn write_all(fd: &OwnedFd, buf: &[u8]) -> std::io::Result<()> {
 struct SignalActions(Process);
 
 impl Actions for SignalActions {
+    #[cfg(unix)]
     fn restart(&self, settled: Box<dyn FnOnce() + Send>) {
         let p = self.0.clone();
         tokio::spawn(async move {
@@ -765,4 +844,15 @@ pub async fn restart() -> Result<u32, RestartError> {
 /// was already draining (or no process owner was started).
 pub fn shutdown() -> bool {
     Process::current().is_some_and(|p| p.shutdown())
+}
+
+/// A restart where none is possible (Windows): the error, logged the first time only.
+#[cfg(not(unix))]
+fn restart_unsupported() -> RestartError {
+    static LOGGED: std::sync::Once = std::sync::Once::new();
+    let e = RestartError::Unsupported {
+        platform: crate::sys::PLATFORM,
+    };
+    LOGGED.call_once(|| tracing::error!(error = %e, "restart refused; serving on"));
+    e
 }

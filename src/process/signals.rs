@@ -3,6 +3,9 @@
 //! One task per process receives HUP, USR1, USR2, INT, TERM and TSTP (or the subset the
 //! process was configured to take), whatever the number of servers, and handles them
 //! one at a time in arrival order: pre hooks, the process owner's action, post hooks.
+//! On Windows the console's events stand for the two that ask for a graceful shutdown:
+//! Ctrl-C is [`Signal::Int`]; Ctrl-Break, the console closing and the system shutting
+//! down are [`Signal::Term`]. The other four have no counterpart there.
 //! The actions are the owner's ([`Actions`]): this module only turns signals into
 //! requests. A signal that arrives while a hook runs waits in
 //! tokio's signal stream; it is not lost (several deliveries of the same signal while
@@ -11,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::signal::unix::{signal, SignalKind};
+use std::task::{Context, Poll};
 
 use crate::error::Error;
 
@@ -43,15 +46,45 @@ impl Signal {
         Signal::Tstp,
     ];
 
-    fn kind(self) -> SignalKind {
-        match self {
+    /// Where this signal comes from: one source on Unix; on Windows the console events
+    /// that stand for it (module docs), none for the four that have no counterpart.
+    #[cfg(unix)]
+    fn sources(self) -> std::io::Result<Vec<Source>> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let kind = match self {
             Signal::Hup => SignalKind::hangup(),
             Signal::Usr1 => SignalKind::user_defined1(),
             Signal::Usr2 => SignalKind::user_defined2(),
             Signal::Int => SignalKind::interrupt(),
             Signal::Term => SignalKind::terminate(),
             Signal::Tstp => SignalKind::from_raw(crate::sys::process::Signal::TSTP.as_raw()),
-        }
+        };
+        let mut s = signal(kind)?;
+        Ok(vec![Box::new(move |cx: &mut Context<'_>| s.poll_recv(cx))])
+    }
+
+    #[cfg(windows)]
+    fn sources(self) -> std::io::Result<Vec<Source>> {
+        use tokio::signal::windows;
+        Ok(match self {
+            Signal::Int => {
+                let mut c = windows::ctrl_c()?;
+                vec![Box::new(move |cx: &mut Context<'_>| c.poll_recv(cx))]
+            }
+            Signal::Term => {
+                let (mut b, mut c, mut s) = (
+                    windows::ctrl_break()?,
+                    windows::ctrl_close()?,
+                    windows::ctrl_shutdown()?,
+                );
+                vec![
+                    Box::new(move |cx: &mut Context<'_>| b.poll_recv(cx)),
+                    Box::new(move |cx: &mut Context<'_>| c.poll_recv(cx)),
+                    Box::new(move |cx: &mut Context<'_>| s.poll_recv(cx)),
+                ]
+            }
+            Signal::Hup | Signal::Usr1 | Signal::Usr2 | Signal::Tstp => Vec::new(),
+        })
     }
 
     /// The conventional name, e.g. `"SIGHUP"`.
@@ -118,10 +151,15 @@ impl Hooks {
     }
 }
 
+/// One source of a signal: ready with `Some` each time it arrives, `None` once the
+/// runtime shuts down.
+type Source = Box<dyn FnMut(&mut Context<'_>) -> Poll<Option<()>> + Send>;
+
 /// What the process owner does on a signal.
 pub(crate) trait Actions: Send + Sync + 'static {
     /// SIGHUP: start a restart in the background; `settled` runs once its outcome is
     /// known, before this generation starts draining.
+    #[cfg(unix)]
     fn restart(&self, settled: Box<dyn FnOnce() + Send>);
     /// SIGINT, SIGTERM. False if already draining.
     fn shutdown(&self) -> bool;
@@ -137,7 +175,9 @@ pub(crate) fn start(
 ) -> Result<(), Error> {
     let mut streams = Vec::with_capacity(taken.len());
     for &sig in taken {
-        streams.push((sig, signal(sig.kind()).map_err(Error::Signal)?));
+        for source in sig.sources().map_err(Error::Signal)? {
+            streams.push((sig, source));
+        }
     }
     if streams.is_empty() {
         return Ok(());
@@ -147,11 +187,11 @@ pub(crate) fn start(
             // The first stream with a signal waiting (each poll takes one at most).
             let got = std::future::poll_fn(|cx| {
                 for (sig, s) in streams.iter_mut() {
-                    if let std::task::Poll::Ready(r) = s.poll_recv(cx) {
-                        return std::task::Poll::Ready(r.map(|()| *sig));
+                    if let Poll::Ready(r) = s(cx) {
+                        return Poll::Ready(r.map(|()| *sig));
                     }
                 }
-                std::task::Poll::Pending
+                Poll::Pending
             })
             .await;
             match got {
@@ -168,6 +208,7 @@ fn handle(hooks: &Arc<Hooks>, actions: &Arc<dyn Actions>, sig: Signal) {
     tracing::info!(pid, signal = %sig, "received signal");
     hooks.run(sig, Stage::Pre);
     match sig {
+        #[cfg(unix)]
         Signal::Hup => {
             // The restart takes a while; the dispatcher must stay free for TERM/USR2.
             // The outcome is logged by the restart itself; the post hooks run once it
@@ -189,6 +230,10 @@ fn handle(hooks: &Arc<Hooks>, actions: &Arc<dyn Actions>, sig: Signal) {
             }
         }
         Signal::Usr1 => {}
+        // Neither arrives on Windows (module docs).
+        #[cfg(not(unix))]
+        Signal::Hup | Signal::Tstp => {}
+        #[cfg(unix)]
         Signal::Tstp => {
             // Our handler replaced the default action; do what it would have done. The
             // stop must be directed at this thread (raise, not kill of the pid): a

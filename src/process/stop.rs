@@ -79,7 +79,8 @@ impl Process {
 
     pub(super) fn enter_drain(&self, core: &mut Core, why: Served) {
         core.state.phase = Phase::Draining(why);
-        let mut remove = Vec::new();
+        #[cfg_attr(not(unix), allow(unused_mut))]
+        let mut remove: Vec<std::path::PathBuf> = Vec::new();
         match why {
             Served::HandedOver { pid: new_pid } => {
                 core.state.live = false;
@@ -87,6 +88,7 @@ impl Process {
             }
             Served::Shutdown => {
                 let live = core.state.live;
+                #[cfg(unix)]
                 if live {
                     for r in &core.registry {
                         match &r.name {
@@ -104,8 +106,11 @@ impl Process {
         }
         // Our duplicates go now, so that (on shutdown) new connections are refused as
         // soon as the servers drop their own listeners.
-        core.registry.clear();
-        core.inherited.close_unclaimed();
+        #[cfg(unix)]
+        {
+            core.registry.clear();
+            core.inherited.close_unclaimed();
+        }
         self.inner.publisher.publish(core.state);
         for p in remove {
             if let Err(e) = std::fs::remove_file(&p) {

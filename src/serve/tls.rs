@@ -254,7 +254,7 @@ fn certified_key(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedK
         .map_err(|source| Error::TlsConfig {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -273,14 +273,14 @@ fn server_config(
     let config_err = |source| Error::TlsConfig {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
-        source,
+        source: Box::new(source),
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider().map_err(config_err)?)
         .with_safe_default_protocol_versions()
         .map_err(|source| Error::TlsConfig {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?
         .with_no_client_auth()
         .with_cert_resolver(reloadable.clone());

@@ -42,6 +42,7 @@ fn since_first_read() -> (u64, u64) {
 }
 
 /// The system-wide monotonic clock, in µs (systemd's `MONOTONIC_USEC=`).
+#[cfg(unix)]
 pub(crate) fn mono_us() -> u64 {
     mono_ns() / 1_000
 }

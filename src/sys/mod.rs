@@ -50,6 +50,7 @@
 /// never runs, and the code that depends on it falls back to doing its work on first
 /// use. Only for work that reads the environment and touches descriptors: no runtime,
 /// no logger exists yet.
+#[cfg(unix)]
 macro_rules! before_main {
     ($name:ident, $f:path) => {
         #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
@@ -64,6 +65,7 @@ macro_rules! before_main {
         static $name: extern "C" fn() = $f;
     };
 }
+#[cfg(unix)]
 pub(crate) use before_main;
 
 /// Declares a module `$name` that lends a `&$ty` to the calls made inside a scope on
@@ -141,8 +143,6 @@ pub(crate) mod sealed;
 #[cfg(target_os = "linux")]
 pub(crate) mod spawn;
 
-use std::sync::OnceLock;
-
 /// The platform's name, for the errors that say what it lacks.
 pub(crate) const PLATFORM: &str = if cfg!(target_os = "linux") {
     "Linux"
@@ -157,7 +157,9 @@ pub(crate) const PLATFORM: &str = if cfg!(target_os = "linux") {
 };
 
 /// The platform, where no supervisor can run (it has no way to become the reaper of its
-/// descendants: macOS; no restarts at all: Windows); `None` on Linux and FreeBSD.
+/// descendants: macOS); `None` on Linux and FreeBSD. (On Windows nothing of the
+/// supervisor is built.)
+#[cfg(unix)]
 pub(crate) const SUPERVISOR_UNSUPPORTED: Option<&str> =
     if cfg!(any(target_os = "linux", target_os = "freebsd")) {
         None
@@ -167,12 +169,14 @@ pub(crate) const SUPERVISOR_UNSUPPORTED: Option<&str> =
 
 /// Set (to anything but `0`), Linux uses the mechanisms of macOS and FreeBSD (module
 /// docs): for the tests of those, and for a sandbox that refuses one of Linux's calls.
+#[cfg(unix)]
 pub(crate) const PORTABLE_ENV: &str = "CEASELESS_PORTABLE";
 
 /// Whether the portable mechanisms are used (module docs): always off Linux; on Linux
 /// when [`PORTABLE_ENV`] is set. Read once.
+#[cfg(unix)]
 pub(crate) fn portable() -> bool {
-    static PORTABLE: OnceLock<bool> = OnceLock::new();
+    static PORTABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PORTABLE.get_or_init(|| {
         !cfg!(target_os = "linux")
             || std::env::var_os(PORTABLE_ENV).is_some_and(|v| !v.is_empty() && v != "0")

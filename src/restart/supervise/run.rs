@@ -584,7 +584,11 @@ impl Sup {
                 names,
             } => {
                 if names.len() != fds.len() {
-                    tracing::warn!(pid = self.me, from = id.pid, "supervisor: a live report whose sockets do not match its names; ignored");
+                    tracing::warn!(
+                        pid = self.me,
+                        from = id.pid,
+                        "supervisor: a live report whose sockets do not match its names; ignored"
+                    );
                     return;
                 }
                 let current_live = self
@@ -600,7 +604,12 @@ impl Sup {
                     // and another says it is: a generation whose parent died before
                     // it could commit took over. It serves; the replacement goes.
                     if let Some(g) = self.current.take() {
-                        tracing::warn!(pid = self.me, generation_pid = g.id.pid, live = id.pid, "supervisor: another generation took over; stopping the one started");
+                        tracing::warn!(
+                            pid = self.me,
+                            generation_pid = g.id.pid,
+                            live = id.pid,
+                            "supervisor: another generation took over; stopping the one started"
+                        );
                         g.signal(Signal::TERM);
                     }
                     self.next_start = None;
@@ -659,9 +668,7 @@ impl Sup {
                 );
                 self.current = Gen::follow(new_pid, None);
                 if self.current.is_none() {
-                    self.schedule_start(format!(
-                        "the new generation {new_pid} is gone already"
-                    ));
+                    self.schedule_start(format!("the new generation {new_pid} is gone already"));
                 }
             }
             Report::RestartFailed { pid } if current == Some(pid) => {
@@ -704,10 +711,7 @@ impl Sup {
 }
 
 /// One report and its descriptors; `None` when none is waiting.
-fn recv_report(
-    sock: &UnixDatagram,
-    buf: &mut [u8],
-) -> io::Result<Option<(String, Vec<OwnedFd>)>> {
+fn recv_report(sock: &UnixDatagram, buf: &mut [u8]) -> io::Result<Option<(String, Vec<OwnedFd>)>> {
     let got = match crate::sys::fdpass::recv(
         sock.as_fd(),
         buf,
