@@ -401,7 +401,7 @@ async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible
 }
 
 /// `hello status --control PATH [--table] [--timeout-ms N]`: see the module docs.
-#[cfg(feature = "control")]
+#[cfg(all(unix, feature = "control"))]
 fn status_command(mut args: impl Iterator<Item = String>) -> std::process::ExitCode {
     const USAGE: &str = "usage: hello status --control PATH [--table] [--timeout-ms N]";
     let mut control = None;
@@ -489,7 +489,7 @@ async fn udp_echo(socket: tokio::net::UdpSocket, process: ceaseless::Process) {
 }
 
 /// The status as a table, for a person at a terminal.
-#[cfg(feature = "control")]
+#[cfg(all(unix, feature = "control"))]
 fn status_table(s: &ceaseless::Status) -> String {
     use std::fmt::Write;
     let time = ceaseless::status::format_time;
@@ -570,7 +570,7 @@ fn status_table(s: &ceaseless::Status) -> String {
 }
 
 /// `hello restart --control PATH [--timeout-ms N]`: see the module docs.
-#[cfg(feature = "control")]
+#[cfg(all(unix, feature = "control"))]
 fn restart_command(mut args: impl Iterator<Item = String>) -> std::process::ExitCode {
     let mut control = None;
     let mut timeout = Duration::from_secs(60);
@@ -608,20 +608,20 @@ fn restart_command(mut args: impl Iterator<Item = String>) -> std::process::Exit
 
 fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("status") {
-        #[cfg(feature = "control")]
+        #[cfg(all(unix, feature = "control"))]
         return status_command(std::env::args().skip(2));
-        #[cfg(not(feature = "control"))]
+        #[cfg(not(all(unix, feature = "control")))]
         {
-            eprintln!("hello status: built without the `control` feature");
+            eprintln!("hello status: the control socket needs Unix and the `control` feature");
             return std::process::ExitCode::from(2);
         }
     }
     if std::env::args().nth(1).as_deref() == Some("restart") {
-        #[cfg(feature = "control")]
+        #[cfg(all(unix, feature = "control"))]
         return restart_command(std::env::args().skip(2));
-        #[cfg(not(feature = "control"))]
+        #[cfg(not(all(unix, feature = "control")))]
         {
-            eprintln!("hello restart: built without the `control` feature");
+            eprintln!("hello restart: the control socket needs Unix and the `control` feature");
             return std::process::ExitCode::from(2);
         }
     }

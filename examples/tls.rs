@@ -41,6 +41,8 @@ fn self_signed() -> std::io::Result<(PathBuf, PathBuf)> {
 
 /// `tls reload-cert --control PATH`: the server reads its certificate and key files
 /// again; exit 0 once it serves them, 1 with the reason when it kept the old ones.
+/// (A control socket is a Unix socket.)
+#[cfg(unix)]
 fn reload_cert(mut args: impl Iterator<Item = String>) -> std::process::ExitCode {
     let path = match (args.next().as_deref(), args.next()) {
         (Some("--control"), Some(p)) => p,
@@ -103,7 +105,13 @@ async fn main() -> std::process::ExitCode {
     let mut control: Option<PathBuf> = None;
     let mut takeover: Option<PathBuf> = None;
     if std::env::args().nth(1).as_deref() == Some("reload-cert") {
+        #[cfg(unix)]
         return reload_cert(std::env::args().skip(2));
+        #[cfg(not(unix))]
+        {
+            eprintln!("tls reload-cert: the control socket needs Unix");
+            return std::process::ExitCode::from(2);
+        }
     }
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

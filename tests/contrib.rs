@@ -5,6 +5,7 @@
 //!
 //! No timing is asserted beyond loose upper bounds: what is checked is what each probe
 //! got (every probe is a fresh TCP connection, as a kubelet's or a balancer's is).
+#![cfg(unix)]
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! and no `LISTEN_PID` (the command is `cargo watch`, then `cargo run`, then the
 //! program: no pid could be right). Here the test is that socket server, and a shell
 //! that runs `hello` as its child stands for what lies between.
+#![cfg(unix)]
 
 mod common;
 

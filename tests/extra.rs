@@ -1,6 +1,7 @@
 //! Descriptors beyond the HTTP listeners, handed over across restarts: a UDP socket
 //! (`hello --udp`, `Process::udp_socket`, built on `Process::fd`), and the application's
 //! state (`ProcessBuilder::state`, hello's `GET /count`).
+#![cfg(unix)]
 
 mod common;
 

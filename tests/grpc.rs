@@ -6,6 +6,7 @@
 //!
 //! As in lifecycle.rs: the binary is installed in a scratch directory, the server
 //! listens on 127.0.0.1 port 0, every wait is bounded and nothing asserts on timing.
+#![cfg(unix)]
 
 mod common;
 

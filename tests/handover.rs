@@ -12,6 +12,7 @@
 //! restart executes it: it starts the real `hello` and sits on the readiness channel.
 //!
 //! Nothing asserts on timing: every wait is bounded and waits for an event.
+#![cfg(unix)]
 
 mod common;
 

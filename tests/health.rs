@@ -4,6 +4,7 @@
 //! Every probe is a fresh TCP connection, as a load balancer's or kubelet's is. Nothing
 //! asserts on timing: what is checked is what each probe got, and in which order the
 //! process said it changed phase.
+#![cfg(unix)]
 
 mod common;
 

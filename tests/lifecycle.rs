@@ -8,6 +8,7 @@
 //! listens on 127.0.0.1 (port 0 or ports it picked) or on Unix sockets of its own, so
 //! the tests run in parallel. Nothing asserts on timing: every wait is bounded and
 //! generous, and what is checked is what happened, and in which order.
+#![cfg(unix)]
 
 mod common;
 

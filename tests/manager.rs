@@ -1,6 +1,7 @@
 //! Living with process managers, with real processes: sd_notify as systemd receives it
 //! (with the sender's pid, as NotifyAccess=main checks it), socket activation, the PID
 //! file, and the restart command's answer.
+#![cfg(unix)]
 
 mod common;
 

@@ -8,6 +8,7 @@
 //! listens on 127.0.0.1 port 0, so the tests run in parallel. Every wait is bounded and
 //! generous; the only timings asserted are the hammer's, and only bounds a slow machine
 //! cannot break (a timer does not fire early; the upper bound has ten seconds to spare).
+#![cfg(unix)]
 
 mod common;
 

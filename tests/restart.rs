@@ -6,6 +6,7 @@
 //! deploy would, and listens on 127.0.0.1 port 0 (or on ports it picked, or on Unix
 //! sockets), so the tests run in parallel. Nothing here asserts on timing: every wait is
 //! bounded and generous, and what is checked is what happened, not how fast.
+#![cfg(unix)]
 
 mod common;
 

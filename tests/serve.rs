@@ -10,6 +10,7 @@
 //! The servers are the example binaries: `cargo test` builds them, but
 //! `cargo test --test serve` alone does not rebuild them after a change to the library
 //! (run `cargo build --examples` first).
+#![cfg(unix)]
 
 mod common;
 

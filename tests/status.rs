@@ -5,6 +5,7 @@
 //! Nothing asserts on timing: what is checked is what the process reports, against
 //! what the test made happen (which pids, which generations, which outcomes). Every
 //! wait is bounded and waits for an event.
+#![cfg(unix)]
 
 mod common;
 

@@ -7,6 +7,7 @@
 //! supervisor.
 //!
 //! Nothing here asserts on timing: every wait is bounded and generous.
+#![cfg(unix)]
 
 mod common;
 

@@ -7,6 +7,7 @@
 //! nothing: the old process serves on, alone.
 //!
 //! Nothing asserts on timing: every wait is bounded and waits for an event.
+#![cfg(unix)]
 
 mod common;
 
