@@ -105,6 +105,14 @@
 //!   its commit, inheriting and listening, the older generations, the state;
 //! - the vocabulary they share (`error`, `addr`, `duration`, `lifecycle`);
 //! - `sys/`: the OS layer, through which every system call goes.
+//!
+//! ## Platforms
+//! Linux, macOS and FreeBSD restart as above (README.md's platform table says through
+//! which mechanisms; the supervisor needs Linux or FreeBSD). On Windows a process
+//! serves and shuts down gracefully (Ctrl-C, Ctrl-Break, the console closing), and is
+//! the first and only generation: [`Process::restart`] fails with
+//! [`RestartError::Unsupported`], the supervisor, a control socket and Unix sockets
+//! with [`Error::Unsupported`].
 #![deny(missing_docs)]
 // Only the OS layer (`sys`) may opt out of this, each block with its SAFETY argument.
 #![deny(unsafe_code)]

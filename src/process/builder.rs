@@ -161,7 +161,8 @@ impl ProcessBuilder {
     /// Opens a control socket at `path` (a Unix socket, mode 0600) on which a restart
     /// can be requested and its outcome learnt, with [`control::request_restart`] or
     /// the line protocol described in [`control`]. It is handed over to each new
-    /// generation and removed at a final shutdown.
+    /// generation and removed at a final shutdown. On Windows
+    /// [`start`](ProcessBuilder::start) fails with [`Error::Unsupported`].
     ///
     /// [`control`]: crate::observe::control
     /// [`control::request_restart`]: crate::observe::control::request_restart
@@ -181,8 +182,8 @@ impl ProcessBuilder {
     /// [`start`](ProcessBuilder::start) fails with [`Error::Takeover`] if the running
     /// process refuses or none answers: nothing is bound afresh. A process started by a
     /// restart of this one inherits from it instead (the option is ignored there). Not
-    /// under the [`Supervisor`](crate::Supervisor). See the `takeover` module docs for
-    /// the protocol.
+    /// under the [`Supervisor`](crate::Supervisor); on Windows `start` fails with
+    /// [`Error::Unsupported`]. See the `takeover` module docs for the protocol.
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), ceaseless::Error> {

@@ -353,18 +353,41 @@ pub fn live_processes_named(needle: &str) -> Vec<u32> {
     found
 }
 
-/// A scratch directory under the target dir, unique per call.
+/// A scratch directory under the target dir, unique per call. The first call of a
+/// test binary removes those of earlier runs (named for a test process that is gone):
+/// each holds copies of the example binaries, so they would pile up run after run.
 pub fn scratch_dir(tag: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static SWEPT: std::sync::Once = std::sync::Once::new();
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let exe = std::env::current_exe().unwrap();
     let target = exe.ancestors().nth(3).unwrap().to_path_buf();
-    let dir = target
-        .join("ceaseless-tests")
-        .join(format!("{tag}-{}-{n}", std::process::id()));
+    let root = target.join("ceaseless-tests");
+    SWEPT.call_once(|| sweep_scratch(&root));
+    let dir = root.join(format!("{tag}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Removes the scratch directories (`<tag>-<pid>-<n>`) of test processes that are gone.
+fn sweep_scratch(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let mut parts = name.rsplit('-');
+        let (Some(n), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(_), Ok(pid)) = (n.parse::<usize>(), pid.parse::<u32>()) else {
+            continue; // not a scratch directory (the versioned binaries, say)
+        };
+        if pid != std::process::id() && !alive(pid) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Copies of `hello` built with `HELLO_VERSION` set to each of `versions`, as a deploy
