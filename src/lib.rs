@@ -145,6 +145,9 @@ pub use restart::supervise::{supervise, Supervisor, DEFAULT_SUPERVISOR_READY_TIM
 pub use serve::health::{health, Health};
 #[cfg(feature = "tls")]
 pub use serve::listen_and_serve_tls;
+pub use serve::serve_fn::{
+    serve, ConnService, IncomingStream, Listener, Serve, ServeFuture, WithGracefulShutdown,
+};
 pub use serve::{
     listen_and_serve, Server, DEFAULT_DRAIN_SPREAD, DEFAULT_HAMMER_TIME, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT,

@@ -678,12 +678,43 @@ impl Process {
         }
     }
 
-    /// A ceaseless server finished its drain; the last one finishes the generation.
+    /// A listener taken from [`Process::tcp_listener`] or [`Process::unix_listener`]
+    /// is now served by ceaseless's own accept loop (`ceaseless::serve`): counted as a
+    /// server, which tells [`Process::server_stopped`] when it is drained.
+    pub(crate) fn serve_listener(&self, listener: &Listener) -> Result<(), Error> {
+        let mut core = self.lock();
+        if core.state.is_draining() {
+            return Err(Error::Draining);
+        }
+        let registered = core
+            .registry
+            .iter()
+            .any(|r| matches!(r.name, Name::Listener { .. }) && listener.is(r.fd.as_fd()));
+        if !registered {
+            tracing::warn!(
+                "this listener was not opened by the process owner (Process::tcp_listener, \
+                 Process::unix_listener): it is not handed over at a restart"
+            );
+        }
+        core.servers_running += 1;
+        Ok(())
+    }
+
+    /// A server stopped on its own signal while this generation serves on: the
+    /// listener is no longer handed over, and closes once the server drops it.
+    pub(crate) fn release_listener(&self, listener: &Listener) {
+        let mut core = self.lock();
+        core.registry
+            .retain(|r| !(matches!(r.name, Name::Listener { .. }) && listener.is(r.fd.as_fd())));
+    }
+
+    /// A ceaseless server finished its drain; the last one finishes the generation once
+    /// it drains (a server stopped on its own signal leaves the process serving).
     pub(crate) async fn server_stopped(&self) -> Served {
         let last = {
             let mut core = self.lock();
             core.servers_running = core.servers_running.saturating_sub(1);
-            core.servers_running == 0
+            core.servers_running == 0 && core.state.is_draining()
         };
         if last {
             self.finish().await

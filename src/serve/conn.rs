@@ -751,9 +751,13 @@ pin_project! {
 /// that the clients of a busy server do not all reconnect (and, over TLS, handshake)
 /// in the same millisecond.
 fn close_now(st: &ConnState) -> bool {
-    let since = crate::lifecycle::draining_since();
+    let mut since = crate::lifecycle::draining_since();
     if since == 0 {
-        return false;
+        // The generation serves on; this server may have stopped on its own signal.
+        since = st.drain_began.load(Ordering::Relaxed);
+        if since == 0 {
+            return false;
+        }
     }
     st.close_turn == 0 || now_ms() >= since.saturating_add(st.close_turn)
 }
