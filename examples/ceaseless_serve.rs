@@ -9,7 +9,8 @@
 //! curl localhost:4249/stop       # this server's own graceful shutdown
 //! ```
 //!
-//! `--app` chooses what is served (default `connect-info`):
+//! `--control PATH` opens a control socket (`hello status --control PATH` shows the
+//! connections). `--app` chooses what is served (default `connect-info`):
 //! - `connect-info`: `router.into_make_service_with_connect_info::<SocketAddr>()`;
 //! - `router`: the `Router` itself; `make-service`: `router.into_make_service()`;
 //! - `timeout`: the router inside a tower `Timeout` of 300 ms: a slower request fails
@@ -40,7 +41,7 @@ async fn main() -> std::process::ExitCode {
     let arg = |name: &str| std::env::args().skip_while(|a| a != name).nth(1);
     let addr = arg("--addr").unwrap_or_else(|| "127.0.0.1:4249".into());
     let app = arg("--app").unwrap_or_else(|| "connect-info".into());
-    match run(&addr, &app).await {
+    match run(&addr, &app, arg("--control")).await {
         Ok(ended) => {
             tracing::info!(pid = std::process::id(), %ended, "ceaseless_serve exiting");
             std::process::ExitCode::SUCCESS
@@ -52,10 +53,17 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(addr: &str, app: &str) -> std::io::Result<Served> {
-    let process = ceaseless::Process::builder()
-        .readiness(ceaseless::Readiness::Manual)
-        .start()?;
+async fn run(addr: &str, app: &str, control: Option<String>) -> std::io::Result<Served> {
+    let builder = ceaseless::Process::builder().readiness(ceaseless::Readiness::Manual);
+    // `status` on it shows this server's connections under its address.
+    #[cfg(feature = "control")]
+    let builder = match control {
+        Some(path) => builder.control_socket(path),
+        None => builder,
+    };
+    #[cfg(not(feature = "control"))]
+    let _ = control;
+    let process = builder.start()?;
     let listener = process.tcp_listener(addr)?;
     let stop = Arc::new(Notify::new());
     let router = routes(stop.clone());
