@@ -9,7 +9,8 @@
 //! curl localhost:4249/stop       # this server's own graceful shutdown
 //! ```
 //!
-//! `--control PATH` opens a control socket (`hello status --control PATH` shows the
+//! `--unix PATH` serves the router on a Unix socket instead (`/conn` then names the
+//! client's uid and pid). `--control PATH` opens a control socket (`hello status --control PATH` shows the
 //! connections). `--app` chooses what is served (default `connect-info`):
 //! - `connect-info`: `router.into_make_service_with_connect_info::<SocketAddr>()`;
 //! - `router`: the `Router` itself; `make-service`: `router.into_make_service()`;
@@ -41,7 +42,8 @@ async fn main() -> std::process::ExitCode {
     let arg = |name: &str| std::env::args().skip_while(|a| a != name).nth(1);
     let addr = arg("--addr").unwrap_or_else(|| "127.0.0.1:4249".into());
     let app = arg("--app").unwrap_or_else(|| "connect-info".into());
-    match run(&addr, &app, arg("--control")).await {
+    let unix = arg("--unix");
+    match run(&addr, unix.as_deref(), &app, arg("--control")).await {
         Ok(ended) => {
             tracing::info!(pid = std::process::id(), %ended, "ceaseless_serve exiting");
             std::process::ExitCode::SUCCESS
@@ -53,7 +55,12 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(addr: &str, app: &str, control: Option<String>) -> std::io::Result<Served> {
+async fn run(
+    addr: &str,
+    unix: Option<&str>,
+    app: &str,
+    control: Option<String>,
+) -> std::io::Result<Served> {
     let builder = ceaseless::Process::builder().readiness(ceaseless::Readiness::Manual);
     // `status` on it shows this server's connections under its address.
     #[cfg(feature = "control")]
@@ -64,12 +71,21 @@ async fn run(addr: &str, app: &str, control: Option<String>) -> std::io::Result<
     #[cfg(not(feature = "control"))]
     let _ = control;
     let process = builder.start()?;
-    let listener = process.tcp_listener(addr)?;
     let stop = Arc::new(Notify::new());
     let router = routes(stop.clone());
-    process.ready();
     // This server's own reason to stop, besides the process's (SIGTERM, a restart).
     let signal = async move { stop.notified().await };
+    if let Some(path) = unix {
+        // A Unix socket: the same line with the other listener.
+        let listener = process.unix_listener(path)?;
+        process.ready();
+        ceaseless::serve(listener, router)
+            .with_graceful_shutdown(signal)
+            .await?;
+        return Ok(process.finish().await);
+    }
+    let listener = process.tcp_listener(addr)?;
+    process.ready();
     match app {
         "connect-info" => {
             let app = router.into_make_service_with_connect_info::<SocketAddr>();

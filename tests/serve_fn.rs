@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use common::generations::{expect_gone, installed, newest, restart_ok, wait_line_of, LONG};
 use common::load::{
-    connect_tcp, exchange_blocking, get_tcp, reqwest_client, shared_client, Client, Expect, Load,
+    connect_tcp, exchange_blocking, get_tcp, get_unix, reqwest_client, shared_client, Client,
+    Expect, Load,
 };
 use common::{become_subreaper, example_bin, field, scratch_dir, signal, Proc};
 
@@ -69,6 +70,29 @@ fn connect_info_and_the_extractors() {
         assert_eq!(r.status, 200, "{app}: {r:?}; output:\n{}", p.output());
         assert!(r.body.starts_with("127.0.0.1:"), "{app}: {r:?}");
     }
+}
+
+/// A `UnixListener` from the process owner: served, `ConnInfo` names the client's
+/// credentials, and a restart hands the socket over.
+#[test]
+fn a_unix_listener_is_served_and_handed_over() {
+    become_subreaper();
+    let sock = scratch_dir("serve-fn-unix").join("app.sock");
+    let p = Proc::spawn(
+        &example_bin("ceaseless_serve"),
+        &["--unix", sock.to_str().unwrap()],
+    );
+    p.ready_addr(1);
+    let r = get_unix(&sock, "/conn");
+    let me = format!("pid={}", std::process::id());
+    assert!(
+        r.status == 200 && r.body.contains(&me),
+        "{r:?}; output:\n{}",
+        p.output()
+    );
+    let (_, new) = restart_ok(&p);
+    let r = get_unix(&sock, "/");
+    assert_eq!(common::load::body_pid(&r.body), Some(new), "{r:?}");
 }
 
 /// The status counts a `ceaseless::serve` server's connections under its listener's
