@@ -27,13 +27,22 @@
 //! }
 //! ```
 //!
+//! ## Coming from `axum::serve`
+//! [`serve`] has `axum::serve`'s shape: replace `axum::serve` by `ceaseless::serve`, take
+//! the listener from the process owner ([`Process::tcp_listener`]), and the connections
+//! are ceaseless's own, with the lame-duck drain that loses no request at a restart.
+//! It takes a `Router`, `into_make_service()`,
+//! `into_make_service_with_connect_info::<SocketAddr>()` or any tower service (tonic's
+//! `Routes` as well), and `.with_graceful_shutdown(signal)`.
+//!
 //! ## The process owner
 //! Everything that concerns the process as a whole — readiness, restarts, the drain,
 //! signals and their hooks, the PID file, the control socket — belongs to one
 //! [`Process`], created at the top of `main` with [`Process::builder`] (the one-liners
 //! start one with the defaults). It also hands out the inherited-or-bound listeners to
-//! any server: `axum::serve`, tonic or plain hyper get zero-downtime restarts too, with
-//! [`Process::draining`] as their graceful-shutdown signal. A generation is ready when
+//! any server: [`serve`] serves them on ceaseless's connections; `axum::serve`, tonic's
+//! server or plain hyper get zero-downtime restarts too, with [`Process::draining`] as
+//! their graceful-shutdown signal (and their own drain, which can lose a request). A generation is ready when
 //! the application says so ([`Readiness::Manual`], [`Process::ready`]), or by default
 //! once every socket it inherited is claimed ([`Readiness::Auto`]).
 //!
@@ -94,7 +103,7 @@
 //!
 //! ## The source, folder by folder
 //! The folders follow the choreography, each calling only the ones below it:
-//! - `serve/`: serving: [`Server`], [`listen_and_serve`], connections, HTTP/1 and
+//! - `serve/`: serving: [`Server`], [`listen_and_serve`], [`serve`], connections, HTTP/1 and
 //!   HTTP/2, the drain, TLS, the health check;
 //! - `process/`: the owner of the lifecycle ([`Process`]): readiness, signals, the
 //!   commit of a restart from either side;

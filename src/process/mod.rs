@@ -80,8 +80,10 @@ pub(crate) trait Reloadable: Send + Sync {
 /// Create it first, at the top of `main`; everything that concerns the process as a
 /// whole lives here: readiness, restarts, the drain, the PID file, the control socket,
 /// signals and their hooks. [`Server`](crate::Server)s and the one-liners use it (they
-/// start one with the defaults if the application did not); other servers — `axum::serve`,
-/// tonic, plain hyper — take their listeners from it and stop on [`Process::draining`].
+/// start one with the defaults if the application did not); [`serve`](crate::serve())
+/// serves the listeners it hands out on ceaseless's connections, and other servers —
+/// `axum::serve`, tonic, plain hyper — take their listeners from it and stop on
+/// [`Process::draining`].
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -99,9 +101,9 @@ pub(crate) trait Reloadable: Send + Sync {
 ///     // ... open database pools, fill caches ...
 ///     process.ready(); // only now does the previous generation let go
 ///     let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi\n" }));
-///     axum::serve(listener, app)
-///         .with_graceful_shutdown(process.draining())
-///         .await?;
+///     // axum::serve's shape on ceaseless's connections (axum::serve itself works too,
+///     // with `.with_graceful_shutdown(process.draining())` and axum's own drain).
+///     ceaseless::serve(listener, app).await?;
 ///     match process.finish().await {
 ///         Served::Shutdown => { /* deregister from service discovery */ }
 ///         Served::HandedOver { pid } => println!("pid {pid} serves now"),
@@ -112,8 +114,9 @@ pub(crate) trait Reloadable: Send + Sync {
 ///
 /// Servers other than ceaseless's own get their own graceful shutdown when
 /// [`Process::draining`] completes (axum's closes idle keep-alive connections at once);
-/// ceaseless's [`Server`](crate::Server) gives the lame-duck drain, which answers a
-/// request already on the wire of an idle keep-alive connection.
+/// ceaseless's [`Server`](crate::Server) and [`serve`](crate::serve()) give the
+/// lame-duck drain, which answers a request already on the wire of an idle keep-alive
+/// connection.
 #[derive(Clone)]
 pub struct Process {
     inner: Arc<Inner>,

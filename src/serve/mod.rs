@@ -1,4 +1,5 @@
 //! ceaseless's own serving: [`Server`], [`listen_and_serve`], [`listen_and_serve_tls`],
+//! [`serve`](crate::serve()),
 //! the accept loop, and the drain with its hammer. The listener comes from the process
 //! owner ([`Process`]); the connections are `conn`'s.
 //!
@@ -7,7 +8,10 @@
 //! listeners and the owner's state, `handover` for the listening sockets' types,
 //! `observe` for the connection counts the status reads), and nothing calls it but the
 //! crate's root.
-//! - this file: [`Server`], the accept loop, the drain and its hammer;
+//! - this file: [`Server`], the accept loop ([`run`]: every server's), the drain and
+//!   its hammer;
+//! - `serve_fn`: [`serve`](crate::serve()), `axum::serve`'s shape on the same loop, for a
+//!   listener the process owner handed out;
 //! - `conn`: one connection, its timeouts and its part of the drain; `http`: which HTTP
 //!   a connection speaks; `context`: what a handler learns of its connection; `drain`:
 //!   the open connections of one server;
@@ -259,7 +263,9 @@ where
     /// feature). Turn them on for code that reads extensions (axum's `ConnectInfo`, a
     /// gRPC service's `Request::extensions`, a task that received the request):
     /// `http::Extensions` allocates a map and a box per value, about 1,400 instructions
-    /// per request, a seventh of a small request's total (see BENCHMARKS.md).
+    /// per request, a seventh of a small request's total (see BENCHMARKS.md). (Under
+    /// [`serve`](crate::serve()), `router.into_make_service_with_connect_info::<SocketAddr>()`
+    /// gives axum's `ConnectInfo` the axum way, without this.)
     ///
     /// ```no_run
     /// use axum::{extract::ConnectInfo, routing::get, Router};
