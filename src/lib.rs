@@ -115,6 +115,8 @@
 //! - the vocabulary they share (`error`, `addr`, `duration`, `lifecycle`);
 //! - `sys/`: the OS layer, through which every system call goes.
 #![deny(missing_docs)]
+// docs.rs (see Cargo.toml's metadata) marks what a feature brings.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Only the OS layer (`sys`) may opt out of this, each block with its SAFETY argument.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
