@@ -9,7 +9,9 @@
 //! ```
 //!
 //! axum's own graceful shutdown applies (it closes idle keep-alive connections at
-//! once); ceaseless's [`Server`](ceaseless::Server) gives the lame-duck drain instead.
+//! once, so a client can lose the request it was sending at a restart);
+//! `ceaseless::serve`, the same line with `ceaseless::` in front, gives ceaseless's
+//! lame-duck drain instead (`examples/ceaseless_serve.rs`).
 
 use axum::{routing::get, Router};
 

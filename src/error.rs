@@ -156,6 +156,27 @@ pub enum Error {
     },
 }
 
+/// So that `ceaseless::serve(listener, app).await?` works in a function returning
+/// `std::io::Result`, as with `axum::serve`: the kind is the underlying system error's
+/// where there is one.
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        let kind = match &e {
+            Error::Bind { source, .. }
+            | Error::Descriptor { source, .. }
+            | Error::Control { source, .. }
+            | Error::Signal(source)
+            | Error::Supervise(source) => source.kind(),
+            #[cfg(feature = "tls")]
+            Error::TlsFile { source, .. } => source.kind(),
+            Error::Address { .. } | Error::Setting { .. } => io::ErrorKind::InvalidInput,
+            Error::Unsupported { .. } => io::ErrorKind::Unsupported,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
 /// Why a restart did not happen. The old generation keeps serving in every case.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

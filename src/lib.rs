@@ -27,13 +27,22 @@
 //! }
 //! ```
 //!
+//! ## Coming from `axum::serve`
+//! [`serve`] has `axum::serve`'s shape: replace `axum::serve` by `ceaseless::serve`, take
+//! the listener from the process owner ([`Process::tcp_listener`]), and the connections
+//! are ceaseless's own, with the lame-duck drain that loses no request at a restart.
+//! It takes a `Router`, `into_make_service()`,
+//! `into_make_service_with_connect_info::<SocketAddr>()` or any tower service (tonic's
+//! `Routes` as well), and `.with_graceful_shutdown(signal)`.
+//!
 //! ## The process owner
 //! Everything that concerns the process as a whole — readiness, restarts, the drain,
 //! signals and their hooks, the PID file, the control socket — belongs to one
 //! [`Process`], created at the top of `main` with [`Process::builder`] (the one-liners
 //! start one with the defaults). It also hands out the inherited-or-bound listeners to
-//! any server: `axum::serve`, tonic or plain hyper get zero-downtime restarts too, with
-//! [`Process::draining`] as their graceful-shutdown signal. A generation is ready when
+//! any server: [`serve`] serves them on ceaseless's connections; `axum::serve`, tonic's
+//! server or plain hyper get zero-downtime restarts too, with [`Process::draining`] as
+//! their graceful-shutdown signal (and their own drain, which can lose a request). A generation is ready when
 //! the application says so ([`Readiness::Manual`], [`Process::ready`]), or by default
 //! once every socket it inherited is claimed ([`Readiness::Auto`]).
 //!
@@ -94,7 +103,7 @@
 //!
 //! ## The source, folder by folder
 //! The folders follow the choreography, each calling only the ones below it:
-//! - `serve/`: serving: [`Server`], [`listen_and_serve`], connections, HTTP/1 and
+//! - `serve/`: serving: [`Server`], [`listen_and_serve`], [`serve`], connections, HTTP/1 and
 //!   HTTP/2, the drain, TLS, the health check;
 //! - `process/`: the owner of the lifecycle ([`Process`]): readiness, signals, the
 //!   commit of a restart from either side;
@@ -114,6 +123,8 @@
 //! [`RestartError::Unsupported`], the supervisor, a control socket and Unix sockets
 //! with [`Error::Unsupported`].
 #![deny(missing_docs)]
+// docs.rs (see Cargo.toml's metadata) marks what a feature brings.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Only the OS layer (`sys`) may opt out of this, each block with its SAFETY argument.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -152,6 +163,9 @@ pub use restart::supervise::{supervise, Supervisor, DEFAULT_SUPERVISOR_READY_TIM
 pub use serve::health::{health, Health};
 #[cfg(feature = "tls")]
 pub use serve::listen_and_serve_tls;
+pub use serve::serve_fn::{
+    serve, ConnService, IncomingStream, Listener, Serve, ServeFuture, WithGracefulShutdown,
+};
 pub use serve::{
     listen_and_serve, Server, DEFAULT_DRAIN_SPREAD, DEFAULT_HAMMER_TIME, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT,

@@ -47,7 +47,13 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Starts the example on a port of its choosing; returns it and its address.
 fn start(tag: &str) -> (Proc, String) {
-    let p = Proc::spawn(&installed(tag), &["--addr", "127.0.0.1:0"]);
+    start_with(tag, &[])
+}
+
+fn start_with(tag: &str, args: &[&str]) -> (Proc, String) {
+    let mut all = vec!["--addr", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let p = Proc::spawn(&installed(tag), &all);
     let addr = p.serving_addr(1);
     p.expect_line(&format!("grpc starting pid={}", p.pid), LONG);
     (p, addr)
@@ -536,5 +542,38 @@ fn a_stream_ends_unavailable_on_the_drain_and_resumes_on_the_new_generation() {
         switch,
         pids.len() - switch,
         f.retried
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The same routes through ceaseless::serve
+
+/// tonic's `Routes` served by `ceaseless::serve(listener, routes)` (the example's
+/// `--serve-fn`): unary calls are answered before and after a restart, each by the
+/// generation serving then, and the old generation exits, handed over.
+#[test]
+fn routes_through_ceaseless_serve_restart() {
+    become_subreaper();
+    let (p, addr) = start_with("grpc-serve-fn", &["--serve-fn"]);
+    let rt = runtime();
+    let hello = |who: &str| {
+        rt.block_on(async {
+            let mut client = TickerClient::new(channel(&addr).await);
+            let call = client.hello(HelloRequest { name: who.into() });
+            match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                Ok(Ok(r)) => r.into_inner().message,
+                other => panic!("hello {who}: {other:?}; output:\n{}", p.output()),
+            }
+        })
+    };
+    let first = newest(&p);
+    assert_eq!(hello("one"), format!("pid {first}: hello one"));
+    let (old, new) = restart_ok(&p);
+    assert_eq!(old, first);
+    assert_eq!(hello("two"), format!("pid {new}: hello two"));
+    let exit = common::generations::wait_line_of(&p, "grpc exiting", old);
+    assert!(
+        exit.contains(&format!("handed over to pid {new}")),
+        "{exit}"
     );
 }

@@ -3,8 +3,16 @@
 //! gets the same handover and drain as any HTTP/2 client (GOAWAY, streams in flight
 //! finish).
 //!
+//! With `--serve-fn`, the same routes go through `ceaseless::serve` instead, on a listener
+//! from the process owner, in one line (`Routes` is a tower service; so is
+//! `routes.into_axum_router()`):
+//!
 //! ```text
-//! cargo run --example grpc -- --addr 127.0.0.1:4248 [--hammer-ms N]
+//! ceaseless::serve(process.tcp_listener(addr)?, routes).await?
+//! ```
+//!
+//! ```text
+//! cargo run --example grpc -- --addr 127.0.0.1:4248 [--hammer-ms N] [--serve-fn]
 //! grpcurl -plaintext -import-path examples/grpc -proto ticker.proto \
 //!     -d '{"name": "you"}' 127.0.0.1:4248 ceaseless.test.Ticker/Hello
 //! ```
@@ -109,11 +117,22 @@ impl tokio_stream::Stream for Ticks {
     }
 }
 
-fn parse_args() -> Result<(String, Option<Duration>), String> {
+struct Args {
+    addr: String,
+    hammer: Option<Duration>,
+    serve_fn: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
     let mut addr = "127.0.0.1:4248".to_string();
     let mut hammer = Some(ceaseless::DEFAULT_HAMMER_TIME);
+    let mut serve_fn = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--serve-fn" {
+            serve_fn = true;
+            continue;
+        }
         let value = args.next().ok_or(format!("{a} needs a value"))?;
         match a.as_str() {
             "--addr" => addr = value,
@@ -126,7 +145,14 @@ fn parse_args() -> Result<(String, Option<Duration>), String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok((addr, hammer))
+    if serve_fn && hammer != Some(ceaseless::DEFAULT_HAMMER_TIME) {
+        return Err("--serve-fn serves with the default hammer time".into());
+    }
+    Ok(Args {
+        addr,
+        hammer,
+        serve_fn,
+    })
 }
 
 #[tokio::main]
@@ -138,20 +164,31 @@ async fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let (addr, hammer) = match parse_args() {
+    let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("grpc: {e}\nusage: grpc [--addr ADDR] [--hammer-ms N]");
+            eprintln!("grpc: {e}\nusage: grpc [--addr ADDR] [--hammer-ms N] [--serve-fn]");
             return std::process::ExitCode::from(2);
         }
     };
     tracing::info!(pid = std::process::id(), "grpc starting");
     let routes = tonic::service::Routes::new(TickerServer::new(Service));
-    match ceaseless::Server::new(addr, routes)
-        .hammer_time(hammer)
-        .listen_and_serve()
-        .await
-    {
+    let served = if args.serve_fn {
+        match ceaseless::Process::builder().start() {
+            Ok(process) => match process.tcp_listener(&args.addr) {
+                // The one line that serves tonic's routes through ceaseless.
+                Ok(listener) => ceaseless::serve(listener, routes).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    } else {
+        ceaseless::Server::new(args.addr, routes)
+            .hammer_time(args.hammer)
+            .listen_and_serve()
+            .await
+    };
+    match served {
         Ok(served) => {
             tracing::info!(pid = std::process::id(), ended = %served, "grpc exiting");
             std::process::ExitCode::SUCCESS

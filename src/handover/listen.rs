@@ -79,7 +79,7 @@ impl std::fmt::Display for ConnInfo {
 
 /// A listening socket, TCP or Unix.
 #[derive(Debug)]
-pub(crate) enum Listener {
+pub enum Listener {
     Tcp(TcpListener),
     #[cfg(unix)]
     Unix(UnixListener),
@@ -185,6 +185,26 @@ impl Listener {
 }
 
 #[cfg(unix)]
+impl Listener {
+    /// Whether `fd` is this very socket: the same kind, bound to the same address (two
+    /// listening sockets of ours never share one).
+    pub(crate) fn is(&self, fd: BorrowedFd<'_>) -> bool {
+        let mine = match self {
+            Listener::Tcp(l) => socket2::SockRef::from(l).local_addr(),
+            Listener::Unix(l) => socket2::SockRef::from(l).local_addr(),
+        };
+        match (mine, socket2::SockRef::from(&fd).local_addr()) {
+            (Ok(a), Ok(b)) => match (a.as_socket(), b.as_socket()) {
+                (Some(a), Some(b)) => a == b,
+                (None, None) => a.as_pathname().is_some() && a.as_pathname() == b.as_pathname(),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+#[cfg(unix)]
 impl AsRawFd for Listener {
     fn as_raw_fd(&self) -> i32 {
         match self {
@@ -218,7 +238,7 @@ pub(crate) fn remove_stale_socket(path: &Path) -> io::Result<()> {
 
 /// An accepted connection, TCP or Unix.
 #[derive(Debug)]
-pub(crate) enum Stream {
+pub enum Stream {
     Tcp(TcpStream),
     #[cfg(unix)]
     Unix(UnixStream),

@@ -91,8 +91,10 @@ pub(crate) trait Reloadable: Send + Sync {
 /// Create it first, at the top of `main`; everything that concerns the process as a
 /// whole lives here: readiness, restarts, the drain, the PID file, the control socket,
 /// signals and their hooks. [`Server`](crate::Server)s and the one-liners use it (they
-/// start one with the defaults if the application did not); other servers — `axum::serve`,
-/// tonic, plain hyper — take their listeners from it and stop on [`Process::draining`].
+/// start one with the defaults if the application did not); [`serve`](crate::serve())
+/// serves the listeners it hands out on ceaseless's connections, and other servers —
+/// `axum::serve`, tonic, plain hyper — take their listeners from it and stop on
+/// [`Process::draining`].
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -110,9 +112,9 @@ pub(crate) trait Reloadable: Send + Sync {
 ///     // ... open database pools, fill caches ...
 ///     process.ready(); // only now does the previous generation let go
 ///     let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi\n" }));
-///     axum::serve(listener, app)
-///         .with_graceful_shutdown(process.draining())
-///         .await?;
+///     // axum::serve's shape on ceaseless's connections (axum::serve itself works too,
+///     // with `.with_graceful_shutdown(process.draining())` and axum's own drain).
+///     ceaseless::serve(listener, app).await?;
 ///     match process.finish().await {
 ///         Served::Shutdown => { /* deregister from service discovery */ }
 ///         Served::HandedOver { pid } => println!("pid {pid} serves now"),
@@ -123,8 +125,9 @@ pub(crate) trait Reloadable: Send + Sync {
 ///
 /// Servers other than ceaseless's own get their own graceful shutdown when
 /// [`Process::draining`] completes (axum's closes idle keep-alive connections at once);
-/// ceaseless's [`Server`](crate::Server) gives the lame-duck drain, which answers a
-/// request already on the wire of an idle keep-alive connection.
+/// ceaseless's [`Server`](crate::Server) and [`serve`](crate::serve()) give the
+/// lame-duck drain, which answers a request already on the wire of an idle keep-alive
+/// connection.
 #[derive(Clone)]
 pub struct Process {
     inner: Arc<Inner>,
@@ -734,12 +737,53 @@ impl Process {
         }
     }
 
-    /// A ceaseless server finished its drain; the last one finishes the generation.
+    /// A listener taken from [`Process::tcp_listener`] or [`Process::unix_listener`]
+    /// is now served by ceaseless's own accept loop (`ceaseless::serve`): counted as a
+    /// server, which tells [`Process::server_stopped`] when it is drained.
+    pub(crate) fn serve_listener(&self, listener: &Listener) -> Result<(), Error> {
+        let mut core = self.lock();
+        if core.state.is_draining() {
+            return Err(Error::Draining);
+        }
+        // (Nothing is handed over on Windows.)
+        #[cfg(unix)]
+        let registered = core
+            .registry
+            .iter()
+            .any(|r| matches!(r.name, Name::Listener { .. }) && listener.is(r.fd.as_fd()));
+        #[cfg(not(unix))]
+        let registered = {
+            let _ = listener;
+            true
+        };
+        if !registered {
+            tracing::warn!(
+                "this listener was not opened by the process owner (Process::tcp_listener, \
+                 Process::unix_listener): it is not handed over at a restart"
+            );
+        }
+        core.servers_running += 1;
+        Ok(())
+    }
+
+    /// A server stopped on its own signal while this generation serves on: the
+    /// listener is no longer handed over, and closes once the server drops it.
+    pub(crate) fn release_listener(&self, listener: &Listener) {
+        #[cfg(unix)]
+        self.lock()
+            .registry
+            .retain(|r| !(matches!(r.name, Name::Listener { .. }) && listener.is(r.fd.as_fd())));
+        #[cfg(not(unix))]
+        let _ = listener; // nothing is handed over on Windows
+    }
+
+    /// A ceaseless server finished its drain; the last one finishes the generation once
+    /// it drains (a server stopped on its own signal leaves the process serving).
     pub(crate) async fn server_stopped(&self) -> Served {
         let last = {
             let mut core = self.lock();
             core.servers_running = core.servers_running.saturating_sub(1);
-            core.servers_running == 0
+            core.servers_running == 0 && core.state.is_draining()
         };
         if last {
             self.finish().await

@@ -751,9 +751,13 @@ pin_project! {
 /// that the clients of a busy server do not all reconnect (and, over TLS, handshake)
 /// in the same millisecond.
 fn close_now(st: &ConnState) -> bool {
-    let since = crate::lifecycle::draining_since();
+    let mut since = crate::lifecycle::draining_since();
     if since == 0 {
-        return false;
+        // The generation serves on; this server may have stopped on its own signal.
+        since = st.drain_began.load(Ordering::Relaxed);
+        if since == 0 {
+            return false;
+        }
     }
     st.close_turn == 0 || now_ms() >= since.saturating_add(st.close_turn)
 }
@@ -815,7 +819,20 @@ where
         if *this.armed {
             guard.0.handler_deadline.store(0, Ordering::Relaxed);
         }
-        let (mut parts, body) = res.map_err(Into::into)?.into_parts();
+        let (mut parts, body) = match res {
+            Ok(res) => {
+                let (parts, body) = res.into_parts();
+                (parts, Some(body))
+            }
+            Err(e) => {
+                // Not an empty reply: the client learns that the request failed here.
+                let e: BoxError = e.into();
+                tracing::error!(error = %e, "the service failed; answering 500");
+                let (mut parts, ()) = Response::new(()).into_parts();
+                parts.status = StatusCode::INTERNAL_SERVER_ERROR;
+                (parts, None)
+            }
+        };
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             // From now on the IO belongs to the application's protocol. An upgrade
             // answered during the drain stays one (`Connection: upgrade`): the
@@ -826,7 +843,11 @@ where
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        Poll::Ready(Ok(Response::from_parts(parts, ResBody::new(body, guard))))
+        let body = match body {
+            Some(body) => ResBody::new(body, guard),
+            None => ResBody::empty(guard),
+        };
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
     }
 }
 

@@ -47,6 +47,9 @@ pub(crate) struct ConnState {
     /// During a drain its HTTP/1 responses carry `Connection: close` from this many ms
     /// after the drain began (`Server::drain_spread`; 0: at once).
     pub(crate) close_turn: u64,
+    /// When its server began to drain (coarse clock; 0: serving): what a server that
+    /// stops on its own signal, while the generation serves on, tells its connections.
+    pub(crate) drain_began: AtomicU64,
     pub(crate) in_flight: AtomicU32,
     /// Requests received. Written only by the connection's own task (hyper calls the
     /// service there, over HTTP/2 too), so a load and a store, no shared write.
@@ -101,6 +104,7 @@ impl ConnState {
         ConnState {
             ctx,
             close_turn,
+            drain_began: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             last_activity: AtomicU64::new(0),
@@ -338,6 +342,10 @@ impl Tracker {
 
     /// The server stopped accepting: every connection is woken to drain.
     pub(crate) fn begin_drain(&self) {
+        let now = crate::duration::now_ms();
+        for c in self.slots().slots.iter().flatten() {
+            c.drain_began.store(now, Ordering::Relaxed);
+        }
         self.level.fetch_max(DRAINING, Ordering::AcqRel);
         self.wake_all();
     }

@@ -1,4 +1,5 @@
 //! ceaseless's own serving: [`Server`], [`listen_and_serve`], [`listen_and_serve_tls`],
+//! [`serve`](crate::serve()),
 //! the accept loop, and the drain with its hammer. The listener comes from the process
 //! owner ([`Process`]); the connections are `conn`'s.
 //!
@@ -7,7 +8,10 @@
 //! listeners and the owner's state, `handover` for the listening sockets' types,
 //! `observe` for the connection counts the status reads), and nothing calls it but the
 //! crate's root.
-//! - this file: [`Server`], the accept loop, the drain and its hammer;
+//! - this file: [`Server`], the accept loop ([`run`]: every server's), the drain and
+//!   its hammer;
+//! - `serve_fn`: [`serve`](crate::serve()), `axum::serve`'s shape on the same loop, for a
+//!   listener the process owner handed out;
 //! - `conn`: one connection, its timeouts and its part of the drain; `http`: which HTTP
 //!   a connection speaks; `context`: what a handler learns of its connection; `drain`:
 //!   the open connections of one server;
@@ -19,12 +23,14 @@ pub(crate) mod context;
 pub(crate) mod drain;
 pub(crate) mod health;
 pub(crate) mod http;
+pub(crate) mod serve_fn;
 #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc-rs"))]
 pub(crate) mod tickets;
 pub(crate) mod tls;
 
 #[cfg(feature = "tls")]
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +42,7 @@ use tokio::sync::watch;
 
 use crate::addr::ListenAddr;
 use crate::error::Error;
+use crate::handover::listen::{ConnInfo, Listener, Stream};
 use crate::lifecycle::Served;
 use crate::process::Process;
 use crate::serve::drain::{Tracker, Watched};
@@ -82,27 +89,81 @@ type BeforeBegin = Box<dyn FnOnce(&ListenAddr) + Send + 'static>;
 pub struct Server<S> {
     addr: String,
     app: S,
-    read_timeout: Option<Duration>,
-    write_timeout: Option<Duration>,
-    idle_timeout: Option<Option<Duration>>,
-    max_header_bytes: usize,
-    hammer_time: Option<Duration>,
-    drain_grace: Duration,
-    drain_spread: Duration,
+    settings: Settings,
     before_begin: Option<BeforeBegin>,
     tls: Option<crate::serve::tls::Source>,
     fd_name: Option<String>,
-    extensions: bool,
+}
+
+/// How one server serves its connections: [`Server`]'s builder sets them, [`serve`](crate::serve())
+/// uses the defaults.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) read_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    /// `None`: the read timeout's.
+    pub(crate) idle_timeout: Option<Option<Duration>>,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) hammer_time: Option<Duration>,
+    pub(crate) drain_grace: Duration,
+    pub(crate) drain_spread: Duration,
+    /// Whether requests carry their context in their extensions.
+    pub(crate) extensions: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            read_timeout: Some(DEFAULT_READ_TIMEOUT),
+            write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
+            idle_timeout: None,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            hammer_time: Some(DEFAULT_HAMMER_TIME),
+            drain_grace: DEFAULT_DRAIN_GRACE,
+            drain_spread: DEFAULT_DRAIN_SPREAD,
+            extensions: false,
+        }
+    }
+}
+
+impl Settings {
+    /// A timeout of zero is refused (`None` means no limit).
+    fn check(&self) -> Result<(), Error> {
+        for (name, t) in [
+            ("read_timeout", self.read_timeout),
+            ("write_timeout", self.write_timeout),
+            ("idle_timeout", self.idle_timeout.flatten()),
+        ] {
+            if t.is_some_and(|t| t.is_zero()) {
+                return Err(Error::Setting {
+                    name,
+                    reason: "zero would cut every connection off; None means no limit".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            read_timeout: self.read_timeout,
+            write_timeout: self.write_timeout,
+            idle_timeout: self.idle_timeout.unwrap_or(self.read_timeout),
+            max_header_bytes: self.max_header_bytes,
+            drain_grace: self.drain_grace,
+            drain_spread: self.drain_spread,
+        }
+    }
 }
 
 impl<S> std::fmt::Debug for Server<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("addr", &self.addr)
-            .field("read_timeout", &self.read_timeout)
-            .field("write_timeout", &self.write_timeout)
-            .field("max_header_bytes", &self.max_header_bytes)
-            .field("hammer_time", &self.hammer_time)
+            .field("read_timeout", &self.settings.read_timeout)
+            .field("write_timeout", &self.settings.write_timeout)
+            .field("max_header_bytes", &self.settings.max_header_bytes)
+            .field("hammer_time", &self.settings.hammer_time)
             .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
@@ -127,17 +188,10 @@ where
         Server {
             addr: addr.into(),
             app,
-            read_timeout: Some(DEFAULT_READ_TIMEOUT),
-            write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
-            idle_timeout: None,
-            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
-            hammer_time: Some(DEFAULT_HAMMER_TIME),
-            drain_grace: DEFAULT_DRAIN_GRACE,
-            drain_spread: DEFAULT_DRAIN_SPREAD,
+            settings: Settings::default(),
             before_begin: None,
             tls: None,
             fd_name: None,
-            extensions: false,
         }
     }
 
@@ -156,7 +210,7 @@ where
     /// hyper assembles them, within its header-list limit.) Once a connection is
     /// upgraded (a WebSocket) no read timeout applies to it.
     pub fn read_timeout(mut self, t: Option<Duration>) -> Self {
-        self.read_timeout = t;
+        self.settings.read_timeout = t;
         self
     }
 
@@ -167,21 +221,21 @@ where
     /// is never cut while the client keeps reading, however long it runs or however long
     /// the application stays silent between chunks. `None`: no limit.
     pub fn write_timeout(mut self, t: Option<Duration>) -> Self {
-        self.write_timeout = t;
+        self.settings.write_timeout = t;
         self
     }
 
     /// How long a keep-alive connection may sit idle between requests (default: the
     /// read timeout, as in Go). `None`: no limit.
     pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
-        self.idle_timeout = Some(t);
+        self.settings.idle_timeout = Some(t);
         self
     }
 
     /// The largest request head accepted, in bytes (default 1 MiB); a larger one is
     /// answered `431 Request Header Fields Too Large`.
     pub fn max_header_bytes(mut self, n: usize) -> Self {
-        self.max_header_bytes = n;
+        self.settings.max_header_bytes = n;
         self
     }
 
@@ -189,7 +243,7 @@ where
     /// log line `[STOP - Hammer Time] Forcefully shutting down` (default 60 s). `None`:
     /// never on its own; SIGUSR2 still hammers a draining server.
     pub fn hammer_time(mut self, t: Option<Duration>) -> Self {
-        self.hammer_time = t;
+        self.settings.hammer_time = t;
         self
     }
 
@@ -197,7 +251,7 @@ where
     /// (default 250 ms). Busy connections are never cut by it: they get
     /// `Connection: close` (HTTP/1) or GOAWAY (HTTP/2) instead.
     pub fn drain_grace(mut self, t: Duration) -> Self {
-        self.drain_grace = t;
+        self.settings.drain_grace = t;
         self
     }
 
@@ -209,7 +263,9 @@ where
     /// feature). Turn them on for code that reads extensions (axum's `ConnectInfo`, a
     /// gRPC service's `Request::extensions`, a task that received the request):
     /// `http::Extensions` allocates a map and a box per value, about 1,400 instructions
-    /// per request, a seventh of a small request's total (see BENCHMARKS.md).
+    /// per request, a seventh of a small request's total (see BENCHMARKS.md). (Under
+    /// [`serve`](crate::serve()), `router.into_make_service_with_connect_info::<SocketAddr>()`
+    /// gives axum's `ConnectInfo` the axum way, without this.)
     ///
     /// ```no_run
     /// use axum::{extract::ConnectInfo, routing::get, Router};
@@ -228,7 +284,7 @@ where
     /// # }
     /// ```
     pub fn request_extensions(mut self, on: bool) -> Self {
-        self.extensions = on;
+        self.settings.extensions = on;
         self
     }
 
@@ -240,7 +296,7 @@ where
     /// each of them makes a full handshake on the new generation at the same time (see
     /// BENCHMARKS.md). The old generation lives up to that much longer.
     pub fn drain_spread(mut self, t: Duration) -> Self {
-        self.drain_spread = t;
+        self.settings.drain_spread = t;
         self
     }
 
@@ -298,18 +354,7 @@ where
     /// ([`Process`]), started with the defaults if the application did not start one.
     /// A timeout of zero is refused with [`Error::Setting`] (`None` means no limit).
     pub async fn listen_and_serve(self) -> Result<Served, Error> {
-        for (name, t) in [
-            ("read_timeout", self.read_timeout),
-            ("write_timeout", self.write_timeout),
-            ("idle_timeout", self.idle_timeout.flatten()),
-        ] {
-            if t.is_some_and(|t| t.is_zero()) {
-                return Err(Error::Setting {
-                    name,
-                    reason: "zero would cut every connection off; None means no limit".into(),
-                });
-            }
-        }
+        self.settings.check()?;
         let process = Process::current_or_start()?;
         let addr = ListenAddr::parse(&self.addr)?;
         let tls = match &self.tls {
@@ -327,91 +372,180 @@ where
             Some(f) => f(&local),
             None => tracing::info!(pid = std::process::id(), addr = %local, "serving"),
         }
-        process.server_listening();
-
-        let limits = Limits {
-            read_timeout: self.read_timeout,
-            write_timeout: self.write_timeout,
-            idle_timeout: self.idle_timeout.unwrap_or(self.read_timeout),
-            max_header_bytes: self.max_header_bytes,
-            drain_grace: self.drain_grace,
-            drain_spread: self.drain_spread,
-        };
-        let watch = process.watch();
-        // Requests learn of the drain once this server stopped accepting: a client told
-        // to reconnect then reaches the next generation, never this one again.
-        let (told, drain) = watch::channel(None);
-        let shared = Arc::new(Shared::new(
-            limits,
-            crate::lifecycle::Drain::new(drain),
-            self.extensions,
-        ));
-        let tracker = Tracker::new();
-        process.count_connections(&local, tracker.clone());
-
-        let generation = process.generation();
-        let mut state = watch.state.clone();
-        loop {
-            if state.borrow_and_update().is_draining() {
-                break;
-            }
-            tokio::select! {
-                biased;
-                _ = state.changed() => {}
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, info)) => {
-                        let reg = tracker.register(shared.context(info), shared.spread_ms());
-                        // Every log line of the connection names it, and its generation.
-                        let span = tracing::info_span!("conn", peer = %info, generation, proto = tracing::field::Empty);
-                        match &tls {
-                            // The connection's one future: it answers the drain and the
-                            // hammer itself.
-                            None => spawn_in(span, conn::serve(stream, self.app.clone(), shared.clone(), crate::serve::http::Proto::Sniff, reg)),
-                            // The handshake comes first, woken by the drain as well, and
-                            // bounded by the read timeout (10 s without one).
-                            Some(acceptor) => spawn_in(span, Watched::new(
-                                reg.state().clone(),
-                                tracker.clone(),
-                                crate::serve::tls::serve(stream, acceptor.clone(), self.app.clone(), shared.clone(), self.read_timeout.unwrap_or(Duration::from_secs(10)), reg),
-                            )),
-                        }
-                    }
-                    Err(e) => accept_error(e).await,
-                },
-            }
-        }
-
-        // Stop accepting: from now on the listener is the new generation's alone (after
-        // a handover) or closed (on shutdown: new connections are refused).
-        drop(listener);
-        let why = process.served().unwrap_or(Served::Shutdown);
-        told.send_replace(Some(why));
-        tracker.begin_drain();
-        let pid = std::process::id();
-        let open = tracker.open();
-        tracing::info!(pid, addr = %local, connections = open, reason = %why, "stopped accepting; draining");
-
-        let hammer_at = self.hammer_time.and_then(crate::duration::deadline);
-        let mut usr2 = watch.hammer.clone();
-        usr2.borrow_and_update();
-        let hammer = || {
-            let conns = tracker.open();
-            if conns > 0 {
-                tracing::warn!(pid, addr = %local, connections = conns, "[STOP - Hammer Time] Forcefully shutting down");
-            }
-            tracker.hammer();
-        };
-        loop {
-            tokio::select! {
-                _ = tracker.drained() => break,
-                _ = crate::duration::sleep_until(hammer_at), if self.hammer_time.is_some() && !tracker.hammered() => hammer(),
-                _ = usr2.changed() => hammer(),
-            }
-        }
-        let served = process.server_stopped().await;
-        tracing::info!(pid, addr = %local, "drained; server stopped");
+        let served = run(
+            process,
+            Accepting {
+                listener,
+                local,
+                settings: self.settings,
+                tls,
+                stop: None,
+            },
+            Cloned(self.app),
+        )
+        .await;
         Ok(served)
     }
+}
+
+/// What makes the service of each connection a server accepts: [`Server`]'s app,
+/// cloned, or what [`serve`](crate::serve()) was given (a service, or a make service called with the
+/// connection).
+pub trait MakeConn: Send + 'static {
+    /// The service of one connection.
+    type Service: tower_service::Service<
+            Request<Incoming>,
+            Response = Response<Self::Body>,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+        > + Clone
+        + Send
+        + 'static;
+    /// Its responses' body.
+    type Body: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+
+    /// The service for the connection `stream`, from `info`.
+    fn make<'a>(
+        &'a mut self,
+        stream: &'a Stream,
+        info: ConnInfo,
+    ) -> impl std::future::Future<Output = Self::Service> + Send + 'a;
+}
+
+/// [`Server`]'s app: one service, a clone for each connection.
+pub struct Cloned<S>(pub(crate) S);
+
+impl<S, B> MakeConn for Cloned<S>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Service = S;
+    type Body = B;
+
+    fn make<'a>(
+        &'a mut self,
+        _: &'a Stream,
+        _: ConnInfo,
+    ) -> impl std::future::Future<Output = S> + Send + 'a {
+        std::future::ready(self.0.clone())
+    }
+}
+
+/// A server whose listener is open and claimed from the process owner.
+pub(crate) struct Accepting {
+    pub(crate) listener: Listener,
+    /// The address it is bound to, as the status names it.
+    pub(crate) local: ListenAddr,
+    pub(crate) settings: Settings,
+    pub(crate) tls: Option<crate::serve::tls::Acceptor>,
+    /// The server's own shutdown signal, besides the process's drain.
+    pub(crate) stop: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+/// One server's accept loop, its drain and its hammer, once its listener is open:
+/// [`Server`] and [`serve`](crate::serve()) share it. Accepts until this generation drains (or the
+/// server's own `stop` completes), then stops accepting, lets its connections finish
+/// (the lame-duck drain of `conn`), hammers what is left at hammer time or SIGUSR2,
+/// and tells the process owner it stopped.
+pub(crate) async fn run<M: MakeConn>(process: Process, server: Accepting, mut make: M) -> Served {
+    let Accepting {
+        listener,
+        local,
+        settings,
+        tls,
+        mut stop,
+    } = server;
+    process.server_listening();
+
+    let watch = process.watch();
+    // Requests learn of the drain once this server stopped accepting: a client told
+    // to reconnect then reaches the next generation, never this one again.
+    let (told, drain) = watch::channel(None);
+    let shared = Arc::new(Shared::new(
+        settings.limits(),
+        crate::lifecycle::Drain::new(drain),
+        settings.extensions,
+    ));
+    let tracker = Tracker::new();
+    process.count_connections(&local, tracker.clone());
+
+    let generation = process.generation();
+    let mut state = watch.state.clone();
+    let mut stopped_alone = false;
+    loop {
+        if state.borrow_and_update().is_draining() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = state.changed() => {}
+            _ = async { stop.as_mut().expect("guarded").await }, if stop.is_some() => {
+                stopped_alone = true;
+                break;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, info)) => {
+                    let reg = tracker.register(shared.context(info), shared.spread_ms());
+                    // Every log line of the connection names it, and its generation.
+                    let span = tracing::info_span!("conn", peer = %info, generation, proto = tracing::field::Empty);
+                    let app = make.make(&stream, info).await;
+                    match &tls {
+                        // The connection's one future: it answers the drain and the
+                        // hammer itself.
+                        None => spawn_in(span, conn::serve(stream, app, shared.clone(), crate::serve::http::Proto::Sniff, reg)),
+                        // The handshake comes first, woken by the drain as well, and
+                        // bounded by the read timeout (10 s without one).
+                        Some(acceptor) => spawn_in(span, Watched::new(
+                            reg.state().clone(),
+                            tracker.clone(),
+                            crate::serve::tls::serve(stream, acceptor.clone(), app, shared.clone(), settings.read_timeout.unwrap_or(Duration::from_secs(10)), reg),
+                        )),
+                    }
+                }
+                Err(e) => accept_error(e).await,
+            },
+        }
+    }
+
+    // Stop accepting: from now on the listener is the new generation's alone (after
+    // a handover) or closed (on shutdown: new connections are refused).
+    if stopped_alone {
+        // Only this server stops: the process keeps the other listeners, not this one,
+        // so that new connections are refused rather than left in its queue.
+        process.release_listener(&listener);
+    }
+    drop(listener);
+    let why = process.served().unwrap_or(Served::Shutdown);
+    told.send_replace(Some(why));
+    tracker.begin_drain();
+    let pid = std::process::id();
+    let open = tracker.open();
+    tracing::info!(pid, addr = %local, connections = open, reason = %why, "stopped accepting; draining");
+
+    let hammer_at = settings.hammer_time.and_then(crate::duration::deadline);
+    let mut usr2 = watch.hammer.clone();
+    usr2.borrow_and_update();
+    let hammer = || {
+        let conns = tracker.open();
+        if conns > 0 {
+            tracing::warn!(pid, addr = %local, connections = conns, "[STOP - Hammer Time] Forcefully shutting down");
+        }
+        tracker.hammer();
+    };
+    loop {
+        tokio::select! {
+            _ = tracker.drained() => break,
+            _ = crate::duration::sleep_until(hammer_at), if settings.hammer_time.is_some() && !tracker.hammered() => hammer(),
+            _ = usr2.changed() => hammer(),
+        }
+    }
+    let served = process.server_stopped().await;
+    tracing::info!(pid, addr = %local, "drained; server stopped");
+    served
 }
 
 /// An accept error: per-connection ones are ignored; running out of descriptors backs
