@@ -45,7 +45,14 @@ const LAME_DUCK_MS: &str = "4000";
 /// (`/usr/sbin` is not on every user's PATH). Panics, saying what to install, if none.
 fn haproxy_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("HAPROXY") {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "HAPROXY={} is not a file: this test needs HAProxy (Debian/Ubuntu: apt-get \
+             install haproxy)",
+            p.display()
+        );
+        return p;
     }
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -114,15 +121,14 @@ impl Balancer {
     /// Starts HAProxy in front of `servers`; returns once its frontend accepts
     /// connections and its stats socket answers. A frontend port taken between picking
     /// and binding it is picked again (at most three times).
-    fn start(dir: &Path, servers: &[String]) -> Balancer {
-        let bin = haproxy_bin();
+    fn start(bin: &Path, dir: &Path, servers: &[String]) -> Balancer {
         let stats = socket_path(dir, "haproxy.sock");
         let cfg_path = dir.join("haproxy.cfg");
         for _ in 0..3 {
             let _ = std::fs::remove_file(&stats);
             let port = free_ports(1)[0];
             std::fs::write(&cfg_path, haproxy_config(&stats, port, servers)).unwrap();
-            let check = Command::new(&bin)
+            let check = Command::new(bin)
                 .arg("-c")
                 .arg("-f")
                 .arg(&cfg_path)
@@ -134,7 +140,7 @@ impl Balancer {
                 String::from_utf8_lossy(&check.stdout),
                 String::from_utf8_lossy(&check.stderr)
             );
-            let mut proc = Proc::spawn_with(Command::new(&bin).arg("-f").arg(&cfg_path).arg("-db"));
+            let mut proc = Proc::spawn_with(Command::new(bin).arg("-f").arg(&cfg_path).arg("-db"));
             let front = format!("127.0.0.1:{port}");
             let deadline = Instant::now() + LONG;
             // The stats socket answering means HAProxy runs: it binds every listener,
@@ -330,6 +336,8 @@ fn wait_answers_from(load: &Load, pid: u32, n: u64, what: &str) {
 
 #[test]
 fn rolling_restart_and_scale_down_behind_haproxy() {
+    // First: without HAProxy the test fails here, before it starts anything.
+    let haproxy = haproxy_bin();
     become_subreaper();
     let dir = scratch_dir("fleet");
     // Each instance runs its own installed copy, as each host of a fleet does.
@@ -344,7 +352,7 @@ fn rolling_restart_and_scale_down_behind_haproxy() {
         })
         .collect();
     let addrs: Vec<String> = instances.iter().map(|p| p.ready_addr(1)).collect();
-    let lb = Balancer::start(&dir, &addrs);
+    let lb = Balancer::start(&haproxy, &dir, &addrs);
     lb.wait_all_up(INSTANCES);
 
     let front = lb.front.parse().unwrap();
