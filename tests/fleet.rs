@@ -490,7 +490,11 @@ fn rolling_restart_and_scale_down_behind_haproxy() {
         after_down.1,
     );
     let lame_duck_at = logged_at(leaving, "lame duck", leaving_pid);
-    let ms = |a: SystemTime, b: SystemTime| b.duration_since(a).unwrap_or_default().as_millis();
+    // Signed: HAProxy may log the DOWN before the instance's own line is written.
+    let ms = |a: SystemTime, b: SystemTime| match b.duration_since(a) {
+        Ok(d) => d.as_millis() as i128,
+        Err(e) => -(e.duration().as_millis() as i128),
+    };
     println!(
         "[fleet] instance {INSTANCES}: lame duck at SIGTERM, DOWN in HAProxy's log {} ms \
          later, listener closed {} ms after the DOWN ({LAME_DUCK_MS} ms lame duck)",
