@@ -38,7 +38,8 @@ use common::{become_subreaper, example_bin, scratch_dir, signal, wait_until, Pro
 const INSTANCES: usize = 3;
 /// Keep-alive clients of the balancer.
 const CLIENTS: usize = 8;
-/// The scaled-down instance's lame-duck period: many health-check intervals (100 ms).
+/// Every instance's lame-duck period, as a fleet sets it on all (the one scaled down
+/// goes through it): 40 of HAProxy's health-check intervals (100 ms).
 const LAME_DUCK_MS: &str = "4000";
 
 /// The HAProxy binary: `$HAPROXY`, else `haproxy` on the PATH, else where Debian puts it
@@ -118,9 +119,9 @@ struct Balancer {
 }
 
 impl Balancer {
-    /// Starts HAProxy in front of `servers`; returns once its frontend accepts
-    /// connections and its stats socket answers. A frontend port taken between picking
-    /// and binding it is picked again (at most three times).
+    /// Starts HAProxy in front of `servers`; returns once its stats socket answers (its
+    /// frontend is bound by then). A frontend port taken between picking and binding it
+    /// is picked again (at most three times).
     fn start(bin: &Path, dir: &Path, servers: &[String]) -> Balancer {
         let stats = socket_path(dir, "haproxy.sock");
         let cfg_path = dir.join("haproxy.cfg");
