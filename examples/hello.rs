@@ -367,6 +367,8 @@ async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible
                     pid.map_or("unknown".into(), |p| p.to_string())
                 ),
                 Some(ceaseless::ConnInfo::Unix { cred: None }) => "unix (no credentials)\n".into(),
+                // (A kind of connection a later version may add.)
+                Some(other) => format!("{other}\n"),
                 None => "unknown\n".into(),
             };
             Response::new(body(text))

@@ -13,6 +13,7 @@ use crate::error::Error;
 /// `"unix:/run/app.sock"`, `"unix:app.sock"` (relative to the working directory at
 /// start-up) and anything starting with `/` or `./` is a Unix socket.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ListenAddr {
     /// A TCP address.
     Tcp(SocketAddr),

@@ -89,8 +89,8 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The control socket ([`ProcessBuilder::control_socket`](crate::ProcessBuilder::control_socket))
-    /// could not be opened.
+    /// The control socket (`ProcessBuilder::control_socket`, with the `control`
+    /// feature) could not be opened.
     #[error("cannot open the control socket {}: {source}", path.display())]
     Control {
         /// Its path.

@@ -10,7 +10,7 @@
 //! go, and a new binary that crashes, hangs or cannot start changes nothing; ports may
 //! change across restarts; keep-alive clients see no errors during the drain; HTTP/2,
 //! TLS with ALPN, Unix sockets, systemd notification and socket activation, PID files,
-//! and [`restart`] (in the process) or a [`control`] socket (from outside: a deploy
+//! and [`restart`] (in the process) or a `control` socket (from outside: a deploy
 //! script, `ExecReload=`) to learn the outcome of a restart.
 //!
 //! ```no_run
@@ -92,7 +92,8 @@
 //! `ProcessBuilder::takeover` names its control socket, the listeners come over it
 //! (`SCM_RIGHTS`), and the old one drains once the newcomer is ready, as at a restart;
 //! if the newcomer fails or is never ready, nothing changes. Only the same user (or
-//! root) may. See the `takeover` module docs in the source.
+//! root) may. README.md's "Takeover by a new process" has the exchange and how it is
+//! tested.
 //!
 //! ## Stable PID
 //! [`supervise`] (or [`Supervisor::run`]) at the top of `main` keeps one pid for the

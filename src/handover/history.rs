@@ -23,6 +23,7 @@ pub struct RestartCounts {
     derive(serde::Serialize, serde::Deserialize),
     serde(rename_all = "snake_case")
 )]
+#[non_exhaustive]
 pub enum Outcome {
     /// The new generation serves.
     Ok,

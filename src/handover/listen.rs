@@ -45,11 +45,13 @@ pub(crate) fn describe_listener(fd: BorrowedFd<'_>) -> Result<ListenAddr, String
 /// match ceaseless::ConnInfo::current() {
 ///     Some(ceaseless::ConnInfo::Tcp { peer, .. }) => format!("hello, {peer}\n"),
 ///     Some(ceaseless::ConnInfo::Unix { .. }) => "hello, neighbour\n".into(),
+///     Some(other) => format!("hello, {other}\n"), // a kind a later version adds
 ///     None => "not served by ceaseless\n".into(),
 /// }
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConnInfo {
     /// A TCP connection.
     Tcp {

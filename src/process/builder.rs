@@ -6,6 +6,7 @@ use super::*;
 /// When a generation is ready: the moment the previous generation lets go, and the
 /// first generation's `READY=1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Readiness {
     /// Ready once every socket inherited from the previous generation has been claimed
     /// by a server (or a listener taken), and at least one was: for a first generation,
@@ -108,7 +109,7 @@ impl ProcessBuilder {
     /// [`Process::inherited_state`] returns. If it fails the restart fails, and nothing
     /// was started. Requests served by the old generation after it was called are not
     /// in it: take what can be recomputed, or what changes slowly (a warmed cache, a
-    /// counter, keys). See the `state` module docs.
+    /// counter, keys). See the [`state`](crate::state) module.
     ///
     /// ```no_run
     /// use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,7 +184,8 @@ impl ProcessBuilder {
     /// process refuses or none answers: nothing is bound afresh. A process started by a
     /// restart of this one inherits from it instead (the option is ignored there). Not
     /// under the [`Supervisor`](crate::Supervisor); on Windows `start` fails with
-    /// [`Error::Unsupported`]. See the `takeover` module docs for the protocol.
+    /// [`Error::Unsupported`]. README.md's "Takeover by a new process" has the
+    /// exchange.
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), ceaseless::Error> {
