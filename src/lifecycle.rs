@@ -40,6 +40,11 @@ pub const DEFAULT_STOP_GRACE: std::time::Duration = std::time::Duration::from_se
 /// The default [`ProcessBuilder::max_draining`](crate::ProcessBuilder::max_draining).
 pub const DEFAULT_MAX_DRAINING: usize = 4;
 
+/// Default [`Server::hammer_time`](crate::Server::hammer_time) and
+/// [`ProcessBuilder::hammer_time`](crate::ProcessBuilder::hammer_time): 60 s, as
+/// endless's `DefaultHammerTime`.
+pub const DEFAULT_HAMMER_TIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Served {

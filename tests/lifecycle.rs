@@ -1034,3 +1034,63 @@ fn a_log_line_names_its_connection_and_generation() {
     signal(new, libc::SIGTERM);
     expect_gone(&p, new, "the second generation");
 }
+
+/// axum::serve's connections are bounded too: a generation whose stream outlives the
+/// process owner's hammer time exits, cutting it, and says so; a restart is not held
+/// up by it. The extractors on that path: `Drain` is the process's, `ConnInfo` answers
+/// 500 with what to change.
+#[test]
+fn axum_serve_is_cut_at_hammer_time_and_its_extractors_say_what_to_do() {
+    use std::io::{BufRead, BufReader, Write};
+    become_subreaper();
+    let (_dir, app) = installed("axum-hammer", "axum_serve");
+    let p = Proc::spawn(&app, &["--addr", "127.0.0.1:0", "--hammer-ms", "500"]);
+    let addr = p.serving_addr(1);
+    let old = newest(&p);
+
+    if cfg!(feature = "axum") {
+        let r = get_tcp(&addr, "/drain");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "served: None\n"),
+            "{r:?}"
+        );
+        let r = get_tcp(&addr, "/conn");
+        assert_eq!(r.status, 500, "{r:?}");
+        assert!(r.body.contains("ceaseless::serve(listener, app)"), "{r:?}");
+    }
+
+    // A stream of the old generation, open across the restart.
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(LONG)).unwrap();
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !line.contains("tick") {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the stream ended at once"
+        );
+    }
+    assert!(line.contains(&format!("from pid {old}")), "{line}");
+
+    let (was, new) = restart_ok(&p);
+    assert_eq!(was, old);
+    let cut = wait_line_of(&p, "[STOP - Hammer Time]", old);
+    expect_gone(&p, old, "the old generation, at its hammer time");
+    // (axum's accept loop may still take a connection or two right after the commit,
+    // before its graceful shutdown stops it; once the old generation is gone, the new
+    // one alone answers.)
+    assert_eq!(body_pid(&get_tcp(&addr, "/").body), Some(new));
+    // The stream ends with it: the rest of what was sent, then the end.
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
+    assert!(
+        !rest.contains(&format!("from pid {new}")),
+        "the stream moved to the new generation?"
+    );
+    println!("[axum-hammer] {cut}");
+}

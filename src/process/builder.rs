@@ -32,6 +32,7 @@ pub struct ProcessBuilder {
     hooks: Vec<(Signal, Stage, Hook)>,
     signals: Vec<Signal>,
     lame_duck: Option<Duration>,
+    hammer_time: Option<Duration>,
     max_draining: usize,
     state: Option<crate::handover::state::Producer>,
     takeover: Option<PathBuf>,
@@ -43,6 +44,7 @@ impl std::fmt::Debug for ProcessBuilder {
             .field("readiness", &self.readiness)
             .field("ready_timeout", &self.ready_timeout)
             .field("stop_grace", &self.stop_grace)
+            .field("hammer_time", &self.hammer_time)
             .field("pid_file", &self.pid_file)
             .field("control_socket", &self.control_socket)
             .field("takeover", &self.takeover)
@@ -62,6 +64,7 @@ impl Default for ProcessBuilder {
             hooks: Vec::new(),
             signals: Signal::ALL.to_vec(),
             lame_duck: None,
+            hammer_time: Some(crate::lifecycle::DEFAULT_HAMMER_TIME),
             state: None,
             max_draining: crate::lifecycle::DEFAULT_MAX_DRAINING,
             takeover: None,
@@ -99,6 +102,30 @@ impl ProcessBuilder {
     /// restart is never a lame duck: the address stays served.
     pub fn lame_duck(mut self, period: Duration) -> Self {
         self.lame_duck = Some(period).filter(|d| !d.is_zero());
+        self
+    }
+
+    /// How long a draining generation waits for the connections of servers other than
+    /// ceaseless's (`axum::serve`, tonic's, plain hyper: whatever the application runs
+    /// on a listener of the process owner) before it exits, cutting them (default
+    /// [`DEFAULT_HAMMER_TIME`](crate::DEFAULT_HAMMER_TIME), 60 s; `None`: no limit). A
+    /// hammer (`SIGUSR2`, or the bound of [`ProcessBuilder::max_draining`]) ends the wait
+    /// at once. ceaseless's own servers cut their connections themselves, each at its
+    /// [`Server::hammer_time`](crate::Server::hammer_time): the process never exits
+    /// while one of them still drains, nor once the application called
+    /// [`Process::finish`]. A second after the hammer, a generation still not finished
+    /// logs `[STOP - Hammer Time]` and exits (status 0). A zero is refused at start.
+    ///
+    /// ```no_run
+    /// # fn f() -> Result<(), ceaseless::Error> {
+    /// // Server-sent events under axum::serve: a restart's old generation goes after 5 min.
+    /// let process = ceaseless::Process::builder()
+    ///     .hammer_time(Some(std::time::Duration::from_secs(300)))
+    ///     .start()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn hammer_time(mut self, t: Option<Duration>) -> Self {
+        self.hammer_time = t;
         self
     }
 
@@ -239,6 +266,12 @@ impl ProcessBuilder {
             return Err(Error::Setting {
                 name: "ready_timeout",
                 reason: "zero: every restart would fail".into(),
+            });
+        }
+        if self.hammer_time.is_some_and(|t| t.is_zero()) {
+            return Err(Error::Setting {
+                name: "hammer_time",
+                reason: "zero would cut every connection at once; None means no limit".into(),
             });
         }
         if self.max_draining == 0 {
@@ -384,6 +417,7 @@ impl ProcessBuilder {
                 ready_timeout: self.ready_timeout,
                 stop_grace: self.stop_grace,
                 lame_duck: self.lame_duck,
+                hammer_time: self.hammer_time,
                 state: self.state,
                 inherited_state,
                 #[cfg(feature = "tls")]

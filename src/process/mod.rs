@@ -61,6 +61,9 @@ pub use crate::lifecycle::DEFAULT_STOP_GRACE;
 /// before it refuses a restart (a SIGHUP sent the moment "serving" is logged).
 #[cfg(unix)]
 const FIRST_READY_WAIT: Duration = Duration::from_secs(1);
+/// How long, after the hammer, ceaseless's own servers and the application have to
+/// finish before a generation whose other servers still hold connections exits.
+const HAMMER_GRACE: Duration = Duration::from_secs(1);
 /// How long a SIGTERM that lands while this generation waits for its parent's word on
 /// the handover waits for that word before the generation drains as not live.
 const CONFIRM_WAIT: Duration = Duration::from_secs(2);
@@ -152,6 +155,7 @@ struct Inner {
     #[cfg_attr(not(unix), allow(dead_code))]
     stop_grace: Duration,
     lame_duck: Option<Duration>,
+    hammer_time: Option<Duration>,
     #[cfg_attr(not(unix), allow(dead_code))] // no restart to hand it to
     state: Option<crate::handover::state::Producer>,
     inherited_state: Option<Vec<u8>>,

@@ -79,6 +79,7 @@ impl Process {
 
     pub(super) fn enter_drain(&self, core: &mut Core, why: Served) {
         core.state.phase = Phase::Draining(why);
+        self.hammer_other_servers();
         #[cfg_attr(not(unix), allow(unused_mut))]
         let mut remove: Vec<std::path::PathBuf> = Vec::new();
         match why {
@@ -117,6 +118,43 @@ impl Process {
                 tracing::debug!(error = %e, path = %p.display(), "cannot remove a socket file");
             }
         }
+    }
+
+    /// The bound on the connections of servers other than ceaseless's
+    /// ([`ProcessBuilder::hammer_time`](crate::ProcessBuilder::hammer_time)): at the
+    /// hammer time or the first hammer, then a grace for ceaseless's own servers and
+    /// the application to finish, a generation that did not finish (no ceaseless
+    /// server drains, [`Process::finish`] was not called) exits. The connections it
+    /// cuts so are ones only the process's exit can reach.
+    fn hammer_other_servers(&self) {
+        let Some(after) = self.inner.hammer_time else {
+            return;
+        };
+        let p = self.clone();
+        tokio::spawn(async move {
+            let mut hammer = p.watch().hammer;
+            hammer.borrow_and_update();
+            tokio::select! {
+                _ = tokio::time::sleep(after) => {}
+                _ = hammer.changed() => {}
+            }
+            tokio::time::sleep(HAMMER_GRACE).await;
+            {
+                let core = p.lock();
+                if core.done.is_some() || core.servers_running > 0 {
+                    return;
+                }
+            }
+            tracing::warn!(
+                pid = std::process::id(),
+                "[STOP - Hammer Time] the connections of a server other than ceaseless's \
+                 outlived the drain; exiting"
+            );
+            // What finishing does (the PID file at a final shutdown, the observers),
+            // bounded: then the exit, whatever still waits.
+            let _ = tokio::time::timeout(HAMMER_GRACE, p.finish()).await;
+            std::process::exit(0);
+        });
     }
 
     pub(super) fn hammer(&self) -> bool {

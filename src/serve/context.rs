@@ -89,10 +89,20 @@ mod extract {
 
     use super::{ConnInfo, Drain};
 
-    /// What an extractor answers outside a ceaseless server.
-    const MISSING: (StatusCode, &str) = (
+    /// What `ConnInfo` answers on a connection ceaseless does not serve: what is
+    /// wrong, and the fix.
+    const NOT_OURS: (StatusCode, &str) = (
         StatusCode::INTERNAL_SERVER_ERROR,
-        "ceaseless: this request was not served by ceaseless\n",
+        "ceaseless: ConnInfo is known on the connections ceaseless serves, and this \
+         request came through another server (axum::serve?): serve the app with \
+         ceaseless::serve(listener, app) instead, or take axum's ConnectInfo\n",
+    );
+
+    /// What `Drain` answers where no process owner was started (so nothing drains).
+    const NO_PROCESS: (StatusCode, &str) = (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "ceaseless: no process owner was started, so there is no drain to follow: \
+         start one (Process::builder().start()) or serve with ceaseless::serve\n",
     );
 
     impl<S: Send + Sync> FromRequestParts<S> for ConnInfo {
@@ -104,7 +114,7 @@ mod extract {
                 .get::<ConnInfo>()
                 .copied()
                 .or_else(ConnInfo::current)
-                .ok_or(MISSING)
+                .ok_or(NOT_OURS)
         }
     }
 
@@ -112,12 +122,15 @@ mod extract {
         type Rejection = (StatusCode, &'static str);
 
         async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+            // On a connection of another server, the process's drain: it starts when
+            // the generation drains, a little before a ceaseless server's own would.
             parts
                 .extensions
                 .get::<Drain>()
                 .cloned()
                 .or_else(Drain::current)
-                .ok_or(MISSING)
+                .or_else(|| crate::process::Process::current().map(|p| p.drain()))
+                .ok_or(NO_PROCESS)
         }
     }
 }

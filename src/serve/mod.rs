@@ -56,8 +56,7 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default [`Server::max_header_bytes`]: 1 MiB, as Go's `http.DefaultMaxHeaderBytes`.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 1 << 20;
-/// Default [`Server::hammer_time`]: 60 s, as endless's `DefaultHammerTime`.
-pub const DEFAULT_HAMMER_TIME: Duration = Duration::from_secs(60);
+pub use crate::lifecycle::DEFAULT_HAMMER_TIME;
 /// Default spread of the drain's closes ([`Server::drain_spread`]).
 pub const DEFAULT_DRAIN_SPREAD: Duration = Duration::ZERO;
 
