@@ -2,7 +2,9 @@
 //! `Routes` served by ceaseless's own `Server`, h2c): unary calls from several clients
 //! that never fail while the server restarts three times, and a server stream that ends
 //! with `UNAVAILABLE` when its generation drains, so the client resumes where it left
-//! off on the next generation; SIGTERM at the end, exit 0.
+//! off on the next generation; SIGTERM at the end, exit 0. The same again with the
+//! `Routes` served by `ceaseless::serve(listener, routes)`, the one line a tonic user
+//! changes (`--serve-fn`), through five restarts.
 //!
 //! As in lifecycle.rs: the binary is installed in a scratch directory, the server
 //! listens on 127.0.0.1 port 0, every wait is bounded and nothing asserts on timing.
@@ -46,10 +48,6 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Starts the example on a port of its choosing; returns it and its address.
-fn start(tag: &str) -> (Proc, String) {
-    start_with(tag, &[])
-}
-
 fn start_with(tag: &str, args: &[&str]) -> (Proc, String) {
     let mut all = vec!["--addr", "127.0.0.1:0"];
     all.extend_from_slice(args);
@@ -152,8 +150,19 @@ fn never_processed(status: &tonic::Status) -> Option<&'static str> {
 /// does the last one on SIGTERM.
 #[test]
 fn unary_calls_never_fail_through_three_restarts() {
+    unary_calls_never_fail_through_restarts("grpc-unary", &[], 3);
+}
+
+/// The same through five restarts, with tonic's `Routes` served by
+/// `ceaseless::serve(listener, routes)` (the example's `--serve-fn`).
+#[test]
+fn unary_calls_through_ceaseless_serve_never_fail_through_five_restarts() {
+    unary_calls_never_fail_through_restarts("grpc-unary-serve-fn", &["--serve-fn"], 5);
+}
+
+fn unary_calls_never_fail_through_restarts(tag: &str, args: &[&str], restarts: usize) {
     become_subreaper();
-    let (mut p, addr) = start("grpc-unary");
+    let (mut p, addr) = start_with(tag, args);
     let rt = runtime();
     let channels = rt.block_on(async { [channel(&addr).await, channel(&addr).await] });
 
@@ -238,7 +247,7 @@ fn unary_calls_never_fail_through_three_restarts() {
         answered_by(first)
     });
     let mut generations = vec![first];
-    for round in 1..=3 {
+    for round in 1..=restarts {
         // Some load on this generation first, so that the SIGHUP lands among calls.
         let before = calls();
         p.wait_until("200 more calls answered", || calls() >= before + 200);
@@ -292,7 +301,7 @@ fn unary_calls_never_fail_through_three_restarts() {
         );
     }
     eprintln!(
-        "{calls} calls answered through 3 restarts by {generations:?}, none failed; \
+        "{calls} calls answered through {restarts} restarts by {generations:?}, none failed; \
          sent again, never processed: {retried:?}"
     );
 
@@ -431,8 +440,18 @@ async fn follow(channel: Channel, followed: Arc<Mutex<Followed>>) {
 /// exit 0.
 #[test]
 fn a_stream_ends_unavailable_on_the_drain_and_resumes_on_the_new_generation() {
+    a_stream_resumes("grpc-ticks", &[]);
+}
+
+/// The same with tonic's `Routes` served by `ceaseless::serve` (`--serve-fn`).
+#[test]
+fn a_stream_through_ceaseless_serve_resumes_on_the_new_generation() {
+    a_stream_resumes("grpc-ticks-serve-fn", &["--serve-fn"]);
+}
+
+fn a_stream_resumes(tag: &str, args: &[&str]) {
     become_subreaper();
-    let (mut p, addr) = start("grpc-ticks");
+    let (mut p, addr) = start_with(tag, args);
     let rt = runtime();
     let channel = rt.block_on(channel(&addr));
     let followed: Arc<Mutex<Followed>> = Arc::default();
