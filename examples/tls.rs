@@ -77,6 +77,9 @@ fn mutual_tls(cert: &Path, key: &Path, ca: &Path) -> Result<rustls::ServerConfig
         let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
         roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
     }
+    // (ring, as ceaseless's own configuration uses; rustls deprecates it for its lack
+    // of post-quantum key exchange.)
+    #[allow(deprecated)]
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         std::sync::Arc::new(roots),

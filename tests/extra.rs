@@ -295,7 +295,9 @@ fn tls_client(
         let der = rustls_pki_types::CertificateDer::from_pem_slice(r.cert.pem().as_bytes());
         store.add(der.unwrap()).unwrap();
     }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    #[allow(deprecated)] // ring's provider: rustls deprecates it for post-quantum's sake
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(store)

@@ -543,6 +543,7 @@ pub fn client_config(
 ) -> Arc<ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert_der.clone()).expect("a valid certificate");
+    #[allow(deprecated)] // ring's provider: rustls deprecates it for post-quantum's sake
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

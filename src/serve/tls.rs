@@ -201,6 +201,10 @@ impl crate::process::Reloadable for Reloadable {
 fn provider() -> Result<Arc<rustls::crypto::CryptoProvider>, rustls::Error> {
     #[cfg(feature = "tls-ring")]
     {
+        // rustls 0.23.48 deprecates ring's provider for its lack of post-quantum key
+        // exchange; ring is what the `tls-ring` feature asks for (`tls-aws-lc-rs`, or a
+        // provider the application installs, gives the post-quantum groups).
+        #[allow(deprecated)]
         Ok(Arc::new(rustls::crypto::ring::default_provider()))
     }
     #[cfg(all(feature = "tls-aws-lc-rs", not(feature = "tls-ring")))]
