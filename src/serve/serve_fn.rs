@@ -52,7 +52,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// write and idle timeouts, [`Drain`](crate::Drain) and [`ConnInfo`] in handlers. The
 /// process owner is started with the defaults if the application did not start one.
 ///
-/// ```no_run
+/// (The example takes axum's `ConnectInfo`, which needs the `axum` feature.)
+///
+#[cfg_attr(feature = "axum", doc = "```no_run")]
+#[cfg_attr(not(feature = "axum"), doc = "```ignore")]
 /// use std::net::SocketAddr;
 /// use axum::{extract::ConnectInfo, routing::get, Router};
 ///
