@@ -1143,10 +1143,14 @@ fn late_http2_connection_gets_goaway() {
     let sent_at = Instant::now();
     let deadline = sent_at + Duration::from_secs(10);
     let mut next_request = sent_at;
-    while goaway.is_none() && Instant::now() < deadline {
+    // Until the GOAWAY, then on for the answers to what was sent before it (the server
+    // may send its GOAWAY before it read the first request, which it then answers),
+    // until the server closes the connection or a second has passed.
+    let mut until = deadline;
+    while Instant::now() < until.min(deadline) {
         // One request per 50 ms: the connection is never idle for the drain grace, and
-        // never floods the server either.
-        if Instant::now() >= next_request {
+        // never floods the server either. None after the GOAWAY.
+        if goaway.is_none() && Instant::now() >= next_request {
             conn.write_all(&h2_frame(HEADERS, 0x5, stream_id, &request))
                 .unwrap_or_else(|e| panic!("stream {stream_id}: {e}; output:\n{}", p.output()));
             stream_id += 2;
@@ -1161,16 +1165,24 @@ fn late_http2_connection_gets_goaway() {
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) => {}
+            // (A connection closed after its GOAWAY may be reset.)
+            Err(_) if goaway.is_some() => break,
             Err(e) => panic!("reading frames: {e}"),
         }
         for (ty, flags, stream, payload) in h2_frames(&mut buf) {
             match ty {
                 HEADERS if stream > 0 => responses += 1,
-                GOAWAY => goaway = Some((payload, sent_at.elapsed())),
-                SETTINGS if flags & 1 == 0 => {
-                    conn.write_all(&h2_frame(SETTINGS, 1, 0, &[])).unwrap()
+                GOAWAY if goaway.is_none() => {
+                    goaway = Some((payload, sent_at.elapsed()));
+                    until = Instant::now() + Duration::from_secs(1);
                 }
-                PING if flags & 1 == 0 => conn.write_all(&h2_frame(PING, 1, 0, &payload)).unwrap(),
+                // (Acknowledged; a write that fails shows in the next read.)
+                SETTINGS if flags & 1 == 0 => {
+                    let _ = conn.write_all(&h2_frame(SETTINGS, 1, 0, &[]));
+                }
+                PING if flags & 1 == 0 => {
+                    let _ = conn.write_all(&h2_frame(PING, 1, 0, &payload));
+                }
                 _ => {}
             }
         }
