@@ -117,6 +117,7 @@ async fn echo(mut socket: WebSocket, drain: Drain) {
     let pid = std::process::id();
     let why = loop {
         tokio::select! {
+            biased; // the drain first: a socket opened as it began is closed at once
             why = drain.wait() => break why,
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Text(text))) => {
