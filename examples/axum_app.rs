@@ -16,7 +16,8 @@
 //! kill -HUP 1234                           # the next generation takes over
 //! ```
 //!
-//! `GET /ws` echoes each text message `m` as `pid <pid>: m`.
+//! `GET /ws` echoes each text message `m` as `pid <pid>: m`. `RUST_LOG=info,tower_http=debug`
+//! logs every request and response (tower-http's trace layer).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -49,6 +50,9 @@ struct AppState {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
