@@ -261,7 +261,7 @@ impl ProcessBuilder {
     }
 
     pub(super) fn build(self) -> Result<Process, Error> {
-        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         if self.ready_timeout.is_zero() {
             return Err(Error::Setting {
                 name: "ready_timeout",
@@ -418,6 +418,7 @@ impl ProcessBuilder {
                 stop_grace: self.stop_grace,
                 lame_duck: self.lame_duck,
                 hammer_time: self.hammer_time,
+                runtime,
                 state: self.state,
                 inherited_state,
                 #[cfg(feature = "tls")]

@@ -31,7 +31,7 @@ impl Process {
             return;
         }
         let p = self.clone();
-        tokio::spawn(async move { p.settle_claims().await });
+        self.spawn(async move { p.settle_claims().await });
     }
 
     /// A generation started by a restart or a takeover, once ready: the commit's

@@ -156,6 +156,9 @@ struct Inner {
     stop_grace: Duration,
     lame_duck: Option<Duration>,
     hammer_time: Option<Duration>,
+    /// The runtime the owner was started in: its own tasks go there, whichever thread
+    /// asks (a shutdown or `ready()` called from a thread of the application's).
+    runtime: tokio::runtime::Handle,
     #[cfg_attr(not(unix), allow(dead_code))] // no restart to hand it to
     state: Option<crate::handover::state::Producer>,
     inherited_state: Option<Vec<u8>>,
@@ -647,6 +650,11 @@ impl Process {
 
     fn lock(&self) -> MutexGuard<'_, Core> {
         lock(&self.inner.core)
+    }
+
+    /// Runs one of the owner's own tasks on its runtime.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.inner.runtime.spawn(task);
     }
 
     /// Opens the listener for `addr`: inherited, else bound. `server`: a ceaseless

@@ -19,7 +19,7 @@ impl Process {
             core.state.phase = Phase::Confirming;
             core.emit(&Transition::Ready { first: false });
             let p = self.clone();
-            tokio::spawn(async move { p.confirm(channel).await });
+            self.spawn(async move { p.confirm(channel).await });
             self.inner.publisher.publish(core.state);
             return;
         }

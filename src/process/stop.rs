@@ -10,7 +10,7 @@ impl Process {
                 if !core.shutdown_deferred {
                     core.shutdown_deferred = true;
                     let p = self.clone();
-                    tokio::spawn(async move {
+                    self.spawn(async move {
                         tokio::time::sleep(CONFIRM_WAIT).await;
                         let mut core = p.lock();
                         if core.state.phase == Phase::Confirming {
@@ -68,7 +68,7 @@ impl Process {
             "lame duck: the health check says 503 while everything is still served"
         );
         let p = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             crate::duration::sleep_until(crate::duration::deadline(period)).await;
             let mut core = p.lock();
             if core.state.phase == Phase::LameDuck {
@@ -131,7 +131,7 @@ impl Process {
             return;
         };
         let p = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             let mut hammer = p.watch().hammer;
             hammer.borrow_and_update();
             tokio::select! {
