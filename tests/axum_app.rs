@@ -28,7 +28,7 @@ use common::load::{
     body_pid, chain, exchange, reqwest_client, shared_client, Client, Expect, Load, Shared,
     REQUEST_TIMEOUT,
 };
-use common::{become_subreaper, field, signal, wait_until, Proc};
+use common::{become_subreaper, field, runtime, signal, wait_until, Proc};
 
 const RESTARTS: usize = 10;
 
@@ -39,14 +39,6 @@ const SERVICE_RESTART: u16 = 1012;
 /// What each generation must show every long-lived client before the next restart.
 const WS_ANSWERS_PER_GENERATION: u64 = 3;
 const SSE_EVENTS_PER_GENERATION: usize = 3;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 // ---------------------------------------------------------------------------------------
 // `GET /ip` on every request: the answer is the client's own address

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::generations::{install, newest, restart_ok, LONG};
-use common::{become_subreaper, example_bin, scratch_dir, signal, Proc};
+use common::{become_subreaper, example_bin, runtime, scratch_dir, signal, Proc};
 use ticker::{HelloRequest, Tick, TickerClient, TicksRequest};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -37,14 +37,6 @@ fn installed(tag: &str) -> PathBuf {
     let app = scratch_dir(tag).join("app");
     install(&example_bin("grpc"), &app);
     app
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Starts the example on a port of its choosing; returns it and its address.

@@ -28,7 +28,7 @@ use common::generations::{
     expect_gone, installed, lines_of, logged_at, restart_ok, wait_line_of, wait_status, LONG,
 };
 use common::load::{body_pid, chain, connect_tcp, exchange_blocking, get_tcp, REQUEST_TIMEOUT};
-use common::{become_subreaper, field, signal, Proc};
+use common::{become_subreaper, field, runtime, signal, Proc};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -43,14 +43,6 @@ const DRAIN_GRACE: Duration = Duration::from_millis(250);
 
 /// The log line of a message the example read after it had sent its close frame.
 const CROSSED: &str = "a message crossed the close frame";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// `s`, stamped with the UTC time of day as the servers' logs are.
 fn stamped(s: String) -> String {

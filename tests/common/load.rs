@@ -421,11 +421,7 @@ impl Load {
         check: Option<BodyCheck>,
         clients: impl FnOnce() -> Vec<Client>,
     ) -> Load {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = super::runtime();
         let clients = {
             let _in_rt = rt.enter();
             clients()

@@ -353,6 +353,15 @@ pub fn live_processes_named(needle: &str) -> Vec<u32> {
     found
 }
 
+/// The tests' own runtime, for their clients: two workers, as the machine has cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A scratch directory under the target dir, unique per call. The first call of a
 /// test binary removes those of earlier runs (named for a test process that is gone):
 /// each holds copies of the example binaries, so they would pile up run after run.
