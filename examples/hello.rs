@@ -20,7 +20,8 @@
 //! `--pid-file PATH`, `--no-metrics` (see `GET /metrics` below), `--ballast-mb N` (hold N MiB
 //! of heap, every page resident, as an application with caches does: what a restart
 //! costs a large process), `--admin` (serve `POST /admin/restart?wait_ms=N` and `POST /admin/shutdown`:
-//! a restart and a shutdown from code), `--warmup-ms N` (warm up for N ms before any
+//! a restart and a shutdown from code; `POST /admin/rollback`: `Process::rollback` during a
+//! probation), `--warmup-ms N` (warm up for N ms before any
 //! server starts: until the generation declares ready, the previous one alone serves),
 //! `--stagger-ms N` (start each `--addr` N ms after the previous one), `--lame-duck-ms N`
 //! (at SIGTERM, answer `GET /healthz` with 503 for N ms while serving everything else,
@@ -38,7 +39,12 @@
 //! independently and take over from the server whose control socket is PATH: its
 //! listeners come over that socket, and it drains once this one is ready; PATH is then
 //! this one's control socket unless `--control` names another; exits 1 with the reason,
-//! binding nothing, if the takeover is refused).
+//! binding nothing, if the takeover is refused), `--probation-ms N` (after a restart the
+//! old generation parks for N ms, ready to take the service back: see
+//! `ProcessBuilder::probation`), `--rollback-on-errors RATIO:MIN` (roll back a generation
+//! on probation once more than RATIO of at least MIN responses were 5xx),
+//! `--crash-after-ms N` (a broken build: abort N ms after going live), `--fail-ratio F`
+//! (a broken build: answer 500 to the fraction F of `GET /`, evenly).
 //!
 //! ```text
 //! cargo run --example hello -- --supervise   # the pid the shell waits for never changes
@@ -49,6 +55,11 @@
 //! control socket to restart and waits for the outcome: it prints the new pid and exits
 //! 0, or prints why nothing changed and exits 1 (2 for a usage error). Fit for a
 //! service unit's `ExecReload=` or a deploy script; see `contrib/systemd/`.
+//!
+//! `hello rollback --control PATH [--timeout-ms N]` asks a generation on probation to
+//! hand the service back to the one parked behind it: it prints the pid that serves
+//! again and exits 0, or prints why nothing changed (no probation, or it is over) and
+//! exits 1.
 //!
 //! `hello status --control PATH [--table] [--timeout-ms N]` prints what that server is
 //! doing — pid, generation, phase, listeners and connections, recent restarts — as
@@ -109,6 +120,14 @@ struct Options {
     no_metrics: bool,
     /// MiB of heap to hold, every page touched (`--ballast-mb`).
     ballast_mb: usize,
+    /// `--probation-ms`: park the old generation this long after a restart.
+    probation: Option<Duration>,
+    /// `--rollback-on-errors RATIO:MIN`.
+    rollback_on_errors: Option<(f64, u64)>,
+    /// `--crash-after-ms`: abort this long after going live.
+    crash_after: Option<Duration>,
+    /// `--fail-ratio`: the fraction of `GET /` answered 500.
+    fail_ratio: f64,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -137,6 +156,10 @@ fn parse_args() -> Result<Options, String> {
         takeover: None,
         no_metrics: false,
         ballast_mb: 0,
+        probation: None,
+        rollback_on_errors: None,
+        crash_after: None,
+        fail_ratio: 0.0,
     };
     let mut args = std::env::args().skip(1);
     let ms = |v: Option<String>, name: &str| -> Result<Option<Duration>, String> {
@@ -190,6 +213,25 @@ fn parse_args() -> Result<Options, String> {
                 o.max_draining = Some(v.parse().map_err(|_| format!("not a number: {v}"))?);
             }
             "--supervise" => o.supervise = true,
+            "--probation-ms" => o.probation = ms(args.next(), &a)?,
+            "--crash-after-ms" => o.crash_after = Some(ms(args.next(), &a)?.unwrap_or_default()),
+            "--fail-ratio" => {
+                let v = args.next().ok_or("--fail-ratio needs a value")?;
+                o.fail_ratio = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| (0.0..=1.0).contains(f))
+                    .ok_or_else(|| format!("--fail-ratio needs a fraction in 0..=1, not {v:?}"))?;
+            }
+            "--rollback-on-errors" => {
+                let v = args.next().ok_or("--rollback-on-errors needs RATIO:MIN")?;
+                let parsed = v
+                    .split_once(':')
+                    .and_then(|(r, m)| Some((r.parse::<f64>().ok()?, m.parse::<u64>().ok()?)));
+                o.rollback_on_errors = Some(parsed.ok_or_else(|| {
+                    format!("--rollback-on-errors needs RATIO:MIN (0.5:20), not {v:?}")
+                })?);
+            }
             "--takeover" => o.takeover = Some(args.next().ok_or("--takeover needs a value")?),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -199,6 +241,20 @@ fn parse_args() -> Result<Options, String> {
         o.fd_names.push(None);
     }
     Ok(o)
+}
+
+/// `--fail-ratio` as the bits of an `f64`, and the `GET /` answered so far under it.
+static FAIL_RATIO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static ANSWERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether this `GET /` fails (`--fail-ratio F`): evenly, F of every request.
+fn fails_now() -> bool {
+    let f = f64::from_bits(FAIL_RATIO.load(std::sync::atomic::Ordering::Relaxed));
+    if f <= 0.0 {
+        return false;
+    }
+    let n = ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as f64;
+    ((n + 1.0) * f).floor() > (n * f).floor()
 }
 
 /// Whether `POST /admin/restart` is served (`--admin`).
@@ -305,6 +361,14 @@ async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible
     let body = |s: String| Either::Left(Full::new(Bytes::from(s)));
     let answer = || format!("hello from pid {}, version {VERSION}\n", std::process::id());
     let res = match req.uri().path() {
+        "/" if fails_now() => {
+            let mut r = Response::new(body(format!(
+                "failing on purpose (--fail-ratio), pid {}\n",
+                std::process::id()
+            )));
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        }
         "/" => {
             COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Response::new(body(answer()))
@@ -328,6 +392,23 @@ async fn hello(req: Request<Incoming>) -> Result<Response<HelloBody>, Infallible
         }
         "/admin/restart" if ADMIN.load(std::sync::atomic::Ordering::Relaxed) => {
             let (status, text) = admin_restart(&req).await;
+            let mut r = Response::new(body(text));
+            *r.status_mut() = status;
+            r
+        }
+        "/admin/rollback" if ADMIN.load(std::sync::atomic::Ordering::Relaxed) => {
+            // The application's own judgement (`Process::rollback`), during a probation.
+            let (status, text) = if req.method() != http::Method::POST {
+                (StatusCode::METHOD_NOT_ALLOWED, "POST only\n".to_string())
+            } else {
+                match ceaseless::Process::current() {
+                    Some(p) => match p.rollback().await {
+                        Ok(pid) => (StatusCode::OK, format!("rolled back: pid {pid} serves\n")),
+                        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")),
+                    },
+                    None => (StatusCode::SERVICE_UNAVAILABLE, "no process owner\n".into()),
+                }
+            };
             let mut r = Response::new(body(text));
             *r.status_mut() = status;
             r
@@ -608,6 +689,44 @@ fn restart_command(mut args: impl Iterator<Item = String>) -> std::process::Exit
     }
 }
 
+/// `hello rollback --control PATH [--timeout-ms N]`: see the module docs.
+#[cfg(all(unix, feature = "control"))]
+fn rollback_command(mut args: impl Iterator<Item = String>) -> std::process::ExitCode {
+    const USAGE: &str = "usage: hello rollback --control PATH [--timeout-ms N]";
+    let mut control = None;
+    let mut timeout = Duration::from_secs(30);
+    while let Some(a) = args.next() {
+        match (a.as_str(), args.next()) {
+            ("--control", Some(v)) => control = Some(v),
+            ("--timeout-ms", Some(v)) => match v.parse::<u64>() {
+                Ok(n) if n > 0 => timeout = Duration::from_millis(n),
+                _ => {
+                    eprintln!("hello rollback: --timeout-ms: not a positive number: {v}");
+                    return std::process::ExitCode::from(2);
+                }
+            },
+            _ => {
+                eprintln!("{USAGE}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    let Some(control) = control else {
+        eprintln!("{USAGE}");
+        return std::process::ExitCode::from(2);
+    };
+    match ceaseless::control::request_rollback(&control, timeout) {
+        Ok(pid) => {
+            println!("{pid}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hello rollback: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("status") {
         #[cfg(all(unix, feature = "control"))]
@@ -615,6 +734,15 @@ fn main() -> std::process::ExitCode {
         #[cfg(not(all(unix, feature = "control")))]
         {
             eprintln!("hello status: the control socket needs Unix and the `control` feature");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    if std::env::args().nth(1).as_deref() == Some("rollback") {
+        #[cfg(all(unix, feature = "control"))]
+        return rollback_command(std::env::args().skip(2));
+        #[cfg(not(all(unix, feature = "control")))]
+        {
+            eprintln!("hello rollback: the control socket needs Unix and the `control` feature");
             return std::process::ExitCode::from(2);
         }
     }
@@ -738,6 +866,16 @@ async fn serve(opts: Options) -> std::process::ExitCode {
     if let Some(n) = opts.max_draining {
         process = process.max_draining(n);
     }
+    if let Some(p) = opts.probation {
+        process = process.probation(p);
+    }
+    if let Some((ratio, min)) = opts.rollback_on_errors {
+        process = process.rollback_on_errors(ratio, min);
+    }
+    FAIL_RATIO.store(
+        opts.fail_ratio.to_bits(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if let Some(p) = &opts.control {
         #[cfg(feature = "control")]
         {
@@ -859,6 +997,21 @@ async fn serve(opts: Options) -> std::process::ExitCode {
     if opts.early_ready {
         // The spawned servers have not run yet: none took its socket.
         process.ready();
+    }
+    if let Some(after) = opts.crash_after {
+        // A broken build (the tests' bad deploy): it serves, then crashes.
+        let p = process.clone();
+        tokio::spawn(async move {
+            while !(p.status().live && p.status().phase == ceaseless::status::Phase::Serving) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(after).await;
+            tracing::error!(
+                pid = std::process::id(),
+                "crashing on purpose (--crash-after-ms)"
+            );
+            std::process::abort();
+        });
     }
     let mut code = 0;
     let mut ended = None;

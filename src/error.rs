@@ -278,6 +278,29 @@ impl RestartError {
     }
 }
 
+/// Why a rollback ([`Process::rollback`](crate::Process::rollback), `rollback` on the
+/// control socket) did not happen. Nothing changed: this generation serves on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RollbackError {
+    /// No generation is parked behind this one: no probation is on
+    /// ([`ProcessBuilder::probation`](crate::ProcessBuilder::probation)), or it is over.
+    #[error(
+        "nothing to roll back to: no previous generation is parked (the probation is over, or off)"
+    )]
+    NoProbation,
+    /// The probation ended (or the parked generation left) while the rollback was
+    /// asked for.
+    #[error("the probation ended before the parked generation took the service back")]
+    Ended,
+    /// A rollback is already under way.
+    #[error("a rollback is already in progress")]
+    InProgress,
+    /// This generation is not serving as the live one (it restarts, or shuts down).
+    #[error("this generation is not the one serving (it restarts or shuts down)")]
+    NotServing,
+}
+
 #[cfg(feature = "control")]
 /// Why [`control::request_restart`](crate::observe::control::request_restart) did not return the
 /// new generation's pid.

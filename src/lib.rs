@@ -145,10 +145,10 @@ mod sys;
 pub use addr::ListenAddr;
 #[cfg(feature = "control")]
 pub use error::{ControlError, TakeoverError};
-pub use error::{Error, RestartError};
+pub use error::{Error, RestartError, RollbackError};
 pub use handover::listen::ConnInfo;
 pub use handover::state;
-pub use lifecycle::{Drain, Served, DEFAULT_MAX_DRAINING};
+pub use lifecycle::{Drain, RollbackTrigger, Served, DEFAULT_MAX_DRAINING};
 #[cfg(all(unix, feature = "control"))]
 pub use observe::control;
 #[cfg(feature = "metrics")]

@@ -67,6 +67,97 @@ impl std::fmt::Display for Served {
     }
 }
 
+/// What took the service back from a generation on probation to the one parked
+/// before it (see [`ProcessBuilder::probation`](crate::ProcessBuilder::probation)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "control",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
+#[non_exhaustive]
+pub enum RollbackTrigger {
+    /// The generation on probation exited without a shutdown (a crash, an abort, a
+    /// kill): the parked one resumed on its own.
+    Crash,
+    /// The error policy tripped
+    /// ([`ProcessBuilder::rollback_on_errors`](crate::ProcessBuilder::rollback_on_errors)).
+    Errors,
+    /// The application called [`Process::rollback`](crate::Process::rollback).
+    Application,
+    /// An operator asked on the control socket (`rollback`).
+    Operator,
+}
+
+impl RollbackTrigger {
+    /// Its name: `crash`, `errors`, `application`, `operator`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RollbackTrigger::Crash => "crash",
+            RollbackTrigger::Errors => "errors",
+            RollbackTrigger::Application => "application",
+            RollbackTrigger::Operator => "operator",
+        }
+    }
+
+    /// The trigger named `s` ([`RollbackTrigger::as_str`]).
+    pub fn parse(s: &str) -> Option<RollbackTrigger> {
+        [
+            RollbackTrigger::Crash,
+            RollbackTrigger::Errors,
+            RollbackTrigger::Application,
+            RollbackTrigger::Operator,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for RollbackTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The responses a generation on probation answered, for its error policy
+/// ([`ProcessBuilder::rollback_on_errors`](crate::ProcessBuilder::rollback_on_errors)):
+/// counted only while the policy watches, one relaxed load per response otherwise.
+#[derive(Debug, Default)]
+pub(crate) struct Outcomes {
+    counting: std::sync::atomic::AtomicBool,
+    total: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Outcomes {
+    /// A response with this status was answered.
+    pub(crate) fn record(&self, status: http::StatusCode) {
+        if self.counting.load(Ordering::Relaxed) {
+            self.total.fetch_add(1, Ordering::Relaxed);
+            if status.is_server_error() {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Counting from zero on, or not.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(crate) fn count(&self, on: bool) {
+        self.total.store(0, Ordering::Relaxed);
+        self.errors.store(0, Ordering::Relaxed);
+        self.counting.store(on, Ordering::Relaxed);
+    }
+
+    /// Responses and server errors counted so far.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.total.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// The phase of a generation. See the module docs for the diagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 // The phases of a restart never come on Windows, which has none.
@@ -93,6 +184,9 @@ pub(crate) enum Phase {
 pub(crate) struct State {
     pub(crate) phase: Phase,
     pub(crate) live: bool,
+    /// Handed over and on probation: the servers keep their listeners (accepting
+    /// nothing) until the probation ends or a rollback resumes them.
+    pub(crate) parked: bool,
 }
 
 impl State {
@@ -137,6 +231,22 @@ pub(crate) enum Transition<'a> {
     ShutdownBegun { live: bool },
     /// Every server of this generation is drained.
     Done { served: Served, live: bool },
+    /// This parked generation took the service back from `from_pid`: it is live again.
+    RolledBack {
+        from_pid: u32,
+        trigger: RollbackTrigger,
+        /// From the trigger (the ask, or the crash seen) to live again.
+        ms: u64,
+    },
+    /// This generation, on probation, handed the service back to the parked `to_pid`;
+    /// it drains and is no longer live.
+    HandedBack {
+        to_pid: u32,
+        trigger: RollbackTrigger,
+    },
+    /// The probation that followed this generation's going live ended: `None` once
+    /// it is over, `Some(ms)` when it begins.
+    Probation { ms: Option<u64> },
 }
 
 /// Something that follows the owner's transitions.

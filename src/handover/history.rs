@@ -14,6 +14,45 @@ pub struct RestartCounts {
     pub ok: u64,
     /// Restarts that failed, leaving the old generation serving.
     pub failed: u64,
+    /// Rollbacks after a probation, by what triggered them (carried across restarts,
+    /// as the restarts are).
+    #[cfg_attr(feature = "control", serde(default))]
+    pub rollbacks: RollbackCounts,
+}
+
+/// Rollbacks by trigger (see
+/// [`ProcessBuilder::probation`](crate::ProcessBuilder::probation)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "control", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct RollbackCounts {
+    /// The generation on probation exited without a shutdown.
+    pub crash: u64,
+    /// The error policy tripped.
+    pub errors: u64,
+    /// The application asked ([`Process::rollback`](crate::Process::rollback)).
+    pub application: u64,
+    /// An operator asked on the control socket.
+    pub operator: u64,
+}
+
+impl RollbackCounts {
+    /// Counts one rollback of `trigger`.
+    #[cfg_attr(not(unix), allow(dead_code))] // no rollback on Windows
+    pub(crate) fn add(&mut self, trigger: crate::lifecycle::RollbackTrigger) {
+        use crate::lifecycle::RollbackTrigger as T;
+        match trigger {
+            T::Crash => self.crash += 1,
+            T::Errors => self.errors += 1,
+            T::Application => self.application += 1,
+            T::Operator => self.operator += 1,
+        }
+    }
+
+    /// Every rollback, whatever triggered it.
+    pub fn total(&self) -> u64 {
+        self.crash + self.errors + self.application + self.operator
+    }
 }
 
 /// How a restart ended.
@@ -29,6 +68,9 @@ pub enum Outcome {
     Ok,
     /// Nothing changed: the old generation still serves.
     Failed,
+    /// A rollback: the generation parked during the probation took the service back
+    /// from the one this restart started (`trigger` says why).
+    RolledBack,
 }
 
 /// One restart.
@@ -54,6 +96,13 @@ pub struct Restart {
     /// From the new generation's readiness to the exit of the old one (its drain), in
     /// ms; `None` while the old one still drains.
     pub ready_to_old_gone_ms: Option<u64>,
+    /// For a rollback: what triggered it.
+    #[cfg_attr(feature = "control", serde(default))]
+    pub trigger: Option<crate::lifecycle::RollbackTrigger>,
+    /// For a rollback: from its trigger (the ask, or the crash seen) to the parked
+    /// generation's being live again, in ms.
+    #[cfg_attr(feature = "control", serde(default))]
+    pub rollback_ms: Option<u64>,
 }
 
 /// RFC 3339 in UTC with milliseconds, as the JSON carries times.

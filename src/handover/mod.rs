@@ -82,6 +82,8 @@ pub(crate) mod inherit;
 #[cfg(unix)]
 pub(crate) mod lineage;
 pub(crate) mod listen;
+#[cfg(unix)]
+pub(crate) mod probation;
 pub mod state;
 
 #[cfg(unix)]

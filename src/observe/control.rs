@@ -13,6 +13,10 @@
 //! <- error <reason>        nothing changed, the old generation still serves: the new
 //!                          one exited (with its status), was not ready in time, could
 //!                          not be started, or a restart was already under way
+//! -> rollback             (to a generation on probation: ProcessBuilder::probation)
+//! <- ok 4102               the parked generation (pid 4102) serves again; this one drains
+//! <- error <reason>        nothing changed: no generation is parked (the probation is
+//!                          over, or off), or a rollback is already under way
 //! -> status
 //! <- {"pid":4187,...}      the process's [`Status`](super::status::Status) as one line of JSON
 //!                          (its fields are documented there); [`request_status`] reads it
@@ -98,6 +102,33 @@ const BACKLOG: i32 = 64;
 pub fn request_restart(path: impl AsRef<Path>, timeout: Duration) -> Result<u32, ControlError> {
     let answer = exchange(path.as_ref(), b"restart\n", timeout, MAX_LINE)?;
     parse_answer(&answer)
+}
+
+/// Asks the process serving the control socket at `path`, a generation on probation
+/// ([`ProcessBuilder::probation`]), to roll the service back to the generation parked
+/// behind it: the pid that serves again, once it does and the generation on probation
+/// drains, or why not ([`ControlError::Refused`]: no generation is parked, the probation
+/// is over, a rollback is already under way).
+///
+/// Blocking, like [`request_restart`]; a few seconds are plenty for `timeout`.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// match ceaseless::control::request_rollback("/run/hello/control.sock", Duration::from_secs(10)) {
+///     Ok(pid) => println!("rolled back: pid {pid} serves again"),
+///     Err(e) => eprintln!("nothing changed: {e}"),
+/// }
+/// ```
+///
+/// [`ProcessBuilder::probation`]: crate::ProcessBuilder::probation
+#[cfg(feature = "control")]
+pub fn request_rollback(path: impl AsRef<Path>, timeout: Duration) -> Result<u32, ControlError> {
+    let answer = exchange(path.as_ref(), b"rollback\n", timeout, MAX_LINE)?;
+    match parse_answer(&answer) {
+        Err(ControlError::Failed(reason)) => Err(ControlError::Refused(reason)),
+        other => other,
+    }
 }
 
 /// Asks the process serving the control socket at `path` for its [`Status`]: pid,
@@ -314,6 +345,13 @@ fn restrict(path: &Path) -> io::Result<()> {
 pub(crate) type RestartFn =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<u32, RestartError>> + Send>> + Send + Sync>;
 
+/// Rolls a generation on probation back to the parked one, and says how it went.
+pub(crate) type RollbackFn = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<u32, crate::error::RollbackError>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A snapshot of the process (the owner's [`Process::status`](crate::Process::status)).
 pub(crate) type StatusFn = Arc<dyn Fn() -> super::status::Status + Send + Sync>;
 
@@ -328,6 +366,7 @@ pub(crate) type TakeoverFn =
 #[derive(Clone)]
 pub(crate) struct Handlers {
     pub(crate) restart: RestartFn,
+    pub(crate) rollback: RollbackFn,
     pub(crate) status: StatusFn,
     pub(crate) reload_tls: ReloadFn,
     pub(crate) takeover: TakeoverFn,
@@ -368,39 +407,47 @@ impl Control {
 }
 
 /// The accept loop: starts once this generation is live and serving, stops when it
-/// drains.
+/// drains. A generation parked for a probation keeps the socket, and accepts again if
+/// the service rolls back to it.
 async fn accept_loop(
     listener: tokio::net::UnixListener,
     mut state: watch::Receiver<State>,
     handlers: Handlers,
     tracker: TaskTracker,
 ) {
-    if state
-        .wait_for(|s| s.is_serving() || s.is_draining())
-        .await
-        .is_err()
-    {
-        return;
-    }
     loop {
-        if state.borrow_and_update().is_draining() {
-            break;
+        if state
+            .wait_for(|s| s.is_serving() || s.is_draining())
+            .await
+            .is_err()
+        {
+            return;
         }
-        tokio::select! {
-            biased;
-            changed = state.changed() => if changed.is_err() { break },
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let handlers = handlers.clone();
-                    tracker.spawn(async move { answer(stream, handlers).await });
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "control socket: accept failed");
-                    if crate::sys::net::out_of_resources(&e) {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+        loop {
+            if state.borrow_and_update().is_draining() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                changed = state.changed() => if changed.is_err() { return },
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let handlers = handlers.clone();
+                        tracker.spawn(async move { answer(stream, handlers).await });
                     }
-                }
-            },
+                    Err(e) => {
+                        tracing::debug!(error = %e, "control socket: accept failed");
+                        if crate::sys::net::out_of_resources(&e) {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                },
+            }
+        }
+        // Parked: wait for the probation's end (exit) or a rollback (serve again).
+        match state.wait_for(|s| !s.parked || !s.is_draining()).await {
+            Ok(s) if !s.is_draining() => continue,
+            _ => return,
         }
     }
 }
@@ -450,6 +497,13 @@ async fn handle(request: &[u8], handlers: &Handlers) -> String {
             // The restart logs its own outcome.
             match (handlers.restart)().await {
                 Ok(new_pid) => format!("ok {new_pid}\n"),
+                Err(e) => format!("error {}\n", one_line(&e.to_string())),
+            }
+        }
+        "rollback" => {
+            tracing::info!(pid, "rollback requested on the control socket");
+            match (handlers.rollback)().await {
+                Ok(pid) => format!("ok {pid}\n"),
                 Err(e) => format!("error {}\n", one_line(&e.to_string())),
             }
         }
@@ -539,20 +593,46 @@ mod tests {
                 upgraded: 1,
             },
             requests: 1234,
-            restarts_total: RestartCounts { ok: 1, failed: 1 },
-            restarts: vec![Restart {
-                at: UNIX_EPOCH + Duration::from_millis(1_796_174_402_981),
-                generation: 4,
-                outcome: Outcome::Failed,
-                pid: Some(4190),
-                reason: Some("exited: \"signal 9\"\nagain".into()),
-                sighup_to_ready_ms: None,
-                ready_to_old_gone_ms: None,
-            }],
+            restarts_total: {
+                let mut t = RestartCounts::default();
+                (t.ok, t.failed, t.rollbacks.crash) = (1, 1, 1);
+                t
+            },
+            restarts: vec![
+                Restart {
+                    at: UNIX_EPOCH + Duration::from_millis(1_796_174_402_981),
+                    generation: 4,
+                    outcome: Outcome::Failed,
+                    pid: Some(4190),
+                    reason: Some("exited: \"signal 9\"\nagain".into()),
+                    sighup_to_ready_ms: None,
+                    ready_to_old_gone_ms: None,
+                    trigger: None,
+                    rollback_ms: None,
+                },
+                Restart {
+                    at: UNIX_EPOCH + Duration::from_millis(1_796_174_403_001),
+                    generation: 4,
+                    outcome: Outcome::RolledBack,
+                    pid: Some(4188),
+                    reason: Some("rolled back from pid 4191 (crash)".into()),
+                    sighup_to_ready_ms: None,
+                    ready_to_old_gone_ms: None,
+                    trigger: Some(crate::RollbackTrigger::Crash),
+                    rollback_ms: Some(1),
+                },
+            ],
+            probation: Some(ProbationStatus::new(
+                4192,
+                false,
+                UNIX_EPOCH + Duration::from_millis(1_796_174_463_001),
+            )),
         };
         let line = status_line(&s);
         assert_eq!(line.matches('\n').count(), 1, "{line}");
         assert!(line.contains(r#""phase":"lame_duck""#), "{line}");
+        assert!(line.contains(r#""outcome":"rolled_back""#), "{line}");
+        assert!(line.contains(r#""trigger":"crash""#), "{line}");
         assert!(
             line.contains(r#""started_at":"2026-12-02T01:20:03.117Z""#),
             "{line}"

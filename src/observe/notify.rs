@@ -148,6 +148,28 @@ impl Observer for Notify {
                     "MAINPID={new_pid}\nREADY=1\nSTATUS=serving, pid {new_pid} (restarted from pid {pid})"
                 ));
             }
+            // A rollback: the parked generation names itself, whether the one on
+            // probation could (it handed back) or not (it crashed).
+            Transition::RolledBack {
+                from_pid, trigger, ..
+            } => {
+                send(&format!(
+                    "MAINPID={pid}\nREADY=1\nSTATUS=serving, pid {pid} (rolled back from pid {from_pid}: {trigger})"
+                ));
+            }
+            Transition::HandedBack { to_pid, trigger } => {
+                send(&format!(
+                    "STATUS=rolling back to pid {to_pid} ({trigger}); pid {pid} drains"
+                ));
+            }
+            Transition::Probation { ms: Some(ms) } => {
+                send(&format!(
+                    "STATUS=serving, pid {pid} (on probation for {ms} ms)"
+                ));
+            }
+            Transition::Probation { ms: None } => {
+                send(&format!("STATUS=serving, pid {pid}"));
+            }
             // Ends the reload the manager was told about, if any (a restart refused
             // before it started said nothing).
             Transition::RestartFailed(why) if std::mem::take(&mut self.reloading) => {

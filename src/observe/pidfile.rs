@@ -38,6 +38,9 @@ impl Observer for PidFile {
         match t {
             Transition::Ready { first: true } | Transition::Live => self.write(std::process::id()),
             Transition::Committed { new_pid } => self.write(*new_pid),
+            // A rollback: the parked generation is the main one again.
+            Transition::RolledBack { .. } => self.write(std::process::id()),
+            Transition::HandedBack { to_pid, .. } => self.write(*to_pid),
             Transition::Done {
                 served: Served::Shutdown,
                 live: true,

@@ -84,6 +84,37 @@ pub struct Status {
     pub restarts_total: RestartCounts,
     /// The most recent restarts (16 at most), oldest first.
     pub restarts: Vec<Restart>,
+    /// The probation this generation is in, parked or on it (see
+    /// [`ProcessBuilder::probation`](crate::ProcessBuilder::probation)); `None` when
+    /// there is none.
+    #[cfg_attr(feature = "control", serde(default))]
+    pub probation: Option<ProbationStatus>,
+}
+
+/// A probation, as one of its two generations sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "control", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct ProbationStatus {
+    /// This generation is the parked one (else it is the one on probation).
+    pub parked: bool,
+    /// The other generation's pid: the live one this one is parked behind, or the one
+    /// parked behind this one.
+    pub other_pid: u32,
+    /// When the probation ends (the parked generation then exits).
+    #[cfg_attr(feature = "control", serde(with = "crate::handover::history::rfc3339"))]
+    pub ends_at: SystemTime,
+}
+
+impl ProbationStatus {
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(crate) fn new(other_pid: u32, parked: bool, ends_at: SystemTime) -> Self {
+        ProbationStatus {
+            parked,
+            other_pid,
+            ends_at,
+        }
+    }
 }
 
 /// A generation's phase.
@@ -107,6 +138,9 @@ pub enum Phase {
     LameDuck,
     /// Draining after a shutdown or a handover.
     Draining,
+    /// Handed over and parked for a probation: keeps the listeners, accepts nothing,
+    /// until the probation ends or the service rolls back here.
+    Parked,
 }
 
 impl Phase {
@@ -119,17 +153,19 @@ impl Phase {
             Phase::Restarting => "restarting",
             Phase::LameDuck => "lame_duck",
             Phase::Draining => "draining",
+            Phase::Parked => "parked",
         }
     }
 
     /// Every phase.
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Starting,
         Phase::Confirming,
         Phase::Serving,
         Phase::Restarting,
         Phase::LameDuck,
         Phase::Draining,
+        Phase::Parked,
     ];
 
     fn of(p: LPhase) -> Phase {
@@ -341,13 +377,18 @@ impl Book {
     /// A ceaseless server counts the connections of the listener at `address`.
     pub(crate) fn count_connections(&self, address: &str, tracker: Arc<dyn Counts>) {
         let mut p = lock(&self.inner);
-        if let Some(e) = p
+        // A listener not counted yet; else (a parked generation serving again, in a
+        // new round) the one at that address.
+        let found = match p
             .listeners
-            .iter_mut()
-            .rev()
-            .find(|e| e.address == address && e.tracker.is_none())
+            .iter()
+            .rposition(|e| e.address == address && e.tracker.is_none())
         {
-            e.tracker = Some(tracker);
+            Some(i) => Some(i),
+            None => p.listeners.iter().rposition(|e| e.address == address),
+        };
+        if let Some(i) = found {
+            p.listeners[i].tracker = Some(tracker);
         }
     }
 
@@ -399,7 +440,11 @@ impl Book {
         Status {
             pid: std::process::id(),
             generation: self.generation,
-            phase: Phase::of(state.phase),
+            phase: if state.parked {
+                Phase::Parked
+            } else {
+                Phase::of(state.phase)
+            },
             live: state.live,
             started_at: self.started_at,
             uptime_ms: ms_between(self.started_mono, mono_ns()),
@@ -408,14 +453,17 @@ impl Book {
             requests,
             restarts_total: p.totals,
             restarts: p.history.iter().cloned().collect(),
+            probation: None,
         }
     }
 
     #[cfg(unix)]
     fn push(p: &mut Pages, r: Restart) {
-        match r.outcome {
-            Outcome::Ok => p.totals.ok += 1,
-            Outcome::Failed => p.totals.failed += 1,
+        match (r.outcome, r.trigger) {
+            (Outcome::Ok, _) => p.totals.ok += 1,
+            (Outcome::Failed, _) => p.totals.failed += 1,
+            (Outcome::RolledBack, Some(t)) => p.totals.rollbacks.add(t),
+            (Outcome::RolledBack, None) => {}
         }
         p.history.push_back(r);
         while p.history.len() > MAX_RESTARTS {
@@ -481,6 +529,27 @@ impl Observer for Recorder {
                     reason: Some(handover::cut(&reason, MAX_REASON).to_string()),
                     sighup_to_ready_ms: None,
                     ready_to_old_gone_ms: None,
+                    trigger: None,
+                    rollback_ms: None,
+                };
+                Book::push(&mut p, r);
+            }
+            Transition::RolledBack {
+                from_pid,
+                trigger,
+                ms,
+            } => {
+                let r = Restart {
+                    // To the millisecond, as the history carries times.
+                    at: at(now_began()),
+                    generation: book.generation,
+                    outcome: Outcome::RolledBack,
+                    pid: Some(std::process::id()),
+                    reason: Some(format!("rolled back from pid {from_pid} ({trigger})")),
+                    sighup_to_ready_ms: None,
+                    ready_to_old_gone_ms: None,
+                    trigger: Some(*trigger),
+                    rollback_ms: Some(*ms),
                 };
                 Book::push(&mut p, r);
             }
@@ -503,6 +572,8 @@ impl Observer for Recorder {
                     reason: None,
                     sighup_to_ready_ms: ready_ms,
                     ready_to_old_gone_ms: None,
+                    trigger: None,
+                    rollback_ms: None,
                 };
                 Book::push(&mut p, r);
                 drop(p);
@@ -556,6 +627,8 @@ mod tests {
             reason: None,
             sighup_to_ready_ms: Some(5),
             ready_to_old_gone_ms: Some(7),
+            trigger: None,
+            rollback_ms: None,
         }
     }
 
@@ -563,7 +636,11 @@ mod tests {
     async fn the_book_carries_and_bounds_the_history() {
         // A parent with a full history hands it over.
         let full = History {
-            totals: RestartCounts { ok: 20, failed: 2 },
+            totals: {
+                let mut t = RestartCounts::default();
+                (t.ok, t.failed, t.rollbacks.errors) = (20, 2, 3);
+                t
+            },
             restarts: (2..2 + MAX_RESTARTS as u64).map(restart).collect(),
         };
         let began = now_began();
@@ -580,10 +657,30 @@ mod tests {
         let serving = State {
             phase: LPhase::Serving,
             live: true,
+            parked: false,
         };
         let s = book.snapshot(serving);
         assert_eq!(s.restarts.len(), MAX_RESTARTS);
-        assert_eq!(s.restarts_total, RestartCounts { ok: 21, failed: 2 });
+        assert_eq!((s.restarts_total.ok, s.restarts_total.failed), (21, 2));
+        assert_eq!(s.restarts_total.rollbacks.errors, 3, "carried across");
+        // A rollback to this generation is recorded with its trigger and time.
+        rec.observe(&Transition::RolledBack {
+            from_pid: 9999,
+            trigger: crate::RollbackTrigger::Operator,
+            ms: 4,
+        });
+        let s2 = book.snapshot(serving);
+        let rb = s2.restarts.last().unwrap();
+        assert_eq!(
+            (rb.outcome, rb.trigger, rb.rollback_ms),
+            (
+                Outcome::RolledBack,
+                Some(crate::RollbackTrigger::Operator),
+                Some(4)
+            )
+        );
+        assert_eq!(s2.restarts_total.rollbacks.operator, 1);
+        assert_eq!(s2.restarts_total.ok, 21, "a rollback is not a restart");
         assert_eq!(s.restarts[0].generation, 3, "the oldest is dropped");
         let last = s.restarts.last().unwrap();
         assert_eq!((last.generation, last.outcome), (me, Outcome::Ok));
@@ -627,6 +724,7 @@ mod tests {
         book.inherit_history(&env);
         let s = book.snapshot(State {
             phase: LPhase::Starting,
+            parked: false,
             live: true,
         });
         assert!(s.restarts.is_empty());

@@ -36,6 +36,8 @@ pub struct ProcessBuilder {
     max_draining: usize,
     state: Option<crate::handover::state::Producer>,
     takeover: Option<PathBuf>,
+    probation: Option<Duration>,
+    rollback_on_errors: Option<(f64, u64)>,
 }
 
 impl std::fmt::Debug for ProcessBuilder {
@@ -48,6 +50,8 @@ impl std::fmt::Debug for ProcessBuilder {
             .field("pid_file", &self.pid_file)
             .field("control_socket", &self.control_socket)
             .field("takeover", &self.takeover)
+            .field("probation", &self.probation)
+            .field("rollback_on_errors", &self.rollback_on_errors)
             .field("signals", &self.signals)
             .finish_non_exhaustive()
     }
@@ -68,6 +72,8 @@ impl Default for ProcessBuilder {
             state: None,
             max_draining: crate::lifecycle::DEFAULT_MAX_DRAINING,
             takeover: None,
+            probation: None,
+            rollback_on_errors: None,
         }
     }
 }
@@ -228,6 +234,62 @@ impl ProcessBuilder {
         self
     }
 
+    /// A probation after each restart (off by default): once the new generation is
+    /// live, the old one drains as usual, then *parks* for `period` instead of exiting:
+    /// it keeps every listening socket (and named descriptor, state, ticket key) but
+    /// accepts nothing, and watches the new generation. Within the period the service
+    /// rolls back to it, losing nothing it could have served:
+    /// - at once, if the new generation exits without a shutdown (a crash, an abort, a
+    ///   kill): the connections it accepted and had not answered are the only ones
+    ///   lost; those waiting in the listeners' queues are the parked one's;
+    /// - when the error policy trips ([`ProcessBuilder::rollback_on_errors`]), the
+    ///   application calls [`Process::rollback`] in the new generation, or an operator
+    ///   asks on the control socket (`rollback`, [`control::request_rollback`]): the
+    ///   parked generation accepts again first, then the new one drains as an old one
+    ///   does at a restart (0 failed requests).
+    ///
+    /// The parked generation becomes the live one again: the PID file, `MAINPID=` and
+    /// `READY=1`, the control socket, its status and generation number. Once the period
+    /// ends it exits as without probation. At most one generation is parked: a restart
+    /// of the new generation during its probation, or its shutdown, ends the probation
+    /// first (the parked one exits), and its own old generation parks in turn. In every
+    /// process model: re-exec, the supervisor (the parked generation stays its child,
+    /// the pid stays the supervisor's) and a takeover.
+    ///
+    /// Parking needs every listener to be served by ceaseless's servers ([`Server`] or
+    /// [`serve`](crate::serve())), which resume on the same sockets; a generation with a
+    /// listener served otherwise (`axum::serve`) drains and exits without parking, and
+    /// says so in its log. What the application runs beside its servers on
+    /// [`Process::draining`] does not resume. A zero period is refused at start.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # fn f() -> Result<(), ceaseless::Error> {
+    /// let process = ceaseless::Process::builder()
+    ///     .probation(Duration::from_secs(60))
+    ///     .rollback_on_errors(0.2, 100) // over 20% of 5xx in at least 100 responses
+    ///     .control_socket("/run/app/control.sock")
+    ///     .start()?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`Server`]: crate::Server
+    /// [`control::request_rollback`]: crate::control::request_rollback
+    pub fn probation(mut self, period: Duration) -> Self {
+        self.probation = Some(period);
+        self
+    }
+
+    /// The error policy of a probation ([`ProcessBuilder::probation`]): a new generation
+    /// whose ceaseless servers answered at least `min_requests` responses since it went
+    /// live, more than `ratio` of them server errors (`5xx`), is rolled back while the
+    /// probation lasts. `ratio` must be in `0.0..1.0` and `min_requests` at least 1;
+    /// anything else is refused at start. Off by default.
+    pub fn rollback_on_errors(mut self, ratio: f64, min_requests: u64) -> Self {
+        self.rollback_on_errors = Some((ratio, min_requests));
+        self
+    }
+
     /// Runs `f` before ([`Stage::Pre`]) or after ([`Stage::Post`]) ceaseless handles
     /// `signal`. Hooks run in registration order.
     pub fn hook(
@@ -274,6 +336,26 @@ impl ProcessBuilder {
                 reason: "zero would cut every connection at once; None means no limit".into(),
             });
         }
+        if self.probation.is_some_and(|p| p.is_zero()) {
+            return Err(Error::Setting {
+                name: "probation",
+                reason: "zero: no time to roll back in; leave it unset for none".into(),
+            });
+        }
+        if let Some((ratio, min)) = self.rollback_on_errors {
+            if !(0.0..1.0).contains(&ratio) || min == 0 {
+                return Err(Error::Setting {
+                    name: "rollback_on_errors",
+                    reason: format!(
+                        "ratio {ratio} and min_requests {min}: the ratio is a fraction in 0.0..1.0 \
+                         and at least one response is needed"
+                    ),
+                });
+            }
+            if self.probation.is_none() {
+                tracing::warn!("rollback_on_errors without a probation: it never trips");
+            }
+        }
         if self.max_draining == 0 {
             return Err(Error::Setting {
                 name: "max_draining",
@@ -318,6 +400,7 @@ impl ProcessBuilder {
         let publisher = Publisher::new(State {
             phase: Phase::Starting,
             live: parent.is_none(),
+            parked: false,
         });
         let book = crate::observe::status::Book::new(parent, generation);
         #[cfg(unix)]
@@ -411,6 +494,8 @@ impl ProcessBuilder {
                     committing: false,
                     shutdown_deferred: false,
                     done: None,
+                    #[cfg(unix)]
+                    probation: None,
                 }),
                 publisher,
                 readiness: self.readiness,
@@ -433,6 +518,11 @@ impl ProcessBuilder {
                 book,
                 max_draining: self.max_draining,
                 restart_running: Arc::default(),
+                #[cfg_attr(not(unix), allow(unused))]
+                probation: self.probation,
+                #[cfg_attr(not(unix), allow(unused))]
+                rollback_on_errors: self.rollback_on_errors,
+                outcomes: Arc::default(),
                 claims: tokio::sync::watch::Sender::new(()),
             }),
         };
@@ -458,8 +548,17 @@ impl ProcessBuilder {
                 let p = p.clone();
                 Box::pin(async move { p.serve_takeover(stream).await })
             });
+            let p = process.clone();
+            let rollback: control::RollbackFn = Arc::new(move || {
+                let p = p.clone();
+                Box::pin(async move {
+                    p.ask_rollback(crate::lifecycle::RollbackTrigger::Operator)
+                        .await
+                })
+            });
             let handlers = control::Handlers {
                 restart,
+                rollback,
                 status,
                 reload_tls,
                 takeover,

@@ -83,11 +83,24 @@ impl Process {
             }
         };
         let mut grace: Option<tokio::time::Instant> = None;
+        // The probation the previous generation parks for, told before `live`.
+        let mut probation: Option<u64> = None;
         loop {
             let h = match heard.take() {
                 Some(h) => h,
                 None => self.hear(&mut reader, &mut claims, new, grace).await,
             };
+            if let Heard::Word(Message::Probation(ms)) = h {
+                // Echoed at once: the parked generation then takes this channel's
+                // closing without `release` for a crash of this one.
+                if new == New::Acknowledged && probation.is_none() {
+                    probation = Some(ms);
+                    let _ = writer
+                        .write_all(Message::Probation(ms).encode().as_bytes())
+                        .await;
+                }
+                continue;
+            }
             let (next, act) = new.step(h);
             new = next;
             match act {
@@ -113,7 +126,29 @@ impl Process {
                         Err(_) => heard = Some(Heard::Closed),
                     }
                 }
-                Do::BecomeLive => return self.went_live(),
+                Do::BecomeLive => {
+                    let Some(ms) = probation else {
+                        return self.went_live();
+                    };
+                    // Live and on probation at once: a rollback asked for the moment
+                    // this generation answers finds the probation on.
+                    let asks = {
+                        let mut core = self.lock();
+                        let live = self.live_now(&mut core);
+                        let asks = live.then(|| self.probation_on(&mut core, ms));
+                        self.after_live(&mut core);
+                        asks
+                    };
+                    match asks {
+                        Some(asks) => self.begin_probation(reader, writer, ms, asks),
+                        // A deferred shutdown gave up waiting: the probation is over.
+                        None => {
+                            let mut writer = writer;
+                            let _ = writer.write_all(Message::Release.encode().as_bytes()).await;
+                        }
+                    }
+                    return;
+                }
                 Do::Drain => {
                     let mut core = self.lock();
                     if core.state.phase == Phase::Confirming {
@@ -170,14 +205,30 @@ impl Process {
     /// asked for meanwhile begins now, with its lame duck.
     fn went_live(&self) {
         let mut core = self.lock();
+        if self.live_now(&mut core) {
+            self.after_live(&mut core);
+        }
+    }
+
+    /// Becomes live, unless a deferred shutdown gave up waiting: whether it did. The
+    /// state is published by [`Process::after_live`].
+    fn live_now(&self, core: &mut Core) -> bool {
         if core.state.phase != Phase::Confirming {
-            return; // a deferred shutdown gave up waiting
+            return false;
         }
         core.become_live();
+        true
+    }
+
+    /// Publishes the live state, then what was deferred until then.
+    fn after_live(&self, core: &mut Core) {
+        if !(core.state.live && core.state.phase == Phase::Serving) {
+            return;
+        }
         self.inner.publisher.publish(core.state);
-        self.close_unclaimed_later(&core);
+        self.close_unclaimed_later(core);
         if std::mem::take(&mut core.shutdown_deferred) {
-            self.begin_shutdown(&mut core);
+            self.begin_shutdown(core);
         }
     }
 }

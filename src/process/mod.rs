@@ -17,6 +17,8 @@
 mod builder;
 #[cfg(unix)]
 mod confirm;
+#[cfg(unix)]
+mod probation;
 mod ready;
 #[cfg(unix)]
 mod restarting;
@@ -189,6 +191,14 @@ struct Inner {
     /// Told each time an inherited descriptor is claimed (the commit waits for every
     /// inherited listener to be claimed before it says it holds them).
     claims: tokio::sync::watch::Sender<()>,
+    /// [`ProcessBuilder::probation`].
+    #[cfg_attr(not(unix), allow(dead_code))]
+    probation: Option<Duration>,
+    /// [`ProcessBuilder::rollback_on_errors`].
+    #[cfg_attr(not(unix), allow(dead_code))]
+    rollback_on_errors: Option<(f64, u64)>,
+    /// The responses counted for the error policy.
+    outcomes: Arc<crate::lifecycle::Outcomes>,
 }
 
 /// A descriptor to hand over, under its name.
@@ -221,6 +231,9 @@ struct Core {
     #[cfg_attr(not(unix), allow(dead_code))]
     shutdown_deferred: bool,
     done: Option<Served>,
+    /// The probation this generation is on, or parks for.
+    #[cfg(unix)]
+    probation: Option<probation::Probation>,
 }
 
 static PROCESS: OnceLock<Process> = OnceLock::new();
@@ -564,7 +577,62 @@ impl Process {
     /// # }
     /// ```
     pub fn status(&self) -> crate::observe::status::Status {
-        self.inner.book.snapshot(self.inner.publisher.current())
+        #[allow(unused_mut)]
+        let mut s = self.inner.book.snapshot(self.inner.publisher.current());
+        #[cfg(unix)]
+        {
+            s.probation = self.probation_status();
+        }
+        s
+    }
+
+    /// Rolls the service back to the generation parked behind this one, during this
+    /// generation's probation ([`ProcessBuilder::probation`]): the parked generation
+    /// accepts again, then this one drains as an old generation does at a restart.
+    /// Returns the pid that serves again. For an application's own health judgement
+    /// (a dependency it cannot reach since the deploy, a migration that failed).
+    ///
+    /// ```no_run
+    /// # async fn f(process: ceaseless::Process) {
+    /// # let schema_ok = false;
+    /// if !schema_ok {
+    ///     match process.rollback().await {
+    ///         Ok(pid) => eprintln!("rolled back: pid {pid} serves again"),
+    ///         Err(e) => eprintln!("serving on: {e}"), // no probation, or it is over
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// Fails with [`RollbackError::NoProbation`](crate::RollbackError::NoProbation)
+    /// when no generation is parked (always on Windows, which has no restarts).
+    pub async fn rollback(&self) -> Result<u32, crate::RollbackError> {
+        self.ask_rollback(crate::RollbackTrigger::Application).await
+    }
+
+    /// A rollback asked for by `trigger`; see [`Process::rollback`].
+    pub(crate) async fn ask_rollback(
+        &self,
+        trigger: crate::RollbackTrigger,
+    ) -> Result<u32, crate::RollbackError> {
+        #[cfg(unix)]
+        {
+            let r = self.ask_probation(trigger).await;
+            match &r {
+                Ok(pid) => {
+                    tracing::info!(pid = std::process::id(), serving = pid, %trigger, "rollback done")
+                }
+                Err(e) => {
+                    tracing::warn!(pid = std::process::id(), %trigger, error = %e, "rollback refused; serving on")
+                }
+            }
+            r
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = trigger;
+            Err(crate::RollbackError::NoProbation)
+        }
     }
 
     /// A ceaseless server counts the connections of its listener at `address`.
@@ -632,7 +700,8 @@ impl Process {
     /// own; ceaseless's servers call it when the last of them is drained.
     pub async fn finish(&self) -> Served {
         let mut rx = self.watch().state;
-        let _ = rx.wait_for(|s| s.is_draining()).await;
+        // (A parked generation finishes once its probation is over.)
+        let _ = rx.wait_for(|s| s.is_draining() && !s.parked).await;
         let _restart_over = self.inner.restart_running.lock().await;
         #[cfg(unix)]
         if let Some(c) = self.inner.control.get() {
@@ -650,6 +719,12 @@ impl Process {
 
     fn lock(&self) -> MutexGuard<'_, Core> {
         lock(&self.inner.core)
+    }
+
+    /// Where this process's ceaseless servers count their responses (for the error
+    /// policy of a probation).
+    pub(crate) fn outcomes(&self) -> Arc<crate::lifecycle::Outcomes> {
+        self.inner.outcomes.clone()
     }
 
     /// Runs one of the owner's own tasks on its runtime.
@@ -841,6 +916,7 @@ impl Core {
         self.state = State {
             phase: Phase::Serving,
             live: true,
+            parked: false,
         };
         tracing::info!(pid = std::process::id(), previous = ?self.inherited.parent, "this generation is live");
         self.emit(&Transition::Live);

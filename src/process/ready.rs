@@ -26,6 +26,7 @@ impl Process {
         core.state = State {
             phase: Phase::Serving,
             live: true,
+            parked: false,
         };
         core.emit(&Transition::Ready {
             first: parent.is_none(),

@@ -300,13 +300,20 @@ impl Process {
         self.lock().emit(&Transition::Committed { new_pid });
         log_outcome(Ok(new_pid));
         settled();
-        {
+        let parks = {
             let mut core = self.lock();
             core.committing = false;
             core.abort = None;
+            // With a probation, this generation parks behind the new one once drained.
+            let parks = self.may_park(&core);
+            core.state.parked = parks.is_some();
             self.enter_drain(&mut core, Served::HandedOver { pid: new_pid });
+            parks
+        };
+        match parks {
+            Some(period) => self.park(next, period).await,
+            None => next.commit().await,
         }
-        next.commit().await;
         drop(running);
         Ok(new_pid)
     }

@@ -5,6 +5,9 @@ use super::*;
 impl Process {
     pub(super) fn begin_shutdown(&self, core: &mut Core) -> bool {
         match core.state.phase {
+            // A parked generation's probation ends: it exits.
+            #[cfg(unix)]
+            Phase::Draining(_) if core.state.parked => self.end_parking(core),
             Phase::Draining(_) => false,
             Phase::Confirming => {
                 if !core.shutdown_deferred {
@@ -106,9 +109,10 @@ impl Process {
             }
         }
         // Our duplicates go now, so that (on shutdown) new connections are refused as
-        // soon as the servers drop their own listeners.
+        // soon as the servers drop their own listeners. A generation that parks keeps
+        // them for a rollback (until its probation is over).
         #[cfg(unix)]
-        {
+        if !core.state.parked {
             core.registry.clear();
             core.inherited.close_unclaimed();
         }
@@ -159,6 +163,11 @@ impl Process {
 
     pub(super) fn hammer(&self) -> bool {
         let core = self.lock();
+        // A hammer of a parked generation ends its probation.
+        #[cfg(unix)]
+        if core.state.parked {
+            self.end_parking(&core);
+        }
         if core.state.is_draining() {
             self.inner.publisher.hammer();
             true

@@ -201,6 +201,62 @@ impl Successor {
         }
     }
 
+    /// Committed, with a probation of `ms`: tells the successor so, then that it is
+    /// live, and waits (briefly) for it to echo the probation. The channel it keeps is
+    /// what the parked generation watches; `None` if the successor does not follow a
+    /// probation (a version before it closes the channel after `live`): this generation
+    /// then drains and exits as without probation.
+    pub(crate) async fn commit_parked(mut self, ms: u64) -> Option<Parking> {
+        let sent = async {
+            self.send(&Message::Probation(ms)).await?;
+            self.send(&Message::Live).await
+        }
+        .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, new_pid = self.pid, "cannot tell the new generation it is live");
+        }
+        crate::handover::lineage::hammer(&self.hammer, self.max_draining);
+        let mut line = String::new();
+        let echoed = tokio::time::timeout(ECHO_WAIT, async {
+            loop {
+                line.clear();
+                match self.channel.read_line(&mut line).await {
+                    Ok(n) if n > 0 => {
+                        if Message::decode(&line) == Some(Message::Probation(ms)) {
+                            return true;
+                        }
+                    }
+                    _ => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        let Successor {
+            pid,
+            who,
+            channel,
+            status,
+            ..
+        } = self;
+        let parking = Parking {
+            pid,
+            who,
+            channel,
+            status,
+        };
+        if echoed {
+            Some(parking)
+        } else {
+            tracing::warn!(
+                new_pid = pid,
+                "the new generation does not follow a probation; draining without parking"
+            );
+            parking.let_go();
+            None
+        }
+    }
+
     /// Calls the handover off: `abort`, and SIGTERM so that it drains what it accepted
     /// (a generation that never went live and has nothing to finish exits at once). A
     /// child is waited for, and killed if it is still there after `grace`; a newcomer
@@ -236,6 +292,67 @@ impl Successor {
                     _ => tracing::debug!(new_pid = pid, "the failed new process is gone"),
                 }
             }
+        }
+    }
+}
+
+/// How long a committed successor has to echo `probation` before the old generation
+/// takes it as one that does not follow it.
+const ECHO_WAIT: Duration = Duration::from_secs(2);
+
+/// The live generation as its parked predecessor watches it (see the `probation`
+/// module of the handover).
+pub(crate) struct Parking {
+    pub(crate) pid: u32,
+    who: Who,
+    channel: tokio::io::BufReader<tokio::net::UnixStream>,
+    status: Option<std::process::ExitStatus>,
+}
+
+impl Parking {
+    /// The next word from the live generation; `None` once its end closed (it died,
+    /// or is done with the probation).
+    pub(crate) async fn next(&mut self) -> Option<Message> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match self.channel.read_line(&mut line).await {
+                Ok(n) if n > 0 => match Message::decode(&line) {
+                    Some(m) => return Some(m),
+                    None => {
+                        tracing::warn!(new_pid = self.pid, line = %line.trim_end(), "unexpected message from the generation on probation");
+                    }
+                },
+                _ => return None,
+            }
+        }
+    }
+
+    pub(crate) async fn send(&mut self, m: &Message) -> io::Result<()> {
+        self.channel
+            .get_mut()
+            .write_all(m.encode().as_bytes())
+            .await
+    }
+
+    /// How a child that closed its end ended, if it did within a moment (a newcomer's
+    /// is not ours to learn).
+    pub(crate) async fn ended(&mut self) -> Option<std::process::ExitStatus> {
+        if let (Who::Child(c), None) = (&mut self.who, self.status) {
+            self.status = tokio::time::timeout(Duration::from_millis(500), c.wait())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        self.status
+    }
+
+    /// Done watching: a child is reaped whenever it exits.
+    pub(crate) fn let_go(self) {
+        if let (Who::Child(mut child), None) = (self.who, self.status) {
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
         }
     }
 }

@@ -142,13 +142,20 @@ pub(crate) struct Shared {
     spread_ms: u64,
     /// HTTP/1 heads are measured against the limit: hyper's buffer cannot enforce it.
     measure_heads: bool,
+    /// The process's count of responses, for a probation's error policy.
+    outcomes: Arc<crate::lifecycle::Outcomes>,
 }
 
 impl Shared {
     /// `drain` is what requests are told: it completes once their server stopped
     /// accepting. `extensions`: whether requests carry the [`Drain`], the [`ConnInfo`]
     /// (and axum's `ConnectInfo`).
-    pub(crate) fn new(limits: Limits, drain: Drain, extensions: bool) -> Self {
+    pub(crate) fn new(
+        limits: Limits,
+        drain: Drain,
+        extensions: bool,
+        outcomes: Arc<crate::lifecycle::Outcomes>,
+    ) -> Self {
         let mut h1 = hyper::server::conn::http1::Builder::new();
         h1
             // The read deadline of `TimedIo` covers the headers; see the module docs.
@@ -169,6 +176,7 @@ impl Shared {
             grace_ms: millis(limits.drain_grace),
             spread_ms: millis(limits.drain_spread),
             measure_heads: limits.max_header_bytes < MIN_BUF,
+            outcomes,
             limits,
             drain,
             extensions,
@@ -185,6 +193,7 @@ impl Shared {
         Ctx {
             info,
             drain: self.drain.for_connection(),
+            outcomes: self.outcomes.clone(),
         }
     }
 
@@ -833,6 +842,7 @@ where
                 (parts, None)
             }
         };
+        guard.0.ctx.outcomes.record(parts.status);
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             // From now on the IO belongs to the application's protocol. An upgrade
             // answered during the drain stays one (`Connection: upgrade`): the

@@ -31,6 +31,8 @@ pub(crate) struct Ctx {
     pub(crate) info: ConnInfo,
     /// The connection's own copy of its server's drain.
     pub(crate) drain: Drain,
+    /// Where its responses are counted for the error policy of a probation.
+    pub(crate) outcomes: std::sync::Arc<crate::lifecycle::Outcomes>,
 }
 
 crate::sys::scoped_borrow! {

@@ -461,90 +461,141 @@ pub(crate) async fn run<M: MakeConn>(process: Process, server: Accepting, mut ma
     process.server_listening();
 
     let watch = process.watch();
-    // Requests learn of the drain once this server stopped accepting: a client told
-    // to reconnect then reaches the next generation, never this one again.
-    let (told, drain) = watch::channel(None);
-    let shared = Arc::new(Shared::new(
-        settings.limits(),
-        crate::lifecycle::Drain::new(drain),
-        settings.extensions,
-    ));
-    let tracker = Tracker::new();
-    process.count_connections(&local, tracker.clone());
-
     let generation = process.generation();
     let mut state = watch.state.clone();
-    let mut stopped_alone = false;
+    let pid = std::process::id();
+    // Rounds of serving: one, unless this generation parks for a probation after a
+    // handover and the service rolls back to it (then it accepts again on the same
+    // listener, in a new round).
     loop {
-        if state.borrow_and_update().is_draining() {
-            break;
-        }
-        tokio::select! {
-            biased;
-            _ = state.changed() => {}
-            _ = async { stop.as_mut().expect("guarded").await }, if stop.is_some() => {
-                stopped_alone = true;
+        // Requests learn of the drain once this server stopped accepting: a client told
+        // to reconnect then reaches the next generation, never this one again.
+        let (told, drain) = watch::channel(None);
+        let shared = Arc::new(Shared::new(
+            settings.limits(),
+            crate::lifecycle::Drain::new(drain),
+            settings.extensions,
+            process.outcomes(),
+        ));
+        let tracker = Tracker::new();
+        process.count_connections(&local, tracker.clone());
+
+        let mut stopped_alone = false;
+        loop {
+            if state.borrow_and_update().is_draining() {
                 break;
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, info)) => {
-                    let reg = tracker.register(shared.context(info), shared.spread_ms());
-                    // Every log line of the connection names it, and its generation.
-                    let span = tracing::info_span!("conn", peer = %info, generation, proto = tracing::field::Empty);
-                    let app = make.make(&stream, info).await;
-                    match &tls {
-                        // The connection's one future: it answers the drain and the
-                        // hammer itself.
-                        None => spawn_in(span, conn::serve(stream, app, shared.clone(), crate::serve::http::Proto::Sniff, reg)),
-                        // The handshake comes first, woken by the drain as well, and
-                        // bounded by the read timeout (10 s without one).
-                        Some(acceptor) => spawn_in(span, Watched::new(
-                            reg.state().clone(),
-                            tracker.clone(),
-                            crate::serve::tls::serve(stream, acceptor.clone(), app, shared.clone(), settings.read_timeout.unwrap_or(Duration::from_secs(10)), reg),
-                        )),
-                    }
+            tokio::select! {
+                biased;
+                _ = state.changed() => {}
+                _ = async { stop.as_mut().expect("guarded").await }, if stop.is_some() => {
+                    stopped_alone = true;
+                    break;
                 }
-                Err(e) => accept_error(e).await,
-            },
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, info)) => {
+                        let reg = tracker.register(shared.context(info), shared.spread_ms());
+                        // Every log line of the connection names it, and its generation.
+                        let span = tracing::info_span!("conn", peer = %info, generation, proto = tracing::field::Empty);
+                        let app = make.make(&stream, info).await;
+                        match &tls {
+                            // The connection's one future: it answers the drain and the
+                            // hammer itself.
+                            None => spawn_in(span, conn::serve(stream, app, shared.clone(), crate::serve::http::Proto::Sniff, reg)),
+                            // The handshake comes first, woken by the drain as well, and
+                            // bounded by the read timeout (10 s without one).
+                            Some(acceptor) => spawn_in(span, Watched::new(
+                                reg.state().clone(),
+                                tracker.clone(),
+                                crate::serve::tls::serve(stream, acceptor.clone(), app, shared.clone(), settings.read_timeout.unwrap_or(Duration::from_secs(10)), reg),
+                            )),
+                        }
+                    }
+                    Err(e) => accept_error(e).await,
+                },
+            }
         }
-    }
 
-    // Stop accepting: from now on the listener is the new generation's alone (after
-    // a handover) or closed (on shutdown: new connections are refused).
-    if stopped_alone {
-        // Only this server stops: the process keeps the other listeners, not this one,
-        // so that new connections are refused rather than left in its queue.
-        process.release_listener(&listener);
-    }
-    drop(listener);
-    let why = process.served().unwrap_or(Served::Shutdown);
-    told.send_replace(Some(why));
-    tracker.begin_drain();
-    let pid = std::process::id();
-    let open = tracker.open();
-    tracing::info!(pid, addr = %local, connections = open, reason = %why, "stopped accepting; draining");
-
-    let hammer_at = settings.hammer_time.and_then(crate::duration::deadline);
-    let mut usr2 = watch.hammer.clone();
-    usr2.borrow_and_update();
-    let hammer = || {
-        let conns = tracker.open();
-        if conns > 0 {
-            tracing::warn!(pid, addr = %local, connections = conns, "[STOP - Hammer Time] Forcefully shutting down");
+        // Stop accepting: from now on the listener is the new generation's alone (after
+        // a handover) or closed (on shutdown: new connections are refused). A parked
+        // generation keeps it, accepting nothing, for a rollback.
+        if stopped_alone {
+            // Only this server stops: the process keeps the other listeners, not this
+            // one, so that new connections are refused rather than left in its queue.
+            process.release_listener(&listener);
         }
-        tracker.hammer();
-    };
-    loop {
-        tokio::select! {
-            _ = tracker.drained() => break,
-            _ = crate::duration::sleep_until(hammer_at), if settings.hammer_time.is_some() && !tracker.hammered() => hammer(),
-            _ = usr2.changed() => hammer(),
+        let parked = !stopped_alone && state.borrow().parked;
+        let why = process.served().unwrap_or(Served::Shutdown);
+        told.send_replace(Some(why));
+        tracker.begin_drain();
+        let open = tracker.open();
+        tracing::info!(pid, addr = %local, connections = open, reason = %why, parked, "stopped accepting; draining");
+        let drained = drain_out(&settings, &watch, &tracker, &local);
+        if !parked {
+            drop(listener);
+            drained.await;
+            break;
         }
+        // Parked: drain, and wait for a rollback (accept again, the rest of this
+        // round's drain in a task of its own) or the probation's end.
+        let mut drained = Some(Box::pin(drained));
+        let resumed = loop {
+            tokio::select! {
+                _ = async { drained.as_mut().expect("guarded").await }, if drained.is_some() => drained = None,
+                s = state.wait_for(|s| !s.is_draining() || !s.parked) => {
+                    break s.is_ok_and(|s| !s.is_draining());
+                }
+            }
+        };
+        if resumed {
+            tracing::info!(pid, addr = %local, "rolled back to this generation: accepting again");
+            if let Some(rest) = drained {
+                tokio::spawn(rest);
+            }
+            continue;
+        }
+        drop(listener);
+        if let Some(rest) = drained {
+            rest.await;
+        }
+        break;
     }
     let served = process.server_stopped().await;
     tracing::info!(pid, addr = %local, "drained; server stopped");
     served
+}
+
+/// Waits for a round's connections to finish, hammering what is left at the hammer time
+/// or on SIGUSR2.
+fn drain_out(
+    settings: &Settings,
+    watch: &crate::lifecycle::Watch,
+    tracker: &Arc<Tracker>,
+    local: &ListenAddr,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let hammer_time = settings.hammer_time;
+    let hammer_at = hammer_time.and_then(crate::duration::deadline);
+    let mut usr2 = watch.hammer.clone();
+    usr2.borrow_and_update();
+    let tracker = tracker.clone();
+    let local = local.clone();
+    let pid = std::process::id();
+    async move {
+        let hammer = || {
+            let conns = tracker.open();
+            if conns > 0 {
+                tracing::warn!(pid, addr = %local, connections = conns, "[STOP - Hammer Time] Forcefully shutting down");
+            }
+            tracker.hammer();
+        };
+        loop {
+            tokio::select! {
+                _ = tracker.drained() => break,
+                _ = crate::duration::sleep_until(hammer_at), if hammer_time.is_some() && !tracker.hammered() => hammer(),
+                _ = usr2.changed() => hammer(),
+            }
+        }
+    }
 }
 
 /// An accept error: per-connection ones are ignored; running out of descriptors backs

@@ -133,6 +133,8 @@ pub(crate) mod clock;
 pub(crate) mod fd;
 #[cfg(unix)]
 pub(crate) mod fdpass;
+#[cfg(unix)]
+pub(crate) mod memory;
 pub(crate) mod net;
 #[cfg(unix)]
 pub(crate) mod process;

@@ -224,6 +224,8 @@ pub struct Tally {
     pub by_pid: Mutex<BTreeMap<u32, u64>>,
     /// Failed requests by client.
     pub failed_by: Mutex<BTreeMap<String, u64>>,
+    /// Answers other than 200 (counted among the failed too), by status.
+    pub by_status: Mutex<BTreeMap<u16, u64>>,
 }
 
 impl Tally {
@@ -290,6 +292,7 @@ impl Shared {
         let body = match res {
             Ok((200, body)) => body,
             Ok((status, body)) => {
+                *t.by_status.lock().unwrap().entry(status).or_default() += 1;
                 t.fail(who);
                 t.note(format!("{who}: status {status}: {body:?}"));
                 return;
@@ -383,6 +386,7 @@ pub struct Summary {
     pub notes: Vec<String>,
     pub by_pid: BTreeMap<u32, u64>,
     pub failed_by: BTreeMap<String, u64>,
+    pub by_status: BTreeMap<u16, u64>,
     pub secs: f64,
 }
 
@@ -495,6 +499,7 @@ impl Load {
             notes: t.notes.lock().unwrap().clone(),
             by_pid: t.by_pid.lock().unwrap().clone(),
             failed_by: t.failed_by.lock().unwrap().clone(),
+            by_status: t.by_status.lock().unwrap().clone(),
             secs: self.started.elapsed().as_secs_f64(),
         }
     }

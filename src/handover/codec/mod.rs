@@ -830,10 +830,18 @@ mod tests {
             Message::Holding,
             Message::Live,
             Message::Abort,
+            Message::Probation(30_000),
+            Message::Rollback(crate::lifecycle::RollbackTrigger::Operator),
+            Message::Rollback(crate::lifecycle::RollbackTrigger::Errors),
+            Message::Rollback(crate::lifecycle::RollbackTrigger::Application),
+            Message::Release,
+            Message::Ended,
         ] {
             assert_eq!(Message::decode(&m.encode()), Some(m));
         }
         assert_eq!(Message::decode("ready x\n"), None);
+        assert_eq!(Message::decode("probation -1\n"), None);
+        assert_eq!(Message::decode("rollback sideways\n"), None);
         assert_eq!(Message::decode("hello\n"), None);
     }
 
@@ -841,20 +849,37 @@ mod tests {
         (
             0u64..253_402_300_799_999,
             any::<u64>(),
-            any::<bool>(),
+            0u8..6,
             proptest::option::of(any::<u32>()),
             proptest::option::of(proptest::collection::vec(any::<char>(), 0..40)),
             proptest::option::of(any::<u64>()),
             proptest::option::of(any::<u64>()),
         )
-            .prop_map(|(at, generation, ok, pid, reason, ready, gone)| Restart {
-                at: UNIX_EPOCH + std::time::Duration::from_millis(at),
-                generation,
-                outcome: if ok { Outcome::Ok } else { Outcome::Failed },
-                pid,
-                reason: reason.map(|c| c.into_iter().collect()),
-                sighup_to_ready_ms: ready,
-                ready_to_old_gone_ms: gone,
+            .prop_map(|(at, generation, kind, pid, reason, ready, gone)| {
+                use crate::lifecycle::RollbackTrigger as T;
+                // ok, failed, or a rollback by each trigger.
+                let (outcome, trigger) = match kind {
+                    0 => (Outcome::Ok, None),
+                    1 => (Outcome::Failed, None),
+                    k => (
+                        Outcome::RolledBack,
+                        Some(
+                            [T::Crash, T::Errors, T::Application, T::Operator][usize::from(k - 2)],
+                        ),
+                    ),
+                };
+                let rolled_back = trigger.is_some();
+                Restart {
+                    at: UNIX_EPOCH + std::time::Duration::from_millis(at),
+                    generation,
+                    outcome,
+                    pid,
+                    reason: reason.map(|c| c.into_iter().collect()),
+                    sighup_to_ready_ms: ready.filter(|_| !rolled_back),
+                    ready_to_old_gone_ms: gone,
+                    trigger,
+                    rollback_ms: ready.filter(|_| rolled_back),
+                }
             })
     }
 
@@ -866,8 +891,13 @@ mod tests {
             restarts in proptest::collection::vec(restart(), 0..24),
             ok in any::<u64>(),
             failed in any::<u64>(),
+            rollbacks in any::<[u64; 4]>(),
         ) {
-            let h = History { totals: RestartCounts { ok, failed }, restarts };
+            let mut totals = RestartCounts::default();
+            (totals.ok, totals.failed) = (ok, failed);
+            let r = &mut totals.rollbacks;
+            [r.crash, r.errors, r.application, r.operator] = rollbacks;
+            let h = History { totals, restarts };
             let encoded = encode_history(&h);
             prop_assert!(!encoded.contains('\0'));
             let (got, rejected) = decode_history(&encoded);
@@ -908,14 +938,19 @@ mod tests {
                 ..
             }
         )));
-        assert_eq!(got.totals, RestartCounts { ok: 3, failed: 1 });
+        assert_eq!((got.totals.ok, got.totals.failed), (3, 1));
+        assert_eq!(
+            got.totals.rollbacks.total(),
+            0,
+            "a version before rollbacks"
+        );
         assert_eq!(got.restarts.len(), 2);
         assert_eq!(got.restarts[0].sighup_to_ready_ms, Some(12));
         assert_eq!(got.restarts[1].reason.as_deref(), Some("gone missing"));
         // Unreadable totals are counted from the lines read.
         let (got, rejected) = decode_history("totals many\n1000 2 ok 41 12 - -");
         assert_eq!(rejected.len(), 1);
-        assert_eq!(got.totals, RestartCounts { ok: 1, failed: 0 });
+        assert_eq!((got.totals.ok, got.totals.failed), (1, 0));
         assert!(Began::decode("12").is_err());
         assert!(Began::decode("a b").is_err());
         // A reason too long is cut, on a character boundary.

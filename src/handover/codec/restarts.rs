@@ -3,6 +3,8 @@
 //! generation, decoded by the new one, so that the status counts restarts across them.
 
 use super::*;
+use crate::handover::history::RollbackCounts;
+use crate::lifecycle::RollbackTrigger;
 
 /// The most restarts a history carries (the oldest are dropped first).
 pub(crate) const MAX_RESTARTS: usize = 16;
@@ -68,12 +70,23 @@ pub(crate) fn cut(s: &str, max: usize) -> &str {
 
 /// The value of `CEASELESS_RESTARTS` for `h`: its last [`MAX_RESTARTS`] restarts.
 pub(crate) fn encode_history(h: &History) -> String {
-    let mut out = format!("totals {} {}", h.totals.ok, h.totals.failed);
+    let b = h.totals.rollbacks;
+    let mut out = format!(
+        "totals {} {} {} {} {} {}",
+        h.totals.ok, h.totals.failed, b.crash, b.errors, b.application, b.operator
+    );
     let skip = h.restarts.len().saturating_sub(MAX_RESTARTS);
     for r in &h.restarts[skip..] {
-        let outcome = match r.outcome {
-            Outcome::Ok => "ok",
-            Outcome::Failed => "failed",
+        let outcome = match (r.outcome, r.trigger) {
+            (Outcome::RolledBack, Some(t)) => format!("rolled_back:{}", t.as_str()),
+            (Outcome::RolledBack, None) => "rolled_back".to_string(),
+            (Outcome::Ok, _) => "ok".to_string(),
+            (Outcome::Failed, _) => "failed".to_string(),
+        };
+        // A rollback carries its own time where a restart carries SIGHUP→ready.
+        let first_ms = match r.outcome {
+            Outcome::RolledBack => r.rollback_ms,
+            _ => r.sighup_to_ready_ms,
         };
         let reason = r.reason.as_deref().map_or_else(
             || "-".to_string(),
@@ -84,7 +97,7 @@ pub(crate) fn encode_history(h: &History) -> String {
             unix_ms(r.at),
             r.generation,
             opt(r.pid),
-            opt(r.sighup_to_ready_ms),
+            opt(first_ms),
             opt(r.ready_to_old_gone_ms),
         ));
     }
@@ -110,11 +123,17 @@ fn decode_restart(line: &str) -> Result<Restart, String> {
     let at = UNIX_EPOCH
         .checked_add(std::time::Duration::from_millis(at))
         .ok_or("time out of range")?;
-    let outcome = match outcome {
-        "ok" => Outcome::Ok,
-        "failed" => Outcome::Failed,
-        _ => return Err("the outcome is neither ok nor failed".into()),
+    let (outcome, trigger) = match outcome {
+        "ok" => (Outcome::Ok, None),
+        "failed" => (Outcome::Failed, None),
+        "rolled_back" => (Outcome::RolledBack, None),
+        o => match o.strip_prefix("rolled_back:").map(RollbackTrigger::parse) {
+            Some(Some(t)) => (Outcome::RolledBack, Some(t)),
+            _ => return Err("the outcome is neither ok, failed nor rolled_back".into()),
+        },
     };
+    let first_ms = maybe("SIGHUP to ready", ready)?;
+    let rolled_back = outcome == Outcome::RolledBack;
     let reason = match reason {
         "-" => None,
         r => match r.strip_prefix('=') {
@@ -128,8 +147,10 @@ fn decode_restart(line: &str) -> Result<Restart, String> {
         outcome,
         pid: maybe("pid", pid)?,
         reason,
-        sighup_to_ready_ms: maybe("SIGHUP to ready", ready)?,
+        sighup_to_ready_ms: first_ms.filter(|_| !rolled_back),
         ready_to_old_gone_ms: maybe("ready to old gone", gone)?,
+        trigger,
+        rollback_ms: first_ms.filter(|_| rolled_back),
     })
 }
 
@@ -145,14 +166,35 @@ pub(crate) fn decode_history(s: &str) -> (History, Vec<Error>) {
     let mut lines = s.split('\n');
     let totals = lines.next().and_then(|first| {
         let t = first.strip_prefix("totals ").and_then(|t| {
-            let (ok, failed) = t.split_once(' ')?;
+            let n: Vec<u64> = t
+                .split(' ')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?;
+            // Two numbers from a version before rollbacks; six since.
+            let (ok, failed, b) = match n[..] {
+                [ok, failed] => (ok, failed, [0; 4]),
+                [ok, failed, c, e, a, o] => (ok, failed, [c, e, a, o]),
+                _ => return None,
+            };
+            let [crash, errors, application, operator] = b;
             Some(RestartCounts {
-                ok: ok.parse().ok()?,
-                failed: failed.parse().ok()?,
+                ok,
+                failed,
+                rollbacks: RollbackCounts {
+                    crash,
+                    errors,
+                    application,
+                    operator,
+                },
             })
         });
         if t.is_none() {
-            rejected.push(bad(first, "expected `totals <ok> <failed>`".into()));
+            rejected.push(bad(
+                first,
+                "expected `totals <ok> <failed> [<crash> <errors> <application> <operator>]`"
+                    .into(),
+            ));
         }
         t
     });
@@ -167,11 +209,16 @@ pub(crate) fn decode_history(s: &str) -> (History, Vec<Error>) {
         restarts.drain(..restarts.len() - MAX_RESTARTS);
     }
     let totals = totals.unwrap_or_else(|| {
-        let ok = restarts.iter().filter(|r| r.outcome == Outcome::Ok).count() as u64;
-        RestartCounts {
-            ok,
-            failed: restarts.len() as u64 - ok,
+        let mut totals = RestartCounts::default();
+        for r in &restarts {
+            match (r.outcome, r.trigger) {
+                (Outcome::Ok, _) => totals.ok += 1,
+                (Outcome::Failed, _) => totals.failed += 1,
+                (Outcome::RolledBack, Some(t)) => totals.rollbacks.add(t),
+                (Outcome::RolledBack, None) => {}
+            }
         }
+        totals
     });
     (History { totals, restarts }, rejected)
 }

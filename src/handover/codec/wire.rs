@@ -98,6 +98,16 @@ pub(crate) enum Message {
     Live,
     /// Parent to child: the restart is off; drain and exit.
     Abort,
+    /// Parent to child, before `live`: the parent parks for this many milliseconds of
+    /// probation (see the `probation` module); the child echoes it once it follows the
+    /// probation. From then on the channel stays open.
+    Probation(u64),
+    /// Child to parked parent, on probation: take the service back, for this reason.
+    Rollback(crate::lifecycle::RollbackTrigger),
+    /// Child to parked parent: the probation is over (the child shuts down or restarts).
+    Release,
+    /// Parked parent to child: the probation ended; nothing to roll back to.
+    Ended,
 }
 
 impl Message {
@@ -108,6 +118,10 @@ impl Message {
             Message::Holding => "holding\n".into(),
             Message::Live => "live\n".into(),
             Message::Abort => "abort\n".into(),
+            Message::Probation(ms) => format!("probation {ms}\n"),
+            Message::Rollback(t) => format!("rollback {}\n", t.as_str()),
+            Message::Release => "release\n".into(),
+            Message::Ended => "ended\n".into(),
         }
     }
 
@@ -118,10 +132,16 @@ impl Message {
             "holding" => Some(Message::Holding),
             "live" => Some(Message::Live),
             "abort" => Some(Message::Abort),
-            _ => line
-                .strip_prefix("ready ")
-                .and_then(|p| p.parse().ok())
-                .map(Message::Ready),
+            "release" => Some(Message::Release),
+            "ended" => Some(Message::Ended),
+            _ => match line.split_once(' ') {
+                Some(("ready", p)) => p.parse().ok().map(Message::Ready),
+                Some(("probation", ms)) => ms.parse().ok().map(Message::Probation),
+                Some(("rollback", t)) => {
+                    crate::lifecycle::RollbackTrigger::parse(t).map(Message::Rollback)
+                }
+                _ => None,
+            },
         }
     }
 }

@@ -97,7 +97,7 @@ pub(crate) fn observe<'a>(
     let pid = std::process::id();
     let mut fds = Vec::new();
     let report = match t {
-        Transition::Ready { first: true } | Transition::Live => {
+        Transition::Ready { first: true } | Transition::Live | Transition::RolledBack { .. } => {
             let mut names = Vec::new();
             for (name, fd) in registry.take(MAX_REPORT_FDS) {
                 names.push(name.clone());
@@ -115,6 +115,12 @@ pub(crate) fn observe<'a>(
         Transition::Committed { new_pid } => Report::Committed {
             pid,
             new_pid: *new_pid,
+        },
+        // Handing the service back to the parked generation commits to it, as a
+        // restart does to a new one.
+        Transition::HandedBack { to_pid, .. } => Report::Committed {
+            pid,
+            new_pid: *to_pid,
         },
         Transition::RestartFailed(_) => Report::RestartFailed { pid },
         Transition::ShutdownBegun { live: true } => Report::Stopping { pid },
