@@ -601,9 +601,24 @@ fn status_table(s: &ceaseless::Status) -> String {
     let _ = writeln!(o, "requests    {}", s.requests);
     let _ = writeln!(
         o,
-        "restarts    {} ok, {} failed",
-        s.restarts_total.ok, s.restarts_total.failed
+        "restarts    {} ok, {} failed, {} rolled back",
+        s.restarts_total.ok,
+        s.restarts_total.failed,
+        s.restarts_total.rollbacks.total()
     );
+    if let Some(p) = &s.probation {
+        let _ = writeln!(
+            o,
+            "probation   {} pid {} until {}",
+            if p.parked {
+                "parked behind"
+            } else {
+                "on probation; parked:"
+            },
+            p.other_pid,
+            time(p.ends_at)
+        );
+    }
     let _ = writeln!(o);
     let _ = writeln!(
         o,
@@ -635,7 +650,10 @@ fn status_table(s: &ceaseless::Status) -> String {
         "RESTART AT", "GEN", "OUTCOME", "PID", "READY_MS", "DRAIN_MS"
     );
     for r in &s.restarts {
-        let outcome = format!("{:?}", r.outcome).to_lowercase();
+        let outcome = match (r.outcome, r.trigger) {
+            (ceaseless::status::Outcome::RolledBack, Some(t)) => format!("rollback:{t}"),
+            (o, _) => format!("{o:?}").to_lowercase(),
+        };
         let pid = r.pid.map_or_else(|| "-".into(), |p| p.to_string());
         let _ = writeln!(
             o,
@@ -644,7 +662,7 @@ fn status_table(s: &ceaseless::Status) -> String {
             r.generation,
             outcome,
             pid,
-            ms(r.sighup_to_ready_ms),
+            ms(r.sighup_to_ready_ms.or(r.rollback_ms)),
             ms(r.ready_to_old_gone_ms),
             r.reason.as_deref().unwrap_or("")
         );

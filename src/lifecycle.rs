@@ -18,6 +18,15 @@
 //!         └── LameDuck ◄── TERM (Serving, or Restarting: the restart is called off)
 //! ```
 //!
+//! With a probation ([`ProcessBuilder::probation`](crate::ProcessBuilder::probation)),
+//! a generation that handed over is also **parked** while it drains and after: its
+//! servers keep their listeners, accepting nothing. A rollback takes it from
+//! `Draining(HandedOver)` back to `Serving`, live again once the generation on probation
+//! stopped accepting (or died); the probation's end unparks it, and it finishes as any
+//! draining generation. The generation on probation hands back as it hands over at a
+//! restart: `Draining(HandedOver)`, to the parked one's pid. (The exchange is the
+//! `probation` module's, in `handover`.)
+//!
 //! Orthogonal to the phase is whether this generation is **live**: whether it owns the
 //! files it serves on (Unix socket files, the control socket, the PID file). The first
 //! generation is live from the start; a new generation becomes live when its parent

@@ -97,6 +97,19 @@ fn restarted_to(p: &Proc, n: usize) -> u32 {
     field(&line, "new_pid").unwrap().parse().unwrap()
 }
 
+/// Waits until `pid` answers the control socket, live and on probation.
+fn wait_on_probation(control: &Path, pid: u32) {
+    common::wait_until(
+        &format!("pid {pid} on probation"),
+        LONG,
+        || {
+            let s = status(control);
+            s["pid"] == pid && !s["probation"].is_null()
+        },
+        || status(control).to_string(),
+    );
+}
+
 /// A `POST` of `path` on a connection of its own: the whole answer.
 fn post(addr: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
@@ -355,6 +368,8 @@ fn an_operator_or_the_application_rolls_back_and_not_after_the_probation() {
     load.expect(None);
     signal(v1, libc::SIGHUP);
     let v3 = restarted_to(&p, 2);
+    // (Before it is live, v3 already answers, as the one not on probation yet.)
+    wait_on_probation(&control, v3);
     let answer = post(addr, "/admin/rollback");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains(&format!("pid {v1} serves")), "{answer}");

@@ -3,6 +3,7 @@
 
 mod ext;
 mod load;
+mod parked;
 mod plot;
 mod probe;
 mod procs;
@@ -37,7 +38,10 @@ runs, on 127.0.0.1 only:
   4. resources: RSS idle and under load, open fds of the first and last generation;
   5. the scheduler: how long a thread that never sleeps waits for the servers' core
      beside one busy thread (2 s, 0.5 s with --quick), the floor under a restart
-     window's latency when generations share a core.
+     window's latency when generations share a core;
+  6. probation: the RSS of a generation parked behind the live one (hello
+     --probation-ms, 32 MiB of ballast), and SIGHUP -> serving with and without a
+     probation, alternating.
 It prints a table and a one-line summary, and stops by itself.
 
 OPTIONS
@@ -417,7 +421,12 @@ fn main() -> std::process::ExitCode {
         sched,
         wall: started.elapsed(),
     };
+    let parked = parked::run(&cfg, &bins, &cpus);
     print!("{}", results.table());
+    match &parked {
+        Ok(p) => p.print(),
+        Err(e) => println!("probation: {e}"),
+    }
     println!("{}", results.summary());
     if let Some(p) = &cfg.json {
         match std::fs::write(

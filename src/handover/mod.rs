@@ -25,15 +25,25 @@
 //!   child drains and exits). A pipe carries no answer (the supervisor starts a
 //!   generation so): the child writes `ready <pid>\n` once it holds every listener,
 //!   and is live at once.
+//!   With a probation, the parent writes `probation <ms>` before `live` and parks: the
+//!   child echoes it, and the channel stays open for the probation's exchange (the
+//!   `probation` module): `rollback <trigger>` (child to parent), answered by `holding`
+//!   once the parent accepts again, then `live` (child to parent: it drains); `release`
+//!   (child to parent: it shuts down or restarts, the probation is over); `ended` (parent
+//!   to child: the probation ended). The child's end closing without `release` is a crash:
+//!   the parent takes the service back.
 //!
 //! - `CEASELESS_RESTART_BEGAN` is when the restart that started the child began, as
 //!   `<ns on CLOCK_MONOTONIC> <ms since the Unix epoch>` (the monotonic clock is the
 //!   same for every process of the machine): the child measures SIGHUP→ready with it.
 //! - `CEASELESS_RESTARTS` is the restart history, which outlives each generation: a
-//!   first line `totals <ok> <failed>` (every restart since the first generation), then
-//!   the most recent restarts ([`MAX_RESTARTS`] at most), oldest first, one a line:
-//!   `<at, ms since the epoch> <generation> ok|failed <pid|-> <SIGHUP→ready ms|->
-//!   <ready→old-gone ms|-> <=reason, escaped as paths are|->`.
+//!   first line `totals <ok> <failed> <crash> <errors> <application> <operator>` (every
+//!   restart since the first generation, then the rollbacks by trigger; a line of two
+//!   numbers, from a version before rollbacks, is read too), then the most recent
+//!   restarts ([`MAX_RESTARTS`] at most), oldest first, one a line:
+//!   `<at, ms since the epoch> <generation> ok|failed|rolled_back:<trigger> <pid|->
+//!   <SIGHUP→ready ms, or the rollback's ms|-> <ready→old-gone ms|-> <=reason, escaped as
+//!   paths are|->`.
 //! - `CEASELESS_DRAINING` lists the older generations still draining when the child was
 //!   started, oldest first, as `<pid>@<start time>` (field 22 of `/proc/<pid>/stat`), so
 //!   that the bound on draining generations never signals a reused pid.
@@ -64,7 +74,8 @@
 //! # This folder
 //! What travels from one generation to the next, and how it is taken: `codec` (the
 //! names, variables and messages above), `commit` (the commit's exchange as two pure
-//! state machines, property tested), `inherit` (taking what was handed over, or
+//! state machines, property tested), `probation` (the exchange after a commit with a
+//! probation, the same way), `inherit` (taking what was handed over, or
 //! activated), `listen` (listening sockets, bound or inherited), `lineage` (the older
 //! generations still draining), `state` (the application's state), `history` (what the
 //! restarts were). It calls only the shared vocabulary and `sys`.

@@ -14,11 +14,12 @@
 //! | --- | --- | --- | --- |
 //! | `ceaseless_generation` | gauge | | this generation's number (1, then +1 at each successful restart) |
 //! | `ceaseless_live` | gauge | | 1 while this generation owns its files and answers for the process |
-//! | `ceaseless_phase` | gauge | `phase` | 1 for the current [`Phase`] (`starting`, `confirming`, `serving`, `restarting`, `lame_duck`, `draining`), 0 for the others |
+//! | `ceaseless_phase` | gauge | `phase` | 1 for the current [`Phase`] (`starting`, `confirming`, `serving`, `restarting`, `lame_duck`, `draining`, `parked`), 0 for the others |
 //! | `ceaseless_start_time_seconds` | gauge | | when this process started, in seconds since the Unix epoch |
 //! | `ceaseless_connections` | gauge | `listener`, `state` = `active`, `idle`, `upgraded` | open connections of each listener a ceaseless server serves, by state (they add up to the open ones) |
 //! | `ceaseless_requests_total` | counter | | requests this generation received (a new generation starts from 0, as any process's counter does) |
 //! | `ceaseless_restarts_total` | counter | `outcome` = `ok`, `failed` | restarts since the first generation (carried across restarts, so it does not fall back to 0 at each one) |
+//! | `ceaseless_rollbacks_total` | counter | `trigger` = `crash`, `errors`, `application`, `operator` | rollbacks after a probation ([`ProcessBuilder::probation`](crate::ProcessBuilder::probation)), carried across restarts as the restarts are |
 //! | `ceaseless_restart_duration_seconds` | histogram | | from the start of a restart (SIGHUP) to the new generation's readiness; recorded by the new generation |
 //! | `ceaseless_drain_duration_seconds` | histogram | | from the new generation's readiness to the old generation's exit (its drain); recorded by the new generation |
 //!
@@ -72,4 +73,13 @@ pub fn publish_status(s: &Status) {
     counter!("ceaseless_requests_total").absolute(s.requests);
     counter!("ceaseless_restarts_total", "outcome" => "ok").absolute(s.restarts_total.ok);
     counter!("ceaseless_restarts_total", "outcome" => "failed").absolute(s.restarts_total.failed);
+    let r = s.restarts_total.rollbacks;
+    for (trigger, n) in [
+        ("crash", r.crash),
+        ("errors", r.errors),
+        ("application", r.application),
+        ("operator", r.operator),
+    ] {
+        counter!("ceaseless_rollbacks_total", "trigger" => trigger).absolute(n);
+    }
 }

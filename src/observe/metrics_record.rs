@@ -36,6 +36,10 @@ pub(crate) fn describe() {
             "ceaseless_restarts_total",
             "Restarts since the first generation, by outcome."
         );
+        describe_counter!(
+            "ceaseless_rollbacks_total",
+            "Rollbacks after a probation since the first generation, by trigger."
+        );
         describe_histogram!(
             "ceaseless_restart_duration_seconds",
             metrics::Unit::Seconds,

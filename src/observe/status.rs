@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-pub use crate::handover::history::{Outcome, Restart, RestartCounts};
+pub use crate::handover::history::{Outcome, Restart, RestartCounts, RollbackCounts};
 #[cfg(unix)]
 use crate::handover::{self, Began, History, MAX_REASON, MAX_RESTARTS};
 #[cfg(unix)]

@@ -8,7 +8,8 @@
 //! The owner: this file (the [`Process`] and its state, what servers ask of it),
 //! `builder` (its settings and what starting it does), `ready` (a new generation's
 //! side of the handover), `restarting` (the old generation's side, for a restart or a
-//! takeover), `stop` (the lame duck, the drain, the hammer), and `signals`. It calls `restart` (to start the next
+//! takeover), `probation` (parking after a commit, and the rollback, from both sides),
+//! `stop` (the lame duck, the drain, the hammer), and `signals`. It calls `restart` (to start the next
 //! generation or answer a takeover), `observe` (the observers of its transitions, the
 //! control socket) and `handover` (what it inherited, the commit's side of a new
 //! generation); `serve` calls it, nothing below does (what it needs of the TLS code, a
