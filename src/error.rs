@@ -299,6 +299,14 @@ pub enum RollbackError {
     /// This generation is not serving as the live one (it restarts, or shuts down).
     #[error("this generation is not the one serving (it restarts or shuts down)")]
     NotServing,
+    /// The parked generation did not answer within the ready timeout (it is stopped or
+    /// hung): the probation was given up, and this generation serves on.
+    #[error("the parked generation did not answer within {timeout:?}; the probation is over, serving on")]
+    Unanswered {
+        /// How long it was waited for
+        /// ([`ProcessBuilder::ready_timeout`](crate::ProcessBuilder::ready_timeout)).
+        timeout: std::time::Duration,
+    },
 }
 
 #[cfg(feature = "control")]

@@ -704,3 +704,117 @@ fn restart_command_answers_with_the_new_pid_or_the_reason() {
     assert!(wait_gone(p3, LONG));
     assert!(!control.exists(), "the control socket outlived the service");
 }
+
+/// Plays systemd through a probation: the parked generation names itself the main
+/// process again when the new one crashes (it could not), and when an operator rolls
+/// back; the new one's probation shows in STATUS=.
+#[test]
+#[cfg_attr(
+    not(all(feature = "systemd", feature = "control")),
+    ignore = "needs the `systemd` and `control` features"
+)]
+fn sd_notify_names_the_parked_generation_after_a_rollback() {
+    become_subreaper();
+    let dir = scratch_dir("notify-rollback");
+    let notify = NotifySocket::path(&dir.join("notify"));
+    let bin = install_hello(&dir);
+    let good = dir.join("good");
+    deploy(&example_bin("hello"), &good);
+    let control = dir.join("control.sock");
+    let mut cmd = Command::new(&bin);
+    cmd.args([
+        "--addr",
+        "127.0.0.1:0",
+        "--probation-ms",
+        "60000",
+        "--control",
+    ])
+    .arg(&control)
+    .env("NOTIFY_SOCKET", &notify.env);
+    let p = Proc::spawn_with(&mut cmd);
+    let p1 = p.pid;
+    let n = notify.recv();
+    assert_eq!((n.pid, n.get("READY")), (p1, "1"), "{n:?}");
+    let addr = p.serving_addr(1);
+
+    // Until a note satisfies `want`: the notes before it.
+    let until = |want: &dyn Fn(&Note) -> bool| -> Vec<Note> {
+        let mut seen = Vec::new();
+        loop {
+            let n = notify.recv();
+            if want(&n) {
+                seen.push(n);
+                return seen;
+            }
+            seen.push(n);
+        }
+    };
+    let mainpid = |n: &Note| {
+        n.fields
+            .iter()
+            .find(|(k, _)| k == "MAINPID")
+            .map(|(_, v)| v.clone())
+    };
+
+    // A build that crashes after going live.
+    deploy_broken(
+        &dir,
+        &bin,
+        "crashing",
+        &format!(
+            "#!/bin/sh\nexec {} \"$@\" --crash-after-ms 1000\n",
+            good.display()
+        ),
+        0o755,
+    );
+    p.signal(libc::SIGHUP);
+    let p2 = nth_restart(&p, 1, p1);
+    let notes = until(&|n| n.pid == p2 && n.fields.iter().any(|(_, v)| v.contains("probation")));
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.pid == p1 && mainpid(n) == Some(p2.to_string())),
+        "the old main process named the new one first: {notes:?}"
+    );
+    // The crash: the parked one names itself, READY=1, and why.
+    let notes = until(&|n| mainpid(n) == Some(p1.to_string()));
+    let n = notes.last().unwrap();
+    assert_eq!((n.pid, n.get("READY")), (p1, "1"), "{notes:?}");
+    assert!(n.get("STATUS").contains("rolled back from pid"), "{n:?}");
+    assert!(n.get("STATUS").contains("crash"), "{n:?}");
+    assert!(wait_gone(p2, LONG));
+    assert_eq!(answered_by(&addr), p1);
+
+    // A good build, then an operator's rollback.
+    deploy(&good, &bin);
+    let p3 = restarted(&restart_command(&control));
+    until(&|n| n.pid == p3 && n.fields.iter().any(|(_, v)| v.contains("probation")));
+    let out = Command::new(example_bin("hello"))
+        .args(["rollback", "--control"])
+        .arg(&control)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let notes = until(&|n| n.pid == p1 && mainpid(n) == Some(p1.to_string()));
+    assert!(
+        notes
+            .iter()
+            .all(|n| mainpid(n).is_none_or(|m| m == p1.to_string())),
+        "only the parked generation is named: {notes:?}"
+    );
+    assert!(
+        notes.last().unwrap().get("STATUS").contains("operator"),
+        "{notes:?}"
+    );
+    assert!(wait_gone(p3, LONG));
+    assert_eq!(answered_by(&addr), p1);
+
+    signal(p1, libc::SIGTERM);
+    let notes = until(&|n| n.fields.iter().any(|(k, _)| k == "STOPPING"));
+    assert_eq!(notes.last().unwrap().pid, p1, "{notes:?}");
+    assert!(wait_gone(p1, LONG));
+}

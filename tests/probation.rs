@@ -345,6 +345,25 @@ fn an_operator_or_the_application_rolls_back_and_not_after_the_probation() {
     let load = Load::start("operator", || clients(addr));
     load.expect(expect(v1));
     load.wait_checked(200, "v1");
+    // The health check, probed throughout on connections of its own: 200 through the
+    // rollbacks (a balancer must not take the service out).
+    let probing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let health = {
+        let (probing, addr_s) = (probing.clone(), addr_s.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut bad) = (0u64, Vec::new());
+            while probing.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = get_tcp(&addr_s, "/healthz");
+                if r.status == 200 {
+                    ok += 1;
+                } else {
+                    bad.push(format!("{} {}", r.status, r.body));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            (ok, bad)
+        })
+    };
 
     // An operator: `hello rollback` on the control socket.
     load.expect(None);
@@ -398,6 +417,14 @@ fn an_operator_or_the_application_rolls_back_and_not_after_the_probation() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("nothing to roll back to"), "{err}");
+    probing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (healthy, unhealthy) = health.join().unwrap();
+    println!("health checks: {healthy} answered 200");
+    assert!(
+        unhealthy.is_empty(),
+        "the health check failed: {unhealthy:?}"
+    );
+    assert!(healthy > 0);
     let summary = load.stop();
     summary.print("operator");
     summary.assert_clean("operator");
@@ -540,4 +567,125 @@ fn after_a_takeover_the_old_process_parks_and_takes_a_crash_back() {
         old.wait_exit(LONG).is_some(),
         "the old process did not stop"
     );
+}
+
+#[test]
+#[cfg_attr(not(feature = "control"), ignore = "needs the `control` feature")]
+fn faults_during_the_probation_never_leave_nothing_listening() {
+    become_subreaper();
+    let dir = scratch_dir("probation-faults");
+    let deploy = Deploy::new(&dir);
+    let control = socket_path(&dir, "control.sock");
+    let p = Proc::spawn(
+        &deploy.app,
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--probation-ms",
+            "60000",
+            "--ready-timeout-ms",
+            "3000",
+            "--control",
+            control.to_str().unwrap(),
+        ],
+    );
+    let v1 = p.pid;
+    let addr: SocketAddr = p.ready_addr(1).parse().unwrap();
+    let load = Load::start("faults", || clients(addr));
+    load.expect(expect(v1));
+    load.wait_checked(200, "v1");
+    let mut restarts = 0;
+    let mut restart = |from: u32| {
+        restarts += 1;
+        signal(from, libc::SIGHUP);
+        let to = restarted_to(&p, restarts);
+        wait_on_probation(&control, to);
+        to
+    };
+
+    // The parked generation killed: the live one serves on, its probation over.
+    load.expect(None);
+    let v2 = restart(v1);
+    signal(v1, libc::SIGKILL);
+    assert!(wait_gone(v1, LONG));
+    load.expect(expect(v2));
+    load.wait_checked(300, "v2 once the parked v1 was killed");
+    common::wait_until(
+        "the probation over",
+        LONG,
+        || status(&control)["probation"].is_null(),
+        || status(&control).to_string(),
+    );
+    let out = hello_cli("rollback", &control);
+    assert_eq!(out.status.code(), Some(1), "nothing is parked any more");
+
+    // A SIGTERM to the parked generation ends the probation: it exits, v3 serves on.
+    load.expect(None);
+    let v3 = restart(v2);
+    signal(v2, libc::SIGTERM);
+    assert!(wait_gone(v2, LONG), "the parked v2 did not exit on SIGTERM");
+    load.expect(expect(v3));
+    load.wait_checked(300, "v3 once the parked v2 was told to stop");
+    assert!(status(&control)["probation"].is_null());
+
+    // A restart during a probation ends it first: v3 parks, v4 is on probation.
+    load.expect(None);
+    let v4 = restart(v3);
+    load.expect(None);
+    let v5 = restart(v4);
+    assert!(
+        wait_gone(v3, LONG),
+        "the older parked generation did not exit"
+    );
+    let s = status(&control);
+    assert_eq!(s["probation"]["other_pid"], v4, "{s}");
+    assert!(alive(v4), "v4 parks behind v5");
+
+    // The parked generation stopped (SIGSTOP) when a rollback is asked for: the new
+    // one waits for it no longer than its ready timeout, gives the probation up and
+    // serves on; the parked one, resumed, hears that and exits. Nothing is lost.
+    signal(v4, libc::SIGSTOP);
+    let out = hello_cli("rollback", &control);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not answer"), "{err}");
+    signal(v4, libc::SIGCONT);
+    assert!(
+        wait_gone(v4, LONG),
+        "the parked v4 did not exit once resumed"
+    );
+    load.expect(expect(v5));
+    load.wait_checked(300, "v5 after the unanswered rollback");
+    let clean = load.stop();
+    clean.print("faults");
+    clean.assert_clean("faults");
+
+    // The new generation killed in the middle of a rollback (after it asked, before
+    // it read the answer: the parked one is stopped meanwhile): the parked one takes
+    // the service back once it runs again. Only what was in flight on v6 is lost.
+    let load = Load::start("faults-kill", || clients(addr));
+    load.expect(None);
+    let v6 = restart(v5);
+    signal(v5, libc::SIGSTOP);
+    let asked = {
+        let control = control.clone();
+        std::thread::spawn(move || hello_cli("rollback", &control))
+    };
+    p.wait_for_nth("rollback requested on the control socket", 3, LONG)
+        .unwrap_or_else(|| panic!("no rollback request:\n{}", p.output()));
+    signal(v6, libc::SIGKILL);
+    assert!(wait_gone(v6, LONG));
+    signal(v5, libc::SIGCONT);
+    p.wait_for_nth("rolled back: this generation is live again", 1, LONG)
+        .unwrap_or_else(|| panic!("v5 did not take the service back:\n{}", p.output()));
+    let out = asked.join().unwrap();
+    assert!(!out.status.success(), "v6 died before answering");
+    load.expect(expect(v5));
+    load.wait_checked(300, "v5 after v6 died mid-rollback");
+    let summary = load.stop();
+    summary.print("faults-kill");
+    assert_lost_at_most_in_flight(&summary, "faults-kill");
+    assert_eq!(status(&control)["pid"], v5);
+    signal(v5, libc::SIGTERM);
+    assert!(wait_gone(v5, LONG), "v5 did not stop");
 }

@@ -72,17 +72,34 @@ fn check_shape(s: &Value) {
             "connections",
             "requests",
             "restarts_total",
-            "restarts"
+            "restarts",
+            "probation"
         ]),
         "{s:#}"
     );
+    // A probation's, when one is on: the other generation and its end.
+    if !s["probation"].is_null() {
+        assert_eq!(
+            keys(&s["probation"]),
+            set(&["parked", "other_pid", "ends_at"]),
+            "{s:#}"
+        );
+        assert!(rfc3339(&s["probation"]["ends_at"]), "{s:#}");
+    }
     assert!(s["pid"].is_u64() && s["generation"].is_u64() && s["uptime_ms"].is_u64());
     assert!(s["requests"].is_u64(), "{s:#}");
     assert!(s["live"].is_boolean() && s["phase"].is_string());
     assert!(rfc3339(&s["started_at"]), "{}", s["started_at"]);
     let by_state = set(&["open", "active", "idle", "upgraded"]);
     assert_eq!(keys(&s["connections"]), by_state);
-    assert_eq!(keys(&s["restarts_total"]), set(&["ok", "failed"]));
+    assert_eq!(
+        keys(&s["restarts_total"]),
+        set(&["ok", "failed", "rollbacks"])
+    );
+    assert_eq!(
+        keys(&s["restarts_total"]["rollbacks"]),
+        set(&["crash", "errors", "application", "operator"])
+    );
     for l in s["listeners"].as_array().expect("listeners") {
         assert_eq!(keys(l), set(&["address", "origin", "connections"]), "{l}");
         assert!(l["address"].is_string());
@@ -102,13 +119,15 @@ fn check_shape(s: &Value) {
                 "pid",
                 "reason",
                 "sighup_to_ready_ms",
-                "ready_to_old_gone_ms"
+                "ready_to_old_gone_ms",
+                "trigger",
+                "rollback_ms"
             ]),
             "{r}"
         );
         assert!(rfc3339(&r["at"]), "{r}");
         assert!(
-            ["ok", "failed"].contains(&r["outcome"].as_str().unwrap()),
+            ["ok", "failed", "rolled_back"].contains(&r["outcome"].as_str().unwrap()),
             "{r}"
         );
     }
@@ -192,7 +211,7 @@ fn status_follows_three_restarts_and_a_failed_one() {
     assert_eq!(s["restarts"], serde_json::json!([]));
     assert_eq!(
         s["restarts_total"],
-        serde_json::json!({"ok": 0, "failed": 0})
+        serde_json::json!({"ok": 0, "failed": 0, "rollbacks": {"crash": 0, "errors": 0, "application": 0, "operator": 0}})
     );
     drop(held);
 
@@ -231,7 +250,7 @@ fn status_follows_three_restarts_and_a_failed_one() {
     assert_eq!(after["listeners"][0]["origin"], "inherited");
     assert_eq!(
         after["restarts_total"],
-        serde_json::json!({"ok": 3, "failed": 1})
+        serde_json::json!({"ok": 3, "failed": 1, "rollbacks": {"crash": 0, "errors": 0, "application": 0, "operator": 0}})
     );
     let restarts = after["restarts"].as_array().unwrap();
     assert_eq!(restarts.len(), 4, "{after:#}");

@@ -63,6 +63,7 @@ OPTIONS
   --plots DIR         also draw each restart run's latency over time, the SIGHUPs
                       marked, into DIR/latency-<protocol>.svg
   --quick             a smoke run: 3 restarts, 1 round of 1 s, 3 start-ups
+  --probation-only    only step 6 (the probation)
   --ballast-mb N      hello holds N MiB of resident heap in the restart runs (h1, h2c),
                       as a large application does: what starting the next generation
                       costs the old one grows with it if the start forks
@@ -90,6 +91,8 @@ pub struct Config {
     pub plots: Option<PathBuf>,
     pub drain_spread_ms: Option<u64>,
     pub quick: bool,
+    /// Only the probation's measurements (`--probation-only`).
+    pub probation_only: bool,
     pub hello_metrics: bool,
     pub ballast_mb: Option<u64>,
 }
@@ -110,6 +113,7 @@ fn parse_args() -> Result<Config, String> {
         plots: None,
         drain_spread_ms: None,
         quick: false,
+        probation_only: false,
         hello_metrics: false,
         ballast_mb: None,
     };
@@ -149,6 +153,7 @@ fn parse_args() -> Result<Config, String> {
             "--plots" => c.plots = Some(PathBuf::from(value()?)),
             "--drain-spread-ms" => c.drain_spread_ms = Some(num(value()?)?),
             "--quick" => c.quick = true,
+            "--probation-only" => c.probation_only = true,
             "--hello-metrics" => c.hello_metrics = true,
             "--ballast-mb" => c.ballast_mb = Some(num(value()?)?),
             "-h" | "--help" => {
@@ -390,6 +395,18 @@ fn main() -> std::process::ExitCode {
         cfg.clients,
     );
 
+    if cfg.probation_only {
+        return match parked::run(&cfg, &bins, &cpus) {
+            Ok(p) => {
+                p.print();
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ceaseless-bench: probation: {e}");
+                std::process::ExitCode::from(1)
+            }
+        };
+    }
     let started = Instant::now();
     let startup = run_startup(&cfg, &bins, &cpus, &scratch);
     let mut steady = run_steady(&cfg, &bins, &cpus, &rt, &scratch);

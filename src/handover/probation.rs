@@ -130,6 +130,9 @@ pub(crate) enum ProbationHeard {
     Closed,
     /// This generation shuts down or restarts.
     Leaving,
+    /// The parked generation did not answer a rollback within the ready timeout (it is
+    /// stopped, or hung): the probation is given up.
+    TimedOut,
 }
 
 /// What the driver of the generation on probation does after a step.
@@ -143,7 +146,8 @@ pub(crate) enum ProbationDo {
     HandBack,
     /// Refuse the rollback asked for: the probation is over.
     Refuse,
-    /// Write `release`; refuse the rollback asked for, if one is.
+    /// Write `release`; refuse the rollback asked for, if one is (the parked generation,
+    /// if it resumed meanwhile, hears `release` and shuts down: it was never live again).
     Leave,
 }
 
@@ -161,7 +165,7 @@ impl OnProbation {
             (On, Ask(t)) => (Asking, ProbationDo::Send(Message::Rollback(t))),
             (Asking, Word(Message::Holding)) => (HandedBack, ProbationDo::HandBack),
             (Asking, Word(Message::Ended) | Closed) => (Over, ProbationDo::Refuse),
-            (On | Asking, Leaving) => (Over, ProbationDo::Leave),
+            (On | Asking, Leaving) | (Asking, TimedOut) => (Over, ProbationDo::Leave),
             (On, Word(Message::Ended) | Closed) => (Over, ProbationDo::Wait),
             (Over, Ask(_)) => (Over, ProbationDo::Refuse),
             (s, _) => (s, ProbationDo::Wait),
@@ -193,6 +197,8 @@ mod tests {
         Leave,
         /// A SIGTERM to the parked generation.
         ParkedTerm,
+        /// The one on probation gives up waiting for an answer to its rollback.
+        AskTimeout,
     }
 
     fn ev() -> impl Strategy<Value = Ev> {
@@ -207,6 +213,7 @@ mod tests {
             Just(Ev::TimeUp),
             Just(Ev::Leave),
             Just(Ev::ParkedTerm),
+            Just(Ev::AskTimeout),
         ]
     }
 
@@ -224,6 +231,8 @@ mod tests {
         given_up: bool,
         /// Refusals answered to rollbacks asked for.
         refused: usize,
+        /// The one on probation gave up waiting for the parked one's answer.
+        gave_up: bool,
     }
 
     impl World {
@@ -238,6 +247,7 @@ mod tests {
                 left: false,
                 given_up: false,
                 refused: 0,
+                gave_up: false,
             }
         }
 
@@ -254,7 +264,7 @@ mod tests {
                     self.given_up = true;
                     self.to_live.push_back(Message::Ended);
                 }
-                ParkedDo::ShutDown => self.given_up = true,
+                ParkedDo::ShutDown => {}
             }
         }
 
@@ -311,6 +321,12 @@ mod tests {
                     }
                 }
                 Ev::ParkedTerm => self.parked_hears(ParkedHeard::Shutdown),
+                Ev::AskTimeout => {
+                    if self.live == OnProbation::Asking {
+                        self.gave_up = true;
+                        self.live_hears(ProbationHeard::TimedOut);
+                    }
+                }
             }
         }
 
@@ -359,6 +375,16 @@ mod tests {
             if self.left || self.given_up || !self.parked_alive {
                 return;
             }
+            // Gave up on an answer: the one on probation serves on (unless it died, with
+            // nothing parked behind it any more).
+            if self.gave_up {
+                assert!(
+                    self.live_accepts() || !self.live_alive,
+                    "gave up and stopped accepting: {:?}",
+                    self.live
+                );
+                return;
+            }
             assert!(
                 self.live_accepts() || self.parked_accepts(),
                 "nobody accepts: parked {:?} (alive {}), live {:?} (alive {})",
@@ -384,7 +410,7 @@ mod tests {
             w.check();
             w.check_settled();
             // A crash of the one on probation before the end is always taken back.
-            if !w.live_alive && !w.given_up && !w.left && w.parked_alive {
+            if !w.live_alive && !w.given_up && !w.gave_up && !w.left && w.parked_alive {
                 prop_assert_eq!(w.parked, Parked::Live);
             }
         }

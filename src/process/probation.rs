@@ -261,9 +261,20 @@ impl Process {
         let mut machine = OnProbation::On;
         let mut pending: Option<Ask> = None;
         let mut line = String::new();
+        // How long a rollback asked for waits for the parked generation's answer.
+        let mut answer_by: Option<tokio::time::Instant> = None;
         let handed_back = loop {
             line.clear();
             let heard = tokio::select! {
+                _ = tokio::time::sleep_until(answer_by.unwrap_or_else(tokio::time::Instant::now)), if answer_by.is_some() => {
+                    tracing::error!(
+                        pid = std::process::id(),
+                        parked_pid,
+                        timeout = ?self.inner.ready_timeout,
+                        "the parked generation did not answer the rollback; giving the probation up"
+                    );
+                    ProbationHeard::TimedOut
+                }
                 read = reader.read_line(&mut line) => match read {
                     Ok(n) if n > 0 => match Message::decode(&line) {
                         Some(m) => ProbationHeard::Word(m),
@@ -290,8 +301,14 @@ impl Process {
                     ProbationHeard::Leaving
                 }
             };
+            let timed_out = heard == ProbationHeard::TimedOut;
             let (next, act) = machine.step(heard);
             machine = next;
+            answer_by = match machine {
+                OnProbation::Asking => answer_by
+                    .or_else(|| Some(tokio::time::Instant::now() + self.inner.ready_timeout)),
+                _ => None,
+            };
             match act {
                 ProbationDo::Wait if machine == OnProbation::Over => break false,
                 ProbationDo::Wait => {}
@@ -326,7 +343,13 @@ impl Process {
                 ProbationDo::Leave => {
                     let _ = writer.write_all(Message::Release.encode().as_bytes()).await;
                     if let Some((_, reply)) = pending.take() {
-                        let _ = reply.send(Err(RollbackError::NotServing));
+                        let _ = reply.send(Err(if timed_out {
+                            RollbackError::Unanswered {
+                                timeout: self.inner.ready_timeout,
+                            }
+                        } else {
+                            RollbackError::NotServing
+                        }));
                     }
                     break false;
                 }

@@ -525,17 +525,23 @@ pub(crate) async fn run<M: MakeConn>(process: Process, server: Accepting, mut ma
             process.release_listener(&listener);
         }
         let parked = !stopped_alone && state.borrow().parked;
+        if !parked {
+            // Closed before the line below says so: new connections are refused.
+            drop(listener);
+            let why = process.served().unwrap_or(Served::Shutdown);
+            told.send_replace(Some(why));
+            tracker.begin_drain();
+            let open = tracker.open();
+            tracing::info!(pid, addr = %local, connections = open, reason = %why, "stopped accepting; draining");
+            drain_out(&settings, &watch, &tracker, &local).await;
+            break;
+        }
         let why = process.served().unwrap_or(Served::Shutdown);
         told.send_replace(Some(why));
         tracker.begin_drain();
         let open = tracker.open();
-        tracing::info!(pid, addr = %local, connections = open, reason = %why, parked, "stopped accepting; draining");
+        tracing::info!(pid, addr = %local, connections = open, reason = %why, "stopped accepting; parked: draining, the listener kept");
         let drained = drain_out(&settings, &watch, &tracker, &local);
-        if !parked {
-            drop(listener);
-            drained.await;
-            break;
-        }
         // Parked: drain, and wait for a rollback (accept again, the rest of this
         // round's drain in a task of its own) or the probation's end.
         let mut drained = Some(Box::pin(drained));
