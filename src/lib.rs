@@ -86,6 +86,16 @@
 //! already and the new one serves on. README.md's "How a restart works" has the whole
 //! exchange and how it is tested.
 //!
+//! ## Undo a deploy: probation and rollback
+//! With [`ProcessBuilder::probation`], the old generation parks after the handover,
+//! keeping every listener, and the service rolls back to it within the period: at once
+//! if the new generation crashes, when its error policy trips
+//! ([`ProcessBuilder::rollback_on_errors`]), when the application calls
+//! [`Process::rollback`], or when an operator asks on the control socket
+//! (`control::request_rollback`). A rollback asked for is the handover in reverse and
+//! loses no request; a crash loses only what was in flight on the crashed process.
+//! README.md's "Undo a deploy" has the triggers, the invariant and the measured figures.
+//!
 //! ## Takeover by a new process
 //! With the `control` feature, a process started independently (by a deploy script, a
 //! service manager, another container) can take over from a running one:
@@ -107,7 +117,7 @@
 //! - `serve/`: serving: [`Server`], [`listen_and_serve`], [`serve`], connections, HTTP/1 and
 //!   HTTP/2, the drain, TLS, the health check;
 //! - `process/`: the owner of the lifecycle ([`Process`]): readiness, signals, the
-//!   commit of a restart from either side;
+//!   commit of a restart from either side, the probation and the rollback;
 //! - `restart/`: starting the next generation (re-exec), the takeover, the supervisor;
 //! - `observe/`: what is seen from outside: status, metrics, systemd's notifications,
 //!   the PID file, the control socket;

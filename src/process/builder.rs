@@ -244,7 +244,7 @@ impl ProcessBuilder {
     ///   lost; those waiting in the listeners' queues are the parked one's;
     /// - when the error policy trips ([`ProcessBuilder::rollback_on_errors`]), the
     ///   application calls [`Process::rollback`] in the new generation, or an operator
-    ///   asks on the control socket (`rollback`, [`control::request_rollback`]): the
+    ///   asks on the control socket (`rollback`, `control::request_rollback`): the
     ///   parked generation accepts again first, then the new one drains as an old one
     ///   does at a restart (0 failed requests).
     ///
@@ -268,13 +268,11 @@ impl ProcessBuilder {
     /// let process = ceaseless::Process::builder()
     ///     .probation(Duration::from_secs(60))
     ///     .rollback_on_errors(0.2, 100) // over 20% of 5xx in at least 100 responses
-    ///     .control_socket("/run/app/control.sock")
     ///     .start()?;
     /// # Ok(()) }
     /// ```
     ///
     /// [`Server`]: crate::Server
-    /// [`control::request_rollback`]: crate::control::request_rollback
     pub fn probation(mut self, period: Duration) -> Self {
         self.probation = Some(period);
         self
@@ -369,6 +367,14 @@ impl ProcessBuilder {
                 what: "a control socket",
                 platform: crate::sys::PLATFORM,
             });
+        }
+        // Nothing to park behind on Windows: a process is the first and only generation.
+        #[cfg(not(unix))]
+        if self.probation.is_some() {
+            tracing::warn!(
+                platform = crate::sys::PLATFORM,
+                "a probation needs restarts, which this platform does not support: none"
+            );
         }
         #[cfg(unix)]
         #[allow(unused_mut)]
