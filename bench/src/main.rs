@@ -40,8 +40,8 @@ runs, on 127.0.0.1 only:
      beside one busy thread (2 s, 0.5 s with --quick), the floor under a restart
      window's latency when generations share a core;
   6. probation: the RSS of a generation parked behind the live one (hello
-     --probation-ms, 32 MiB of ballast), and SIGHUP -> serving with and without a
-     probation, alternating.
+     --probation-ms, with no ballast and with 32 MiB), and SIGHUP -> serving with
+     and without a probation, alternating.
 It prints a table and a one-line summary, and stops by itself.
 
 OPTIONS

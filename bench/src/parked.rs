@@ -7,14 +7,21 @@ use std::time::{Duration, Instant};
 
 use crate::{free_port, hello_args, ms, probe, procs, start_server, Bins, Config, Cpus};
 
-/// One probation run.
-pub struct ParkedReport {
+/// The memory of one parked generation.
+pub struct Memory {
+    /// MiB of ballast hello held (an application's caches).
+    pub ballast_mb: u64,
     /// RSS of the first generation before any restart, KiB.
     pub first_idle_kib: u64,
     /// RSS of that generation once parked behind the next one, KiB.
     pub parked_kib: u64,
     /// RSS of the live generation beside it, KiB.
     pub live_kib: u64,
+}
+
+/// One probation run.
+pub struct ParkedReport {
+    pub memory: Vec<Memory>,
     /// SIGHUP → the new generation answers, median ms: without a probation, with one.
     pub restart_ms: (f64, f64),
     /// Restarts timed each way.
@@ -23,14 +30,14 @@ pub struct ParkedReport {
 
 impl ParkedReport {
     pub fn print(&self) {
-        println!(
-            "probation (hello --probation-ms, {} MiB ballast):",
-            ballast_mb()
-        );
-        println!(
-            "  RSS: first generation idle {} KiB; parked {} KiB beside the live one's {} KiB",
-            self.first_idle_kib, self.parked_kib, self.live_kib
-        );
+        println!("probation (hello --probation-ms):");
+        for m in &self.memory {
+            println!(
+                "  RSS with {} MiB of ballast: first generation idle {} KiB; parked {} KiB \
+                 beside the live one's {} KiB",
+                m.ballast_mb, m.first_idle_kib, m.parked_kib, m.live_kib
+            );
+        }
         println!(
             "  SIGHUP -> serving, median of {}: {:.2} ms without a probation, {:.2} ms with one ({:.2}x)",
             self.restarts,
@@ -39,10 +46,6 @@ impl ParkedReport {
             self.restart_ms.1 / self.restart_ms.0
         );
     }
-}
-
-fn ballast_mb() -> u64 {
-    32
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -58,7 +61,7 @@ fn restarts(
     cpus: &Cpus,
     extra: &[&str],
     n: usize,
-) -> Result<(Vec<f64>, procs::Server, SocketAddr), String> {
+) -> Result<(Vec<f64>, procs::Server), String> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut args = vec!["--addr".to_string(), addr.to_string()];
     args.extend(hello_args(cfg));
@@ -81,18 +84,24 @@ fn restarts(
         took.push(ms(sv.at - t0));
         server.pid = sv.pid;
     }
-    Ok((took, server, addr))
+    Ok((took, server))
 }
 
-pub fn run(cfg: &Config, bins: &Bins, cpus: &Cpus) -> Result<ParkedReport, String> {
-    let n = if cfg.quick { 3 } else { 10 };
-    eprintln!("bench: probation: memory of a parked generation, {n} restarts with and without");
-    let ballast = ballast_mb().to_string();
-    // The memory: one restart, then both generations measured once settled.
+/// One restart of a hello holding `ballast_mb` MiB, then both generations measured once
+/// settled.
+fn parked_memory(
+    cfg: &Config,
+    bins: &Bins,
+    cpus: &Cpus,
+    ballast_mb: u64,
+) -> Result<Memory, String> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut args = vec!["--addr".to_string(), addr.to_string()];
     args.extend(hello_args(cfg));
-    args.extend(["--probation-ms", "600000", "--ballast-mb", &ballast].map(String::from));
+    args.extend(["--probation-ms".to_string(), "600000".to_string()]);
+    if ballast_mb > 0 {
+        args.extend(["--ballast-mb".to_string(), ballast_mb.to_string()]);
+    }
     let (server, _, _) = start_server(&bins.hello, &args, addr, None, cpus)?;
     std::thread::sleep(Duration::from_millis(300));
     let first = server.pid;
@@ -112,22 +121,34 @@ pub fn run(cfg: &Config, bins: &Bins, cpus: &Cpus) -> Result<ParkedReport, Strin
     // SIGTERM to the live one ends the probation: both exit.
     procs::stop(sv.pid, Duration::from_secs(5));
     procs::stop(first, Duration::from_secs(5));
+    Ok(Memory {
+        ballast_mb,
+        first_idle_kib,
+        parked_kib,
+        live_kib,
+    })
+}
 
+pub fn run(cfg: &Config, bins: &Bins, cpus: &Cpus) -> Result<ParkedReport, String> {
+    let n = if cfg.quick { 4 } else { 10 };
+    eprintln!("bench: probation: memory of a parked generation, {n} restarts with and without");
+    let mut memory = Vec::new();
+    for ballast_mb in [0, 32] {
+        memory.push(parked_memory(cfg, bins, cpus, ballast_mb)?);
+    }
     // The speed: restarts without and with a probation, alternating batches.
     let (mut without, mut with) = (Vec::new(), Vec::new());
     for _ in 0..2 {
-        let (t, s, _) = restarts(bins, cfg, cpus, &[], n / 2)?;
+        let (t, s) = restarts(bins, cfg, cpus, &[], n / 2)?;
         without.extend(t);
         procs::stop(s.pid, Duration::from_secs(5));
-        let (t, s, _) = restarts(bins, cfg, cpus, &["--probation-ms", "600000"], n / 2)?;
+        let (t, s) = restarts(bins, cfg, cpus, &["--probation-ms", "600000"], n / 2)?;
         with.extend(t);
         procs::stop(s.pid, Duration::from_secs(5));
     }
     let restarts = without.len();
     Ok(ParkedReport {
-        first_idle_kib,
-        parked_kib,
-        live_kib,
+        memory,
         restart_ms: (median(without), median(with)),
         restarts,
     })
