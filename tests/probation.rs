@@ -232,6 +232,15 @@ fn a_crash_on_probation_rolls_back_to_the_parked_generation() {
     println!("recorded rollback: {r}");
     assert_eq!(counts["crash"], 1, "{counts}");
     assert_eq!(get_tcp(&addr.to_string(), "/").status, 200);
+    if cfg!(feature = "metrics") {
+        // hello's `GET /metrics` (Prometheus' text format) counts it by trigger.
+        let m = get_tcp(&addr.to_string(), "/metrics").body;
+        for (trigger, n) in [("crash", 1), ("errors", 0), ("operator", 0)] {
+            let line = format!("ceaseless_rollbacks_total{{trigger=\"{trigger}\"}} {n}");
+            assert!(m.lines().any(|l| l == line), "no {line:?} in:\n{m}");
+        }
+        assert!(m.contains("ceaseless_phase{phase=\"parked\"} 0"), "{m}");
+    }
 
     // A good build after the rollback: a restart as usual, then v3 on probation behind
     // which v1 parks; v3's shutdown ends the probation: both exit.

@@ -207,7 +207,7 @@ fn the_hammer_cuts_an_endless_response() {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&got).contains("tick 1\n") {
-        let n = s.read(&mut buf).expect("reading the stream");
+        let n = read_some(&mut s, &mut buf).expect("reading the stream");
         assert!(
             n > 0,
             "the stream ended early: {:?}",
@@ -219,7 +219,7 @@ fn the_hammer_cuts_an_endless_response() {
     let (old, new) = restart_ok(&p);
     wait_line_of(&p, "stopped accepting; draining", old);
     // Still streaming from the old generation, which waits for it.
-    let n = s.read(&mut buf).expect("the stream, during the drain");
+    let n = read_some(&mut s, &mut buf).expect("the stream, during the drain");
     assert!(n > 0, "the stream ended at the drain, before the hammer");
     assert!(
         common::alive(old),
@@ -308,7 +308,7 @@ fn the_graceful_shutdown_signal_answers_what_is_in_flight() {
         if let Some((r, _)) = common::load::parse_response(&got).unwrap() {
             break r;
         }
-        let n = slow.read(&mut buf).unwrap_or_else(|e| {
+        let n = read_some(&mut slow, &mut buf).unwrap_or_else(|e| {
             panic!(
                 "the request in flight was not answered: {e}; output:\n{}",
                 p.output()
@@ -337,4 +337,15 @@ fn the_graceful_shutdown_signal_answers_what_is_in_flight() {
         TcpStream::connect(&addr).is_err(),
         "still accepting after the shutdown"
     );
+}
+
+/// One read, retried when a signal interrupts it: the tests' process is a subreaper,
+/// and a generation of another test that exits is its child then (SIGCHLD).
+fn read_some(s: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
 }
