@@ -264,7 +264,6 @@ impl Process {
         // How long a rollback asked for waits for the parked generation's answer.
         let mut answer_by: Option<tokio::time::Instant> = None;
         let handed_back = loop {
-            line.clear();
             let heard = tokio::select! {
                 _ = tokio::time::sleep_until(answer_by.unwrap_or_else(tokio::time::Instant::now)), if answer_by.is_some() => {
                     tracing::error!(
@@ -275,11 +274,16 @@ impl Process {
                     );
                     ProbationHeard::TimedOut
                 }
+                // (A line read in part when another branch wins stays in `line`.)
                 read = reader.read_line(&mut line) => match read {
-                    Ok(n) if n > 0 => match Message::decode(&line) {
-                        Some(m) => ProbationHeard::Word(m),
-                        None => continue,
-                    },
+                    Ok(n) if n > 0 => {
+                        let m = Message::decode(&line);
+                        line.clear();
+                        match m {
+                            Some(m) => ProbationHeard::Word(m),
+                            None => continue,
+                        }
+                    }
                     _ => ProbationHeard::Closed,
                 },
                 ask = asks.recv() => match ask {
@@ -365,7 +369,10 @@ impl Process {
                 pid = std::process::id(),
                 "the probation is over: the previous generation exits"
             );
-            core.emit(&Transition::Probation { ms: None });
+            // (Said only while serving: a shutdown or a restart that ended it says its own.)
+            if core.state.phase == Phase::Serving && core.state.live {
+                core.emit(&Transition::Probation { ms: None });
+            }
         }
     }
 

@@ -244,6 +244,7 @@ impl Successor {
             who,
             channel,
             status,
+            line: String::new(),
         };
         if echoed {
             Some(parking)
@@ -307,22 +308,27 @@ pub(crate) struct Parking {
     who: Who,
     channel: tokio::io::BufReader<tokio::net::UnixStream>,
     status: Option<std::process::ExitStatus>,
+    /// A line read in part (when the caller stopped waiting for it).
+    line: String,
 }
 
 impl Parking {
     /// The next word from the live generation; `None` once its end closed (it died,
     /// or is done with the probation).
+    /// Cancel-safe: a line read in part is kept for the next call.
     pub(crate) async fn next(&mut self) -> Option<Message> {
-        let mut line = String::new();
         loop {
-            line.clear();
-            match self.channel.read_line(&mut line).await {
-                Ok(n) if n > 0 => match Message::decode(&line) {
-                    Some(m) => return Some(m),
-                    None => {
-                        tracing::warn!(new_pid = self.pid, line = %line.trim_end(), "unexpected message from the generation on probation");
+            match self.channel.read_line(&mut self.line).await {
+                Ok(n) if n > 0 => {
+                    let m = Message::decode(&self.line);
+                    if m.is_none() {
+                        tracing::warn!(new_pid = self.pid, line = %self.line.trim_end(), "unexpected message from the generation on probation");
                     }
-                },
+                    self.line.clear();
+                    if m.is_some() {
+                        return m;
+                    }
+                }
                 _ => return None,
             }
         }
