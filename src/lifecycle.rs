@@ -256,6 +256,8 @@ pub(crate) enum Transition<'a> {
     /// The probation that followed this generation's going live ended: `None` once
     /// it is over, `Some(ms)` when it begins.
     Probation { ms: Option<u64> },
+    /// This generation handed over and parks behind the new one for `ms`.
+    Parked { ms: u64 },
 }
 
 /// Something that follows the owner's transitions.

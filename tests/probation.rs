@@ -477,14 +477,16 @@ fn under_the_supervisor_the_pid_stays_and_the_parked_generation_takes_over() {
     p.wait_for_nth("supervisor: rolled back to a parked generation", 1, LONG)
         .unwrap_or_else(|| panic!("the supervisor did not follow:\n{}", p.output()));
     assert_eq!(status(&control)["pid"], v1);
-    // The parked generation took over before the supervisor started a replacement
-    // (its backoff is 100 ms): the supervisor started v1 alone.
+    // The supervisor knew v1 parked ("the parked generation takes the service back",
+    // when it reaps v2 before v1's report), and waited for it rather than start a
+    // replacement.
     assert_eq!(
         p.count("supervisor: started a generation"),
         1,
         "{}",
         p.output()
     );
+    assert_eq!(p.count("starting a generation again"), 0, "{}", p.output());
 
     // An operator's rollback, then the supervisor still restarts v1.
     deploy.good();

@@ -52,7 +52,8 @@
 //!   channel; the child checks that the supervisor created it). Each report is one
 //!   datagram: `live <pid> <start> <generation>` then one handover name a line, with the
 //!   named sockets attached (`SCM_RIGHTS`); `committed <pid> <new pid>`;
-//!   `failed <pid>`; `stopping <pid>`.
+//!   `failed <pid>`; `stopping <pid>`; `parked <pid> <ms>` (it handed over and parks for
+//!   a probation: should the live one die, it takes the service back).
 //! - `CEASELESS_ACTIVATED` is set by a socket-activated supervisor alone, when it hands
 //!   systemd's sockets to a generation it starts: their socket unit's names, in the
 //!   order of `CEASELESS_FDS`, written as in `LISTEN_FDNAMES`. The generation takes

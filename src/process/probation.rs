@@ -77,6 +77,8 @@ impl Process {
             self.unpark();
             return;
         };
+        // (The supervisor, if any, then waits for this one after a crash of the new one.)
+        self.lock().emit(&Transition::Parked { ms });
         crate::sys::memory::trim();
         tracing::info!(
             pid = std::process::id(),

@@ -601,13 +601,14 @@ mod tests {
             generation in any::<u64>(),
             other in 1u32..,
             names in proptest::collection::vec(name(), 0..12),
-            which in 0u8..4,
+            which in 0u8..5,
         ) {
             let r = match which {
                 0 => Report::Live { id: ProcId { pid, start }, generation, names },
                 1 => Report::Committed { pid, new_pid: other },
                 2 => Report::RestartFailed { pid },
-                _ => Report::Stopping { pid },
+                3 => Report::Stopping { pid },
+                _ => Report::Parked { pid, ms: start },
             };
             prop_assert_eq!(Report::decode(&r.encode()), Ok(r));
         }

@@ -24,6 +24,9 @@ pub(crate) enum Report {
     RestartFailed { pid: u32 },
     /// The live generation began a final shutdown (not a restart).
     Stopping { pid: u32 },
+    /// This generation handed over and parks for a probation of `ms`: should the live
+    /// one die meanwhile, it takes the service back.
+    Parked { pid: u32, ms: u64 },
 }
 
 impl Report {
@@ -44,6 +47,7 @@ impl Report {
             Report::Committed { pid, new_pid } => format!("committed {pid} {new_pid}"),
             Report::RestartFailed { pid } => format!("failed {pid}"),
             Report::Stopping { pid } => format!("stopping {pid}"),
+            Report::Parked { pid, ms } => format!("parked {pid} {ms}"),
         }
     }
 
@@ -76,6 +80,10 @@ impl Report {
             },
             Some("failed") if words.len() == 2 => Report::RestartFailed { pid: pid(1)? },
             Some("stopping") if words.len() == 2 => Report::Stopping { pid: pid(1)? },
+            Some("parked") if words.len() == 3 => Report::Parked {
+                pid: pid(1)?,
+                ms: num(2)?,
+            },
             _ => return Err(format!("an unknown report {head:?}")),
         };
         if !matches!(report, Report::Live { .. }) && lines.next().is_some() {

@@ -122,6 +122,7 @@ pub(crate) fn observe<'a>(
             pid,
             new_pid: *to_pid,
         },
+        Transition::Parked { ms } => Report::Parked { pid, ms: *ms },
         Transition::RestartFailed(_) => Report::RestartFailed { pid },
         Transition::ShutdownBegun { live: true } => Report::Stopping { pid },
         _ => return,

@@ -19,6 +19,9 @@ use crate::sys::reaper::{self, ChildState, Ended, Reaped, Signals};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long the supervisor waits for a parked generation to take the service back after
+/// the generation on probation died, before it starts one itself.
+const PARKED_WAIT: Duration = Duration::from_secs(2);
 /// A generation live this long ends a crash loop: the next crash restarts quickly.
 const STABLE: Duration = Duration::from_secs(10);
 /// How often the current generation is checked when neither a pidfd nor SIGCHLD
@@ -103,6 +106,9 @@ struct Sup {
     generation: u64,
     next_start: Option<Instant>,
     failures: u32,
+    /// A generation that handed over and parks for a probation, until when: should the
+    /// current one die, it takes the service back.
+    parked: Option<(ProcId, Instant)>,
     stopping: bool,
     reloading: bool,
     /// While stopping: when to ask the service manager for more time next.
@@ -144,6 +150,7 @@ fn setup(cfg: Supervisor) -> io::Result<Sup> {
         generation: 1,
         next_start: None,
         failures: 0,
+        parked: None,
         stopping: false,
         reloading: false,
         extend_at: None,
@@ -419,6 +426,15 @@ impl Sup {
             Some(s) => describe(Some(s)),
             None => "exited (its status went to its parent)".into(),
         };
+        // A generation parked behind it takes the service back by itself: a replacement
+        // only if it does not say it is live within the wait.
+        if let Some((p, until)) = self.parked.take() {
+            if Instant::now() < until && lineage::alive(&p) {
+                tracing::warn!(pid = self.me, generation_pid = pid, parked = p.pid, why = %why, "supervisor: the generation on probation died; the parked generation takes the service back");
+                self.next_start = Some(Instant::now() + PARKED_WAIT);
+                return;
+            }
+        }
         tracing::error!(pid = self.me, generation_pid = pid, why = %why, "supervisor: the generation died outside a restart");
         self.schedule_start(why);
     }
@@ -612,6 +628,7 @@ impl Sup {
                     self.older.retain(|o| *o != id);
                     self.older.retain(lineage::alive);
                     self.next_start = None;
+                    self.parked = None;
                     tracing::info!(
                         pid = self.me,
                         generation_pid = id.pid,
@@ -679,6 +696,8 @@ impl Sup {
                 );
             }
             Report::Committed { pid, new_pid } if current == Some(pid) => {
+                // A generation parked behind the one committing is released first.
+                self.parked = None;
                 if let Some(old) = self.current.take() {
                     self.older.push(old.id);
                 }
@@ -701,6 +720,23 @@ impl Sup {
                     ));
                 }
             }
+            Report::Parked { pid, ms } => match self.older.iter().find(|o| o.pid == pid) {
+                Some(id) => {
+                    let until = Instant::now() + Duration::from_millis(ms);
+                    self.parked = Some((*id, until));
+                    tracing::info!(
+                        pid = self.me,
+                        generation_pid = pid,
+                        ms,
+                        "supervisor: a generation parks for a probation"
+                    );
+                }
+                None => tracing::debug!(
+                    pid = self.me,
+                    from = pid,
+                    "supervisor: a parked report from a generation it does not follow; ignored"
+                ),
+            },
             Report::Stopping { pid } if current == Some(pid) => {
                 self.begin_stop("the current generation shuts down");
             }
