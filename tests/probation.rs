@@ -700,3 +700,37 @@ fn faults_during_the_probation_never_leave_nothing_listening() {
     signal(v5, libc::SIGTERM);
     assert!(wait_gone(v5, LONG), "v5 did not stop");
 }
+
+#[test]
+fn bad_probation_settings_are_refused_with_the_reason() {
+    let hello = example_bin("hello");
+    // Refused by the process owner at start: nothing is bound.
+    for flags in [
+        ["--rollback-on-errors", "1.5:10"],
+        ["--rollback-on-errors", "0.2:0"],
+        ["--rollback-on-errors", "NaN:10"],
+    ] {
+        let out = std::process::Command::new(&hello)
+            .args(["--addr", "127.0.0.1:0"])
+            .args(flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {err}");
+        assert!(err.contains("rollback_on_errors"), "{flags:?}: {err}");
+    }
+    // Refused by hello's own parsing, with the value.
+    for flags in [
+        ["--rollback-on-errors", "half"],
+        ["--fail-ratio", "2"],
+        ["--probation-ms", "soon"],
+    ] {
+        let out = std::process::Command::new(&hello)
+            .args(flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(flags[0]), "{flags:?}: {err}");
+    }
+}

@@ -525,22 +525,22 @@ pub(crate) async fn run<M: MakeConn>(process: Process, server: Accepting, mut ma
             process.release_listener(&listener);
         }
         let parked = !stopped_alone && state.borrow().parked;
-        if !parked {
-            // Closed before the line below says so: new connections are refused.
-            drop(listener);
+        // The requests and connections of this round learn of the drain, and it is logged.
+        let begin_drain = || {
             let why = process.served().unwrap_or(Served::Shutdown);
             told.send_replace(Some(why));
             tracker.begin_drain();
             let open = tracker.open();
-            tracing::info!(pid, addr = %local, connections = open, reason = %why, "stopped accepting; draining");
+            tracing::info!(pid, addr = %local, connections = open, reason = %why, parked, "stopped accepting; draining");
+        };
+        if !parked {
+            // Closed before the line says so: new connections are refused.
+            drop(listener);
+            begin_drain();
             drain_out(&settings, &watch, &tracker, &local).await;
             break;
         }
-        let why = process.served().unwrap_or(Served::Shutdown);
-        told.send_replace(Some(why));
-        tracker.begin_drain();
-        let open = tracker.open();
-        tracing::info!(pid, addr = %local, connections = open, reason = %why, "stopped accepting; parked: draining, the listener kept");
+        begin_drain();
         let drained = drain_out(&settings, &watch, &tracker, &local);
         // Parked: drain, and wait for a rollback (accept again, the rest of this
         // round's drain in a task of its own) or the probation's end.
