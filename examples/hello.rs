@@ -670,76 +670,45 @@ fn status_table(s: &ceaseless::Status) -> String {
     o
 }
 
-/// `hello restart --control PATH [--timeout-ms N]`: see the module docs.
+/// `hello restart|rollback --control PATH [--timeout-ms N]` (see the module docs): asks
+/// the server at that control socket with `request`, within `timeout` unless told
+/// otherwise, and prints the pid that serves then.
 #[cfg(all(unix, feature = "control"))]
-fn restart_command(mut args: impl Iterator<Item = String>) -> std::process::ExitCode {
+fn pid_command(
+    verb: &str,
+    mut timeout: Duration,
+    request: fn(&str, Duration) -> Result<u32, ceaseless::ControlError>,
+    mut args: impl Iterator<Item = String>,
+) -> std::process::ExitCode {
+    let usage = format!("usage: hello {verb} --control PATH [--timeout-ms N]");
     let mut control = None;
-    let mut timeout = Duration::from_secs(60);
     while let Some(a) = args.next() {
         match (a.as_str(), args.next()) {
             ("--control", Some(v)) => control = Some(v),
             ("--timeout-ms", Some(v)) => match v.parse::<u64>() {
                 Ok(n) if n > 0 => timeout = Duration::from_millis(n),
                 _ => {
-                    eprintln!("hello restart: --timeout-ms: not a positive number: {v}");
+                    eprintln!("hello {verb}: --timeout-ms: not a positive number: {v}");
                     return std::process::ExitCode::from(2);
                 }
             },
             _ => {
-                eprintln!("usage: hello restart --control PATH [--timeout-ms N]");
+                eprintln!("{usage}");
                 return std::process::ExitCode::from(2);
             }
         }
     }
     let Some(control) = control else {
-        eprintln!("usage: hello restart --control PATH [--timeout-ms N]");
+        eprintln!("{usage}");
         return std::process::ExitCode::from(2);
     };
-    match ceaseless::control::request_restart(&control, timeout) {
+    match request(&control, timeout) {
         Ok(pid) => {
             println!("{pid}");
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("hello restart: {e}");
-            std::process::ExitCode::from(1)
-        }
-    }
-}
-
-/// `hello rollback --control PATH [--timeout-ms N]`: see the module docs.
-#[cfg(all(unix, feature = "control"))]
-fn rollback_command(mut args: impl Iterator<Item = String>) -> std::process::ExitCode {
-    const USAGE: &str = "usage: hello rollback --control PATH [--timeout-ms N]";
-    let mut control = None;
-    let mut timeout = Duration::from_secs(30);
-    while let Some(a) = args.next() {
-        match (a.as_str(), args.next()) {
-            ("--control", Some(v)) => control = Some(v),
-            ("--timeout-ms", Some(v)) => match v.parse::<u64>() {
-                Ok(n) if n > 0 => timeout = Duration::from_millis(n),
-                _ => {
-                    eprintln!("hello rollback: --timeout-ms: not a positive number: {v}");
-                    return std::process::ExitCode::from(2);
-                }
-            },
-            _ => {
-                eprintln!("{USAGE}");
-                return std::process::ExitCode::from(2);
-            }
-        }
-    }
-    let Some(control) = control else {
-        eprintln!("{USAGE}");
-        return std::process::ExitCode::from(2);
-    };
-    match ceaseless::control::request_rollback(&control, timeout) {
-        Ok(pid) => {
-            println!("{pid}");
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("hello rollback: {e}");
+            eprintln!("hello {verb}: {e}");
             std::process::ExitCode::from(1)
         }
     }
@@ -757,7 +726,12 @@ fn main() -> std::process::ExitCode {
     }
     if std::env::args().nth(1).as_deref() == Some("rollback") {
         #[cfg(all(unix, feature = "control"))]
-        return rollback_command(std::env::args().skip(2));
+        return pid_command(
+            "rollback",
+            Duration::from_secs(30),
+            |c, t| ceaseless::control::request_rollback(c, t),
+            std::env::args().skip(2),
+        );
         #[cfg(not(all(unix, feature = "control")))]
         {
             eprintln!("hello rollback: the control socket needs Unix and the `control` feature");
@@ -766,7 +740,12 @@ fn main() -> std::process::ExitCode {
     }
     if std::env::args().nth(1).as_deref() == Some("restart") {
         #[cfg(all(unix, feature = "control"))]
-        return restart_command(std::env::args().skip(2));
+        return pid_command(
+            "restart",
+            Duration::from_secs(60),
+            |c, t| ceaseless::control::request_restart(c, t),
+            std::env::args().skip(2),
+        );
         #[cfg(not(all(unix, feature = "control")))]
         {
             eprintln!("hello restart: the control socket needs Unix and the `control` feature");

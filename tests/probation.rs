@@ -20,10 +20,13 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use common::generations::{install, install_script, socket_path, LONG};
-use common::load::{get_tcp, reqwest_client, shared_client, Client, Expect, Load, Summary};
+use common::generations::{install, install_script, log_time, socket_path, LONG};
+use common::load::{
+    get_tcp, post_tcp, reqwest_client, shared_client, Client, Expect, Load, Summary,
+};
 use common::{
-    alive, become_subreaper, example_bin, field, hello_cli, scratch_dir, signal, wait_gone, Proc,
+    alive, become_subreaper, example_bin, field, hello_cli, hello_status, scratch_dir, signal,
+    wait_gone, Proc,
 };
 
 /// The load: 3 pooled keep-alive, 3 raw keep-alive, 3 fresh-connection clients.
@@ -69,26 +72,6 @@ impl Deploy {
     }
 }
 
-/// The control socket's `status`, as JSON.
-fn status(control: &Path) -> serde_json::Value {
-    let out = hello_cli("status", control);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "hello status failed: {text}");
-    serde_json::from_str(&text).unwrap()
-}
-
-/// Microseconds into the day of a log line's timestamp (`2026-12-07T04:57:10.091449Z`).
-fn stamp_us(line: &str) -> Option<u64> {
-    let t = line.split_whitespace().next()?.split_once('T')?.1;
-    let t = t.strip_suffix('Z')?;
-    let (hms, frac) = t.split_once('.')?;
-    let mut p = hms.split(':').map(|n| n.parse::<u64>().ok());
-    let (h, m, s) = (p.next()??, p.next()??, p.next()??);
-    let frac = format!("{frac:0<6}");
-    let us: u64 = frac.get(..6)?.parse().ok()?;
-    Some(((h * 60 + m) * 60 + s) * 1_000_000 + us)
-}
-
 /// The pid of the generation a restart started, from the old generation's log.
 fn restarted_to(p: &Proc, n: usize) -> u32 {
     let line = p
@@ -103,31 +86,16 @@ fn wait_on_probation(control: &Path, pid: u32) {
         &format!("pid {pid} on probation"),
         LONG,
         || {
-            let s = status(control);
+            let s = hello_status(control);
             s["pid"] == pid && !s["probation"].is_null()
         },
-        || status(control).to_string(),
+        || hello_status(control).to_string(),
     );
-}
-
-/// A `POST` of `path` on a connection of its own: the whole answer.
-fn post(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(LONG)).unwrap();
-    write!(
-        c,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = c.read_to_string(&mut answer);
-    answer
 }
 
 /// The rollback recorded last in the status, and the rollback counts.
 fn last_rollback(control: &Path) -> (serde_json::Value, serde_json::Value) {
-    let s = status(control);
+    let s = hello_status(control);
     let r = s["restarts"]
         .as_array()
         .unwrap()
@@ -172,10 +140,12 @@ fn crash_and_rollback(p: &Proc, v1: u32, deploy: &Deploy, load: &Load, restart: 
     let back = p
         .wait_for_nth("rolled back to this generation: accepting again", 1, LONG)
         .unwrap();
-    if let (Some(a), Some(b)) = (stamp_us(&crash), stamp_us(&back)) {
+    let (crashed, accepting) = (log_time(&crash), log_time(&back));
+    if let (Some(a), Some(b)) = (crashed, accepting) {
+        let after = b.duration_since(a).unwrap_or_default();
         println!(
             "v1 accepted again {:.2} ms after v2 logged its crash",
-            b.saturating_sub(a) as f64 / 1000.0
+            after.as_secs_f64() * 1000.0
         );
     }
 }
@@ -220,7 +190,7 @@ fn a_crash_on_probation_rolls_back_to_the_parked_generation() {
         std::fs::read_to_string(&pid_file).unwrap().trim(),
         v1.to_string()
     );
-    let s = status(&control);
+    let s = hello_status(&control);
     assert_eq!(s["pid"], v1, "{s}");
     assert_eq!(s["phase"], "serving");
     assert_eq!(s["live"], true);
@@ -243,7 +213,7 @@ fn a_crash_on_probation_rolls_back_to_the_parked_generation() {
     }
 
     // A good build after the rollback: a restart as usual, then v3 on probation behind
-    // which v1 parks; v3's shutdown ends the probation: both exit.
+    // which v1 parks.
     deploy.good();
     let out = hello_cli("restart", &control);
     assert!(
@@ -252,18 +222,28 @@ fn a_crash_on_probation_rolls_back_to_the_parked_generation() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v3: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let s = status(&control);
+    let s = hello_status(&control);
     assert_eq!(s["pid"], v3);
     assert_eq!(s["probation"]["parked"], false, "{s}");
     assert_eq!(s["probation"]["other_pid"], v1, "{s}");
     assert!(alive(v1), "v1 parks during the probation");
-    signal(v3, libc::SIGTERM);
-    assert!(wait_gone(v3, LONG), "v3 did not stop");
+    // A hammer (SIGUSR2) of the parked generation ends the probation: it exits, v3
+    // serves on, and nothing is parked any more.
+    signal(v1, libc::SIGUSR2);
     assert!(
         p.wait_exit(LONG).is_some(),
-        "the parked v1 did not exit:\n{}",
+        "the parked v1 did not exit on SIGUSR2:\n{}",
         p.output()
     );
+    common::wait_until(
+        "v3's probation over",
+        LONG,
+        || hello_status(&control)["probation"].is_null(),
+        || hello_status(&control).to_string(),
+    );
+    assert_eq!(get_tcp(&addr.to_string(), "/").status, 200);
+    signal(v3, libc::SIGTERM);
+    assert!(wait_gone(v3, LONG), "v3 did not stop");
     assert!(!control.exists(), "the control socket file is left behind");
 }
 
@@ -323,7 +303,7 @@ fn the_error_policy_rolls_a_failing_build_back() {
     let (r, counts) = last_rollback(&control);
     assert_eq!(r["trigger"], "errors", "{r}");
     assert_eq!(counts["errors"], 1, "{counts}");
-    let s = status(&control);
+    let s = hello_status(&control);
     assert_eq!(s["pid"], v1);
     signal(v1, libc::SIGTERM);
     assert!(p.wait_exit(LONG).is_some(), "v1 did not stop");
@@ -398,8 +378,8 @@ fn an_operator_or_the_application_rolls_back_and_not_after_the_probation() {
     let v3 = restarted_to(&p, 2);
     // (Before it is live, v3 already answers, as the one not on probation yet.)
     wait_on_probation(&control, v3);
-    let answer = post(addr, "/admin/rollback");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (code, answer) = post_tcp(&addr_s, "/admin/rollback");
+    assert_eq!(code, 200, "{answer}");
     assert!(answer.contains(&format!("pid {v1} serves")), "{answer}");
     assert!(wait_gone(v3, LONG), "v3 did not drain and exit");
     load.expect(expect(v1));
@@ -465,7 +445,7 @@ fn under_the_supervisor_the_pid_stays_and_the_parked_generation_takes_over() {
         ],
     );
     let addr: SocketAddr = p.ready_addr(1).parse().unwrap();
-    let v1 = status(&control)["pid"].as_u64().unwrap() as u32;
+    let v1 = hello_status(&control)["pid"].as_u64().unwrap() as u32;
     assert_ne!(v1, p.pid, "the supervisor serves through its generations");
     let load = Load::start("supervised", || clients(addr));
     load.expect(expect(v1));
@@ -476,7 +456,7 @@ fn under_the_supervisor_the_pid_stays_and_the_parked_generation_takes_over() {
     crash_and_rollback(&p, v1, &deploy, &load, || signal(supervisor, libc::SIGHUP));
     p.wait_for_nth("supervisor: rolled back to a parked generation", 1, LONG)
         .unwrap_or_else(|| panic!("the supervisor did not follow:\n{}", p.output()));
-    assert_eq!(status(&control)["pid"], v1);
+    assert_eq!(hello_status(&control)["pid"], v1);
     // The supervisor knew v1 parked ("the parked generation takes the service back",
     // when it reaps v2 before v1's report), and waited for it rather than start a
     // replacement.
@@ -572,7 +552,7 @@ fn after_a_takeover_the_old_process_parks_and_takes_a_crash_back() {
     let summary = load.stop();
     summary.print("takeover");
     assert_lost_at_most_in_flight(&summary, "takeover");
-    assert_eq!(status(&control)["pid"], old.pid);
+    assert_eq!(hello_status(&control)["pid"], old.pid);
     signal(old.pid, libc::SIGTERM);
     assert!(
         old.wait_exit(LONG).is_some(),
@@ -624,8 +604,8 @@ fn faults_during_the_probation_never_leave_nothing_listening() {
     common::wait_until(
         "the probation over",
         LONG,
-        || status(&control)["probation"].is_null(),
-        || status(&control).to_string(),
+        || hello_status(&control)["probation"].is_null(),
+        || hello_status(&control).to_string(),
     );
     let out = hello_cli("rollback", &control);
     assert_eq!(out.status.code(), Some(1), "nothing is parked any more");
@@ -637,7 +617,7 @@ fn faults_during_the_probation_never_leave_nothing_listening() {
     assert!(wait_gone(v2, LONG), "the parked v2 did not exit on SIGTERM");
     load.expect(expect(v3));
     load.wait_checked(300, "v3 once the parked v2 was told to stop");
-    assert!(status(&control)["probation"].is_null());
+    assert!(hello_status(&control)["probation"].is_null());
 
     // A restart during a probation ends it first: v3 parks, v4 is on probation.
     load.expect(None);
@@ -648,7 +628,7 @@ fn faults_during_the_probation_never_leave_nothing_listening() {
         wait_gone(v3, LONG),
         "the older parked generation did not exit"
     );
-    let s = status(&control);
+    let s = hello_status(&control);
     assert_eq!(s["probation"]["other_pid"], v4, "{s}");
     assert!(alive(v4), "v4 parks behind v5");
 
@@ -696,7 +676,7 @@ fn faults_during_the_probation_never_leave_nothing_listening() {
     let summary = load.stop();
     summary.print("faults-kill");
     assert_lost_at_most_in_flight(&summary, "faults-kill");
-    assert_eq!(status(&control)["pid"], v5);
+    assert_eq!(hello_status(&control)["pid"], v5);
     signal(v5, libc::SIGTERM);
     assert!(wait_gone(v5, LONG), "v5 did not stop");
 }

@@ -26,8 +26,8 @@ use common::generations::{
     socket_path, unix_socket_exists, write_atomically, LONG,
 };
 use common::load::{
-    body_pid, body_version, connect_tcp, exchange_blocking, get_tcp, reqwest_client, shared_client,
-    BodyCheck, Client, Expect, Load, REQUEST_TIMEOUT,
+    body_pid, body_version, connect_tcp, exchange_blocking, get_tcp, post_tcp, reqwest_client,
+    shared_client, BodyCheck, Client, Expect, Load, REQUEST_TIMEOUT,
 };
 use common::{
     alive, become_subreaper, example_bin, fd_count, field, live_processes_named, scratch_dir,
@@ -1273,27 +1273,6 @@ fn connection_idle_before_the_drain_is_answered() {
 // 12. A restart from code whose caller stops waiting
 // ---------------------------------------------------------------------------------------
 
-/// `POST path` with an empty body on a fresh connection: (status, body).
-fn post(addr: &str, path: &str) -> (u16, String) {
-    let mut s = connect_tcp(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    s.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out)
-        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {out:?}"));
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
-}
-
 /// `ceaseless::restart()` under a timeout shorter than the restart (an admin endpoint
 /// whose client gave up): the restart goes on to its own end regardless: the hung new
 /// generation is still killed at the ready timeout and reaped, the restart slot is
@@ -1320,12 +1299,12 @@ fn restart_from_code_outlives_a_caller_that_stops_waiting() {
     let gen1 = newest(&p);
 
     install_script(&app, "#!/bin/sh\nexec sleep 600\n");
-    let (status, body) = post(&addr, "/admin/restart?wait_ms=100");
+    let (status, body) = post_tcp(&addr, "/admin/restart?wait_ms=100");
     assert_eq!(
         status, 202,
         "the caller should have stopped waiting: {body}"
     );
-    let (status, body) = post(&addr, "/admin/restart?wait_ms=100");
+    let (status, body) = post_tcp(&addr, "/admin/restart?wait_ms=100");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("already in progress"), "{body}");
 
@@ -1345,7 +1324,7 @@ fn restart_from_code_outlives_a_caller_that_stops_waiting() {
 
     // The slot is free again: a good deploy restarts.
     install(&builds[1].0, &app);
-    let (status, body) = post(&addr, "/admin/restart?wait_ms=30000");
+    let (status, body) = post_tcp(&addr, "/admin/restart?wait_ms=30000");
     assert_eq!(status, 200, "{body}\n{}", p.output());
     let gen2 = body_pid(&body).expect("new pid");
     expect_gone(&p, gen1, "the first generation after the good restart");

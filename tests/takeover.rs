@@ -19,7 +19,8 @@ use std::process::Command;
 use common::generations::{install, socket_path, LONG};
 use common::load::{body_pid, get_tcp, reqwest_client, shared_client, Client, Expect, Load};
 use common::{
-    alive, become_subreaper, example_bin, field, hello_cli, scratch_dir, signal, wait_gone, Proc,
+    alive, become_subreaper, example_bin, field, hello_cli, hello_status, scratch_dir, signal,
+    wait_gone, Proc,
 };
 
 /// `hello` installed at `<dir>/<sub>/app`.
@@ -31,17 +32,9 @@ fn hello_at(dir: &Path, sub: &str) -> PathBuf {
     app
 }
 
-/// The control socket's `status`, as JSON.
-fn status(control: &Path) -> serde_json::Value {
-    let out = hello_cli("status", control);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "hello status failed: {text}");
-    serde_json::from_str(&text).unwrap()
-}
-
 /// The pid the control socket's `status` names.
 fn status_pid(control: &Path) -> u32 {
-    status(control)["pid"].as_u64().unwrap() as u32
+    hello_status(control)["pid"].as_u64().unwrap() as u32
 }
 
 fn clients(addr: SocketAddr) -> Vec<Client> {
@@ -294,7 +287,7 @@ fn the_draining_bound_follows_a_takeover() {
     slow.write_all(b"GET /slow?ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let deadline = std::time::Instant::now() + LONG;
-    while status(&control)["connections"]["active"].as_u64() != Some(1) {
+    while hello_status(&control)["connections"]["active"].as_u64() != Some(1) {
         assert!(
             std::time::Instant::now() < deadline,
             "the slow request never arrived"
@@ -460,7 +453,7 @@ fn takeover_fault(at: &str, action: &str) {
         "[{tag}] the failed newcomer still runs:\n{}",
         faulty.output()
     );
-    let s = status(&control);
+    let s = hello_status(&control);
     assert_eq!(s["pid"], old.pid, "[{tag}] {s}");
     assert_eq!(s["restarts_total"]["failed"], 1, "[{tag}] {s}");
     load.expect(expect(old.pid));

@@ -36,10 +36,23 @@ pub struct RollbackCounts {
     pub operator: u64,
 }
 
+impl RestartCounts {
+    /// Counts `r`, by its outcome (a rollback by its trigger).
+    #[cfg_attr(not(unix), allow(dead_code))] // no restart on Windows
+    pub(crate) fn count(&mut self, r: &Restart) {
+        match (r.outcome, r.trigger) {
+            (Outcome::Ok, _) => self.ok += 1,
+            (Outcome::Failed, _) => self.failed += 1,
+            (Outcome::RolledBack, Some(t)) => self.rollbacks.add(t),
+            (Outcome::RolledBack, None) => {}
+        }
+    }
+}
+
 impl RollbackCounts {
     /// Counts one rollback of `trigger`.
     #[cfg_attr(not(unix), allow(dead_code))] // no rollback on Windows
-    pub(crate) fn add(&mut self, trigger: crate::lifecycle::RollbackTrigger) {
+    fn add(&mut self, trigger: crate::lifecycle::RollbackTrigger) {
         use crate::lifecycle::RollbackTrigger as T;
         match trigger {
             T::Crash => self.crash += 1,

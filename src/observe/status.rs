@@ -459,12 +459,7 @@ impl Book {
 
     #[cfg(unix)]
     fn push(p: &mut Pages, r: Restart) {
-        match (r.outcome, r.trigger) {
-            (Outcome::Ok, _) => p.totals.ok += 1,
-            (Outcome::Failed, _) => p.totals.failed += 1,
-            (Outcome::RolledBack, Some(t)) => p.totals.rollbacks.add(t),
-            (Outcome::RolledBack, None) => {}
-        }
+        p.totals.count(&r);
         p.history.push_back(r);
         while p.history.len() > MAX_RESTARTS {
             p.history.pop_front();

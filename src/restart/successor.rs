@@ -192,12 +192,17 @@ impl Successor {
         }
         let _ = self.channel.get_mut().shutdown().await;
         crate::handover::lineage::hammer(&self.hammer, self.max_draining);
-        if let Who::Child(mut child) = self.who {
-            if self.status.is_none() {
-                tokio::spawn(async move {
-                    let _ = child.wait().await;
-                });
-            }
+        self.into_parking().let_go();
+    }
+
+    /// The committed successor, as what watches it from now on holds it.
+    fn into_parking(self) -> Parking {
+        Parking {
+            pid: self.pid,
+            who: self.who,
+            channel: self.channel,
+            status: self.status,
+            line: String::new(),
         }
     }
 
@@ -216,41 +221,23 @@ impl Successor {
             tracing::warn!(error = %e, new_pid = self.pid, "cannot tell the new generation it is live");
         }
         crate::handover::lineage::hammer(&self.hammer, self.max_draining);
-        let mut line = String::new();
+        let mut parking = self.into_parking();
         let echoed = tokio::time::timeout(ECHO_WAIT, async {
             loop {
-                line.clear();
-                match self.channel.read_line(&mut line).await {
-                    Ok(n) if n > 0 => {
-                        if Message::decode(&line) == Some(Message::Probation(ms)) {
-                            return true;
-                        }
-                    }
-                    _ => return false,
+                match parking.next().await {
+                    Some(Message::Probation(m)) if m == ms => return true,
+                    Some(_) => {}
+                    None => return false,
                 }
             }
         })
         .await
         .unwrap_or(false);
-        let Successor {
-            pid,
-            who,
-            channel,
-            status,
-            ..
-        } = self;
-        let parking = Parking {
-            pid,
-            who,
-            channel,
-            status,
-            line: String::new(),
-        };
         if echoed {
             Some(parking)
         } else {
             tracing::warn!(
-                new_pid = pid,
+                new_pid = parking.pid,
                 "the new generation does not follow a probation; draining without parking"
             );
             parking.let_go();
@@ -353,7 +340,8 @@ impl Parking {
         self.status
     }
 
-    /// Done watching: a child is reaped whenever it exits.
+    /// Done watching: a child is reaped whenever it exits (this generation may outlive
+    /// it while it drains).
     pub(crate) fn let_go(self) {
         if let (Who::Child(mut child), None) = (self.who, self.status) {
             tokio::spawn(async move {

@@ -158,6 +158,27 @@ pub fn get_tcp(addr: &str, path: &str) -> Response {
     exchange_blocking(&mut s, path).unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
 }
 
+/// `POST path` with an empty body on a fresh TCP connection: (status, body).
+pub fn post_tcp(addr: &str, path: &str) -> (u16, String) {
+    let mut s = connect_tcp(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {out:?}"));
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
 /// `GET path` on a fresh connection to the Unix socket at `path`; panics with the
 /// reason on failure.
 pub fn get_unix(sock: &std::path::Path, path: &str) -> Response {

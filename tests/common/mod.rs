@@ -268,6 +268,14 @@ pub fn hello_cli(verb: &str, control: &Path) -> std::process::Output {
         .expect("run hello")
 }
 
+/// `hello status --control PATH`, which must succeed, as JSON.
+pub fn hello_status(control: &Path) -> serde_json::Value {
+    let out = hello_cli("status", control);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "hello status failed: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
 /// Sends `sig` to `pid`.
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory effects.

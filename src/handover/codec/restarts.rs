@@ -211,12 +211,7 @@ pub(crate) fn decode_history(s: &str) -> (History, Vec<Error>) {
     let totals = totals.unwrap_or_else(|| {
         let mut totals = RestartCounts::default();
         for r in &restarts {
-            match (r.outcome, r.trigger) {
-                (Outcome::Ok, _) => totals.ok += 1,
-                (Outcome::Failed, _) => totals.failed += 1,
-                (Outcome::RolledBack, Some(t)) => totals.rollbacks.add(t),
-                (Outcome::RolledBack, None) => {}
-            }
+            totals.count(r);
         }
         totals
     });

@@ -611,46 +611,40 @@ impl Sup {
                     .current
                     .as_ref()
                     .is_some_and(|g| g.live_since.is_some());
-                // A generation parked for a probation that took the service back
-                // (the current one crashed, or handed back): it is the current one.
-                let rolled_back = current != Some(id.pid) && self.older.contains(&id);
-                if rolled_back {
+                if current != Some(id.pid) {
+                    // A generation parked for a probation that took the service back
+                    // (the current one crashed, or handed back).
+                    let rolled_back = self.older.contains(&id);
+                    if current_live && !rolled_back {
+                        tracing::warn!(pid = self.me, from = id.pid, current = ?current, "supervisor: a live report from another generation than the current one; ignored");
+                        return;
+                    }
                     match self.current.take() {
                         // The one on probation: it hands back and drains, or is gone.
                         Some(g) if g.live_since.is_some() => self.older.push(g.id),
-                        // A replacement started after a crash: the parked one serves.
+                        // The current one never got live (a replacement just started)
+                        // and another says it is: a parked generation that took the
+                        // service back, or one whose parent died before it could
+                        // commit. It serves; the replacement goes.
                         Some(g) => {
-                            tracing::warn!(pid = self.me, generation_pid = g.id.pid, live = id.pid, "supervisor: a parked generation took the service back; stopping the one started");
+                            tracing::warn!(
+                                pid = self.me,
+                                generation_pid = g.id.pid,
+                                live = id.pid,
+                                "supervisor: another generation took over; stopping the one started"
+                            );
                             g.signal(Signal::TERM);
                         }
                         None => {}
                     }
-                    self.older.retain(|o| *o != id);
-                    self.older.retain(lineage::alive);
-                    self.next_start = None;
-                    self.parked = None;
-                    tracing::info!(
-                        pid = self.me,
-                        generation_pid = id.pid,
-                        "supervisor: rolled back to a parked generation"
-                    );
-                    self.current = Gen::follow(id.pid, Some(id.start));
-                } else if current != Some(id.pid) {
-                    if current_live {
-                        tracing::warn!(pid = self.me, from = id.pid, current = ?current, "supervisor: a live report from another generation than the current one; ignored");
-                        return;
-                    }
-                    // The current one never got live (a replacement just started)
-                    // and another says it is: a generation whose parent died before
-                    // it could commit took over. It serves; the replacement goes.
-                    if let Some(g) = self.current.take() {
-                        tracing::warn!(
+                    if rolled_back {
+                        self.older.retain(|o| *o != id && lineage::alive(o));
+                        self.parked = None;
+                        tracing::info!(
                             pid = self.me,
-                            generation_pid = g.id.pid,
-                            live = id.pid,
-                            "supervisor: another generation took over; stopping the one started"
+                            generation_pid = id.pid,
+                            "supervisor: rolled back to a parked generation"
                         );
-                        g.signal(Signal::TERM);
                     }
                     self.next_start = None;
                     self.current = Gen::follow(id.pid, Some(id.start));
