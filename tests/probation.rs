@@ -677,8 +677,13 @@ fn faults_during_the_probation_never_leave_nothing_listening() {
     summary.print("faults-kill");
     assert_lost_at_most_in_flight(&summary, "faults-kill");
     assert_eq!(hello_status(&control)["pid"], v5);
-    signal(v5, libc::SIGTERM);
-    assert!(wait_gone(v5, LONG), "v5 did not stop");
+
+    // A shutdown of the generation on probation ends it: the parked one exits too.
+    let v7 = restart(v5);
+    signal(v7, libc::SIGTERM);
+    assert!(wait_gone(v7, LONG), "v7 did not stop");
+    assert!(wait_gone(v5, LONG), "the parked v5 outlived the shutdown");
+    assert!(!control.exists(), "the control socket file is left behind");
 }
 
 #[test]
